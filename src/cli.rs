@@ -1,0 +1,296 @@
+//! Command line and environment: clap parses, `into_config` validates into a [`Config`] with no
+//! I/O. Every option has an environment twin `MODEL_LOADER_<OPTION>` so a pod spec can set
+//! options without changing args (KubeAI passes only `SRC DEST`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::progress::ProgressMode;
+use crate::transfer::retry::RetryPolicy;
+use crate::url::SourceUrl;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Puts a model or adapter from hf://, s3://, gs:// or oss:// onto a local volume: \
+             parallel ranged downloads, verified, resumable, never half-written.",
+    after_help = "Exit codes: 0 ok, 2 usage or bad URL, 3 access denied, 4 not found, \
+                  5 network/server errors after retries, 6 checksum or size mismatch, \
+                  7 local filesystem, 130/143 interrupted (state kept for resume)."
+)]
+pub struct Args {
+    /// Source URL: s3://BUCKET[/PREFIX] (also hf://, gs://, oss:// where built in).
+    #[arg(value_name = "SRC")]
+    pub src: String,
+
+    /// Destination directory (created if missing).
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+
+    /// Only fetch files whose path (relative to SRC) matches one of these globs; `*` also
+    /// matches `/`, as in `hf download`. Repeatable; the env twin is comma-separated.
+    #[arg(
+        long,
+        env = "MODEL_LOADER_INCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub include: Vec<String>,
+
+    /// Skip files whose relative path matches one of these globs. Repeatable.
+    #[arg(
+        long,
+        env = "MODEL_LOADER_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub exclude: Vec<String>,
+
+    /// Requests in flight at once, over all files.
+    #[arg(long, env = "MODEL_LOADER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Size of one ranged request, e.g. 64MiB, 8M, 1048576.
+    #[arg(long, env = "MODEL_LOADER_CHUNK_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+
+    /// Progress output on stderr: bars on a terminal, log lines in a pod (auto), JSON events.
+    #[arg(long, env = "MODEL_LOADER_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Seconds between progress lines in log and json modes.
+    #[arg(long, env = "MODEL_LOADER_PROGRESS_INTERVAL", default_value_t = 5.0)]
+    pub progress_interval: f64,
+
+    /// List what would be fetched (files, sizes, total) on stdout; write nothing.
+    #[arg(long, env = "MODEL_LOADER_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Fetch every file again, ignoring what DEST holds.
+    #[arg(long, env = "MODEL_LOADER_FORCE")]
+    pub force: bool,
+
+    /// Attempts per request before giving up (transient errors only).
+    #[arg(long, env = "MODEL_LOADER_RETRIES", default_value_t = 8)]
+    pub retries: u32,
+
+    /// First retry delay in milliseconds; doubles per attempt with jitter, up to 30 s.
+    #[arg(
+        long,
+        env = "MODEL_LOADER_RETRY_BASE_MS",
+        default_value_t = 250,
+        hide = true
+    )]
+    pub retry_base_ms: u64,
+
+    /// Seconds a response body may stall before the request is cut and retried.
+    #[arg(long, env = "MODEL_LOADER_READ_TIMEOUT", default_value_t = 30.0)]
+    pub read_timeout: f64,
+}
+
+/// Which relative paths to fetch: `hf download` semantics.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        Ok(Filter {
+            include: glob_set(include, "--include")?,
+            exclude: glob_set(exclude, "--exclude")?,
+        })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(path))
+            && !self.exclude.as_ref().is_some_and(|s| s.is_match(path))
+    }
+}
+
+fn glob_set(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
+    let patterns: Vec<&String> = patterns.iter().filter(|p| !p.trim().is_empty()).collect();
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        // A folder pattern means everything inside it, as in huggingface_hub.
+        let p = if p.ends_with('/') {
+            format!("{p}*")
+        } else {
+            p.clone()
+        };
+        let g = Glob::new(&p).map_err(|e| {
+            Error::usage(format!("{flag} {p:?} is not a valid glob")).with_source(e)
+        })?;
+        b.add(g);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| Error::usage(format!("{flag}: invalid globs")).with_source(e))
+}
+
+/// Validated settings for one run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: SourceUrl,
+    pub dest: PathBuf,
+    pub filter: Filter,
+    pub concurrency: usize,
+    pub chunk_size: u64,
+    pub progress: ProgressMode,
+    pub progress_interval: Duration,
+    pub dry_run: bool,
+    pub force: bool,
+    pub retry: RetryPolicy,
+    pub read_timeout: Duration,
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config> {
+        let source = SourceUrl::parse(&self.src)?;
+        if self.dest.as_os_str().is_empty() {
+            return Err(Error::usage("DEST is empty: give a directory to load into"));
+        }
+        if self.src.contains("://") && self.dest.to_string_lossy().contains("://") {
+            return Err(Error::usage(format!(
+                "DEST {:?} is a URL; uploading (a URL as DEST) is not supported yet: give a local directory",
+                self.dest
+            )));
+        }
+        if !(1..=1024).contains(&self.concurrency) {
+            return Err(Error::usage("--concurrency must be between 1 and 1024"));
+        }
+        if self.chunk_size < 64 * 1024 {
+            return Err(Error::usage("--chunk-size must be at least 64KiB"));
+        }
+        let secs = |v: f64, flag: &str| {
+            if v.is_finite() && v > 0.0 && v < 86_400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(Error::usage(format!(
+                    "{flag} must be a positive number of seconds"
+                )))
+            }
+        };
+        if self.retries == 0 {
+            return Err(Error::usage(
+                "--retries must be at least 1 (the first attempt)",
+            ));
+        }
+        Ok(Config {
+            source,
+            filter: Filter::new(&self.include, &self.exclude)?,
+            dest: self.dest,
+            concurrency: self.concurrency,
+            chunk_size: self.chunk_size,
+            progress: self.progress,
+            progress_interval: secs(self.progress_interval, "--progress-interval")?,
+            dry_run: self.dry_run,
+            force: self.force,
+            retry: RetryPolicy {
+                max_attempts: self.retries,
+                base: Duration::from_millis(self.retry_base_ms),
+                ..RetryPolicy::default()
+            },
+            read_timeout: secs(self.read_timeout, "--read-timeout")?,
+        })
+    }
+}
+
+/// `64MiB`, `8M`, `512k`, `1G`, `1048576`: binary units, case-insensitive, optional `B`/`iB`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2 << 30));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn filters_follow_hf_download() {
+        let f = Filter::new(
+            &["*.safetensors".into(), "*.json".into()],
+            &["*/optimizer*".into()],
+        )
+        .unwrap();
+        assert!(f.matches("model.safetensors"));
+        assert!(
+            f.matches("sub/dir/model.safetensors"),
+            "* crosses folders, as fnmatch does"
+        );
+        assert!(f.matches("config.json"));
+        assert!(!f.matches("README.md"));
+        assert!(!f.matches("ckpt/optimizer.json"));
+        let folder = Filter::new(&["onnx/".into()], &[]).unwrap();
+        assert!(folder.matches("onnx/model.onnx") && !folder.matches("model.onnx"));
+        assert!(Filter::default().matches("anything"));
+        assert!(Filter::new(&["a[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn env_twins_and_validation() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(args.iter().copied())
+                .unwrap()
+                .into_config()
+        };
+        let c = parse(&[
+            "load",
+            "s3://b/p",
+            "/tmp/x",
+            "--include",
+            "*.json",
+            "--chunk-size",
+            "8MiB",
+        ])
+        .unwrap();
+        assert_eq!(c.chunk_size, 8 << 20);
+        assert!(c.filter.matches("a.json") && !c.filter.matches("a.bin"));
+        assert_eq!(
+            parse(&["m", "ftp://x", "/d"]).unwrap_err().kind(),
+            crate::error::Kind::Usage
+        );
+        assert_eq!(
+            parse(&["m", "s3://b", "/d", "--concurrency", "0"])
+                .unwrap_err()
+                .kind(),
+            crate::error::Kind::Usage
+        );
+        assert_eq!(
+            parse(&["m", "s3://b", "s3://c"]).unwrap_err().kind(),
+            crate::error::Kind::Usage
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Entry point: parse, run, map the error to its exit code and message. Also installed as
+//! `load` (KubeAI execs `load SRC DEST`), which behaves identically.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use model_loader::cli::Args;
+use model_loader::error::{Error, Kind};
+
+fn main() -> ExitCode {
+    let cfg = match Args::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let reporter = model_loader::progress::reporter(cfg.progress, cfg.progress_interval);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(&Error::new(Kind::Local, "cannot start the async runtime").with_source(e))
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = model_loader::run(&cfg, reporter.clone()) => r.map(|_| ()),
+            kind = interrupted() => Err(Error::new(kind, "interrupted; finished ranges are kept and a rerun resumes")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Kubernetes stops a pod with SIGTERM).
+async fn interrupted() -> Kind {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => Kind::Interrupted,
+        _ = term.recv() => Kind::Terminated,
+    }
+}
+
+/// Prints `error: …` / `caused by: …` and writes the first line to the termination log so
+/// `kubectl describe pod` shows it.
+fn fail(e: &Error) -> ExitCode {
+    let text = e.render();
+    eprintln!("{text}");
+    let path = std::env::var("MODEL_LOADER_TERMINATION_LOG")
+        .unwrap_or_else(|_| "/dev/termination-log".into());
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{}", text.lines().next().unwrap_or_default());
+    }
+    ExitCode::from(e.kind().exit_code())
+}

@@ -1,0 +1,271 @@
+//! What every HTTP-based source shares: one client configuration, the check that a ranged
+//! reply is exactly the range asked for, Retry-After parsing, and transport error
+//! classification.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, CONTENT_RANGE, RETRY_AFTER};
+use reqwest::{Response, StatusCode};
+
+use super::{ByteRange, ByteStream};
+use crate::error::{Error, Kind, Result};
+
+/// Client settings that do not depend on the scheme.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// A body that delivers nothing for this long is cut and the chunk retried, so a stalled
+    /// connection never hangs the pod.
+    pub read_timeout: Duration,
+    /// Extra PEM roots (AWS_CA_BUNDLE), merged with the system's (which honour SSL_CERT_FILE).
+    pub ca_bundles: Vec<PathBuf>,
+    pub max_idle_per_host: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            ca_bundles: Vec::new(),
+            max_idle_per_host: 64,
+        }
+    }
+}
+
+/// One reqwest client: rustls, system proxies (HTTPS_PROXY/NO_PROXY), no automatic redirects
+/// (S3 answers a wrong region with 301, which must be seen, not followed), no decompression
+/// (Content-Length must stay the object's size).
+pub fn client(opts: &ClientOptions) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("model-loader/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
+        .pool_max_idle_per_host(opts.max_idle_per_host)
+        .tcp_nodelay(true);
+    for path in &opts.ca_bundles {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::usage(format!(
+                "cannot read the CA bundle {} (AWS_CA_BUNDLE): fix the path or unset it",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::usage(format!(
+                "the CA bundle {} holds no valid PEM certificate",
+                path.display()
+            ))
+            .with_source(e)
+        })?;
+        b = b.tls_certs_merge(certs);
+    }
+    b.build().map_err(|e| {
+        Error::new(
+            Kind::Usage,
+            "cannot set up the HTTP client (TLS roots or proxy settings)",
+        )
+        .with_source(e)
+    })
+}
+
+/// Classifies a failure to send a request or read its body. Everything at this level is a
+/// network problem worth retrying: resets, timeouts, refused connections, DNS hiccups.
+pub fn transport_error(what: &str, err: reqwest::Error) -> Error {
+    let detail = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    Error::new(Kind::Network, format!("{what}: {detail}"))
+        .with_source(strip_url(err))
+        .transient(None)
+}
+
+/// reqwest puts the full URL in its Display; a presigned URL carries a signature in its query,
+/// so errors keep only scheme, host and path.
+fn strip_url(err: reqwest::Error) -> reqwest::Error {
+    match err.url() {
+        Some(u) if u.query().is_some() => {
+            let mut u = u.clone();
+            u.set_query(None);
+            err.with_url(u)
+        }
+        _ => err,
+    }
+}
+
+/// The wait a server asked for: `Retry-After` as seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Statuses that say "try again later" whatever the service.
+pub fn is_transient_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
+/// Checks a reply to `Range: bytes=a-b` and turns its body into a stream that fails unless
+/// exactly `range.len()` bytes arrive. A server (or proxy) that ignores Range answers 200 with
+/// the whole object; writing that at the chunk's offset would corrupt the file.
+pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> Result<ByteStream> {
+    let status = resp.status();
+    let whole_file = range.start == 0 && range.end == total;
+    let ok = if status == StatusCode::PARTIAL_CONTENT {
+        let cr = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match parse_content_range(cr) {
+            Some((s, e, t)) => s == range.start && e == range.end && t.is_none_or(|t| t == total),
+            None => false,
+        }
+    } else {
+        // Some servers answer a range covering the whole object with 200: fine, same bytes.
+        status == StatusCode::OK && whole_file
+    };
+    if !ok {
+        let got = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        return Err(Error::new(
+            Kind::Network,
+            format!(
+                "{what}: asked for {range} of {total} but the server answered {status} with \
+                 Content-Range {got}; a proxy or server that ignores Range would corrupt the \
+                 file, so the reply was discarded"
+            ),
+        )
+        .transient(None));
+    }
+    let expected = range.len();
+    let state = BodyState {
+        body: Box::pin(resp.bytes_stream()),
+        what: what.to_string(),
+        seen: 0,
+        done: false,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(
+        state,
+        move |mut st| async move {
+            if st.done {
+                return None;
+            }
+            let item: std::result::Result<(), String> = match st.body.next().await {
+                Some(Ok(b)) => {
+                    st.seen += b.len() as u64;
+                    if st.seen > expected {
+                        Err(format!(
+                            "the server sent more than the {expected} bytes asked for"
+                        ))
+                    } else {
+                        return Some((Ok(b), st));
+                    }
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    let e = transport_error(&st.what, e);
+                    return Some((Err(e), st));
+                }
+                None if st.seen < expected => Err(format!(
+                    "the body ended after {} of {expected} bytes",
+                    st.seen
+                )),
+                None => return None,
+            };
+            st.done = true;
+            let msg = item.unwrap_err();
+            let e = Error::new(Kind::Network, format!("{}: {msg}", st.what)).transient(None);
+            Some((Err(e), st))
+        },
+    )))
+}
+
+struct BodyState {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    what: String,
+    seen: u64,
+    done: bool,
+}
+
+/// Parses `bytes a-b/total` (or `bytes a-b/*`) into a half-open range and the total.
+pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    if b < a {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a, b + 1, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((0, 10, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 90-99/*"), Some((90, 100, None)));
+        assert_eq!(parse_content_range(" bytes 5-5/6 "), Some((5, 6, Some(6))));
+        for bad in [
+            "",
+            "bytes",
+            "bytes 9-0/10",
+            "items 0-9/10",
+            "bytes 0-x/10",
+            "bytes */10",
+            "bytes 0-9",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn range_header_is_inclusive() {
+        let r = ByteRange { start: 0, end: 10 };
+        assert_eq!(r.header(), "bytes=0-9");
+        assert_eq!(r.len(), 10);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

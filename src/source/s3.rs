@@ -1,0 +1,733 @@
+//! `s3://BUCKET[/PREFIX]`: ListObjectsV2 and ranged GETs, signed with SigV4, credentials from
+//! aws-config's full chain (env keys, profiles, IRSA, EKS Pod Identity / ECS, IMDSv2).
+//!
+//! Any S3-compatible server works: a custom endpoint (MinIO, Ceph, SeaweedFS, moto) gets
+//! path-style addressing and may be plain `http://`. OSS reuses this client with the bucket in
+//! the host.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{error::CredentialsError, ProvideCredentials};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, ETAG};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+
+use super::http::{self, ClientOptions};
+use super::sigv4::{self, Credentials};
+use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
+use crate::error::{Error, Kind, Result};
+use crate::progress::Reporter;
+
+/// How requests are signed.
+pub enum Signer {
+    /// No Authorization header: public buckets.
+    Anonymous,
+    /// A provider from aws-config, cached here because aws-config's own providers are not
+    /// (one STS/IMDS call per request otherwise).
+    Aws {
+        provider: aws_credential_types::provider::SharedCredentialsProvider,
+        cache: tokio::sync::Mutex<Option<Arc<(Credentials, Option<SystemTime>)>>>,
+    },
+    /// Fixed keys (OSS, tests).
+    Static(Credentials),
+}
+
+impl Signer {
+    async fn credentials(&self) -> Result<Option<Credentials>> {
+        match self {
+            Signer::Anonymous => Ok(None),
+            Signer::Static(c) => Ok(Some(c.clone())),
+            Signer::Aws { provider, cache } => {
+                let mut guard = cache.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    let fresh =
+                        c.1.is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300));
+                    if fresh {
+                        return Ok(Some(c.0.clone()));
+                    }
+                }
+                let c = provider.provide_credentials().await.map_err(|e| {
+                    Error::new(
+                        Kind::Denied,
+                        "cannot refresh AWS credentials (aws-config chain)",
+                    )
+                    .with_source(e)
+                })?;
+                let creds = Credentials {
+                    key_id: c.access_key_id().to_string(),
+                    secret: c.secret_access_key().to_string(),
+                    token: c.session_token().map(str::to_string),
+                };
+                *guard = Some(Arc::new((creds.clone(), c.expiry())));
+                Ok(Some(creds))
+            }
+        }
+    }
+}
+
+/// Where requests go: `base` is `scheme://host[:port]`, `base_path` the encoded path in front
+/// of every key (`/bucket` for path-style, empty for virtual-hosted).
+pub struct Endpoint {
+    pub base: String,
+    pub host: String,
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Path-style on a custom endpoint, e.g. `http://minio:9000` + bucket `models`.
+    pub fn path_style(endpoint: &str, bucket: &str, env_name: &str) -> Result<Self> {
+        let url = reqwest::Url::parse(endpoint).map_err(|e| {
+            Error::usage(format!(
+                "{env_name}={endpoint:?} is not a URL; write it like http://minio:9000"
+            ))
+            .with_source(e)
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Error::usage(format!(
+                "{env_name}={endpoint:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        let path = url.path().trim_end_matches('/');
+        Ok(Endpoint {
+            base: format!("{}://{host}", url.scheme()),
+            host,
+            base_path: format!("{path}/{}", sigv4::uri_encode(bucket, false)),
+        })
+    }
+
+    /// AWS itself: virtual-hosted, except for bucket names with dots (TLS wildcard mismatch).
+    pub fn aws(bucket: &str, region: &str) -> Self {
+        if bucket.contains('.') {
+            let host = format!("s3.{region}.amazonaws.com");
+            Endpoint {
+                base: format!("https://{host}"),
+                host,
+                base_path: format!("/{bucket}"),
+            }
+        } else {
+            let host = format!("{bucket}.s3.{region}.amazonaws.com");
+            Endpoint {
+                base: format!("https://{host}"),
+                host,
+                base_path: String::new(),
+            }
+        }
+    }
+}
+
+pub struct S3 {
+    client: reqwest::Client,
+    endpoint: Endpoint,
+    region: String,
+    signer: Signer,
+    bucket: String,
+    /// The URL's path after the bucket, as given (may name a folder or one object).
+    prefix: String,
+    /// `s3` or `oss`: how URLs are shown in messages.
+    scheme: &'static str,
+    /// The environment variables that hold the credentials, for error hints.
+    credential_hint: &'static str,
+}
+
+impl S3 {
+    pub fn new(
+        scheme: &'static str,
+        client: reqwest::Client,
+        endpoint: Endpoint,
+        region: String,
+        signer: Signer,
+        bucket: &str,
+        prefix: &str,
+        credential_hint: &'static str,
+    ) -> Self {
+        S3 {
+            client,
+            endpoint,
+            region,
+            signer,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            scheme,
+            credential_hint,
+        }
+    }
+
+    /// An `s3://` source configured from the AWS environment the way the AWS CLI reads it.
+    pub async fn open_aws(
+        bucket: &str,
+        prefix: &str,
+        opts: &ClientOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Self> {
+        let mut opts = opts.clone();
+        if let Some(ca) = env_nonempty("AWS_CA_BUNDLE") {
+            opts.ca_bundles.push(ca.into());
+        }
+        let client = http::client(&opts)?;
+        let endpoint_var = if env_nonempty("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            None
+        } else {
+            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .into_iter()
+                .find_map(|n| env_nonempty(n).map(|v| (n, v)))
+        };
+
+        let region_provider =
+            aws_config::default_provider::region::DefaultRegionChain::builder().build();
+        let configured_region = region_provider.region().await.map(|r| r.to_string());
+
+        let (endpoint, region) = match &endpoint_var {
+            Some((name, url)) => (
+                Endpoint::path_style(url, bucket, name)?,
+                configured_region.unwrap_or_else(|| "us-east-1".into()),
+            ),
+            None => {
+                let region = match configured_region {
+                    Some(r) => r,
+                    None => discover_region(&client, bucket)
+                        .await
+                        .unwrap_or_else(|| "us-east-1".into()),
+                };
+                (Endpoint::aws(bucket, &region), region)
+            }
+        };
+
+        let provider =
+            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                .region(aws_config::Region::new(region.clone()))
+                .build()
+                .await;
+        let signer = match provider.provide_credentials().await {
+            Ok(c) => {
+                reporter.info(&format!(
+                    "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
+                    redact_key_id(c.access_key_id()),
+                    provider_name(&c),
+                    endpoint.base
+                ));
+                Signer::Aws {
+                    provider: aws_credential_types::provider::SharedCredentialsProvider::new(
+                        provider,
+                    ),
+                    cache: tokio::sync::Mutex::new(None),
+                }
+            }
+            Err(CredentialsError::CredentialsNotLoaded(_)) => {
+                reporter.info(&format!(
+                    "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
+                     sending anonymous requests, region {region}, endpoint {}",
+                    endpoint.base
+                ));
+                Signer::Anonymous
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Denied,
+                    "cannot load AWS credentials: a source in the chain is configured but \
+                     failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, or the \
+                     container credentials endpoint)",
+                )
+                .with_source(e));
+            }
+        };
+        Ok(S3::new(
+            "s3",
+            client,
+            endpoint,
+            region,
+            signer,
+            bucket,
+            prefix,
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        ))
+    }
+
+    fn display(&self, key: &str) -> String {
+        format!("{}://{}/{key}", self.scheme, self.bucket)
+    }
+
+    /// Sends one signed request; `path` is encoded, `query` raw.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        extra: &[(reqwest::header::HeaderName, String)],
+        what: &str,
+    ) -> Result<Response> {
+        let q = sigv4::canonical_query(query);
+        let url = if q.is_empty() {
+            format!("{}{path}", self.endpoint.base)
+        } else {
+            format!("{}{path}?{q}", self.endpoint.base)
+        };
+        let mut req = self.client.request(method.clone(), url);
+        for (k, v) in extra {
+            req = req.header(k, v);
+        }
+        if let Some(creds) = self.signer.credentials().await? {
+            let date = sigv4::amz_date(SystemTime::now());
+            let signed = sigv4::sign(
+                &creds,
+                &sigv4::Request {
+                    method: method.as_str(),
+                    host: &self.endpoint.host,
+                    path,
+                    query,
+                    headers: &[],
+                    region: &self.region,
+                    service: "s3",
+                    amz_date: &date,
+                },
+            );
+            for (k, v) in signed {
+                req = req.header(k, v);
+            }
+        }
+        req.send().await.map_err(|e| http::transport_error(what, e))
+    }
+
+    fn list_path(&self) -> String {
+        if self.endpoint.base_path.is_empty() {
+            "/".into()
+        } else {
+            self.endpoint.base_path.clone()
+        }
+    }
+
+    fn object_path(&self, key: &str) -> String {
+        format!(
+            "{}/{}",
+            self.endpoint.base_path,
+            sigv4::uri_encode(key, true)
+        )
+    }
+
+    /// Every object under `prefix` (a folder), following continuation tokens.
+    async fn list_folder(&self, folder: &str) -> Result<Vec<RemoteFile>> {
+        let mut files = Vec::new();
+        let mut token: Option<String> = None;
+        let what = format!("list {}", self.display(folder));
+        loop {
+            let mut query = vec![
+                ("list-type", "2"),
+                ("prefix", folder),
+                ("encoding-type", "url"),
+            ];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t));
+            }
+            let resp = self
+                .send(Method::GET, &self.list_path(), &query, &[], &what)
+                .await?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(resp, &what, None).await);
+            }
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| http::transport_error(&what, e))?;
+            let page: ListBucketResult = quick_xml::de::from_str(&body).map_err(|e| {
+                Error::new(
+                    Kind::Network,
+                    format!("{what}: the server's listing is not valid ListObjectsV2 XML"),
+                )
+                .with_source(e)
+            })?;
+            let encoded = page.encoding_type.as_deref() == Some("url");
+            for obj in page.contents {
+                let key = if encoded {
+                    percent_decode(&obj.key).ok_or_else(|| {
+                        Error::new(
+                            Kind::Network,
+                            format!("{what}: key {:?} is not valid URL-encoded UTF-8", obj.key),
+                        )
+                    })?
+                } else {
+                    obj.key
+                };
+                // Folder markers created by consoles: zero bytes, name ending in '/'.
+                if key.ends_with('/') && obj.size == 0 {
+                    continue;
+                }
+                let path = key[folder.len()..].to_string();
+                files.push(self.remote_file(key, path, obj.size, obj.e_tag));
+            }
+            match (page.is_truncated, page.next_continuation_token) {
+                (true, Some(t)) => token = Some(t),
+                (true, None) => {
+                    return Err(Error::new(
+                        Kind::Network,
+                        format!("{what}: the server says the listing is truncated but gives no continuation token"),
+                    ))
+                }
+                _ => break,
+            }
+        }
+        Ok(files)
+    }
+
+    fn remote_file(
+        &self,
+        key: String,
+        path: String,
+        size: u64,
+        etag: Option<String>,
+    ) -> RemoteFile {
+        let checksum = etag.as_deref().and_then(md5_from_etag).map(Checksum::Md5);
+        RemoteFile {
+            path,
+            key,
+            size,
+            checksum,
+            version: etag,
+        }
+    }
+
+    /// HEAD one object: the fallback when the URL names a single object.
+    async fn head(&self, key: &str) -> Result<Option<RemoteFile>> {
+        let what = format!("HEAD {}", self.display(key));
+        let resp = self
+            .send(Method::HEAD, &self.object_path(key), &[], &[], &what)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what, None).await);
+        }
+        let size = header_u64(resp.headers(), CONTENT_LENGTH).ok_or_else(|| {
+            Error::new(
+                Kind::Network,
+                format!("{what}: the reply has no Content-Length"),
+            )
+        })?;
+        let etag = header_str(resp.headers(), ETAG);
+        let name = key.rsplit('/').next().unwrap_or(key).to_string();
+        Ok(Some(self.remote_file(key.to_string(), name, size, etag)))
+    }
+
+    /// Turns a non-success reply into a classified error with a remedy. Only the S3 error
+    /// `Code` and `Message` are used: the rest of an error body (StringToSign,
+    /// CanonicalRequest) can echo a session token.
+    async fn status_error(&self, resp: Response, what: &str, key: Option<&str>) -> Error {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        // A HEAD reply has no body; reading it returns empty at once.
+        let body = resp.text().await.unwrap_or_default();
+        let code = xml_field(&body, "Code").unwrap_or_default();
+        let message = xml_field(&body, "Message").unwrap_or_default();
+        let server_says = match (code.is_empty(), message.is_empty()) {
+            (true, _) => format!("HTTP {status}"),
+            (false, true) => format!("HTTP {status} {code}"),
+            (false, false) => format!("HTTP {status} {code}: {message}"),
+        };
+        let anonymous = matches!(self.signer, Signer::Anonymous);
+        let hint = self.credential_hint;
+        let bucket = &self.bucket;
+        let (kind, remedy) = match (status.as_u16(), code.as_str()) {
+            (301 | 307, _) | (400, "AuthorizationHeaderMalformed") => {
+                let region = headers
+                    .get("x-amz-bucket-region")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("another region");
+                (
+                    Kind::Usage,
+                    format!("bucket {bucket} is in {region}, not {}: set AWS_REGION={region}", self.region),
+                )
+            }
+            (_, "InvalidAccessKeyId") => (
+                Kind::Denied,
+                format!("the server does not know this access key: check {hint}"),
+            ),
+            (_, "SignatureDoesNotMatch") => (
+                Kind::Denied,
+                format!("the signature does not match: check the secret in {hint}"),
+            ),
+            (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => (
+                Kind::Denied,
+                "the session token is expired or invalid: refresh the credentials".into(),
+            ),
+            (_, "RequestTimeTooSkewed") => (
+                Kind::Denied,
+                "this machine's clock is too far off the server's: fix the clock (NTP)".into(),
+            ),
+            (401 | 403, _) if anonymous => (
+                Kind::Denied,
+                format!("no credentials were found, so the request was anonymous: set {hint} (or use IRSA / a profile)"),
+            ),
+            (401 | 403, _) => (
+                Kind::Denied,
+                format!("these credentials may not read bucket {bucket}: grant s3:ListBucket and s3:GetObject, or use other credentials"),
+            ),
+            (404, "NoSuchBucket") => (
+                Kind::NotFound,
+                format!("bucket {bucket} does not exist (check the URL, the endpoint and the region)"),
+            ),
+            (404, _) => (
+                Kind::NotFound,
+                match key {
+                    Some(k) => format!("{} no longer exists: it was deleted after the listing; rerun", self.display(k)),
+                    None => "not found: check the bucket and prefix".into(),
+                },
+            ),
+            (412, _) => (
+                Kind::Network,
+                "the object changed on the server during the download (its ETag no longer matches the listing): rerun to fetch the new version".into(),
+            ),
+            (416, _) => (
+                Kind::Network,
+                "the object is shorter than the listing said: it changed during the download; rerun".into(),
+            ),
+            (s, c) if http::is_transient_status(status) || c == "SlowDown" || c == "InternalError" => {
+                let after = http::retry_after(&headers);
+                let _ = s;
+                return Error::new(Kind::Network, format!("{what}: {server_says}"))
+                    .transient(after);
+            }
+            _ => (Kind::Network, "unexpected answer from the server".into()),
+        };
+        Error::new(kind, format!("{what}: {server_says}; {remedy}"))
+    }
+}
+
+impl Source for S3 {
+    async fn list(&self) -> Result<Listing> {
+        let prefix = self.prefix.as_str();
+        let folder = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut files = self.list_folder(&folder).await?;
+        if files.is_empty() && !prefix.is_empty() && !prefix.ends_with('/') {
+            if let Some(f) = self.head(prefix).await? {
+                files.push(f);
+            }
+        }
+        if files.is_empty() {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "nothing found at {}: no object with that key and no objects under {}/ \
+                     (check the prefix; keys are case-sensitive)",
+                    self.display(prefix),
+                    self.display(folder.trim_end_matches('/'))
+                ),
+            ));
+        }
+        Ok(Listing {
+            files,
+            revision: None,
+        })
+    }
+
+    async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
+        let what = format!("GET {} ({range})", self.display(&file.key));
+        let mut extra = vec![(reqwest::header::RANGE, range.header())];
+        if let Some(v) = &file.version {
+            extra.push((reqwest::header::IF_MATCH, v.clone()));
+        }
+        let resp = self
+            .send(
+                Method::GET,
+                &self.object_path(&file.key),
+                &[],
+                &extra,
+                &what,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what, Some(&file.key)).await);
+        }
+        // A server that ignores If-Match must still not mix two versions.
+        if let (Some(want), Some(got)) = (&file.version, header_str(resp.headers(), ETAG)) {
+            if want.trim_matches('"') != got.trim_matches('"') {
+                return Err(Error::new(
+                    Kind::Network,
+                    format!("{what}: the object changed on the server during the download (ETag {got}, listed {want}); rerun to fetch the new version"),
+                ));
+            }
+        }
+        // SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes.
+        let checksum_applies = !resp
+            .headers()
+            .get("x-amz-server-side-encryption")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("aws:kms"))
+            && !resp
+                .headers()
+                .contains_key("x-amz-server-side-encryption-customer-algorithm");
+        let body = http::ranged_body(resp, range, file.size, &what)?;
+        Ok(Fetched {
+            body,
+            checksum_applies,
+        })
+    }
+}
+
+/// The region a bucket lives in, from an unauthenticated HEAD on the global endpoint (S3
+/// answers with `x-amz-bucket-region` even on 403/301). Only used when nothing configures a
+/// region, so a pod without AWS_REGION still reaches a bucket outside us-east-1.
+async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<String> {
+    let url = format!("https://{bucket}.s3.amazonaws.com/");
+    let resp = client.head(url).send().await.ok()?;
+    resp.headers()
+        .get("x-amz-bucket-region")?
+        .to_str()
+        .ok()
+        .map(str::to_string)
+}
+
+/// A plain 32-hex ETag is the MD5 of a single-part upload; multipart ETags end in `-N`.
+fn md5_from_etag(etag: &str) -> Option<[u8; 16]> {
+    let t = etag.trim_matches('"');
+    if t.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(t, &mut out).ok()?;
+    Some(out)
+}
+
+/// The provider that produced the credentials, e.g. `Environment`, `ProfileFile`,
+/// `WebIdentityToken`, `EcsContainer`, `Ec2InstanceMetadata`. aws-config has no getter, but
+/// its redacting Debug prints the name first.
+fn provider_name(c: &aws_credential_types::Credentials) -> String {
+    let d = format!("{c:?}");
+    d.split("provider_name: \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("the default chain")
+        .to_string()
+}
+
+/// Enough of an access key id to tell two apart in a log, not enough to be one.
+fn redact_key_id(id: &str) -> String {
+    if id.len() > 8 {
+        format!("{}…{}", &id[..4], &id[id.len() - 2..])
+    } else {
+        "…".into()
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    h.get(name)?.to_str().ok().map(str::to_string)
+}
+
+fn header_u64(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The text of `<Name>…</Name>` in a small XML error body.
+fn xml_field(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))? + start;
+    Some(body[start..end].trim().to_string())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    // ListObjectsV2 with encoding-type=url encodes like application/x-www-form-urlencoded
+    // in some servers ('+' for space); real S3 uses %20. A literal '+' is always %2B.
+    let s = s.replace('+', "%20");
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    is_truncated: bool,
+    next_continuation_token: Option<String>,
+    #[serde(default)]
+    contents: Vec<ListedObject>,
+    encoding_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedObject {
+    key: String,
+    size: u64,
+    #[serde(rename = "ETag")]
+    e_tag: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_md5_only_for_single_part() {
+        assert!(md5_from_etag("\"9e107d9d372bb6826bd81d3542a419d6\"").is_some());
+        assert!(md5_from_etag("\"9e107d9d372bb6826bd81d3542a419d6-3\"").is_none());
+        assert!(md5_from_etag("W/\"abc\"").is_none());
+    }
+
+    #[test]
+    fn list_xml_parses() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>m/</Prefix>
+<KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>
+<Contents><Key>m/a%20b.json</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified><ETag>&quot;9e107d9d372bb6826bd81d3542a419d6&quot;</ETag><Size>43</Size><StorageClass>STANDARD</StorageClass></Contents>
+<Contents><Key>m/sub/</Key><Size>0</Size></Contents>
+<NextContinuationToken>tok/1=</NextContinuationToken></ListBucketResult>"#;
+        let page: ListBucketResult = quick_xml::de::from_str(xml).unwrap();
+        assert!(page.is_truncated);
+        assert_eq!(page.next_continuation_token.as_deref(), Some("tok/1="));
+        assert_eq!(page.contents.len(), 2);
+        assert_eq!(percent_decode(&page.contents[0].key).unwrap(), "m/a b.json");
+        assert_eq!(
+            page.contents[0].e_tag.as_deref(),
+            Some("\"9e107d9d372bb6826bd81d3542a419d6\"")
+        );
+        assert_eq!(percent_decode("%C3%BC+x%2By").unwrap(), "ü x+y");
+    }
+
+    #[test]
+    fn endpoints() {
+        let e =
+            Endpoint::path_style("http://localhost:9000/", "models", "AWS_ENDPOINT_URL").unwrap();
+        assert_eq!(
+            (e.base.as_str(), e.host.as_str(), e.base_path.as_str()),
+            ("http://localhost:9000", "localhost:9000", "/models")
+        );
+        let e = Endpoint::path_style("https://minio.example.com", "b", "X").unwrap();
+        assert_eq!(e.host, "minio.example.com");
+        assert!(Endpoint::path_style("minio:9000", "b", "X").is_err());
+        assert!(Endpoint::path_style("ftp://h", "b", "X").is_err());
+        let e = Endpoint::aws("bkt", "eu-west-1");
+        assert_eq!(
+            (e.host.as_str(), e.base_path.as_str()),
+            ("bkt.s3.eu-west-1.amazonaws.com", "")
+        );
+        assert_eq!(Endpoint::aws("a.b", "us-east-1").base_path, "/a.b");
+    }
+
+    #[test]
+    fn error_fields() {
+        let b = "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>x</BucketName></Error>";
+        assert_eq!(xml_field(b, "Code").as_deref(), Some("NoSuchBucket"));
+        assert_eq!(
+            xml_field(b, "Message").as_deref(),
+            Some("The specified bucket does not exist")
+        );
+        assert_eq!(xml_field(b, "Nope"), None);
+        assert_eq!(redact_key_id("AKIAIOSFODNN7EXAMPLE"), "AKIA…LE");
+    }
+}

@@ -1,0 +1,344 @@
+//! The planner: a pure function from (listing, what DEST already holds, options) to what to
+//! fetch, skip and remove. No I/O, so every skip/resume decision is unit-tested here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::source::{ByteRange, RemoteFile};
+use crate::url::RelPath;
+
+/// A file the loader itself completed in an earlier run (manifest or journal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub size: u64,
+    pub version: Option<String>,
+}
+
+/// Bytes of a partial file that an earlier run made durable, for one object version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub size: u64,
+    pub version: Option<String>,
+    pub done: Vec<ByteRange>,
+}
+
+/// What DEST holds, read by the caller before planning.
+#[derive(Debug, Default, Clone)]
+pub struct LocalState {
+    /// Files the loader completed before, by path.
+    pub recorded: BTreeMap<RelPath, Recorded>,
+    /// Size of the file at its final path, for listed paths that exist.
+    pub on_disk: HashMap<RelPath, u64>,
+    /// Partial files whose part file still exists with the right length.
+    pub partial: HashMap<RelPath, Partial>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    pub chunk_size: u64,
+    /// Fetch everything again, trusting nothing on disk.
+    pub force: bool,
+}
+
+/// One file to fetch, with the byte ranges still missing (all of it unless resuming).
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    pub path: RelPath,
+    pub file: RemoteFile,
+    pub chunks: Vec<ByteRange>,
+    /// Keep the existing part file and its journal records.
+    pub resume: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Largest first, so the long poles start early and small files fill the gaps.
+    pub fetch: Vec<FilePlan>,
+    pub skip: Vec<(RelPath, RemoteFile)>,
+    /// Files an earlier run wrote that the source no longer has (or that filters now exclude).
+    pub remove: Vec<RelPath>,
+    pub bytes_to_fetch: u64,
+    pub resumed_bytes: u64,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.fetch.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOptions) -> Plan {
+    let chunk = opts.chunk_size.max(1);
+    let mut out = Plan::default();
+    let listed: std::collections::HashSet<&RelPath> = files.iter().map(|(p, _)| p).collect();
+    out.remove = local
+        .recorded
+        .keys()
+        .filter(|p| !listed.contains(p))
+        .cloned()
+        .collect();
+
+    for (path, file) in files {
+        let up_to_date = !opts.force
+            && local.on_disk.get(&path) == Some(&file.size)
+            && local.recorded.get(&path)
+                == Some(&Recorded {
+                    size: file.size,
+                    version: file.version.clone(),
+                });
+        if up_to_date {
+            out.skip.push((path, file));
+            continue;
+        }
+        let partial = local
+            .partial
+            .get(&path)
+            .filter(|p| !opts.force && p.size == file.size && p.version == file.version);
+        let done = partial.map(|p| p.done.as_slice()).unwrap_or(&[]);
+        let missing = missing_ranges(file.size, done);
+        let missing_bytes: u64 = missing.iter().map(ByteRange::len).sum();
+        let chunks = missing
+            .iter()
+            .flat_map(|r| split_aligned(*r, chunk))
+            .collect();
+        out.bytes_to_fetch += file.size;
+        out.resumed_bytes += file.size - missing_bytes;
+        out.fetch.push(FilePlan {
+            path,
+            file,
+            chunks,
+            resume: partial.is_some(),
+        });
+    }
+    // Largest first; ties by path so plans are deterministic.
+    out.fetch.sort_by(|a, b| {
+        b.file
+            .size
+            .cmp(&a.file.size)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    out
+}
+
+/// `[0, size)` minus the union of `done`, in order.
+pub fn missing_ranges(size: u64, done: &[ByteRange]) -> Vec<ByteRange> {
+    let mut done: Vec<ByteRange> = done
+        .iter()
+        .map(|r| ByteRange {
+            start: r.start.min(size),
+            end: r.end.min(size),
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    done.sort_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for r in done {
+        if r.start > pos {
+            out.push(ByteRange {
+                start: pos,
+                end: r.start,
+            });
+        }
+        pos = pos.max(r.end);
+    }
+    if pos < size {
+        out.push(ByteRange {
+            start: pos,
+            end: size,
+        });
+    }
+    out
+}
+
+/// Splits `r` at multiples of `chunk`, so the chunks of a resumed file line up with those of
+/// the run that started it.
+pub fn split_aligned(r: ByteRange, chunk: u64) -> Vec<ByteRange> {
+    let mut out = Vec::new();
+    let mut start = r.start;
+    while start < r.end {
+        let end = ((start / chunk + 1) * chunk).min(r.end);
+        out.push(ByteRange { start, end });
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rf(path: &str, size: u64, version: &str) -> (RelPath, RemoteFile) {
+        (
+            RelPath::new(path).unwrap(),
+            RemoteFile {
+                path: path.into(),
+                key: format!("k/{path}"),
+                size,
+                checksum: None,
+                version: Some(version.into()),
+            },
+        )
+    }
+
+    fn r(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    const OPTS: PlanOptions = PlanOptions {
+        chunk_size: 10,
+        force: false,
+    };
+
+    #[test]
+    fn chunk_boundaries() {
+        assert_eq!(
+            split_aligned(r(0, 25), 10),
+            vec![r(0, 10), r(10, 20), r(20, 25)]
+        );
+        assert_eq!(split_aligned(r(0, 10), 10), vec![r(0, 10)]);
+        assert_eq!(split_aligned(r(7, 12), 10), vec![r(7, 10), r(10, 12)]);
+        assert_eq!(split_aligned(r(0, 1), 10), vec![r(0, 1)]);
+        assert!(split_aligned(r(5, 5), 10).is_empty());
+    }
+
+    #[test]
+    fn missing_is_the_complement() {
+        assert_eq!(missing_ranges(30, &[]), vec![r(0, 30)]);
+        assert_eq!(missing_ranges(30, &[r(10, 20)]), vec![r(0, 10), r(20, 30)]);
+        assert_eq!(
+            missing_ranges(30, &[r(20, 30), r(0, 10), r(5, 15)]),
+            vec![r(15, 20)]
+        );
+        assert!(missing_ranges(30, &[r(0, 30)]).is_empty());
+        assert!(missing_ranges(0, &[]).is_empty());
+        // Records beyond the end (a shorter new version) are clipped, not trusted.
+        assert_eq!(missing_ranges(5, &[r(3, 50)]), vec![r(0, 3)]);
+    }
+
+    #[test]
+    fn fresh_dest_fetches_everything_largest_first() {
+        let p = plan(
+            vec![rf("small", 3, "a"), rf("big", 25, "b"), rf("empty", 0, "c")],
+            &LocalState::default(),
+            OPTS,
+        );
+        let order: Vec<&str> = p.fetch.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(order, ["big", "small", "empty"]);
+        assert_eq!(p.fetch[0].chunks, vec![r(0, 10), r(10, 20), r(20, 25)]);
+        assert!(
+            p.fetch[2].chunks.is_empty(),
+            "a zero-byte file has no chunk but is still created"
+        );
+        assert_eq!(p.bytes_to_fetch, 28);
+        assert!(!p.is_noop());
+    }
+
+    #[test]
+    fn complete_files_are_skipped_only_when_recorded_and_same_size_and_version() {
+        let mut local = LocalState::default();
+        for (path, size, v) in [
+            ("same", 5, "v1"),
+            ("changed", 5, "old"),
+            ("truncated", 5, "v1"),
+        ] {
+            let p = RelPath::new(path).unwrap();
+            local.recorded.insert(
+                p.clone(),
+                Recorded {
+                    size,
+                    version: Some(v.into()),
+                },
+            );
+            local
+                .on_disk
+                .insert(p, if path == "truncated" { 2 } else { 5 });
+        }
+        // On disk but never written by the loader: fetched (and overwritten).
+        local.on_disk.insert(RelPath::new("foreign").unwrap(), 5);
+        let files = vec![
+            rf("same", 5, "v1"),
+            rf("changed", 5, "new"),
+            rf("truncated", 5, "v1"),
+            rf("foreign", 5, "v1"),
+        ];
+        let p = plan(files.clone(), &local, OPTS);
+        let skipped: Vec<&str> = p.skip.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(skipped, ["same"]);
+        assert_eq!(p.fetch.len(), 3);
+        let forced = plan(
+            files,
+            &local,
+            PlanOptions {
+                force: true,
+                ..OPTS
+            },
+        );
+        assert!(forced.skip.is_empty());
+    }
+
+    #[test]
+    fn everything_recorded_and_present_is_a_noop() {
+        let mut local = LocalState::default();
+        let p = RelPath::new("a").unwrap();
+        local.recorded.insert(
+            p.clone(),
+            Recorded {
+                size: 5,
+                version: Some("v".into()),
+            },
+        );
+        local.on_disk.insert(p, 5);
+        assert!(plan(vec![rf("a", 5, "v")], &local, OPTS).is_noop());
+    }
+
+    #[test]
+    fn recorded_files_missing_from_the_listing_are_removed() {
+        let mut local = LocalState::default();
+        for path in ["keep", "gone"] {
+            local.recorded.insert(
+                RelPath::new(path).unwrap(),
+                Recorded {
+                    size: 1,
+                    version: None,
+                },
+            );
+        }
+        let p = plan(vec![rf("keep", 1, "v")], &local, OPTS);
+        assert_eq!(p.remove, vec![RelPath::new("gone").unwrap()]);
+    }
+
+    #[test]
+    fn partial_files_resume_only_for_the_same_version_and_size() {
+        let mut local = LocalState::default();
+        let done = vec![r(0, 10), r(20, 25)];
+        local.partial.insert(
+            RelPath::new("f").unwrap(),
+            Partial {
+                size: 25,
+                version: Some("v1".into()),
+                done: done.clone(),
+            },
+        );
+        let p = plan(vec![rf("f", 25, "v1")], &local, OPTS);
+        assert!(p.fetch[0].resume);
+        assert_eq!(p.fetch[0].chunks, vec![r(10, 20)]);
+        assert_eq!(p.resumed_bytes, 15);
+
+        let p = plan(vec![rf("f", 25, "v2")], &local, OPTS);
+        assert!(!p.fetch[0].resume, "a new version starts over");
+        assert_eq!(p.fetch[0].chunks.len(), 3);
+
+        let p = plan(vec![rf("f", 30, "v1")], &local, OPTS);
+        assert!(!p.fetch[0].resume, "a different size starts over");
+
+        let p = plan(
+            vec![rf("f", 25, "v1")],
+            &local,
+            PlanOptions {
+                force: true,
+                ..OPTS
+            },
+        );
+        assert!(!p.fetch[0].resume, "--force starts over");
+    }
+}

@@ -1,0 +1,402 @@
+//! Source URLs and safe relative paths: pure parsing, so every malformed input fails here,
+//! offline, before a client is built or a byte is written.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    /// `s3://`, `gs://` and `oss://` share one grammar: a bucket and an optional prefix (a
+    /// folder) or object key.
+    Bucket {
+        scheme: BucketScheme,
+        bucket: String,
+        /// Without leading `/`; may be empty (the whole bucket) or end in `/`.
+        prefix: String,
+    },
+    Hf(HfUrl),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketScheme {
+    S3,
+    Gs,
+    Oss,
+}
+
+impl BucketScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketScheme::S3 => "s3",
+            BucketScheme::Gs => "gs",
+            BucketScheme::Oss => "oss",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfRepoType {
+    Model,
+    Dataset,
+    Space,
+}
+
+/// `hf://[datasets/|spaces/]ORG/REPO[@REVISION][/PATH]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HfUrl {
+    pub repo_type: HfRepoType,
+    /// `ORG/REPO`.
+    pub repo: String,
+    /// Branch, tag, sha, `refs/pr/N` or `refs/convert/NAME`; `main` when the URL has none.
+    pub revision: String,
+    /// A sub-folder or one file inside the repository; empty for the whole repository.
+    pub path: String,
+}
+
+const SCHEMES_HELP: &str = "expected hf://ORG/REPO[@REVISION][/PATH], s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or oss://BUCKET[/PREFIX]";
+
+impl SourceUrl {
+    pub fn parse(input: &str) -> Result<Self> {
+        let bad = |why: &str| Error::usage(format!("invalid source URL {input:?}: {why}"));
+        let Some((scheme, rest)) = input.split_once("://") else {
+            return Err(bad(&format!("no scheme; {SCHEMES_HELP}")));
+        };
+        let bucket_scheme = match scheme {
+            "s3" => BucketScheme::S3,
+            "gs" => BucketScheme::Gs,
+            "oss" => BucketScheme::Oss,
+            "hf" => return parse_hf(rest).map(SourceUrl::Hf).map_err(|w| bad(&w)),
+            other => {
+                return Err(bad(&format!("unknown scheme {other:?}; {SCHEMES_HELP}")));
+            }
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("the bucket name is empty"));
+        }
+        if bucket.len() > 255
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(bad(&format!(
+                "{bucket:?} is not a bucket name (letters, digits, '.', '-', '_')"
+            )));
+        }
+        if prefix.starts_with('/') {
+            return Err(bad(
+                "the path after the bucket starts with '/' (an empty folder name)",
+            ));
+        }
+        Ok(SourceUrl::Bucket {
+            scheme: bucket_scheme,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            SourceUrl::Bucket { scheme, .. } => scheme.as_str(),
+            SourceUrl::Hf(_) => "hf",
+        }
+    }
+}
+
+impl fmt::Display for SourceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceUrl::Bucket {
+                scheme,
+                bucket,
+                prefix,
+            } => {
+                write!(f, "{}://{bucket}", scheme.as_str())?;
+                if !prefix.is_empty() {
+                    write!(f, "/{prefix}")?;
+                }
+                Ok(())
+            }
+            SourceUrl::Hf(h) => {
+                f.write_str("hf://")?;
+                match h.repo_type {
+                    HfRepoType::Model => {}
+                    HfRepoType::Dataset => f.write_str("datasets/")?,
+                    HfRepoType::Space => f.write_str("spaces/")?,
+                }
+                write!(f, "{}@{}", h.repo, h.revision)?;
+                if !h.path.is_empty() {
+                    write!(f, "/{}", h.path)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_hf(rest: &str) -> std::result::Result<HfUrl, String> {
+    let (repo_type, rest) = if let Some(r) = rest.strip_prefix("datasets/") {
+        (HfRepoType::Dataset, r)
+    } else if let Some(r) = rest.strip_prefix("spaces/") {
+        (HfRepoType::Space, r)
+    } else if let Some(r) = rest.strip_prefix("models/") {
+        (HfRepoType::Model, r)
+    } else {
+        (HfRepoType::Model, rest)
+    };
+    let (org, rest) = rest
+        .split_once('/')
+        .ok_or("expected hf://ORG/REPO (the repository id has two parts)")?;
+    let (name_and_rev, mut path) = match rest.split_once('@') {
+        // The revision may itself contain '/', so split off the name first.
+        Some((name, rev_and_path)) if !name.contains('/') => {
+            let (rev, path) = split_revision(rev_and_path)?;
+            return finish_hf(repo_type, org, name, rev, path);
+        }
+        _ => rest.split_once('/').unwrap_or((rest, "")),
+    };
+    path = path.trim_end_matches('/');
+    finish_hf(repo_type, org, name_and_rev, "main", path)
+}
+
+/// `refs/pr/N` and `refs/convert/NAME` contain slashes; anything else ends at the first `/`.
+fn split_revision(s: &str) -> std::result::Result<(&str, &str), String> {
+    let cut = if s.starts_with("refs/pr/") || s.starts_with("refs/convert/") {
+        let after = s.splitn(4, '/').take(3).map(|p| p.len() + 1).sum::<usize>() - 1;
+        after.min(s.len())
+    } else {
+        s.find('/').unwrap_or(s.len())
+    };
+    let rev = &s[..cut];
+    let path = s[cut..].trim_start_matches('/').trim_end_matches('/');
+    if rev.is_empty() || rev.ends_with('/') {
+        return Err("the revision after '@' is empty".into());
+    }
+    Ok((rev, path))
+}
+
+fn finish_hf(
+    repo_type: HfRepoType,
+    org: &str,
+    name: &str,
+    revision: &str,
+    path: &str,
+) -> std::result::Result<HfUrl, String> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 96
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !s.starts_with(['.', '-'])
+    };
+    if !valid(org) || !valid(name) {
+        return Err(format!(
+            "{org}/{name} is not a repository id (ORG/REPO: letters, digits, '.', '-', '_')"
+        ));
+    }
+    if !path.is_empty() {
+        RelPath::new(path).map_err(|e| e.message().to_string())?;
+    }
+    Ok(HfUrl {
+        repo_type,
+        repo: format!("{org}/{name}"),
+        revision: revision.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// Name of the loader's own state folder inside DEST; never a source path.
+pub const STATE_DIR: &str = ".model-loader";
+
+/// A relative path that stays under DEST: no leading `/`, no empty, `.` or `..` segment,
+/// no NUL or backslash, no segment over 255 bytes, and not inside the loader's state folder.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(String);
+
+impl RelPath {
+    pub fn new(path: &str) -> Result<Self> {
+        let refuse = |why: &str| {
+            Error::usage(format!(
+                "refusing source path {path:?}: {why}; it could land outside DEST. \
+                 Rename the object, or skip it with --exclude"
+            ))
+        };
+        if path.is_empty() {
+            return Err(refuse("it is empty"));
+        }
+        if path.starts_with('/') {
+            return Err(refuse("it is absolute"));
+        }
+        if path.contains('\0') {
+            return Err(refuse("it contains a NUL byte"));
+        }
+        if path.contains('\\') {
+            return Err(refuse("it contains a backslash"));
+        }
+        for seg in path.split('/') {
+            match seg {
+                "" => {
+                    return Err(refuse(
+                        "it has an empty folder name ('//' or a trailing '/')",
+                    ))
+                }
+                "." | ".." => return Err(refuse("it has a '.' or '..' segment")),
+                s if s.len() > 255 => {
+                    return Err(refuse("a name in it is longer than 255 bytes"));
+                }
+                _ => {}
+            }
+        }
+        if path.split('/').next() == Some(STATE_DIR) {
+            return Err(refuse(
+                "it is inside the loader's own state folder .model-loader",
+            ));
+        }
+        Ok(RelPath(path.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(s: &str) -> (BucketScheme, String, String) {
+        match SourceUrl::parse(s).unwrap() {
+            SourceUrl::Bucket {
+                scheme,
+                bucket,
+                prefix,
+            } => (scheme, bucket, prefix),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn hf(s: &str) -> HfUrl {
+        match SourceUrl::parse(s).unwrap() {
+            SourceUrl::Hf(h) => h,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bucket_urls() {
+        assert_eq!(bucket("s3://b"), (BucketScheme::S3, "b".into(), "".into()));
+        assert_eq!(bucket("s3://b/"), (BucketScheme::S3, "b".into(), "".into()));
+        assert_eq!(
+            bucket("s3://my.bucket-1/models/llama/"),
+            (
+                BucketScheme::S3,
+                "my.bucket-1".into(),
+                "models/llama/".into()
+            )
+        );
+        assert_eq!(
+            bucket("gs://b/a b/ü.json"),
+            (BucketScheme::Gs, "b".into(), "a b/ü.json".into())
+        );
+        assert_eq!(bucket("oss://b/x").0, BucketScheme::Oss);
+    }
+
+    #[test]
+    fn bad_urls_are_usage_errors() {
+        for bad in [
+            "",
+            "bucket/key",
+            "/local/path",
+            "ftp://b/k",
+            "s3://",
+            "s3:///key",
+            "s3://bad bucket/k",
+            "s3://b//k",
+            "hf://onlyname",
+            "hf://org/repo@",
+            "hf://org/re po",
+            "hf://../repo",
+            "hf://org/repo/../../etc",
+        ] {
+            let e = SourceUrl::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::error::Kind::Usage, "{bad}");
+            assert!(e.message().contains("source"), "{bad}: {}", e.message());
+        }
+    }
+
+    #[test]
+    fn hf_urls() {
+        let h = hf("hf://org/repo");
+        assert_eq!(
+            (h.repo.as_str(), h.revision.as_str(), h.path.as_str()),
+            ("org/repo", "main", "")
+        );
+        assert_eq!(h.repo_type, HfRepoType::Model);
+        let h = hf("hf://org/repo@v1.0/sub/dir/");
+        assert_eq!((h.revision.as_str(), h.path.as_str()), ("v1.0", "sub/dir"));
+        let h = hf("hf://org/repo@refs/pr/12/adapter_config.json");
+        assert_eq!(
+            (h.revision.as_str(), h.path.as_str()),
+            ("refs/pr/12", "adapter_config.json")
+        );
+        let h = hf("hf://org/repo@refs/convert/parquet");
+        assert_eq!(
+            (h.revision.as_str(), h.path.as_str()),
+            ("refs/convert/parquet", "")
+        );
+        let h = hf("hf://datasets/org/data@abc1234/train");
+        assert_eq!(h.repo_type, HfRepoType::Dataset);
+        assert_eq!((h.revision.as_str(), h.path.as_str()), ("abc1234", "train"));
+        let h = hf("hf://org/repo/config.json");
+        assert_eq!(
+            (h.revision.as_str(), h.path.as_str()),
+            ("main", "config.json")
+        );
+        assert_eq!(hf("hf://spaces/o/s").repo_type, HfRepoType::Space);
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "s3://b/p/",
+            "gs://b",
+            "hf://org/repo@main",
+            "hf://datasets/o/d@refs/pr/1/x",
+        ] {
+            assert_eq!(SourceUrl::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn relpath_refuses_escapes() {
+        for ok in ["a", "a/b c/ü.json", "..a/b..", ".hidden", "a/.model-loader"] {
+            assert_eq!(RelPath::new(ok).unwrap().as_str(), ok);
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            "/abs",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "a//b",
+            "dir/",
+            "a\\b",
+            "nul\0x",
+            ".model-loader/manifest.json",
+            long.as_str(),
+        ] {
+            let e = RelPath::new(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::error::Kind::Usage, "{bad:?}");
+            assert!(e.message().contains("--exclude"), "{}", e.message());
+        }
+    }
+}
