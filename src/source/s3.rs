@@ -5,7 +5,6 @@
 //! path-style addressing and may be plain `http://`. OSS reuses this client with the bucket in
 //! the host.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{error::CredentialsError, ProvideCredentials};
@@ -27,7 +26,7 @@ pub enum Signer {
     /// (one STS/IMDS call per request otherwise).
     Aws {
         provider: aws_credential_types::provider::SharedCredentialsProvider,
-        cache: tokio::sync::Mutex<Option<Arc<(Credentials, Option<SystemTime>)>>>,
+        cache: tokio::sync::Mutex<Option<(Credentials, Option<SystemTime>)>>,
     },
     /// Fixed keys (OSS, tests).
     Static(Credentials),
@@ -59,7 +58,7 @@ impl Signer {
                     secret: c.secret_access_key().to_string(),
                     token: c.session_token().map(str::to_string),
                 };
-                *guard = Some(Arc::new((creds.clone(), c.expiry())));
+                *guard = Some((creds.clone(), c.expiry()));
                 Ok(Some(creds))
             }
         }
@@ -120,6 +119,17 @@ impl Endpoint {
     }
 }
 
+/// How to reach and sign for one S3-compatible service.
+pub struct Service {
+    /// `s3` or `oss`: how URLs are shown in messages.
+    pub scheme: &'static str,
+    pub endpoint: Endpoint,
+    pub region: String,
+    pub signer: Signer,
+    /// The environment variables that hold the credentials, for error hints.
+    pub credential_hint: &'static str,
+}
+
 pub struct S3 {
     client: reqwest::Client,
     endpoint: Endpoint,
@@ -128,32 +138,21 @@ pub struct S3 {
     bucket: String,
     /// The URL's path after the bucket, as given (may name a folder or one object).
     prefix: String,
-    /// `s3` or `oss`: how URLs are shown in messages.
     scheme: &'static str,
-    /// The environment variables that hold the credentials, for error hints.
     credential_hint: &'static str,
 }
 
 impl S3 {
-    pub fn new(
-        scheme: &'static str,
-        client: reqwest::Client,
-        endpoint: Endpoint,
-        region: String,
-        signer: Signer,
-        bucket: &str,
-        prefix: &str,
-        credential_hint: &'static str,
-    ) -> Self {
+    pub fn new(client: reqwest::Client, service: Service, bucket: &str, prefix: &str) -> Self {
         S3 {
             client,
-            endpoint,
-            region,
-            signer,
+            endpoint: service.endpoint,
+            region: service.region,
+            signer: service.signer,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            scheme,
-            credential_hint,
+            scheme: service.scheme,
+            credential_hint: service.credential_hint,
         }
     }
 
@@ -237,16 +236,14 @@ impl S3 {
                 .with_source(e));
             }
         };
-        Ok(S3::new(
-            "s3",
-            client,
+        let service = Service {
+            scheme: "s3",
             endpoint,
             region,
             signer,
-            bucket,
-            prefix,
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-        ))
+            credential_hint: "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        };
+        Ok(S3::new(client, service, bucket, prefix))
     }
 
     fn display(&self, key: &str) -> String {

@@ -1,0 +1,64 @@
+# Shared by scripts/*.sh: pinned tool versions, installs into ignored folders, and starting
+# servers on loopback with cleanup. Source it; do not run it.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+RUN_DIR="$ROOT/target/servers"
+MOTO_VERSION="5.2.1"
+
+# Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
+# never reach it (research/protocols.md, pitfall 14).
+export AWS_EC2_METADATA_DISABLED=true
+export AWS_METADATA_ENDPOINT=http://127.0.0.1:9
+export GCE_METADATA_HOST=127.0.0.1:9
+export GCE_METADATA_IP=127.0.0.1:9
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT INT TERM
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+install_python_tools() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    log "installing moto[server]==$MOTO_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # url name
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  log "$2 did not start; its log:"; cat "$RUN_DIR/$2.log" >&2 || true
+  return 1
+}
+
+# start_moto NAME [ENV=VALUE...]: starts a moto server on a free port, sets MOTO_URL.
+start_moto() {
+  local name=$1; shift
+  mkdir -p "$RUN_DIR"
+  local port; port=$(free_port)
+  env "$@" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$RUN_DIR/$name.log" 2>&1 &
+  PIDS+=($!)
+  MOTO_URL="http://127.0.0.1:$port"
+  wait_http "$MOTO_URL/moto-api/" "$name"
+  log "$name on $MOTO_URL"
+}

@@ -1,0 +1,5 @@
+//! Integration tests: the real binary against real servers on loopback, started by
+//! scripts/test.sh.
+
+mod s3;
+mod support;

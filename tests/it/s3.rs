@@ -1,0 +1,499 @@
+//! `s3://` against moto server: what lands on disk, reruns, exit codes, CLI behaviour.
+
+use std::collections::BTreeMap;
+
+use crate::support::{self, proxy::Proxy, *};
+
+/// The tree the core issue names: nested folders, a zero-byte file, names with spaces and
+/// non-ASCII characters, a file spanning many chunks, more than 1,000 keys under one prefix.
+fn model_tree(prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut o = BTreeMap::new();
+    o.insert(
+        format!("{prefix}config.json"),
+        br#"{"model_type":"llama"}"#.to_vec(),
+    );
+    o.insert(format!("{prefix}empty.txt"), Vec::new());
+    o.insert(
+        format!("{prefix}with space/naïve – ü.json"),
+        b"{\"x\": 1}".to_vec(),
+    );
+    // 17 chunks of 64 KiB, the last one partial.
+    o.insert(
+        format!("{prefix}model.safetensors"),
+        data(1, 16 * 65536 + 123),
+    );
+    o.insert(format!("{prefix}a/b/c/deep.bin"), data(2, 1000));
+    for i in 0..1005 {
+        o.insert(
+            format!("{prefix}many/{i:04}.txt"),
+            format!("file {i}\n").into_bytes(),
+        );
+    }
+    o
+}
+
+#[test]
+fn downloads_a_tree_verified_and_a_rerun_fetches_nothing() {
+    let ep = s3_endpoint();
+    let b = bucket("tree");
+    let objects = model_tree("models/m1/");
+    seed_s3(&ep, &b, &objects);
+    // A sibling prefix that shares the first characters must not leak in.
+    seed_s3_more(&ep, &b, "models/m10/other.bin");
+    let proxy = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "64KiB", "--concurrency", "8"])
+        .arg(format!("s3://{b}/models/m1"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "models/m1/"));
+    let m = manifest(&dest);
+    assert_eq!(m["source"], format!("s3://{b}/models/m1"));
+    assert_eq!(m["files"].as_array().unwrap().len(), objects.len());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("done: 1010 files"),
+        "summary line: {stderr}"
+    );
+    // Only the manifest remains in the state folder.
+    let state: Vec<_> = std::fs::read_dir(dest.join(".model-loader"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        state.iter().all(|n| n == "manifest.json" || n == "parts"),
+        "{state:?}"
+    );
+    let gets_first = proxy.object_requests(&b);
+    assert_eq!(
+        gets_first,
+        1008 + 17,
+        "one GET per small file, 17 for the large one, none for the empty one"
+    );
+
+    proxy.clear();
+    let out = run(loader(&proxy.url(), tmp.path())
+        .arg(format!("s3://{b}/models/m1"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        proxy.object_requests(&b),
+        0,
+        "a rerun of a complete DEST makes no object request: {:?}",
+        proxy.requests()
+    );
+    let lists = proxy.requests().len();
+    assert_eq!(
+        lists,
+        2,
+        "two listing pages (1,010 keys), nothing else: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(tree(&dest), expected(&objects, "models/m1/"));
+}
+
+fn seed_s3_more(ep: &str, b: &str, key: &str) {
+    let client = block_on(async {
+        reqwest::Client::new()
+            .put(format!("{ep}/{b}/{key}"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .header("content-type", "application/octet-stream")
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(client.is_success());
+}
+
+#[test]
+fn endpoint_as_a_host_name_needs_nothing_else() {
+    let ep = s3_endpoint();
+    let b = bucket("host");
+    let mut objects = BTreeMap::new();
+    objects.insert("adapter/adapter_config.json".to_string(), b"{}".to_vec());
+    objects.insert(
+        "adapter/adapter_model.safetensors".to_string(),
+        data(3, 70_000),
+    );
+    seed_s3(&ep, &b, &objects);
+    let port = ep.rsplit(':').next().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    // As KubeAI users write it: AWS_ENDPOINT_URL=http://locals3:9000, nothing else.
+    let out = run(loader(&format!("http://localhost:{port}"), tmp.path())
+        .env_remove("AWS_REGION")
+        .arg(format!("s3://{b}/adapter/"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "adapter/"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("endpoint http://localhost:"),
+        "logs the endpoint: {stderr}"
+    );
+    assert!(
+        stderr.contains("from EnvironmentVariable"),
+        "logs the identity source: {stderr}"
+    );
+}
+
+#[test]
+fn loading_another_source_into_the_same_dest_leaves_exactly_its_files() {
+    let ep = s3_endpoint();
+    let b = bucket("swap");
+    let mut objects = BTreeMap::new();
+    for (k, v) in [
+        ("v1/adapter_config.json", b"{\"r\": 8}".to_vec()),
+        ("v1/only-in-v1.bin", data(4, 5000)),
+        ("v1/sub/shared.txt", b"one".to_vec()),
+        ("v2/adapter_config.json", b"{\"r\": 16}".to_vec()),
+        ("v2/sub/shared.txt", b"two".to_vec()),
+        ("v2/new/only-in-v2.bin", data(5, 3000)),
+    ] {
+        objects.insert(k.to_string(), v);
+    }
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("adapters/a");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("user-notes.txt"), "mine").unwrap();
+
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/v1"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/v2"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let mut want = expected(&objects, "v2/");
+    want.insert("user-notes.txt".into(), sha256(b"mine"));
+    assert_eq!(
+        tree(&dest),
+        want,
+        "exactly v2's files, plus the file the loader never wrote"
+    );
+    assert_eq!(manifest(&dest)["source"], format!("s3://{b}/v2"));
+}
+
+#[test]
+fn a_changed_object_is_fetched_again_and_a_deleted_one_removed() {
+    let ep = s3_endpoint();
+    let b = bucket("change");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.bin".to_string(), data(6, 2000));
+    objects.insert("m/b.bin".to_string(), data(7, 2000));
+    objects.insert("m/c.bin".to_string(), data(8, 2000));
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    assert_eq!(
+        run(loader(&ep, tmp.path())
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest))
+        .status
+        .code(),
+        Some(0)
+    );
+
+    let mut changed = BTreeMap::new();
+    changed.insert("m/a.bin".to_string(), data(9, 2500));
+    seed_s3_existing(&ep, &b, &changed);
+    delete_s3(&ep, &b, "m/c.bin");
+    let proxy = Proxy::start(&ep);
+    let out = run(loader(&proxy.url(), tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        proxy.object_requests(&b),
+        1,
+        "only the changed object: {:?}",
+        proxy.requests()
+    );
+    objects.extend(changed);
+    objects.remove("m/c.bin");
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
+
+fn seed_s3_existing(ep: &str, b: &str, objects: &BTreeMap<String, Vec<u8>>) {
+    for (k, v) in objects {
+        let status = block_on(async {
+            reqwest::Client::new()
+                .put(format!("{ep}/{b}/{k}"))
+                .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+                .header("content-type", "application/octet-stream")
+                .body(v.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success());
+    }
+}
+
+#[test]
+fn a_url_naming_one_object_downloads_that_object() {
+    let ep = s3_endpoint();
+    let b = bucket("single");
+    let mut objects = BTreeMap::new();
+    objects.insert("models/m/config.json".to_string(), b"{\"a\":1}".to_vec());
+    objects.insert("models/m/other.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/models/m/config.json"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let mut want = BTreeMap::new();
+    want.insert("config.json".to_string(), sha256(b"{\"a\":1}"));
+    assert_eq!(tree(&dest), want);
+}
+
+#[test]
+fn include_and_exclude_select_exactly_and_dry_run_writes_nothing() {
+    let ep = s3_endpoint();
+    let b = bucket("filter");
+    let mut objects = BTreeMap::new();
+    for k in [
+        "m/model.safetensors",
+        "m/sub/model-2.safetensors",
+        "m/config.json",
+        "m/README.md",
+        "m/optimizer.pt",
+        "m/onnx/model.onnx",
+    ] {
+        objects.insert(k.to_string(), k.as_bytes().to_vec());
+    }
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+
+    let dest = tmp.path().join("dry");
+    let out = run(loader(&ep, tmp.path())
+        .args([
+            "--dry-run",
+            "--include",
+            "*.safetensors",
+            "--include",
+            "*.json",
+        ])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!dest.exists(), "--dry-run creates nothing");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.starts_with("total"))
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "config.json",
+            "model.safetensors",
+            "sub/model-2.safetensors"
+        ]
+    );
+    assert!(stdout.contains("total: 3 files"), "{stdout}");
+
+    let dest = tmp.path().join("real");
+    let out = run(loader(&ep, tmp.path())
+        // The env twin, comma-separated, as a pod spec would set it.
+        .env("MODEL_LOADER_EXCLUDE", "*.pt,onnx/,README.md")
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let got: Vec<String> = tree(&dest).into_keys().collect();
+    assert_eq!(
+        got,
+        [
+            "config.json",
+            "model.safetensors",
+            "sub/model-2.safetensors"
+        ]
+    );
+}
+
+#[test]
+fn load_through_a_link_behaves_the_same() {
+    let ep = s3_endpoint();
+    let b = bucket("link");
+    let mut objects = BTreeMap::new();
+    objects.insert("a/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let link = tmp.path().join("load");
+    std::os::unix::fs::symlink(support::bin(), &link).unwrap();
+    let dest = tmp.path().join("d");
+    let mut cmd = loader(&ep, tmp.path());
+    cmd.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            tmp.path().display(),
+            std::env::var("PATH").unwrap()
+        ),
+    );
+    let out = run(std::process::Command::new("load")
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .arg(format!("s3://{b}/a"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "a/"));
+    let bad = run(std::process::Command::new(&link).arg("nope://x").arg(&dest));
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        first.contains(needle),
+        "{first:?} should mention {needle:?}"
+    );
+}
+
+#[test]
+fn missing_bucket_or_prefix_exits_4() {
+    let ep = s3_endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .arg("s3://no-such-bucket-here/m")
+        .arg(&dest));
+    assert_fails(&out, 4, "bucket no-such-bucket-here does not exist");
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+
+    let b = bucket("prefix");
+    let mut objects = BTreeMap::new();
+    objects.insert("real/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/typo"))
+        .arg(&dest));
+    assert_fails(&out, 4, "nothing found at");
+    let out = run(loader(&ep, tmp.path())
+        .args(["--include", "*.bin"])
+        .arg(format!("s3://{b}/real"))
+        .arg(&dest));
+    assert_fails(&out, 4, "matches --include/--exclude");
+}
+
+#[test]
+fn bad_urls_and_flags_exit_2_before_any_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No endpoint that answers: a usage error must not need the network.
+    let dead = "http://127.0.0.1:9";
+    for (args, needle) in [
+        (vec!["ftp://bucket/x"], "unknown scheme"),
+        (vec!["s3://"], "bucket name is empty"),
+        (vec!["bucket/key"], "no scheme"),
+        (vec!["s3://bad_bucket!/x"], "not a bucket name"),
+        (vec!["--chunk-size", "12parsecs", "s3://b/x"], "chunk-size"),
+        (vec!["--concurrency", "0", "s3://b/x"], "--concurrency"),
+    ] {
+        let out = run(loader(dead, tmp.path())
+            .args(&args)
+            .arg(tmp.path().join("d")));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unwritable_dest_exits_7_and_the_termination_log_says_why() {
+    let ep = s3_endpoint();
+    let b = bucket("local");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    // A regular file where DEST's parent folder should be: no user, root included, can write
+    // below it.
+    let blocker = tmp.path().join("blocker");
+    std::fs::write(&blocker, "file").unwrap();
+    let term = tmp.path().join("termination-log");
+    std::fs::write(&term, "").unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .env("MODEL_LOADER_TERMINATION_LOG", &term)
+        .arg(format!("s3://{b}/m"))
+        .arg(blocker.join("dest")));
+    assert_fails(&out, 7, "blocker/dest");
+    let msg = std::fs::read_to_string(&term).unwrap();
+    assert!(
+        msg.starts_with("error: cannot create") && msg.lines().count() == 1,
+        "{msg:?}"
+    );
+}
+
+#[test]
+fn wrong_secret_exits_3_and_never_prints_the_secret() {
+    let ep = required_env("MODEL_LOADER_TEST_S3_AUTH_ENDPOINT");
+    let key = required_env("MODEL_LOADER_TEST_S3_AUTH_KEY_ID");
+    let secret = required_env("MODEL_LOADER_TEST_S3_AUTH_SECRET");
+    let b = required_env("MODEL_LOADER_TEST_S3_AUTH_BUCKET");
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The right key works: the server checks every signature.
+    let dest = tmp.path().join("ok");
+    let out = run(loader(&ep, tmp.path())
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .arg(format!("s3://{b}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!tree(&dest).is_empty());
+
+    let wrong = format!("{secret}WRONG");
+    for (key_id, secret_key, token, needle) in [
+        (
+            key.as_str(),
+            wrong.as_str(),
+            None,
+            "signature does not match",
+        ),
+        ("AKIANOTAREALKEY00000", wrong.as_str(), None, "access key"),
+        (
+            key.as_str(),
+            secret.as_str(),
+            Some("SESSIONTOKENSECRET"),
+            "session token",
+        ),
+    ] {
+        let dest = tmp.path().join("bad");
+        let mut cmd = loader(&ep, tmp.path());
+        cmd.env("AWS_ACCESS_KEY_ID", key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret_key);
+        if let Some(t) = token {
+            cmd.env("AWS_SESSION_TOKEN", t);
+        }
+        let out = run(cmd.arg(format!("s3://{b}")).arg(&dest));
+        assert_fails(&out, 3, needle);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for s in [secret_key, secret.as_str(), "SESSIONTOKENSECRET"] {
+            assert!(!all.contains(s), "output leaks a secret: {all}");
+        }
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+    }
+}

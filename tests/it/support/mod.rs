@@ -1,0 +1,185 @@
+//! Test support: the servers scripts/test.sh started (found through environment variables; a
+//! missing one fails the test loudly, never skips it), S3 seeding, a request-counting proxy,
+//! running the real binary, and hashing trees.
+
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+/// An environment variable scripts/test.sh sets; panics with a remedy when it is missing.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through ./scripts/test.sh, which starts the servers they need")
+    })
+}
+
+/// The moto server without authentication (signatures are not checked).
+pub fn s3_endpoint() -> String {
+    required_env("MODEL_LOADER_TEST_S3_ENDPOINT")
+}
+
+/// A bucket name unique to this test run.
+pub fn bucket(name: &str) -> String {
+    format!("{name}-{:08x}", fastrand::u32(..))
+}
+
+/// Deterministic incompressible bytes.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Creates `bucket` on the open moto server and uploads `objects` (key → bytes).
+pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
+    block_on(async {
+        let client = reqwest::Client::new();
+        // moto routes a request to S3 by its Authorization header; the open server does not
+        // check the signature.
+        let auth = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+        let r = client
+            .put(format!("{endpoint}/{bucket}"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "create bucket {bucket}: {}",
+            r.status()
+        );
+        let puts = objects.iter().map(|(k, v)| {
+            let client = client.clone();
+            let url = format!(
+                "{endpoint}/{bucket}/{}",
+                model_loader::source::sigv4::uri_encode(k, true)
+            );
+            async move {
+                let r = client
+                    .put(url)
+                    .header("authorization", auth)
+                    .header("content-type", "application/octet-stream")
+                    .body(v.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "put {k}: {}", r.status());
+            }
+        });
+        futures_util::stream::iter(puts)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+    });
+}
+
+pub fn delete_s3(endpoint: &str, bucket: &str, key: &str) {
+    block_on(async {
+        let r = reqwest::Client::new()
+            .delete(format!(
+                "{endpoint}/{bucket}/{}",
+                model_loader::source::sigv4::uri_encode(key, true)
+            ))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "delete {key}: {}", r.status());
+    });
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_model-loader"))
+}
+
+/// The binary with a clean environment: static test keys, the endpoint, no metadata server,
+/// fast retries, log-style progress, and no write to the real /dev/termination-log.
+pub fn loader(endpoint: &str, home: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("MODEL_LOADER_PROGRESS", "log")
+        .env("MODEL_LOADER_RETRY_BASE_MS", "10")
+        .env(
+            "MODEL_LOADER_TERMINATION_LOG",
+            home.join("no-termination-log"),
+        );
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the binary runs");
+    eprintln!(
+        "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Every regular file under `root` (relative path → sha256), state folder excluded.
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+        if rel == ".model-loader" {
+            continue;
+        }
+        let ft = e.file_type().unwrap();
+        assert!(
+            !ft.is_symlink(),
+            "{rel} is a symlink; DEST must hold plain files"
+        );
+        if ft.is_dir() {
+            walk(root, &p, out);
+        } else {
+            out.insert(rel, sha256(&std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+/// What `tree` should return for `objects` under `prefix`.
+pub fn expected(objects: &BTreeMap<String, Vec<u8>>, prefix: &str) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), sha256(v))))
+        .collect()
+}
+
+pub fn manifest(dest: &Path) -> serde_json::Value {
+    let body =
+        std::fs::read(dest.join(".model-loader/manifest.json")).expect("manifest.json exists");
+    serde_json::from_slice(&body).unwrap()
+}
