@@ -1,5 +1,6 @@
 //! Integration tests: the real binary against real servers on loopback, started by
 //! scripts/test.sh.
 
+mod faults;
 mod s3;
 mod support;

@@ -1,28 +1,77 @@
-//! A TCP proxy in front of a test server that records every HTTP request line, so tests can
-//! count the requests a run makes (for example: a rerun of a complete DEST makes no GET).
+//! A proxy in front of a test server that records every HTTP request line (so tests can count
+//! what a run asks for) and can inject faults into ranged GETs: a proxy that drops Range, error
+//! statuses with Retry-After, a body cut mid-way, a body that stalls.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+
+/// What to do to ranged GETs (object reads; listings carry no Range).
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    None,
+    /// Forward without the Range header, as a broken proxy would: the server answers 200.
+    StripRange,
+    /// Answer the first `first` ranged GETs with `code` (and `Retry-After: 0` if asked).
+    Status {
+        code: u16,
+        retry_after: bool,
+        first: usize,
+    },
+    /// Let the first `ok` ranged GETs through, then answer every later one with 500.
+    FailAfter {
+        ok: usize,
+    },
+    /// Close the connection after `bytes` bytes of the first `first` ranged replies.
+    Cut {
+        bytes: usize,
+        first: usize,
+    },
+    /// Stop sending after `bytes` bytes of the first `first` ranged replies, keeping the
+    /// connection open.
+    Stall {
+        bytes: usize,
+        first: usize,
+    },
+}
 
 pub struct Proxy {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
+struct Shared {
+    target: SocketAddr,
+    fault: Fault,
+    faulted: AtomicUsize,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
 impl Proxy {
-    /// Starts forwarding to `upstream` (`http://host:port`) on a thread of its own.
     pub fn start(upstream: &str) -> Proxy {
+        Self::with_fault(upstream, Fault::None)
+    }
+
+    /// Starts forwarding to `upstream` (`http://IP:PORT`) on a thread of its own.
+    pub fn with_fault(upstream: &str, fault: Fault) -> Proxy {
         let target: SocketAddr = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .parse()
             .expect("upstream is http://IP:PORT");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(Shared {
+            target,
+            fault,
+            faulted: AtomicUsize::new(0),
+            log: Arc::clone(&log),
+        });
         let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -36,61 +85,14 @@ impl Proxy {
                     let Ok((client, _)) = l.accept().await else {
                         continue;
                     };
-                    let log = Arc::clone(&log2);
-                    tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        let (mut cr, mut cw) = client.into_split();
-                        let (mut sr, mut sw) = server.into_split();
-                        tokio::spawn(async move {
-                            let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                            let _ = cw.shutdown().await;
-                        });
-                        let mut pending: Vec<u8> = Vec::new();
-                        let mut skip_body = 0usize;
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            if sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            pending.extend_from_slice(&buf[..n]);
-                            loop {
-                                if skip_body > 0 {
-                                    let k = skip_body.min(pending.len());
-                                    pending.drain(..k);
-                                    skip_body -= k;
-                                    if skip_body > 0 {
-                                        break;
-                                    }
-                                }
-                                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n")
-                                else {
-                                    break;
-                                };
-                                let head = String::from_utf8_lossy(&pending[..end]).to_string();
-                                pending.drain(..end + 4);
-                                let mut lines = head.lines();
-                                let first = lines.next().unwrap_or_default().to_string();
-                                skip_body = lines
-                                    .filter_map(|l| l.split_once(':'))
-                                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                                    .and_then(|(_, v)| v.trim().parse().ok())
-                                    .unwrap_or(0);
-                                log.lock().unwrap().push(first);
-                            }
-                        }
-                        let _ = sw.shutdown().await;
-                    });
+                    tokio::spawn(connection(client, Arc::clone(&shared)));
                 }
             });
         });
-        let addr = rx.recv().unwrap();
-        Proxy { addr, log }
+        Proxy {
+            addr: rx.recv().unwrap(),
+            log,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -118,4 +120,134 @@ impl Proxy {
             })
             .count()
     }
+}
+
+/// Per connection: requests are parsed and forwarded one at a time (HTTP/1.1 clients do not
+/// pipeline), so a fault can be tied to the reply of the request that triggered it.
+async fn connection(client: TcpStream, sh: Arc<Shared>) {
+    let Ok(server) = TcpStream::connect(sh.target).await else {
+        return;
+    };
+    let (mut cr, cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let cw = Arc::new(tokio::sync::Mutex::new(cw));
+    // Bytes of the next reply to pass before cutting (usize::MAX: no limit), and whether to
+    // stall instead of closing.
+    let budget = Arc::new(AtomicUsize::new(usize::MAX));
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (cw, budget, stall) = (Arc::clone(&cw), Arc::clone(&budget), Arc::clone(&stall));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let allowed = budget.load(Ordering::SeqCst);
+                let pass = n.min(allowed);
+                let mut w = cw.lock().await;
+                if w.write_all(&buf[..pass]).await.is_err() {
+                    break;
+                }
+                if allowed != usize::MAX {
+                    budget.store(allowed - pass, Ordering::SeqCst);
+                    if pass < n || allowed - pass == 0 {
+                        if stall.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                        }
+                        let _ = w.shutdown().await;
+                        break;
+                    }
+                }
+            }
+            let _ = cw.lock().await.shutdown().await;
+        });
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+        pending.drain(..end + 4);
+        let mut lines: Vec<&str> = head.split("\r\n").collect();
+        let first = lines[0].to_string();
+        sh.log.lock().unwrap().push(first.clone());
+        let body_len: usize = lines
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while pending.len() < body_len {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body: Vec<u8> = pending.drain(..body_len).collect();
+        let ranged = first.starts_with("GET ")
+            && lines
+                .iter()
+                .any(|l| l.to_ascii_lowercase().starts_with("range:"));
+        let take = |first_n: usize| ranged && sh.faulted.fetch_add(1, Ordering::SeqCst) < first_n;
+        match sh.fault {
+            Fault::StripRange if ranged => {
+                lines.retain(|l| !l.to_ascii_lowercase().starts_with("range:"))
+            }
+            Fault::Status {
+                code,
+                retry_after,
+                first,
+            } if take(first) => {
+                let extra = if retry_after {
+                    "Retry-After: 0\r\n"
+                } else {
+                    ""
+                };
+                let reply = format!("HTTP/1.1 {code} Injected\r\n{extra}Content-Length: 0\r\n\r\n");
+                if reply_direct(&cw, reply.as_bytes()).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Fault::FailAfter { ok }
+                if ranged && sh.faulted.fetch_add(1, Ordering::SeqCst) >= ok =>
+            {
+                if reply_direct(&cw, b"HTTP/1.1 500 Injected\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Fault::Cut { bytes, first } if take(first) => budget.store(bytes, Ordering::SeqCst),
+            Fault::Stall { bytes, first } if take(first) => {
+                stall.store(true, Ordering::SeqCst);
+                budget.store(bytes, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+        let mut out = lines.join("\r\n").into_bytes();
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&body);
+        if sw.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    let _ = sw.shutdown().await;
+}
+
+async fn reply_direct(
+    cw: &tokio::sync::Mutex<OwnedWriteHalf>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    cw.lock().await.write_all(bytes).await
 }

@@ -1,0 +1,229 @@
+//! Transient failures are retried and resumed; what cannot be fixed fails with exit 5 and
+//! leaves no file looking complete. Faults come from the proxy in front of moto.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::support::proxy::{Fault, Proxy};
+use crate::support::*;
+
+/// A bucket with one 4-chunk file (64 KiB chunks) and one small file.
+fn seeded(name: &str) -> (String, String, BTreeMap<String, Vec<u8>>) {
+    let ep = s3_endpoint();
+    let b = bucket(name);
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(11, 4 * 65536 - 100));
+    objects.insert("m/config.json".to_string(), b"{\"layers\": 2}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    (ep, b, objects)
+}
+
+fn load_via(
+    proxy: &Proxy,
+    b: &str,
+    dest: &std::path::Path,
+    home: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    run(loader(&proxy.url(), home)
+        .args(["--chunk-size", "64KiB", "--concurrency", "4"])
+        .args(extra)
+        .arg(format!("s3://{b}/m"))
+        .arg(dest))
+}
+
+fn ranged_gets(proxy: &Proxy, b: &str) -> usize {
+    proxy.object_requests(b)
+}
+
+#[test]
+fn server_errors_and_429_are_retried_until_they_pass() {
+    for (code, retry_after) in [(503, true), (500, false), (429, true), (502, false)] {
+        let (ep, b, objects) = seeded("status");
+        let proxy = Proxy::with_fault(
+            &ep,
+            Fault::Status {
+                code,
+                retry_after,
+                first: 3,
+            },
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = load_via(&proxy, &b, &dest, tmp.path(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{code}");
+        assert_eq!(tree(&dest), expected(&objects, "m/"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches("retry ").count(), 3, "{code}: {stderr}");
+        assert!(
+            stderr.contains(", 3 retries"),
+            "the summary counts retries: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_body_cut_mid_chunk_resumes_from_the_last_byte_written() {
+    let (ep, b, objects) = seeded("cut");
+    let proxy = Proxy::with_fault(
+        &ep,
+        Fault::Cut {
+            bytes: 20_000,
+            first: 3,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = load_via(&proxy, &b, &dest, tmp.path(), &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    // 4 chunks + 1 small file, plus one resumed request per cut.
+    assert_eq!(ranged_gets(&proxy, &b), 5 + 3, "{:?}", proxy.requests());
+}
+
+#[test]
+fn a_stalled_body_is_cut_by_the_read_timeout_and_resumed() {
+    let (ep, b, objects) = seeded("stall");
+    let proxy = Proxy::with_fault(
+        &ep,
+        Fault::Stall {
+            bytes: 20_000,
+            first: 1,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let t = Instant::now();
+    let out = load_via(&proxy, &b, &dest, tmp.path(), &["--read-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the stall was not cut: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out"), "{stderr}");
+}
+
+#[test]
+fn a_proxy_that_ignores_range_never_corrupts_a_file() {
+    let (ep, b, _) = seeded("norange");
+    let proxy = Proxy::with_fault(&ep, Fault::StripRange);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = load_via(&proxy, &b, &dest, tmp.path(), &["--retries", "2"]);
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ignores Range"), "{stderr}");
+    assert!(
+        !dest.join("weights.bin").exists(),
+        "no partial file at a final path"
+    );
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+}
+
+#[test]
+fn retries_that_run_out_exit_5_with_the_last_cause_and_no_manifest() {
+    let (ep, b, _) = seeded("giveup");
+    let proxy = Proxy::with_fault(
+        &ep,
+        Fault::Status {
+            code: 503,
+            retry_after: true,
+            first: usize::MAX,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = load_via(&proxy, &b, &dest, tmp.path(), &["--retries", "3"]);
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(
+        first.contains("giving up on")
+            && first.contains("after 3 attempts")
+            && first.contains("503"),
+        "{first}"
+    );
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+    assert!(tree(&dest).is_empty(), "nothing at a final path");
+}
+
+#[test]
+fn an_interrupted_run_resumes_without_refetching_finished_ranges() {
+    // The first run dies on a chunk of the large file after the others landed; the rerun
+    // fetches only the missing chunk.
+    let ep = s3_endpoint();
+    let b = bucket("resume");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(12, 8 * 65536));
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    // One request at a time; after 6 chunks every request fails and the run gives up.
+    let failing = Proxy::with_fault(&ep, Fault::FailAfter { ok: 6 });
+    let out = run(loader(&failing.url(), tmp.path())
+        .args([
+            "--chunk-size",
+            "64KiB",
+            "--concurrency",
+            "1",
+            "--retries",
+            "1",
+        ])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        !dest.join("weights.bin").exists() && !dest.join(".model-loader/manifest.json").exists()
+    );
+
+    let proxy = Proxy::start(&ep);
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "64KiB", "--concurrency", "1"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        ranged_gets(&proxy, &b),
+        2,
+        "only the 2 missing chunks: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("384.0 KiB already on disk"), "{stderr}");
+}
+
+#[test]
+fn json_progress_is_one_event_per_line() {
+    let (ep, b, _) = seeded("json");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .args(["--progress", "json", "--chunk-size", "64KiB"])
+        .arg(format!("s3://{b}/m"))
+        .arg(tmp.path().join("d")));
+    assert_eq!(out.status.code(), Some(0));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "file_done").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"plan") && kinds.last() == Some(&"done"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        events.last().unwrap()["bytes_fetched"],
+        4 * 65536 - 100 + 13
+    );
+}
