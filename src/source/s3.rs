@@ -178,9 +178,26 @@ impl S3 {
                 .find_map(|n| env_nonempty(n).map(|v| (n, v)))
         };
 
-        let region_provider =
-            aws_config::default_provider::region::DefaultRegionChain::builder().build();
-        let configured_region = region_provider.region().await.map(|r| r.to_string());
+        let configured_region = match ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .into_iter()
+            .find_map(env_nonempty)
+        {
+            Some(r) => Some(r),
+            // A custom endpoint (MinIO, Ceph) rarely cares about the region: read the profile,
+            // but do not wait for instance metadata, which off AWS only times out.
+            None if endpoint_var.is_some() => {
+                use aws_config::meta::region::ProvideRegion;
+                aws_config::profile::region::ProfileFileRegionProvider::new()
+                    .region()
+                    .await
+                    .map(|r| r.to_string())
+            }
+            None => aws_config::default_provider::region::DefaultRegionChain::builder()
+                .build()
+                .region()
+                .await
+                .map(|r| r.to_string()),
+        };
 
         let (endpoint, region) = match &endpoint_var {
             Some((name, url)) => (

@@ -497,3 +497,58 @@ fn wrong_secret_exits_3_and_never_prints_the_secret() {
         assert!(!dest.join(".model-loader/manifest.json").exists());
     }
 }
+
+#[test]
+fn credentials_from_a_profile_file_sign_real_requests() {
+    let ep = required_env("MODEL_LOADER_TEST_S3_AUTH_ENDPOINT");
+    let key = required_env("MODEL_LOADER_TEST_S3_AUTH_KEY_ID");
+    let secret = required_env("MODEL_LOADER_TEST_S3_AUTH_SECRET");
+    let b = required_env("MODEL_LOADER_TEST_S3_AUTH_BUCKET");
+    let tmp = tempfile::tempdir().unwrap();
+    let aws = tmp.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!("[models]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::write(aws.join("config"), "[profile models]\nregion = us-east-1\n").unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION")
+        .env("AWS_PROFILE", "models")
+        .arg(format!("s3://{b}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from ProfileFile"));
+    assert!(!tree(&dest).is_empty());
+}
+
+#[test]
+fn irsa_web_identity_credentials_come_from_sts() {
+    // moto serves STS too; aws-config sends AssumeRoleWithWebIdentity to AWS_ENDPOINT_URL.
+    let ep = s3_endpoint();
+    let b = bucket("irsa");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/model-reader",
+        )
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from WebIdentityToken"));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
