@@ -227,3 +227,42 @@ fn json_progress_is_one_event_per_line() {
         4 * 65536 - 100 + 13
     );
 }
+
+#[test]
+fn sigterm_and_sigint_stop_the_run_with_143_and_130_and_no_manifest() {
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let (ep, b, _) = seeded("signal");
+        let proxy = Proxy::with_fault(
+            &ep,
+            Fault::Stall {
+                bytes: 20_000,
+                first: usize::MAX,
+            },
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let child = loader(&proxy.url(), tmp.path())
+            .args(["--chunk-size", "64KiB", "--read-timeout", "60"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = Instant::now();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?} to stop",
+            t.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(code));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("error: interrupted; finished ranges are kept"),
+            "{stderr}"
+        );
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+    }
+}
