@@ -54,13 +54,17 @@ pub fn client(opts: &ClientOptions) -> Result<reqwest::Client> {
             ))
             .with_source(e)
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        let not_pem = || {
             Error::usage(format!(
-                "the CA bundle {} holds no valid PEM certificate",
+                "the CA bundle {} holds no valid PEM certificate: point AWS_CA_BUNDLE at a PEM file",
                 path.display()
             ))
-            .with_source(e)
-        })?;
+        };
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| not_pem().with_source(e))?;
+        if certs.is_empty() {
+            return Err(not_pem());
+        }
         b = b.tls_certs_merge(certs);
     }
     b.build().map_err(|e| {

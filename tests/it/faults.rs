@@ -94,7 +94,13 @@ fn a_stalled_body_is_cut_by_the_read_timeout_and_resumed() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
     let t = Instant::now();
-    let out = load_via(&proxy, &b, &dest, tmp.path(), &["--read-timeout", "1"]);
+    let out = load_via(
+        &proxy,
+        &b,
+        &dest,
+        tmp.path(),
+        &["--read-timeout", "1", "--progress-interval", "0.2"],
+    );
     assert_eq!(out.status.code(), Some(0));
     assert!(
         t.elapsed() < Duration::from_secs(30),
@@ -104,6 +110,10 @@ fn a_stalled_body_is_cut_by_the_read_timeout_and_resumed() {
     assert_eq!(tree(&dest), expected(&objects, "m/"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(
+        stderr.contains("progress: ") && stderr.contains("ETA"),
+        "periodic log lines: {stderr}"
+    );
 }
 
 #[test]

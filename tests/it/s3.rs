@@ -552,3 +552,61 @@ fn irsa_web_identity_credentials_come_from_sts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("from WebIdentityToken"));
     assert_eq!(tree(&dest), expected(&objects, "m/"));
 }
+
+#[test]
+fn aws_endpoint_url_s3_wins_over_aws_endpoint_url() {
+    let ep = s3_endpoint();
+    let b = bucket("precedence");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader("http://127.0.0.1:9", tmp.path())
+        .env("AWS_ENDPOINT_URL_S3", &ep)
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
+
+#[test]
+fn no_credentials_means_anonymous_and_a_denial_says_so() {
+    // moto refuses unsigned requests, which stands in for a private bucket here.
+    let ep = s3_endpoint();
+    let b = bucket("private");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .arg(format!("s3://{b}/m"))
+        .arg(tmp.path().join("d")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no AWS credentials found"), "{stderr}");
+    assert!(stderr.contains("sending anonymous requests"), "{stderr}");
+    assert_fails(
+        &out,
+        3,
+        "no credentials were found, so the request was anonymous",
+    );
+}
+
+#[test]
+fn an_unreadable_ca_bundle_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(loader(&s3_endpoint(), tmp.path())
+        .env("AWS_CA_BUNDLE", tmp.path().join("missing.pem"))
+        .arg("s3://b-b-b/m")
+        .arg(tmp.path().join("d")));
+    assert_fails(&out, 2, "cannot read the CA bundle");
+    let not_pem = tmp.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let out = run(loader(&s3_endpoint(), tmp.path())
+        .env("AWS_CA_BUNDLE", &not_pem)
+        .arg("s3://b-b-b/m")
+        .arg(tmp.path().join("d")));
+    assert_eq!(out.status.code(), Some(2));
+}
