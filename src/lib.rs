@@ -20,6 +20,7 @@ use error::{Error, Result};
 use progress::{PlanSummary, Reporter, Summary};
 use source::{AnySource, RemoteFile, Source};
 use transfer::plan::{plan, PlanOptions};
+use transfer::retry::retrying;
 use transfer::state::{self, Manifest, ManifestFile, StateDir};
 use transfer::ExecOptions;
 use url::RelPath;
@@ -35,8 +36,13 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
         max_idle_per_host: cfg.concurrency,
         ..Default::default()
     };
-    let source = Arc::new(AnySource::open(&cfg.source, &client_opts, reporter.as_ref()).await?);
-    let listing = source.list().await?;
+    let source = Arc::new(
+        retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {
+            AnySource::open(&cfg.source, &client_opts, reporter.as_ref())
+        })
+        .await?,
+    );
+    let listing = retrying(&cfg.retry, reporter.as_ref(), "listing", || source.list()).await?;
     let selected = select(listing.files, &cfg.filter, &cfg.source)?;
 
     if cfg.dry_run {
@@ -126,7 +132,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
                 path: p.to_string(),
                 size: f.size,
                 version: f.version.clone(),
-                md5: f.checksum.as_ref().map(|c| c.hex()),
+                checksum: f.checksum.as_ref().map(|c| c.tagged()),
             })
             .collect(),
     })?;

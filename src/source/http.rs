@@ -211,6 +211,19 @@ struct BodyState {
     done: bool,
 }
 
+/// RFC 3986 percent-encoding as S3 SigV4 and the Hub (Python `quote`) want it: every byte except `A-Za-z0-9-_.~` becomes `%XX`; `/` is kept in paths.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Parses `bytes a-b/total` (or `bytes a-b/*`) into a half-open range and the total.
 pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;

@@ -3,6 +3,7 @@
 //! classify their own errors (kind + retry hint) where they arise, and check that every
 //! ranged reply is exactly the bytes asked for.
 
+pub mod hf;
 pub mod http;
 pub mod s3;
 pub mod sigv4;
@@ -35,20 +36,34 @@ pub struct RemoteFile {
 /// A checksum the listing gives for free, used to verify the bytes on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checksum {
+    /// S3 single-part ETags.
     Md5([u8; 16]),
+    /// Hub LFS files (`lfs.oid`).
+    Sha256([u8; 32]),
+    /// Hub regular files: git's blob id, `sha1("blob <len>\0" + bytes)`.
+    GitBlobSha1([u8; 20]),
 }
 
 impl Checksum {
     pub fn algorithm(&self) -> &'static str {
         match self {
             Checksum::Md5(_) => "md5",
+            Checksum::Sha256(_) => "sha256",
+            Checksum::GitBlobSha1(_) => "git-sha1",
         }
     }
 
     pub fn hex(&self) -> String {
         match self {
             Checksum::Md5(d) => hex::encode(d),
+            Checksum::Sha256(d) => hex::encode(d),
+            Checksum::GitBlobSha1(d) => hex::encode(d),
         }
+    }
+
+    /// `algorithm:hex`, as stored in the manifest.
+    pub fn tagged(&self) -> String {
+        format!("{}:{}", self.algorithm(), self.hex())
     }
 }
 
@@ -115,6 +130,7 @@ pub trait Source: Send + Sync {
 /// The closed set of schemes: static dispatch, no boxing.
 pub enum AnySource {
     S3(s3::S3),
+    Hf(hf::Hf),
 }
 
 impl AnySource {
@@ -132,8 +148,9 @@ impl AnySource {
             } => Ok(AnySource::S3(
                 s3::S3::open_aws(bucket, prefix, opts, reporter).await?,
             )),
+            SourceUrl::Hf(h) => Ok(AnySource::Hf(hf::Hf::open(h, opts, reporter).await?)),
             other => Err(Error::usage(format!(
-                "{}:// sources are not supported by this build yet (s3:// is); see the README",
+                "{}:// sources are not supported by this build yet (s3:// and hf:// are); see the README",
                 other.scheme()
             ))),
         }
@@ -144,12 +161,14 @@ impl Source for AnySource {
     async fn list(&self) -> Result<Listing> {
         match self {
             AnySource::S3(s) => s.list().await,
+            AnySource::Hf(s) => s.list().await,
         }
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         match self {
             AnySource::S3(s) => s.fetch(file, range).await,
+            AnySource::Hf(s) => s.fetch(file, range).await,
         }
     }
 }

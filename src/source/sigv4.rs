@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+pub use super::http::uri_encode;
+
 /// SHA-256 of the empty payload: every request we sign has no body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -45,19 +47,6 @@ pub struct Request<'a> {
     pub service: &'a str,
     /// `YYYYMMDDTHHMMSSZ`.
     pub amz_date: &'a str,
-}
-
-/// S3's URI encoding: every byte except `A-Za-z0-9-_.~` becomes `%XX`; `/` is kept in paths.
-pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The canonical (and wire) form of a query: encoded pairs sorted by key, then value.

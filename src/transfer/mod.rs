@@ -52,6 +52,10 @@ struct FileJob {
     /// Opened at the first chunk and closed after the rename, so open files stay bounded by
     /// the concurrency, not the file count.
     part: Mutex<Option<Arc<PartFile>>>,
+    /// For a file fetched whole in one request: its hash, computed as the bytes stream in, so
+    /// verifying it costs no second read.
+    inline: Mutex<Option<verify::Hasher>>,
+    hashes_inline: bool,
 }
 
 struct Ctx {
@@ -117,7 +121,19 @@ pub async fn execute(
         .enumerate()
         .map(|(id, plan)| {
             jobs.extend(plan.chunks.iter().map(|r| (id, *r)));
+            let whole = [ByteRange {
+                start: 0,
+                end: plan.file.size,
+            }];
+            let inline = match &plan.file.checksum {
+                Some(c) if plan.chunks == whole => {
+                    Some(verify::Hasher::for_checksum(c, plan.file.size))
+                }
+                _ => None,
+            };
             FileJob {
+                hashes_inline: inline.is_some(),
+                inline: Mutex::new(inline),
                 id,
                 part_path: state.part_path(&plan.path),
                 final_path: state.final_path(&plan.path),
@@ -249,6 +265,12 @@ async fn fetch_chunk(
                             break;
                         }
                     };
+                    if job.hashes_inline {
+                        let mut h = job.inline.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(h) = h.as_mut() {
+                            h.update(&bytes);
+                        }
+                    }
                     let mut data = &bytes[..];
                     while !data.is_empty() {
                         let take = (cap - buf.len()).min(data.len());
@@ -320,11 +342,22 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .checksum
         .clone()
         .filter(|_| job.checksum_applies.load(Ordering::Relaxed));
+    let inline = job
+        .inline
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(verify::Hasher::finish);
     let shown = ctx.shown(job);
     let final_path = job.final_path.clone();
+    let size = job.plan.file.size;
     tokio::task::spawn_blocking(move || {
-        if let Some(c) = checksum {
-            if let Err(e) = verify::verify_file(part.path(), &c, &shown) {
+        if let Some(want) = checksum {
+            let got = match inline {
+                Some(got) => Ok(got),
+                None => verify::hash_file(part.path(), &want, size),
+            };
+            if let Err(e) = got.and_then(|got| verify::check(&got, &want, &shown)) {
                 let _ = std::fs::remove_file(part.path());
                 return Err(e);
             }

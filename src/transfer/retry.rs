@@ -1,7 +1,11 @@
 //! Backoff between attempts: exponential with full jitter, never shorter than what the server
 //! asked for (Retry-After), capped so a hostile header cannot park the pod for hours.
 
+use std::future::Future;
 use std::time::Duration;
+
+use crate::error::{Result, Retry};
+use crate::progress::Reporter;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -36,6 +40,38 @@ impl RetryPolicy {
             Some(s) => s.min(MAX_SERVER_WAIT).max(ours),
             None => ours,
         }
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or has failed `max_attempts` times in a row.
+/// For whole operations (opening a source, listing); chunk fetches resume instead
+/// (`transfer::fetch_chunk`).
+pub async fn retrying<T, F, Fut>(
+    policy: &RetryPolicy,
+    reporter: &dyn Reporter,
+    what: &str,
+    mut op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut failures = 0;
+    loop {
+        let err = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Retry::After(server_wait) = err.retry() else {
+            return Err(err);
+        };
+        failures += 1;
+        if failures >= policy.max_attempts {
+            return Err(err.context(format!("giving up on {what} after {failures} attempts")));
+        }
+        let wait = policy.wait(failures, server_wait, fastrand::f64());
+        reporter.retry(what, failures, &err, wait);
+        tokio::time::sleep(wait).await;
     }
 }
 

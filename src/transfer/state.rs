@@ -30,8 +30,9 @@ pub struct ManifestFile {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// `algorithm:hex` (md5, sha256, git-sha1) when the source gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub md5: Option<String>,
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -439,7 +440,7 @@ mod tests {
                 path: "a".into(),
                 size: 1,
                 version: Some("v".into()),
-                md5: None,
+                checksum: None,
             }],
         };
         st.commit(&m).unwrap();

@@ -1,35 +1,76 @@
-//! Checks a finished part file against the checksum the listing gave.
+//! Checks a finished file against the checksum the listing gave: inline while the bytes stream
+//! in when a file arrives in order in one request, otherwise by reading the part file back
+//! (from the page cache: it was just written).
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use md5::{Digest, Md5};
+use sha1::Sha1;
+use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
 use crate::source::Checksum;
 
-/// Hashes `path` and compares it with `want`. Reads in 1 MiB blocks: the file was just written,
-/// so this reads the page cache, not the disk.
-pub fn verify_file(path: &Path, want: &Checksum, shown: &str) -> Result<()> {
-    let got = match want {
-        Checksum::Md5(_) => {
-            let mut f = File::open(path).map_err(|e| Error::local("read back", path, e))?;
-            let mut h = Md5::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| Error::local("read back", path, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
+/// An incremental hash of the kind a checksum needs.
+pub enum Hasher {
+    Md5(Md5),
+    Sha256(Sha256),
+    GitBlobSha1(Sha1),
+}
+
+impl Hasher {
+    /// A hasher for `want`; `size` is the file's length (git's blob header includes it).
+    pub fn for_checksum(want: &Checksum, size: u64) -> Self {
+        match want {
+            Checksum::Md5(_) => Hasher::Md5(Md5::new()),
+            Checksum::Sha256(_) => Hasher::Sha256(Sha256::new()),
+            Checksum::GitBlobSha1(_) => {
+                let mut h = Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                Hasher::GitBlobSha1(h)
             }
-            Checksum::Md5(h.finalize().into())
         }
-    };
-    if &got != want {
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::GitBlobSha1(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Checksum {
+        match self {
+            Hasher::Md5(h) => Checksum::Md5(h.finalize().into()),
+            Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
+            Hasher::GitBlobSha1(h) => Checksum::GitBlobSha1(h.finalize().into()),
+        }
+    }
+}
+
+/// Hashes the file at `path` for `want`.
+pub fn hash_file(path: &Path, want: &Checksum, size: u64) -> Result<Checksum> {
+    let mut f = File::open(path).map_err(|e| Error::local("read back", path, e))?;
+    let mut h = Hasher::for_checksum(want, size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::local("read back", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
+}
+
+/// Compares what was computed with what the listing promised.
+pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
+    if got != want {
         return Err(Error::new(
             Kind::Corrupt,
             format!(
@@ -47,15 +88,37 @@ pub fn verify_file(path: &Path, want: &Checksum, shown: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn hex_arr<const N: usize>(s: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        hex::decode_to_slice(s, &mut out).unwrap();
+        out
+    }
+
     #[test]
-    fn md5_match_and_mismatch() {
+    fn known_digests() {
         let tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(tmp.path(), b"The quick brown fox jumps over the lazy dog").unwrap();
-        let mut want = [0u8; 16];
-        hex::decode_to_slice("9e107d9d372bb6826bd81d3542a419d6", &mut want).unwrap();
-        verify_file(tmp.path(), &Checksum::Md5(want), "x").unwrap();
-        want[0] ^= 1;
-        let e = verify_file(tmp.path(), &Checksum::Md5(want), "s3://b/x").unwrap_err();
+        let text = b"The quick brown fox jumps over the lazy dog";
+        std::fs::write(tmp.path(), text).unwrap();
+        let md5 = Checksum::Md5(hex_arr("9e107d9d372bb6826bd81d3542a419d6"));
+        let sha = Checksum::Sha256(hex_arr(
+            "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592",
+        ));
+        for want in [&md5, &sha] {
+            check(&hash_file(tmp.path(), want, 43).unwrap(), want, "x").unwrap();
+        }
+        // `git hash-object` of "hello\n".
+        let blob = Checksum::GitBlobSha1(hex_arr("ce013625030ba8dba906f756967f9e9ca394464a"));
+        let mut h = Hasher::for_checksum(&blob, 6);
+        h.update(b"hel");
+        h.update(b"lo\n");
+        check(&h.finish(), &blob, "x").unwrap();
+    }
+
+    #[test]
+    fn mismatch_is_corrupt_and_names_the_file() {
+        let want = Checksum::Md5([0; 16]);
+        let got = Checksum::Md5([1; 16]);
+        let e = check(&got, &want, "s3://b/x").unwrap_err();
         assert_eq!(e.kind(), Kind::Corrupt);
         assert!(
             e.message().starts_with("s3://b/x: md5 mismatch"),
