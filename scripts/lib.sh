@@ -5,6 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 RUN_DIR="$ROOT/target/servers"
 MOTO_VERSION="5.2.1"
+HF_HUB_VERSION="2.4.0"
 
 # Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
 # never reach it (research/protocols.md, pitfall 14).
@@ -32,9 +33,9 @@ install_python_tools() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-    log "installing moto[server]==$MOTO_VERSION into $VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  if ! "$VENV/bin/python" -c "import moto, huggingface_hub as h, sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or h.__version__ != '$HF_HUB_VERSION')" 2>/dev/null; then
+    log "installing moto[server]==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "huggingface_hub==$HF_HUB_VERSION"
   fi
 }
 
@@ -61,4 +62,15 @@ start_moto() {
   MOTO_URL="http://127.0.0.1:$port"
   wait_http "$MOTO_URL/moto-api/" "$name"
   log "$name on $MOTO_URL"
+}
+
+# start_fake_hub: the fake Hugging Face Hub (Hub + CDN ports); sets FAKE_HUB_URL.
+start_fake_hub() {
+  mkdir -p "$RUN_DIR"
+  local hub cdn; hub=$(free_port); cdn=$(free_port)
+  "$VENV/bin/python" "$ROOT/scripts/support/fake_hub.py" "$hub" "$cdn" >"$RUN_DIR/fake-hub.log" 2>&1 &
+  PIDS+=($!)
+  FAKE_HUB_URL="http://127.0.0.1:$hub"
+  wait_http "$FAKE_HUB_URL/_log" fake-hub
+  log "fake Hub on $FAKE_HUB_URL (CDN on port $cdn)"
 }

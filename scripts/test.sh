@@ -17,6 +17,13 @@ read -r MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET < <(
   "$VENV/bin/python" scripts/support/seed_auth.py "$MOTO_URL" "$MODEL_LOADER_TEST_S3_AUTH_BUCKET")
 export MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET
 
+start_fake_hub
+export MODEL_LOADER_TEST_HF_ENDPOINT="$FAKE_HUB_URL"
+log "checking the fake Hub against huggingface_hub $HF_HUB_VERSION"
+rm -rf "$RUN_DIR/hf-check"
+HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=1 \
+  HF_HUB_DISABLE_PROGRESS_BARS=1 "$VENV/bin/python" scripts/support/check_fake_hub.py "$RUN_DIR/hf-check"
+
 log "cargo test"
 cargo test --locked --all-targets -- "$@"
 

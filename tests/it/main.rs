@@ -2,5 +2,6 @@
 //! scripts/test.sh.
 
 mod faults;
+mod hf;
 mod s3;
 mod support;

@@ -1,0 +1,339 @@
+//! `hf://` against the fake Hub (scripts/support/fake_hub.py, checked against huggingface_hub
+//! by scripts/test.sh): revisions, sub-folders, single files, datasets, tokens, CDN expiry,
+//! the Hub's error classes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+const TOKEN: &str = "hf_fake_token_0123456789";
+
+fn hub() -> String {
+    required_env("MODEL_LOADER_TEST_HF_ENDPOINT")
+}
+
+fn hf_loader(home: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("HF_ENDPOINT", hub())
+        .env("MODEL_LOADER_PROGRESS", "log")
+        .env("MODEL_LOADER_RETRY_BASE_MS", "10")
+        .env(
+            "MODEL_LOADER_TERMINATION_LOG",
+            home.join("no-termination-log"),
+        );
+    c
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    let body = block_on(async { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// (commit, path → sha256) of a repo at a revision, from the fake's ground truth.
+fn truth(kind: &str, repo: &str, rev: &str) -> (String, BTreeMap<String, String>) {
+    let v = get_json(&format!("{}/_truth/{kind}/{repo}@{rev}", hub()));
+    let files = v["files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    (v["sha"].as_str().unwrap().to_string(), files)
+}
+
+/// Requests the fake saw whose path mentions `needle`.
+fn hub_log(needle: &str) -> Vec<serde_json::Value> {
+    get_json(&format!("{}/_log", hub()))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e["path"].as_str().unwrap().starts_with("/_"))
+        .filter(|e| {
+            e["path"].as_str().unwrap().contains(needle)
+                || e["query"].as_str().unwrap().contains(needle)
+        })
+        .cloned()
+        .collect()
+}
+
+fn cdn_requests_for(files: &BTreeMap<String, String>) -> Vec<serde_json::Value> {
+    let digests: Vec<&String> = files.values().collect();
+    get_json(&format!("{}/_log", hub()))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["server"] == "cdn"
+                && digests
+                    .iter()
+                    .any(|d| e["path"].as_str().unwrap().ends_with(d.as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+#[test]
+fn a_model_lands_verified_the_cdn_never_sees_the_token_and_a_rerun_fetches_nothing() {
+    let repo = format!("gen/{}", unique("model"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .env("HF_TOKEN", TOKEN)
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let (sha, files) = truth("model", &repo, "main");
+    assert_eq!(tree(&dest), files);
+    let m = manifest(&dest);
+    assert_eq!(
+        m["revision"],
+        sha.as_str(),
+        "the manifest records the commit"
+    );
+    assert!(!dest.join(".cache").exists(), "no huggingface cache layout");
+
+    let cdn = cdn_requests_for(&files);
+    assert!(
+        cdn.len() > 16,
+        "LFS files come from the CDN in ranges: {}",
+        cdn.len()
+    );
+    assert!(
+        cdn.iter().all(|e| e["auth"].is_null()),
+        "the token reached the CDN: {cdn:?}"
+    );
+    assert!(cdn.iter().all(|e| e["range"].is_string()));
+    let hub_calls = hub_log(&repo);
+    assert!(hub_calls
+        .iter()
+        .filter(|e| e["server"] == "hub")
+        .all(|e| e["auth"] == format!("Bearer {TOKEN}")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("token hf_…89 from HF_TOKEN"), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "the token leaked into the log");
+
+    let before = hub_log(&repo).len();
+    let cdn_before = cdn_requests_for(&files).len();
+    let out = run(hf_loader(tmp.path())
+        .env("HF_TOKEN", TOKEN)
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let after = hub_log(&repo);
+    let new: Vec<_> = after[before..]
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cdn_requests_for(&files).len(),
+        cdn_before,
+        "a rerun makes zero CDN requests"
+    );
+    assert!(
+        new.iter().all(|p| p.starts_with("/api/")),
+        "a rerun only resolves and lists: {new:?}"
+    );
+}
+
+#[test]
+fn branches_tags_shas_and_pull_requests() {
+    let repo = format!("gen/{}", unique("revs"));
+    let (dev_sha, _) = truth("model", &repo, "dev");
+    for rev in ["dev", "v1.0", "refs/pr/1", &dev_sha[..10], dev_sha.as_str()] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = run(hf_loader(tmp.path())
+            .arg(format!("hf://{repo}@{rev}"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{rev}");
+        let (sha, files) = truth("model", &repo, rev);
+        assert_eq!(tree(&dest), files, "{rev}");
+        assert_eq!(manifest(&dest)["revision"], sha.as_str(), "{rev}");
+    }
+}
+
+#[test]
+fn a_sub_folder_an_adapter_and_single_files() {
+    let repo = format!("gen/{}", unique("parts"));
+    let (_, all) = truth("model", &repo, "main");
+    let tmp = tempfile::tempdir().unwrap();
+
+    let dest = tmp.path().join("adapter");
+    let out = run(hf_loader(tmp.path())
+        .arg(format!("hf://{repo}/adapter"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let want: BTreeMap<String, String> = all
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("adapter/")?.to_string(), v.clone())))
+        .collect();
+    assert_eq!(want.len(), 2);
+    assert_eq!(tree(&dest), want);
+
+    for (path, name) in [
+        ("sub/nested/with space ü.json", "with space ü.json"),
+        (
+            "model-00002-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ),
+    ] {
+        let dest = tmp.path().join(format!("one-{}", name.len()));
+        let out = run(hf_loader(tmp.path())
+            .arg(format!("hf://{repo}@main/{path}"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{path}");
+        let mut want = BTreeMap::new();
+        want.insert(name.to_string(), all[path].clone());
+        assert_eq!(tree(&dest), want);
+    }
+}
+
+#[test]
+fn a_dataset() {
+    let repo = format!("gen/{}", unique("data"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .arg(format!("hf://datasets/{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), truth("dataset", &repo, "main").1);
+}
+
+#[test]
+fn an_expired_cdn_url_is_resolved_again_mid_download() {
+    // Every signed URL of gen-expiring/* is refused after two requests.
+    let repo = format!("gen-expiring/{}", unique("exp"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB", "--concurrency", "4"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let (_, files) = truth("model", &repo, "main");
+    assert_eq!(tree(&dest), files);
+    let resolves = hub_log(&repo)
+        .iter()
+        .filter(|e| {
+            e["path"].as_str().unwrap().contains("/resolve/")
+                && e["path"].as_str().unwrap().ends_with(".safetensors")
+        })
+        .count();
+    assert!(
+        resolves > 3,
+        "expired URLs were re-resolved ({resolves} resolves for 3 LFS files)"
+    );
+}
+
+#[test]
+fn include_patterns_fetch_exactly_the_matching_files() {
+    let repo = format!("gen/{}", unique("incl"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .args(["--include", "*.safetensors", "--include", "*.json"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let (_, all) = truth("model", &repo, "main");
+    let want: BTreeMap<String, String> = all
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(".safetensors") || k.ends_with(".json"))
+        .collect();
+    assert_eq!(tree(&dest), want);
+}
+
+#[test]
+fn tokens_from_files_are_found_like_huggingface_hub_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("tok");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let out = run(hf_loader(tmp.path())
+        .env("HF_TOKEN_PATH", &token_file)
+        .arg("hf://org/private/config.json")
+        .arg(tmp.path().join("a")));
+    assert_eq!(out.status.code(), Some(0));
+    let hf_home = tmp.path().join("hfhome");
+    std::fs::create_dir_all(&hf_home).unwrap();
+    std::fs::write(hf_home.join("token"), TOKEN).unwrap();
+    let out = run(hf_loader(tmp.path())
+        .env("HF_HOME", &hf_home)
+        .arg("hf://org/private/config.json")
+        .arg(tmp.path().join("b")));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hfhome/token"));
+}
+
+fn assert_fails(out: &std::process::Output, code: i32, needles: &[&str]) {
+    assert_eq!(out.status.code(), Some(code), "exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    for n in needles {
+        assert!(first.contains(n), "{first:?} should mention {n:?}");
+    }
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr);
+    assert!(
+        !all.contains(TOKEN) && !all.contains("hf_not_a_real_token_999"),
+        "a token leaked: {all}"
+    );
+}
+
+#[test]
+fn hub_errors_map_to_exit_codes_with_remedies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let no_token = |url: &str| run(hf_loader(tmp.path()).arg(url).arg(&d));
+    let with = |token: &str, url: &str| {
+        run(hf_loader(tmp.path())
+            .env("HF_TOKEN", token)
+            .arg(url)
+            .arg(&d))
+    };
+
+    assert_fails(
+        &no_token("hf://org/private"),
+        3,
+        &["private or gated", "HF_TOKEN"],
+    );
+    assert_fails(
+        &with(TOKEN, "hf://org/gated"),
+        3,
+        &["gated", "accept its terms"],
+    );
+    assert_fails(&no_token("hf://org/gated"), 3, &["gated", "HF_TOKEN"]);
+    assert_fails(
+        &with("hf_not_a_real_token_999", "hf://gen/whatever"),
+        3,
+        &["invalid", "HF_TOKEN"],
+    );
+    assert_fails(
+        &no_token("hf://gen/errs@no-such-branch"),
+        4,
+        &["revision no-such-branch does not exist"],
+    );
+    assert_fails(
+        &no_token("hf://gen/errs/no/such/file.bin"),
+        4,
+        &["nothing found at", "no/such/file.bin"],
+    );
+    assert_fails(
+        &with(TOKEN, "hf://org/does-not-exist"),
+        4,
+        &["does not exist"],
+    );
+    assert!(!d.join(".model-loader/manifest.json").exists());
+}
