@@ -27,6 +27,9 @@ HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=
 log "cargo test"
 cargo test --locked --all-targets -- "$@"
 
+log "benchmark smoke run"
+./scripts/bench.sh --smoke
+
 log "demo smoke run"
 MODEL_LOADER_DEMO_PROFILE=debug MODEL_LOADER_DEMO_ENDPOINT="$MODEL_LOADER_TEST_S3_ENDPOINT" ./scripts/demo.sh
 log "all tests passed"

@@ -19,10 +19,15 @@ The trusted token is `hf_fake_token_0123456789`. Control endpoints (Hub host):
   GET /_log                        every request seen by both hosts, as JSON
   GET /_truth/{type}/{repo}@{rev}  {path: sha256} of the snapshot at that revision
 
-Run: python fake_hub.py HUB_PORT CDN_PORT  (prints "ready" when both listen).
+  bench/<name>               with --local NAME=DIR: the files of DIR; files over 1 MiB are LFS
+                             files served by --cdn-base (a fast static server, e.g. nginx, that
+                             serves DIR's blobs by sha256 name), for benchmarks
+
+Run: python fake_hub.py HUB_PORT CDN_PORT [--local NAME=DIR --cdn-base URL]
 """
 import hashlib
 import json
+import os
 import re
 import sys
 import threading
@@ -34,6 +39,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 TOKEN = "hf_fake_token_0123456789"
 PAGE_SIZE = 3
 HUB_PORT, CDN_PORT = int(sys.argv[1]), int(sys.argv[2])
+LOCAL = dict(a.split("=", 1) for a in sys.argv[3:] if "=" in a and not a.startswith("http"))
+CDN_BASE = next((a for a in sys.argv[3:] if a.startswith("http")), None)
 HUB = f"http://127.0.0.1:{HUB_PORT}"
 CDN = f"http://127.0.0.1:{CDN_PORT}"
 LOG = []
@@ -53,6 +60,38 @@ def stream(seed: str, n: int) -> bytes:
 
 def blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class LocalBlob:
+    """A large file of a local repo: only its size and sha256 are kept; the bytes are served by
+    the external CDN (--cdn-base) under the sha256 name."""
+
+    def __init__(self, path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        self.size, self.sha256 = os.path.getsize(path), h.hexdigest()
+
+
+def size_of(d):
+    return d.size if isinstance(d, LocalBlob) else len(d)
+
+
+def sha256_of(d):
+    return d.sha256 if isinstance(d, LocalBlob) else hashlib.sha256(d).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def local_repo(rid, root):
+    files = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, root)
+            files[rel] = LocalBlob(p) if os.path.getsize(p) > (1 << 20) else open(p, "rb").read()
+    sha = commit_sha(rid, 0)
+    return Repo("model", rid, {sha: files}, {"main": sha}, {p for p, d in files.items() if isinstance(d, LocalBlob)})
 
 
 class Repo:
@@ -114,6 +153,8 @@ def dataset_repo(rid):
 
 def find_repo(kind, rid):
     org, _, name = rid.partition("/")
+    if kind == "model" and org == "bench" and name in LOCAL:
+        return local_repo(rid, LOCAL[name])
     if kind == "model" and org == "gen" and name:
         return model_repo(rid)
     if kind == "model" and org == "gen-expiring" and name:
@@ -233,7 +274,7 @@ class Handler(BaseHTTPRequestHandler):
             sha = repo and repo.resolve(urllib.parse.unquote(m.group(3)))
             if not sha:
                 return self.send(404, b"{}")
-            files = {p: hashlib.sha256(d).hexdigest() for p, d in repo.commits[sha].items()}
+            files = {p: sha256_of(d) for p, d in repo.commits[sha].items()}
             return self.send(200, json.dumps({"sha": sha, "files": files}).encode())
         if m := re.fullmatch(r"/api/(models|datasets|spaces)/([^/]+/[^/]+)/revision/([^/]+)", raw):
             return self.api_revision(KINDS[m.group(1)], m.group(2), urllib.parse.unquote(m.group(3)))
@@ -288,10 +329,12 @@ class Handler(BaseHTTPRequestHandler):
             if not recursive and len(parts) > 1:
                 continue
             data = files[p]
-            e = {"type": "file", "oid": blob_sha1(data), "size": len(data), "path": p}
+            e = {"type": "file", "size": size_of(data), "path": p}
             if p in repo.lfs:
-                e["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                e["lfs"] = {"oid": sha256_of(data), "size": size_of(data), "pointerSize": 134}
                 e["oid"] = blob_sha1(b"version https://git-lfs.github.com/spec/v1\n")
+            else:
+                e["oid"] = blob_sha1(data)
             entries.append(e)
         cursor = int(query.get("cursor", ["0"])[0])
         page = entries[cursor:cursor + PAGE_SIZE]
@@ -312,7 +355,13 @@ class Handler(BaseHTTPRequestHandler):
         data = files[path]
         headers = {"X-Repo-Commit": sha}
         if path in repo.lfs:
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256_of(data)
+            if isinstance(data, LocalBlob):
+                headers.update({
+                    "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(data.size), "ETag": f'"{digest}"',
+                    "Location": f"{CDN_BASE}/{digest}?X-Amz-Signature=bench",
+                })
+                return self.send(302, b"", headers)
             uid = hashlib.sha1(f"{time.time_ns()}{threading.get_ident()}".encode()).hexdigest()[:16]
             with URLS_LOCK:
                 URLS[uid] = [data, 2 if repo.expiring else None]
