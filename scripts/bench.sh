@@ -114,11 +114,12 @@ bench_hf() {
   bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {print s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   for run in $(seq 1 "$RUNS"); do
-    rm -rf "$dest"
+    # Flush the previous run's dirty pages so no run pays for another's writeback.
+    rm -rf "$dest"; sync
     measure hf model-loader "defaults (16 requests, 64 MiB chunks)" "$run" "$bytes" "$files" -- \
       "$BIN" --progress none hf://bench/model "$dest"
     (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH $f"; exit 1; }; done)
-    rm -rf "$dest" "$BENCH_DIR/hf-home"
+    rm -rf "$dest" "$BENCH_DIR/hf-home"; sync
     measure hf "hf download" "huggingface_hub $HF_HUB_VERSION, --local-dir, 8 workers" "$run" "$bytes" "$files" -- \
       env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest"
   done
