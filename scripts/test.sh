@@ -17,6 +17,9 @@ read -r MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET < <(
   "$VENV/bin/python" scripts/support/seed_auth.py "$MOTO_URL" "$MODEL_LOADER_TEST_S3_AUTH_BUCKET")
 export MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET
 
+start_fake_gcs
+export MODEL_LOADER_TEST_GCS_ENDPOINT="$FAKE_GCS_URL"
+
 start_fake_hub
 export MODEL_LOADER_TEST_HF_ENDPOINT="$FAKE_HUB_URL"
 log "checking the fake Hub against huggingface_hub $HF_HUB_VERSION"

@@ -87,6 +87,10 @@ pub struct Args {
     )]
     pub retry_base_ms: u64,
 
+    /// oss:// only: use the `-internal` (VPC) endpoint derived from OSS_REGION/OSS_ENDPOINT.
+    #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]
+    pub oss_internal: bool,
+
     /// Seconds a response body may stall before the request is cut and retried.
     #[arg(long, env = "MODEL_LOADER_READ_TIMEOUT", default_value_t = 30.0)]
     pub read_timeout: f64,
@@ -150,6 +154,7 @@ pub struct Config {
     pub force: bool,
     pub retry: RetryPolicy,
     pub read_timeout: Duration,
+    pub oss_internal: bool,
 }
 
 impl Args {
@@ -200,6 +205,7 @@ impl Args {
                 ..RetryPolicy::default()
             },
             read_timeout: secs(self.read_timeout, "--read-timeout")?,
+            oss_internal: self.oss_internal,
         })
     }
 }

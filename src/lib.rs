@@ -31,10 +31,13 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
     let started = Instant::now();
-    let client_opts = source::http::ClientOptions {
-        read_timeout: cfg.read_timeout,
-        max_idle_per_host: cfg.concurrency,
-        ..Default::default()
+    let client_opts = source::Options {
+        http: source::http::ClientOptions {
+            read_timeout: cfg.read_timeout,
+            max_idle_per_host: cfg.concurrency,
+            ..Default::default()
+        },
+        oss_internal: cfg.oss_internal,
     };
     let source = Arc::new(
         retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {

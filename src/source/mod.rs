@@ -3,8 +3,10 @@
 //! classify their own errors (kind + retry hint) where they arise, and check that every
 //! ranged reply is exactly the bytes asked for.
 
+pub mod gcs;
 pub mod hf;
 pub mod http;
+pub mod oss;
 pub mod s3;
 pub mod sigv4;
 
@@ -15,7 +17,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::progress::Reporter;
 use crate::url::SourceUrl;
 
@@ -42,6 +44,8 @@ pub enum Checksum {
     Sha256([u8; 32]),
     /// Hub regular files: git's blob id, `sha1("blob <len>\0" + bytes)`.
     GitBlobSha1([u8; 20]),
+    /// GCS objects (Castagnoli).
+    Crc32c(u32),
 }
 
 impl Checksum {
@@ -50,6 +54,7 @@ impl Checksum {
             Checksum::Md5(_) => "md5",
             Checksum::Sha256(_) => "sha256",
             Checksum::GitBlobSha1(_) => "git-sha1",
+            Checksum::Crc32c(_) => "crc32c",
         }
     }
 
@@ -58,6 +63,7 @@ impl Checksum {
             Checksum::Md5(d) => hex::encode(d),
             Checksum::Sha256(d) => hex::encode(d),
             Checksum::GitBlobSha1(d) => hex::encode(d),
+            Checksum::Crc32c(c) => format!("{c:08x}"),
         }
     }
 
@@ -127,32 +133,49 @@ pub trait Source: Send + Sync {
     ) -> impl Future<Output = Result<Fetched>> + Send;
 }
 
+/// Settings for opening any source.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub http: http::ClientOptions,
+    /// Use OSS's `-internal` (VPC) endpoint when deriving it from the region.
+    pub oss_internal: bool,
+}
+
 /// The closed set of schemes: static dispatch, no boxing.
 pub enum AnySource {
     S3(s3::S3),
+    Oss(s3::S3),
+    Gcs(gcs::Gcs),
     Hf(hf::Hf),
 }
 
 impl AnySource {
     /// Builds the client and resolves credentials once, logging which identity is used.
-    pub async fn open(
-        url: &SourceUrl,
-        opts: &http::ClientOptions,
-        reporter: &dyn Reporter,
-    ) -> Result<Self> {
+    pub async fn open(url: &SourceUrl, opts: &Options, reporter: &dyn Reporter) -> Result<Self> {
+        let http = &opts.http;
         match url {
             SourceUrl::Bucket {
                 scheme: crate::url::BucketScheme::S3,
                 bucket,
                 prefix,
             } => Ok(AnySource::S3(
-                s3::S3::open_aws(bucket, prefix, opts, reporter).await?,
+                s3::S3::open_aws(bucket, prefix, http, reporter).await?,
             )),
-            SourceUrl::Hf(h) => Ok(AnySource::Hf(hf::Hf::open(h, opts, reporter).await?)),
-            other => Err(Error::usage(format!(
-                "{}:// sources are not supported by this build yet (s3:// and hf:// are); see the README",
-                other.scheme()
-            ))),
+            SourceUrl::Bucket {
+                scheme: crate::url::BucketScheme::Gs,
+                bucket,
+                prefix,
+            } => Ok(AnySource::Gcs(
+                gcs::Gcs::open(bucket, prefix, http, reporter).await?,
+            )),
+            SourceUrl::Bucket {
+                scheme: crate::url::BucketScheme::Oss,
+                bucket,
+                prefix,
+            } => Ok(AnySource::Oss(
+                oss::open(bucket, prefix, http, opts.oss_internal, reporter).await?,
+            )),
+            SourceUrl::Hf(h) => Ok(AnySource::Hf(hf::Hf::open(h, http, reporter).await?)),
         }
     }
 }
@@ -160,14 +183,16 @@ impl AnySource {
 impl Source for AnySource {
     async fn list(&self) -> Result<Listing> {
         match self {
-            AnySource::S3(s) => s.list().await,
+            AnySource::S3(s) | AnySource::Oss(s) => s.list().await,
+            AnySource::Gcs(s) => s.list().await,
             AnySource::Hf(s) => s.list().await,
         }
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         match self {
-            AnySource::S3(s) => s.fetch(file, range).await,
+            AnySource::S3(s) | AnySource::Oss(s) => s.fetch(file, range).await,
+            AnySource::Gcs(s) => s.fetch(file, range).await,
             AnySource::Hf(s) => s.fetch(file, range).await,
         }
     }

@@ -128,6 +128,8 @@ pub struct Service {
     pub signer: Signer,
     /// The environment variables that hold the credentials, for error hints.
     pub credential_hint: &'static str,
+    /// The environment variable that sets the region, for error hints.
+    pub region_hint: &'static str,
 }
 
 pub struct S3 {
@@ -140,6 +142,7 @@ pub struct S3 {
     prefix: String,
     scheme: &'static str,
     credential_hint: &'static str,
+    region_hint: &'static str,
 }
 
 impl S3 {
@@ -153,6 +156,7 @@ impl S3 {
             prefix: prefix.to_string(),
             scheme: service.scheme,
             credential_hint: service.credential_hint,
+            region_hint: service.region_hint,
         }
     }
 
@@ -259,6 +263,7 @@ impl S3 {
             region,
             signer,
             credential_hint: "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+            region_hint: "AWS_REGION",
         };
         Ok(S3::new(client, service, bucket, prefix))
     }
@@ -454,7 +459,7 @@ impl S3 {
                     .unwrap_or("another region");
                 (
                     Kind::Usage,
-                    format!("bucket {bucket} is in {region}, not {}: set AWS_REGION={region}", self.region),
+                    format!("bucket {bucket} is in {region}, not {}: set {}={region}", self.region, self.region_hint),
                 )
             }
             (_, "InvalidAccessKeyId") => (

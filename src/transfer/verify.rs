@@ -18,6 +18,7 @@ pub enum Hasher {
     Md5(Md5),
     Sha256(Sha256),
     GitBlobSha1(Sha1),
+    Crc32c(u32),
 }
 
 impl Hasher {
@@ -31,6 +32,7 @@ impl Hasher {
                 h.update(format!("blob {size}\0").as_bytes());
                 Hasher::GitBlobSha1(h)
             }
+            Checksum::Crc32c(_) => Hasher::Crc32c(0),
         }
     }
 
@@ -39,6 +41,7 @@ impl Hasher {
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
             Hasher::GitBlobSha1(h) => h.update(data),
+            Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
         }
     }
 
@@ -47,6 +50,7 @@ impl Hasher {
             Hasher::Md5(h) => Checksum::Md5(h.finalize().into()),
             Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
             Hasher::GitBlobSha1(h) => Checksum::GitBlobSha1(h.finalize().into()),
+            Hasher::Crc32c(c) => Checksum::Crc32c(c),
         }
     }
 }
@@ -106,6 +110,11 @@ mod tests {
         for want in [&md5, &sha] {
             check(&hash_file(tmp.path(), want, 43).unwrap(), want, "x").unwrap();
         }
+        // RFC 3720 test vector: 32 bytes of zeros.
+        let crc = Checksum::Crc32c(0x8a9136aa);
+        let mut h = Hasher::for_checksum(&crc, 32);
+        h.update(&[0u8; 32]);
+        check(&h.finish(), &crc, "x").unwrap();
         // `git hash-object` of "hello\n".
         let blob = Checksum::GitBlobSha1(hex_arr("ce013625030ba8dba906f756967f9e9ca394464a"));
         let mut h = Hasher::for_checksum(&blob, 6);

@@ -2,6 +2,8 @@
 //! scripts/test.sh.
 
 mod faults;
+mod gcs;
 mod hf;
+mod oss;
 mod s3;
 mod support;

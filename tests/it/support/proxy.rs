@@ -43,6 +43,7 @@ pub enum Fault {
 pub struct Proxy {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 struct Shared {
@@ -50,6 +51,7 @@ struct Shared {
     fault: Fault,
     faulted: AtomicUsize,
     log: Arc<Mutex<Vec<String>>>,
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -65,11 +67,13 @@ impl Proxy {
             .parse()
             .expect("upstream is http://IP:PORT");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
             target,
             fault,
             faulted: AtomicUsize::new(0),
             log: Arc::clone(&log),
+            heads: Arc::clone(&heads),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -92,7 +96,13 @@ impl Proxy {
         Proxy {
             addr: rx.recv().unwrap(),
             log,
+            heads,
         }
+    }
+
+    /// Every request head as received (request line and headers).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
@@ -176,9 +186,19 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
         };
         let head = String::from_utf8_lossy(&pending[..end]).to_string();
         pending.drain(..end + 4);
-        let mut lines: Vec<&str> = head.split("\r\n").collect();
-        let first = lines[0].to_string();
+        let mut lines: Vec<String> = head.split("\r\n").map(str::to_string).collect();
+        let first = lines[0].clone();
         sh.log.lock().unwrap().push(first.clone());
+        sh.heads.lock().unwrap().push(head.clone());
+        // Used as a forward proxy (HTTP_PROXY), clients send absolute-form targets; the server
+        // behind wants origin-form, with the Host header left as the client sent it.
+        let mut parts = first.splitn(3, ' ');
+        if let (Some(m), Some(target), Some(v)) = (parts.next(), parts.next(), parts.next()) {
+            if let Some(rest) = target.strip_prefix("http://") {
+                let origin = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+                lines[0] = format!("{m} {origin} {v}");
+            }
+        }
         let body_len: usize = lines
             .iter()
             .filter_map(|l| l.split_once(':'))
