@@ -444,6 +444,7 @@ impl Source for Gcs {
         Ok(Fetched {
             body: http::ranged_body(resp, range, file.size, &what)?,
             checksum_applies: true,
+            object_checksum: None,
         })
     }
 }

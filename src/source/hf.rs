@@ -537,6 +537,7 @@ impl Source for Hf {
                 return Ok(Fetched {
                     body: http::ranged_body(resp, range, file.size, &what)?,
                     checksum_applies: true,
+                    object_checksum: None,
                 });
             }
         }
@@ -559,6 +560,7 @@ impl Source for Hf {
                     Some(resp) => Ok(Fetched {
                         body: http::ranged_body(resp, range, file.size, &what)?,
                         checksum_applies: true,
+            object_checksum: None,
                     }),
                     None => Err(Error::new(
                         Kind::Network,
@@ -573,6 +575,7 @@ impl Source for Hf {
             return Ok(Fetched {
                 body: http::ranged_body(resp, range, file.size, &what)?,
                 checksum_applies: true,
+                object_checksum: None,
             });
         }
         Err(Error::new(

@@ -46,6 +46,8 @@ pub enum Checksum {
     GitBlobSha1([u8; 20]),
     /// GCS objects (Castagnoli).
     Crc32c(u32),
+    /// OSS objects: `x-oss-hash-crc64ecma` (CRC-64/XZ, the ECMA-182 polynomial reflected).
+    Crc64Ecma(u64),
 }
 
 impl Checksum {
@@ -55,6 +57,7 @@ impl Checksum {
             Checksum::Sha256(_) => "sha256",
             Checksum::GitBlobSha1(_) => "git-sha1",
             Checksum::Crc32c(_) => "crc32c",
+            Checksum::Crc64Ecma(_) => "crc64ecma",
         }
     }
 
@@ -64,6 +67,7 @@ impl Checksum {
             Checksum::Sha256(d) => hex::encode(d),
             Checksum::GitBlobSha1(d) => hex::encode(d),
             Checksum::Crc32c(c) => format!("{c:08x}"),
+            Checksum::Crc64Ecma(c) => format!("{c:016x}"),
         }
     }
 
@@ -109,6 +113,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 pub struct Fetched {
     pub body: ByteStream,
     pub checksum_applies: bool,
+    /// A whole-object checksum only the reply carries (OSS's CRC-64), used when the listing
+    /// has none.
+    pub object_checksum: Option<Checksum>,
 }
 
 /// What one listing found: every file, plus the resolved revision where the source has one.

@@ -584,10 +584,17 @@ impl Source for S3 {
             && !resp
                 .headers()
                 .contains_key("x-amz-server-side-encryption-customer-algorithm");
+        let object_checksum = header_str(
+            resp.headers(),
+            "x-oss-hash-crc64ecma".parse().expect("valid name"),
+        )
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Checksum::Crc64Ecma);
         let body = http::ranged_body(resp, range, file.size, &what)?;
         Ok(Fetched {
             body,
             checksum_applies,
+            object_checksum,
         })
     }
 }

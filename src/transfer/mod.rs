@@ -49,6 +49,8 @@ struct FileJob {
     remaining: AtomicUsize,
     /// Cleared when a reply shows the listed checksum does not describe the bytes.
     checksum_applies: AtomicBool,
+    /// A whole-object checksum from the first reply, for files the listing gave none.
+    object_checksum: Mutex<Option<crate::source::Checksum>>,
     /// Opened at the first chunk and closed after the rename, so open files stay bounded by
     /// the concurrency, not the file count.
     part: Mutex<Option<Arc<PartFile>>>,
@@ -139,6 +141,7 @@ pub async fn execute(
                 final_path: state.final_path(&plan.path),
                 remaining: AtomicUsize::new(plan.chunks.len()),
                 checksum_applies: AtomicBool::new(true),
+                object_checksum: Mutex::new(None),
                 part: Mutex::new(None),
                 plan,
             }
@@ -253,6 +256,12 @@ async fn fetch_chunk(
                 if !fetched.checksum_applies {
                     job.checksum_applies.store(false, Ordering::Relaxed);
                 }
+                if let Some(c) = fetched.object_checksum {
+                    job.object_checksum
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(c);
+                }
                 let mut body = fetched.body;
                 let mut at = pos;
                 buf.clear();
@@ -341,7 +350,13 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .file
         .checksum
         .clone()
-        .filter(|_| job.checksum_applies.load(Ordering::Relaxed));
+        .filter(|_| job.checksum_applies.load(Ordering::Relaxed))
+        .or_else(|| {
+            job.object_checksum
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
     let inline = job
         .inline
         .lock()
@@ -353,7 +368,8 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let size = job.plan.file.size;
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
-            let got = match inline {
+            // The inline hash is of the listed kind; a reply's checksum may be another kind.
+            let got = match inline.filter(|g| g.algorithm() == want.algorithm()) {
                 Some(got) => Ok(got),
                 None => verify::hash_file(part.path(), &want, size),
             };

@@ -19,6 +19,7 @@ pub enum Hasher {
     Sha256(Sha256),
     GitBlobSha1(Sha1),
     Crc32c(u32),
+    Crc64Ecma(u64),
 }
 
 impl Hasher {
@@ -33,6 +34,7 @@ impl Hasher {
                 Hasher::GitBlobSha1(h)
             }
             Checksum::Crc32c(_) => Hasher::Crc32c(0),
+            Checksum::Crc64Ecma(_) => Hasher::Crc64Ecma(!0),
         }
     }
 
@@ -42,6 +44,7 @@ impl Hasher {
             Hasher::Sha256(h) => h.update(data),
             Hasher::GitBlobSha1(h) => h.update(data),
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
+            Hasher::Crc64Ecma(c) => *c = crc64_update(*c, data),
         }
     }
 
@@ -51,8 +54,37 @@ impl Hasher {
             Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
             Hasher::GitBlobSha1(h) => Checksum::GitBlobSha1(h.finalize().into()),
             Hasher::Crc32c(c) => Checksum::Crc32c(c),
+            Hasher::Crc64Ecma(c) => Checksum::Crc64Ecma(!c),
         }
     }
+}
+
+/// CRC-64/XZ table (ECMA-182 polynomial, reflected), built at compile time.
+const CRC64_TABLE: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u64;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xC96C_5795_D787_0F42
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+fn crc64_update(mut c: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        c = CRC64_TABLE[((c ^ b as u64) & 0xff) as usize] ^ (c >> 8);
+    }
+    c
 }
 
 /// Hashes the file at `path` for `want`.
@@ -115,6 +147,12 @@ mod tests {
         let mut h = Hasher::for_checksum(&crc, 32);
         h.update(&[0u8; 32]);
         check(&h.finish(), &crc, "x").unwrap();
+        // CRC-64/XZ check value.
+        let crc64 = Checksum::Crc64Ecma(0x995D_C9BB_DF19_39FA);
+        let mut h = Hasher::for_checksum(&crc64, 9);
+        h.update(b"1234");
+        h.update(b"56789");
+        check(&h.finish(), &crc64, "x").unwrap();
         // `git hash-object` of "hello\n".
         let blob = Checksum::GitBlobSha1(hex_arr("ce013625030ba8dba906f756967f9e9ca394464a"));
         let mut h = Hasher::for_checksum(&blob, 6);
