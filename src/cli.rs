@@ -87,6 +87,15 @@ pub struct Args {
     )]
     pub retry_base_ms: u64,
 
+    /// Seconds after which another loader's lock on DEST, without a heartbeat, counts as dead.
+    #[arg(
+        long,
+        env = "MODEL_LOADER_LOCK_STALE",
+        default_value_t = 30.0,
+        hide = true
+    )]
+    pub lock_stale: f64,
+
     /// oss:// only: use the `-internal` (VPC) endpoint derived from OSS_REGION/OSS_ENDPOINT.
     #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]
     pub oss_internal: bool,
@@ -155,6 +164,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub read_timeout: Duration,
     pub oss_internal: bool,
+    pub lock_stale: Duration,
 }
 
 impl Args {
@@ -206,6 +216,7 @@ impl Args {
             },
             read_timeout: secs(self.read_timeout, "--read-timeout")?,
             oss_internal: self.oss_internal,
+            lock_stale: secs(self.lock_stale, "--lock-stale")?,
         })
     }
 }

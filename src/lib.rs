@@ -19,6 +19,7 @@ use cli::{Config, Filter};
 use error::{Error, Result};
 use progress::{PlanSummary, Reporter, Summary};
 use source::{AnySource, RemoteFile, Source};
+use transfer::lock::{DestLock, LockTimes};
 use transfer::plan::{plan, PlanOptions};
 use transfer::retry::retrying;
 use transfer::state::{self, Manifest, ManifestFile, StateDir};
@@ -54,6 +55,18 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
     }
 
     let state = Arc::new(StateDir::open(&cfg.dest)?);
+    let source_text = cfg.source.to_string();
+    let lock = DestLock::acquire(
+        state.dir(),
+        &source_text,
+        LockTimes {
+            heartbeat: cfg.lock_stale / 6,
+            stale: cfg.lock_stale,
+            ..LockTimes::default()
+        },
+        reporter.as_ref(),
+    )
+    .await?;
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;
     let plan = plan(
@@ -64,7 +77,6 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             force: cfg.force,
         },
     );
-    let source_text = cfg.source.to_string();
     let manifest_current = previous
         .as_ref()
         .is_some_and(|m| m.source == source_text && m.revision == listing.revision);
@@ -86,6 +98,10 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
         reporter.finish(&summary);
         return Ok(summary);
     }
+    for f in &plan.fetch {
+        state.check_no_symlinks(&f.path)?;
+    }
+    check_free_space(&cfg.dest, plan.bytes_to_fetch - plan.resumed_bytes)?;
 
     state.begin_changes(previous.as_ref())?;
     for p in &plan.remove {
@@ -123,6 +139,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
     for d in &dirs {
         state::sync_dir(d)?;
     }
+    lock.check()?;
     state.commit(&Manifest {
         format: 1,
         tool: concat!("model-loader ", env!("CARGO_PKG_VERSION")).into(),
@@ -187,6 +204,40 @@ pub fn select(
         ));
     }
     Ok(out)
+}
+
+/// Fails fast, before any byte is fetched, when DEST's filesystem cannot hold what is left to
+/// download.
+fn check_free_space(dest: &std::path::Path, needed: u64) -> Result<()> {
+    let Some(free) = free_space(dest) else {
+        return Ok(());
+    };
+    if needed > free {
+        return Err(Error::new(
+            error::Kind::Local,
+            format!(
+                "{} has {} free but this download needs {} more ({} bytes vs {}): give DEST a larger volume or free space, then rerun",
+                dest.display(),
+                progress::human(free),
+                progress::human(needed),
+                free,
+                needed
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+fn free_space(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn print_dry_run(files: &[(RelPath, RemoteFile)]) {

@@ -4,6 +4,7 @@
 //! whatever the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
+pub mod lock;
 pub mod plan;
 pub mod retry;
 pub mod state;

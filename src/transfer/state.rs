@@ -90,6 +90,35 @@ impl StateDir {
         &self.dest
     }
 
+    /// `DEST/.model-loader`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Refuses to write through a symlink inside DEST: a folder `DEST/sub` that is a link to
+    /// `/etc` would otherwise carry a download outside DEST.
+    pub fn check_no_symlinks(&self, p: &RelPath) -> Result<()> {
+        let mut dir = self.dest.clone();
+        let parts: Vec<&str> = p.as_str().split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::new(
+                        crate::error::Kind::Local,
+                        format!(
+                            "refusing to write {p}: {} is a symlink, and following it could write outside DEST; remove it",
+                            dir.display()
+                        ),
+                    ))
+                }
+                Ok(_) => {}
+                Err(_) => break, // does not exist yet: it will be created as a real folder
+            }
+        }
+        Ok(())
+    }
+
     pub fn final_path(&self, p: &RelPath) -> PathBuf {
         self.dest.join(p.as_str())
     }

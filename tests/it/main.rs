@@ -6,4 +6,5 @@ mod gcs;
 mod hf;
 mod oss;
 mod s3;
+mod safety;
 mod support;

@@ -87,6 +87,27 @@ pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>
     });
 }
 
+/// Uploads (or overwrites) objects in an existing bucket.
+pub fn seed_s3_objects(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
+    for (k, v) in objects {
+        let status = block_on(async {
+            reqwest::Client::new()
+                .put(format!(
+                    "{endpoint}/{bucket}/{}",
+                    model_loader::source::sigv4::uri_encode(k, true)
+                ))
+                .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+                .header("content-type", "application/octet-stream")
+                .body(v.clone())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "put {k}: {status}");
+    }
+}
+
 pub fn delete_s3(endpoint: &str, bucket: &str, key: &str) {
     block_on(async {
         let r = reqwest::Client::new()

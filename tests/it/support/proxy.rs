@@ -44,6 +44,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     heads: Arc<Mutex<Vec<String>>>,
+    down: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Shared {
@@ -52,6 +53,9 @@ struct Shared {
     faulted: AtomicUsize,
     log: Arc<Mutex<Vec<String>>>,
     heads: Arc<Mutex<Vec<String>>>,
+    down: Arc<std::sync::atomic::AtomicU64>,
+    /// Runs once, just before the first ranged GET is forwarded.
+    before_first_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Proxy {
@@ -61,6 +65,16 @@ impl Proxy {
 
     /// Starts forwarding to `upstream` (`http://IP:PORT`) on a thread of its own.
     pub fn with_fault(upstream: &str, fault: Fault) -> Proxy {
+        Self::build(upstream, fault, None)
+    }
+
+    /// A proxy that runs `hook` just before it forwards the first ranged GET (for example, to
+    /// replace the object between the listing and the download).
+    pub fn with_hook(upstream: &str, hook: Box<dyn FnOnce() + Send>) -> Proxy {
+        Self::build(upstream, Fault::None, Some(hook))
+    }
+
+    fn build(upstream: &str, fault: Fault, hook: Option<Box<dyn FnOnce() + Send>>) -> Proxy {
         let target: SocketAddr = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -68,12 +82,15 @@ impl Proxy {
             .expect("upstream is http://IP:PORT");
         let log = Arc::new(Mutex::new(Vec::new()));
         let heads = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let shared = Arc::new(Shared {
             target,
             fault,
             faulted: AtomicUsize::new(0),
             log: Arc::clone(&log),
             heads: Arc::clone(&heads),
+            down: Arc::clone(&down),
+            before_first_read: Mutex::new(hook),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -97,7 +114,13 @@ impl Proxy {
             addr: rx.recv().unwrap(),
             log,
             heads,
+            down,
         }
+    }
+
+    /// Bytes the server sent through this proxy (headers included).
+    pub fn bytes_down(&self) -> u64 {
+        self.down.load(Ordering::SeqCst)
     }
 
     /// Every request head as received (request line and headers).
@@ -147,6 +170,7 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
     let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (cw, budget, stall) = (Arc::clone(&cw), Arc::clone(&budget), Arc::clone(&stall));
+        let down = Arc::clone(&sh.down);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -156,6 +180,7 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 };
                 let allowed = budget.load(Ordering::SeqCst);
                 let pass = n.min(allowed);
+                down.fetch_add(pass as u64, Ordering::SeqCst);
                 let mut w = cw.lock().await;
                 if w.write_all(&buf[..pass]).await.is_err() {
                     break;
@@ -216,6 +241,12 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             && lines
                 .iter()
                 .any(|l| l.to_ascii_lowercase().starts_with("range:"));
+        if ranged {
+            let hook = sh.before_first_read.lock().unwrap().take();
+            if let Some(hook) = hook {
+                tokio::task::spawn_blocking(hook).await.unwrap();
+            }
+        }
         let take = |first_n: usize| ranged && sh.faulted.fetch_add(1, Ordering::SeqCst) < first_n;
         match sh.fault {
             Fault::StripRange if ranged => {

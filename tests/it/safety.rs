@@ -1,0 +1,413 @@
+//! Crash-safety: kill -9 and resume, several loaders on one DEST, a full disk, hostile object
+//! names, symlinks inside DEST, an object replaced mid-download, and secrets in every failure.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::proxy::{Fault, Proxy};
+use crate::support::*;
+
+fn journal_ranges(dest: &Path) -> usize {
+    std::fs::read_to_string(dest.join(".model-loader/journal.jsonl"))
+        .map(|j| j.lines().filter(|l| l.contains("\"t\":\"range\"")).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_mid_file_then_a_rerun_fetches_only_what_is_missing() {
+    let ep = s3_endpoint();
+    let b = bucket("kill9");
+    let size = 40 * 65536;
+    let mut objects = BTreeMap::new();
+    objects.insert("m/big.bin".to_string(), data(41, size));
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    // Slow replies (each cut after 20 KB and resumed) keep the run going long enough to kill it.
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Cut {
+            bytes: 20_000,
+            first: usize::MAX,
+        },
+    );
+    let mut child = loader(&slow.url(), tmp.path())
+        .args([
+            "--chunk-size",
+            "64KiB",
+            "--concurrency",
+            "2",
+            "--retries",
+            "100",
+        ])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while journal_ranges(&dest) < 12 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let done = journal_ranges(&dest);
+    assert!(!dest.join("big.bin").exists() && !dest.join(".model-loader/manifest.json").exists());
+
+    let proxy = Proxy::start(&ep);
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "64KiB", "--concurrency", "2"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let missing = (size - done * 65536) as u64;
+    let allowance = missing + 2 * 65536 + 64 * 1024; // one chunk per request in flight, plus headers
+    assert!(
+        proxy.bytes_down() <= allowance,
+        "rerun fetched {} bytes, {missing} were missing",
+        proxy.bytes_down()
+    );
+    assert!(
+        proxy.bytes_down() >= missing,
+        "{} < {missing}",
+        proxy.bytes_down()
+    );
+}
+
+#[test]
+fn four_loaders_into_one_dest_download_it_once() {
+    let ep = s3_endpoint();
+    let b = bucket("shared");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.bin".to_string(), data(51, 20 * 65536));
+    objects.insert("m/b.bin".to_string(), data(52, 7 * 65536));
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let total: usize = objects.values().map(Vec::len).sum();
+    let proxy = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("shared-volume/model");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            loader(&proxy.url(), tmp.path())
+                .args(["--chunk-size", "64KiB"])
+                .arg(format!("s3://{b}/m"))
+                .arg(&dest)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut waited = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if String::from_utf8_lossy(&out.stderr).contains("waiting: ") {
+            waited += 1;
+        }
+    }
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    assert!(waited >= 1, "the others waited for the lock holder");
+    let served = proxy.bytes_down() as f64;
+    assert!(
+        served <= 1.2 * total as f64,
+        "served {served} bytes for a {total}-byte model"
+    );
+    assert!(
+        !dest.join(".model-loader/lock").exists(),
+        "the lock is released"
+    );
+}
+
+#[test]
+fn a_lock_left_by_a_dead_loader_is_taken_over() {
+    let ep = s3_endpoint();
+    let b = bucket("stale");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    std::fs::create_dir_all(dest.join(".model-loader")).unwrap();
+    std::fs::write(
+        dest.join(".model-loader/lock"),
+        r#"{"owner":"old-pod-1-x","host":"old-pod","pid":1,"source":"s3://x","started":1,"heartbeat":1}"#,
+    )
+    .unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .env("MODEL_LOADER_LOCK_STALE", "2")
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taking over the lock"),
+        "logs the take-over"
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
+
+#[test]
+fn a_model_larger_than_the_free_space_fails_before_fetching() {
+    let ep = s3_endpoint();
+    let b = bucket("full");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(61, 3 << 20));
+    seed_s3(&ep, &b, &objects);
+    let proxy = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // A 1 MiB tmpfs in a private mount namespace: nothing to clean up, nothing leaks.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {0} && exec {1} s3://{b}/m {0}/dest",
+        mnt.display(),
+        bin().display()
+    );
+    let mut cmd = loader(&proxy.url(), tmp.path());
+    let out = run(std::process::Command::new("unshare")
+        .args(["--mount", "--map-root-user", "sh", "-c", &script])
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        ));
+    let _ = &mut cmd;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "needs root or user namespaces for a tmpfs; see stderr"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("free but this download needs") && stderr.contains("3.0 MiB"),
+        "{stderr}"
+    );
+    assert_eq!(proxy.object_requests(&b), 0, "not one object byte fetched");
+}
+
+/// PUT with a raw request line, so the key reaches the server exactly as written (HTTP
+/// clients normalise `..`).
+fn raw_put(endpoint: &str, bucket: &str, raw_key: &str, body: &[u8]) {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "PUT /{bucket}/{raw_key} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "PUT {raw_key}: {reply}");
+}
+
+#[test]
+fn hostile_object_names_never_write_outside_dest() {
+    let ep = s3_endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    // DEST sits inside a sentinel folder: nothing may appear in the sentinel but DEST.
+    let sentinel = tmp.path().join("sentinel");
+    let dest = sentinel.join("inner/dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let long = "n".repeat(300);
+    for (key, needle) in [
+        ("m/..%2Fescape.txt", "'.' or '..'"),
+        ("m/a/..%2F..%2F..%2Fescape2.txt", "'.' or '..'"),
+        ("m/%2Fabs.txt", "absolute"),
+        ("m/back%5Cslash.txt", "backslash"),
+        (&format!("m/{long}"), "longer than 255 bytes"),
+    ] {
+        let b = bucket("hostile");
+        let mut ok = BTreeMap::new();
+        ok.insert("m/fine.json".to_string(), b"{}".to_vec());
+        ok.insert("m/marker/".to_string(), Vec::new()); // a console folder marker: skipped
+        seed_s3(&ep, &b, &ok);
+        raw_put(&ep, &b, key, b"evil");
+        let out = run(loader(&ep, tmp.path())
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing source path") && stderr.contains(needle),
+            "{key}: {stderr}"
+        );
+        assert!(stderr.contains("--exclude"), "says how to skip it");
+        let names: Vec<_> = walk_all(&sentinel);
+        assert!(
+            names
+                .iter()
+                .all(|n| n == "inner" || n.starts_with("inner/dest")),
+            "{key}: wrote outside DEST: {names:?}"
+        );
+        assert!(
+            tree(&dest).is_empty(),
+            "{key}: nothing lands when a key is refused"
+        );
+
+        // The hostile key can be skipped: the rest loads, the marker is not a file.
+        let out = run(loader(&ep, tmp.path())
+            .args([
+                "--exclude",
+                "*escape*",
+                "--exclude",
+                "*abs*",
+                "--exclude",
+                "*slash*",
+                "--exclude",
+                "nnn*",
+            ])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{key}");
+        assert_eq!(tree(&dest).into_keys().collect::<Vec<_>>(), ["fine.json"]);
+        std::fs::remove_dir_all(&dest).unwrap();
+        std::fs::create_dir_all(&dest).unwrap();
+    }
+
+    // A file and a folder with one name.
+    let b = bucket("clash");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/clash".to_string(), b"file".to_vec());
+    objects.insert("m/clash/inner.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("both a file clash and a folder clash/"));
+}
+
+fn walk_all(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_symlink_inside_dest_is_not_followed() {
+    let ep = s3_endpoint();
+    let b = bucket("symlink");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/sub/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    let dest = tmp.path().join("d");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&dest).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("sub")).unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symlink"));
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+}
+
+#[test]
+fn an_object_replaced_mid_download_never_mixes_versions() {
+    let ep = s3_endpoint();
+    let b = bucket("replaced");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/w.bin".to_string(), data(71, 6 * 65536));
+    seed_s3(&ep, &b, &objects);
+    let (ep2, b2) = (ep.clone(), b.clone());
+    let proxy = Proxy::with_hook(
+        &ep,
+        Box::new(move || {
+            let mut new = BTreeMap::new();
+            new.insert("m/w.bin".to_string(), data(72, 6 * 65536));
+            seed_s3_objects(&ep2, &b2, &new);
+        }),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "64KiB"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("changed on the server during the download") && stderr.contains("rerun"),
+        "{stderr}"
+    );
+    assert!(!dest.join("w.bin").exists() && !dest.join(".model-loader/manifest.json").exists());
+    // The rerun lists the new version and loads it whole.
+    let out = run(loader(&ep, tmp.path())
+        .args(["--chunk-size", "64KiB"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest)["w.bin"], sha256(&data(72, 6 * 65536)));
+}
+
+#[test]
+fn no_failure_prints_a_secret() {
+    let ep = s3_endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    let secret = "S3CR3T/wJalrXUtnFEMI/K7MDENG+bPxRfiCYzzzzz";
+    let token = "SESSION-TOKEN-IQoJb3JpZ2luX2VjEHIaCXVz";
+    let hf_token = "hf_SECRETTOKENabcdefghijklmnopqrstu";
+    let cases: Vec<Vec<String>> = vec![
+        vec!["s3://no-such-bucket-xyz/m".into()],
+        vec!["s3://b-b-b/m".into(), "--retries".into(), "1".into()],
+        vec!["gs://no-such-bucket/m".into()],
+        vec!["hf://org/private".into()],
+        vec!["oss://bucket/m".into()],
+        vec!["ftp://x".into()],
+    ];
+    for args in cases {
+        let out = run(loader(&ep, tmp.path())
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_SESSION_TOKEN", token)
+            .env("HF_TOKEN", hf_token)
+            .env("OSS_ACCESS_KEY_ID", "LTAIkey")
+            .env("OSS_ACCESS_KEY_SECRET", secret)
+            .env("OSS_REGION", "cn-test")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+            .env("MODEL_LOADER_RETRIES", "2")
+            .args(&args)
+            .arg(&d));
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for s in [secret, token, hf_token] {
+            assert!(!all.contains(s), "{args:?} printed a secret: {all}");
+        }
+    }
+}
