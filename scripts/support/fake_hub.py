@@ -14,6 +14,8 @@ Repositories:
   org/private                private: needs the token
   org/gated                  gated: the token has not accepted the terms
   gen-expiring/<anything>    like gen/ but every CDN URL is refused after 2 requests
+  cdn-<PORT>/<anything>      like gen/ but LFS redirects point at 127.0.0.1:PORT (a test's
+                             fault-injecting proxy in front of this CDN; GET /_cdn gives its URL)
 
 The trusted token is `hf_fake_token_0123456789`. Control endpoints (Hub host):
   GET /_log                        every request seen by both hosts, as JSON
@@ -95,9 +97,10 @@ def local_repo(rid, root):
 
 
 class Repo:
-    def __init__(self, kind, rid, commits, refs, lfs, private=False, gated=False, expiring=False):
+    def __init__(self, kind, rid, commits, refs, lfs, private=False, gated=False, expiring=False, cdn=None):
         self.kind, self.id, self.commits, self.refs = kind, rid, commits, refs
         self.lfs, self.private, self.gated, self.expiring = lfs, private, gated, expiring
+        self.cdn = cdn or CDN
 
     def resolve(self, rev):
         if rev in self.refs:
@@ -159,6 +162,9 @@ def find_repo(kind, rid):
         return model_repo(rid)
     if kind == "model" and org == "gen-expiring" and name:
         return model_repo(rid, expiring=True)
+    if kind == "model" and re.fullmatch(r"cdn-\d+", org) and name:
+        r = model_repo(rid)
+        return Repo("model", rid, r.commits, r.refs, r.lfs, cdn=f"http://127.0.0.1:{org[4:]}")
     if kind == "dataset" and org == "gen" and name:
         return dataset_repo(rid)
     if kind == "model" and rid == "org/private":
@@ -266,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
         u = urllib.parse.urlsplit(self.path)
         raw = u.path
         query = urllib.parse.parse_qs(u.query)
+        if raw == "/_cdn":
+            return self.send(200, json.dumps({"url": CDN}).encode())
         if raw == "/_log":
             with LOG_LOCK:
                 return self.send(200, json.dumps(LOG).encode())
@@ -367,7 +375,7 @@ class Handler(BaseHTTPRequestHandler):
                 URLS[uid] = [data, 2 if repo.expiring else None]
             headers.update({
                 "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(data)), "ETag": f'"{digest}"',
-                "Location": f"{CDN}/lfs/{digest}?X-Amz-Signature=sig{uid}&id={uid}",
+                "Location": f"{repo.cdn}/lfs/{digest}?X-Amz-Signature=sig{uid}&id={uid}",
             })
             return self.send(302, b"", headers)
         headers["ETag"] = f'"{blob_sha1(data)}"'

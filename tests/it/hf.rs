@@ -337,3 +337,61 @@ fn hub_errors_map_to_exit_codes_with_remedies() {
     );
     assert!(!d.join(".model-loader/manifest.json").exists());
 }
+
+/// A repo whose LFS redirects go through a fault-injecting proxy in front of the fake CDN.
+fn via_cdn_proxy(fault: crate::support::proxy::Fault) -> (crate::support::proxy::Proxy, String) {
+    let cdn = get_json(&format!("{}/_cdn", hub()))["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = crate::support::proxy::Proxy::with_fault(&cdn, fault);
+    let repo = format!("cdn-{}/{}", proxy.addr.port(), unique("faults"));
+    (proxy, repo)
+}
+
+#[test]
+fn cdn_faults_are_retried_and_resumed_and_never_corrupt() {
+    use crate::support::proxy::Fault;
+    for fault in [
+        Fault::Status {
+            code: 503,
+            retry_after: true,
+            first: 3,
+        },
+        Fault::Cut {
+            bytes: 30_000,
+            first: 4,
+        },
+        Fault::Stall {
+            bytes: 30_000,
+            first: 1,
+        },
+    ] {
+        let (proxy, repo) = via_cdn_proxy(fault);
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = run(hf_loader(tmp.path())
+            .args(["--chunk-size", "256KiB", "--read-timeout", "1"])
+            .arg(format!("hf://{repo}"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{fault:?}");
+        assert_eq!(tree(&dest), truth("model", &repo, "main").1, "{fault:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("retry 1"),
+            "{fault:?}"
+        );
+        assert!(proxy.object_requests("lfs") > 0);
+    }
+    // A CDN that ignores Range: refused every time, nothing lands.
+    let (_proxy, repo) = via_cdn_proxy(Fault::StripRange);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB", "--retries", "2"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ignores Range"));
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+    assert!(!dest.join("model-00001-of-00002.safetensors").exists());
+}

@@ -411,3 +411,58 @@ fn no_failure_prints_a_secret() {
         }
     }
 }
+
+#[test]
+fn running_out_of_space_mid_download_exits_7_and_keeps_state_for_a_resume() {
+    let ep = s3_endpoint();
+    let b = bucket("enospc");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(81, 1536 * 1024));
+    seed_s3(&ep, &b, &objects);
+    // Slow replies, so the disk can be filled while the download runs.
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Stall {
+            bytes: 50_000,
+            first: usize::MAX,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=2m tmpfs {0} || exit 99
+         {1} --chunk-size 64KiB --concurrency 2 --retries 1000 --read-timeout 0.3 s3://{b}/m {0}/dest & pid=$!
+         sleep 0.7; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null
+         wait $pid; code=$?
+         test -e {0}/dest/.model-loader/journal.jsonl && echo journal-kept
+         test -e {0}/dest/.model-loader/manifest.json && echo manifest-written
+         exit $code",
+        mnt.display(),
+        bin().display()
+    );
+    let cmd = loader(&slow.url(), tmp.path());
+    let out = run(std::process::Command::new("unshare")
+        .args(["--mount", "--map-root-user", "sh", "-c", &script])
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        ));
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "cannot mount a tmpfs (needs root or user namespaces)"
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the volume is full") && stderr.contains("weights.bin"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("journal-kept") && !stdout.contains("manifest-written"),
+        "{stdout}"
+    );
+}
