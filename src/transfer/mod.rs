@@ -100,6 +100,7 @@ impl Ctx {
             &job.part_path,
             job.plan.file.size,
             job.plan.resume,
+            job.plan.path.as_str(),
         )?);
         self.reporter
             .file_started(job.id, job.plan.path.as_str(), job.plan.file.size);
@@ -344,6 +345,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             &job.part_path,
             job.plan.file.size,
             job.plan.resume,
+            job.plan.path.as_str(),
         )?),
     };
     let checksum = job
