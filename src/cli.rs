@@ -96,6 +96,12 @@ pub struct Args {
     )]
     pub lock_stale: f64,
 
+    /// fsync each file before its rename (and each chunk before its journal record). `false`
+    /// is faster on slow disks but a power loss (not a crash or kill) may then lose data the
+    /// manifest vouches for.
+    #[arg(long, env = "MODEL_LOADER_FSYNC", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub fsync: bool,
+
     /// oss:// only: use the `-internal` (VPC) endpoint derived from OSS_REGION/OSS_ENDPOINT.
     #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]
     pub oss_internal: bool,
@@ -165,6 +171,7 @@ pub struct Config {
     pub read_timeout: Duration,
     pub oss_internal: bool,
     pub lock_stale: Duration,
+    pub fsync: bool,
 }
 
 impl Args {
@@ -217,6 +224,7 @@ impl Args {
             read_timeout: secs(self.read_timeout, "--read-timeout")?,
             oss_internal: self.oss_internal,
             lock_stale: secs(self.lock_stale, "--lock-stale")?,
+            fsync: self.fsync,
         })
     }
 }

@@ -124,6 +124,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             concurrency: cfg.concurrency,
             retry: cfg.retry,
             buffer_size: WRITE_BUFFER,
+            fsync: cfg.fsync,
         },
         source_text.clone(),
     )
@@ -136,8 +137,10 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             dirs.insert(d.to_path_buf());
         }
     }
-    for d in &dirs {
-        state::sync_dir(d)?;
+    if cfg.fsync {
+        for d in &dirs {
+            state::sync_dir(d)?;
+        }
     }
     lock.check()?;
     state.commit(&Manifest {

@@ -32,6 +32,8 @@ pub struct ExecOptions {
     pub retry: RetryPolicy,
     /// Bytes gathered before one positional write.
     pub buffer_size: usize,
+    /// Sync data before journal records and renames (see `--fsync`).
+    pub fsync: bool,
 }
 
 /// What `execute` did.
@@ -369,6 +371,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let shown = ctx.shown(job);
     let final_path = job.final_path.clone();
     let size = job.plan.file.size;
+    let fsync = ctx.opts.fsync;
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
@@ -381,7 +384,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
                 return Err(e);
             }
         }
-        part.persist(&final_path)
+        part.persist(&final_path, fsync)
     })
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;

@@ -51,11 +51,14 @@ impl PartFile {
         &self.path
     }
 
-    /// Moves the finished part file to `dest` (creating its folders), atomically.
-    pub fn persist(&self, dest: &Path) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::local("sync", &self.path, e).context(&self.shown))?;
+    /// Moves the finished part file to `dest` (creating its folders), atomically; with
+    /// `fsync`, its bytes are on disk before its name is.
+    pub fn persist(&self, dest: &Path, fsync: bool) -> Result<()> {
+        if fsync {
+            self.file
+                .sync_all()
+                .map_err(|e| Error::local("sync", &self.path, e).context(&self.shown))?;
+        }
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::local("create the folder", parent, e))?;
         }
