@@ -30,6 +30,16 @@ HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=
 log "cargo test"
 cargo test --locked --all-targets -- "$@"
 
+log "CI smoke script (upload, load back, verify, rerun, --check) against moto"
+MODEL_LOADER_SMOKE_ENDPOINT="$MODEL_LOADER_TEST_S3_ENDPOINT" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+  MODEL_LOADER_BIN="$ROOT/target/debug/model-loader" ./scripts/ci-smoke.sh
+
+log "image contents: the Dockerfile's runtime layouts, chrooted read-only as uid 65532"
+./scripts/support/image_rootfs.sh "$ROOT/target/debug/model-loader" "$MODEL_LOADER_TEST_S3_ENDPOINT"
+
+log "examples parse and name only existing options"
+"$VENV/bin/python" scripts/support/check_examples.py "$ROOT/target/debug/model-loader" examples/*.yaml
+
 log "benchmark smoke run"
 ./scripts/bench.sh --smoke
 

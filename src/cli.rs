@@ -23,13 +23,24 @@ use crate::url::SourceUrl;
                   7 local filesystem, 130/143 interrupted (state kept for resume)."
 )]
 pub struct Args {
-    /// Source URL: s3://BUCKET[/PREFIX] (also hf://, gs://, oss:// where built in).
-    #[arg(value_name = "SRC")]
-    pub src: String,
+    /// What to load: hf://ORG/REPO[@REV][/PATH], s3://BUCKET[/PREFIX], gs://…, oss://… — or a
+    /// local directory to upload when DEST is a URL.
+    #[arg(value_name = "SRC", required_unless_present = "completions")]
+    pub src: Option<String>,
 
-    /// Destination directory (created if missing).
-    #[arg(value_name = "DEST")]
-    pub dest: PathBuf,
+    /// The directory to load into (created if missing) — or, to upload SRC, an s3://, gs:// or
+    /// oss:// URL.
+    #[arg(value_name = "DEST", required_unless_present = "completions")]
+    pub dest: Option<String>,
+
+    /// Check, offline, that DEST holds a complete copy of SRC (its manifest names SRC and every
+    /// file is there with its size); exit 0 if so, 1 if not. For readiness probes.
+    #[arg(long, env = "MODEL_LOADER_CHECK")]
+    pub check: bool,
+
+    /// Print a shell completion script and exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    pub completions: Option<clap_complete::Shell>,
 
     /// Only fetch files whose path (relative to SRC) matches one of these globs; `*` also
     /// matches `/`, as in `hf download`. Repeatable; the env twin is comma-separated.
@@ -155,9 +166,22 @@ fn glob_set(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
         .map_err(|e| Error::usage(format!("{flag}: invalid globs")).with_source(e))
 }
 
-/// Validated settings for one run.
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Remote `source` → local `dest`.
+    Download,
+    /// Local `dest` → remote `source` (KubeAI's loader accepts a URL as DEST).
+    Upload,
+    /// Is local `dest` a complete copy of `source`? Offline.
+    Check,
+}
+
+/// Validated settings for one run. `source` is always the remote side and `dest` the local
+/// directory, whichever way the bytes go.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub mode: Mode,
     pub source: SourceUrl,
     pub dest: PathBuf,
     pub filter: Filter,
@@ -176,16 +200,26 @@ pub struct Config {
 
 impl Args {
     pub fn into_config(self) -> Result<Config> {
-        let source = SourceUrl::parse(&self.src)?;
-        if self.dest.as_os_str().is_empty() {
+        let (src, dest) = (self.src.unwrap_or_default(), self.dest.unwrap_or_default());
+        if dest.is_empty() {
             return Err(Error::usage("DEST is empty: give a directory to load into"));
         }
-        if self.src.contains("://") && self.dest.to_string_lossy().contains("://") {
-            return Err(Error::usage(format!(
-                "DEST {:?} is a URL; uploading (a URL as DEST) is not supported yet: give a local directory",
-                self.dest
-            )));
-        }
+        let (mode, remote, local) = match (src.contains("://"), dest.contains("://")) {
+            (true, false) if self.check => (Mode::Check, src, dest),
+            (true, false) => (Mode::Download, src, dest),
+            (false, true) if !self.check => (Mode::Upload, dest, src),
+            (true, true) => {
+                return Err(Error::usage(
+                    "SRC and DEST are both URLs: one side must be a local directory",
+                ))
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "SRC {src:?} is not a URL: give hf://, s3://, gs:// or oss:// (or a URL as DEST to upload a directory)"
+                )))
+            }
+        };
+        let source = SourceUrl::parse(&remote)?;
         if !(1..=1024).contains(&self.concurrency) {
             return Err(Error::usage("--concurrency must be between 1 and 1024"));
         }
@@ -207,9 +241,10 @@ impl Args {
             ));
         }
         Ok(Config {
+            mode,
             source,
             filter: Filter::new(&self.include, &self.exclude)?,
-            dest: self.dest,
+            dest: PathBuf::from(local),
             concurrency: self.concurrency,
             chunk_size: self.chunk_size,
             progress: self.progress,
@@ -316,6 +351,19 @@ mod tests {
         assert_eq!(
             parse(&["m", "s3://b", "s3://c"]).unwrap_err().kind(),
             crate::error::Kind::Usage
+        );
+        assert_eq!(
+            parse(&["m", "./dir", "/d"]).unwrap_err().kind(),
+            crate::error::Kind::Usage
+        );
+        let up = parse(&["load", "./model", "s3://b/p"]).unwrap();
+        assert_eq!(
+            (up.mode, up.dest.to_str().unwrap()),
+            (Mode::Upload, "./model")
+        );
+        assert_eq!(
+            parse(&["load", "--check", "s3://b/p", "/d"]).unwrap().mode,
+            Mode::Check
         );
     }
 }

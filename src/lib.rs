@@ -9,6 +9,7 @@ pub mod error;
 pub mod progress;
 pub mod source;
 pub mod transfer;
+pub mod upload;
 pub mod url;
 
 use std::collections::HashSet;
@@ -165,6 +166,47 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
     summary.elapsed = started.elapsed();
     reporter.finish(&summary);
     Ok(summary)
+}
+
+/// Offline: does DEST hold a complete copy of SRC, as its manifest records it? Returns the
+/// reason when it does not.
+pub fn check(cfg: &Config) -> std::result::Result<String, String> {
+    let Some(m) = state::read_manifest(&cfg.dest) else {
+        return Err(format!(
+            "{} has no manifest: not loaded, or not finished",
+            cfg.dest.display()
+        ));
+    };
+    let want = cfg.source.to_string();
+    if m.source != want {
+        return Err(format!(
+            "{} holds {}, not {want}",
+            cfg.dest.display(),
+            m.source
+        ));
+    }
+    for f in &m.files {
+        let Ok(p) = RelPath::new(&f.path) else {
+            return Err(format!("the manifest names an unsafe path {:?}", f.path));
+        };
+        match std::fs::symlink_metadata(cfg.dest.join(p.as_str())) {
+            Ok(md) if md.is_file() && md.len() == f.size => {}
+            Ok(md) => {
+                return Err(format!(
+                    "{p} is {} bytes, the manifest says {}",
+                    md.len(),
+                    f.size
+                ))
+            }
+            Err(_) => return Err(format!("{p} is missing")),
+        }
+    }
+    Ok(format!(
+        "{} holds a complete copy of {want}: {} files, loaded {}",
+        cfg.dest.display(),
+        m.files.len(),
+        m.completed_at
+    ))
 }
 
 /// Applies --include/--exclude, then refuses any path that could escape DEST or collide: a

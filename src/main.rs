@@ -5,14 +5,32 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use model_loader::cli::Args;
+use model_loader::cli::{Args, Mode};
 use model_loader::error::{Error, Kind};
 
 fn main() -> ExitCode {
-    let cfg = match Args::parse().into_config() {
+    let args = Args::parse();
+    if let Some(shell) = args.completions {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "model-loader", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match args.into_config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if cfg.mode == Mode::Check {
+        return match model_loader::check(&cfg) {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("not complete: {why}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let reporter = model_loader::progress::reporter(cfg.progress, cfg.progress_interval);
     // glibc gives every thread its own malloc arena (up to 8 per core); with the runtime's
     // worker and blocking threads that alone grew peak RSS from 28 to 52 MiB at 16 requests
@@ -33,7 +51,12 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         tokio::select! {
-            r = model_loader::run(&cfg, reporter.clone()) => r.map(|_| ()),
+            r = async {
+                match cfg.mode {
+                    Mode::Upload => model_loader::upload::upload(&cfg, reporter.clone()).await,
+                    _ => model_loader::run(&cfg, reporter.clone()).await,
+                }
+            } => r.map(|_| ()),
             kind = interrupted() => Err(Error::new(kind, "interrupted; finished ranges are kept and a rerun resumes")),
         }
     });

@@ -272,13 +272,26 @@ impl S3 {
         format!("{}://{}/{key}", self.scheme, self.bucket)
     }
 
-    /// Sends one signed request; `path` is encoded, `query` raw.
+    /// Sends one signed request without a body; `path` is encoded, `query` raw.
     async fn send(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
         extra: &[(reqwest::header::HeaderName, String)],
+        what: &str,
+    ) -> Result<Response> {
+        self.send_body(method, path, query, extra, None, what).await
+    }
+
+    /// Sends one signed request; a body (uploads) goes unsigned, protected by Content-MD5.
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        extra: &[(reqwest::header::HeaderName, String)],
+        body: Option<reqwest::Body>,
         what: &str,
     ) -> Result<Response> {
         let q = sigv4::canonical_query(query);
@@ -290,6 +303,14 @@ impl S3 {
         let mut req = self.client.request(method.clone(), url);
         for (k, v) in extra {
             req = req.header(k, v);
+        }
+        let payload_hash = if body.is_some() {
+            sigv4::UNSIGNED_PAYLOAD
+        } else {
+            sigv4::EMPTY_SHA256
+        };
+        if let Some(b) = body {
+            req = req.body(b);
         }
         if let Some(creds) = self.signer.credentials().await? {
             let date = sigv4::amz_date(SystemTime::now());
@@ -304,6 +325,7 @@ impl S3 {
                     region: &self.region,
                     service: "s3",
                     amz_date: &date,
+                    payload_hash,
                 },
             );
             for (k, v) in signed {
@@ -311,6 +333,139 @@ impl S3 {
             }
         }
         req.send().await.map_err(|e| http::transport_error(what, e))
+    }
+
+    /// Uploads `len` bytes of `path` from `offset` as one object, or as part `part` of the
+    /// multipart upload `upload_id`. Returns the ETag. `md5` goes in Content-MD5, so the
+    /// server rejects a body that was damaged on the way.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: crate::upload::FileRange,
+        md5: [u8; 16],
+        part: Option<(&str, u32)>,
+    ) -> Result<String> {
+        use base64::Engine;
+        let what = match part {
+            Some((_, n)) => format!("upload part {n} of {}", self.display(key)),
+            None => format!("upload {}", self.display(key)),
+        };
+        let n = part.map(|(_, n)| n.to_string());
+        let query: Vec<(&str, &str)> = match (&part, &n) {
+            (Some((id, _)), Some(n)) => vec![("partNumber", n.as_str()), ("uploadId", id)],
+            _ => vec![],
+        };
+        let extra = [
+            (reqwest::header::CONTENT_LENGTH, body.len.to_string()),
+            (
+                reqwest::header::HeaderName::from_static("content-md5"),
+                base64::engine::general_purpose::STANDARD.encode(md5),
+            ),
+            (
+                reqwest::header::CONTENT_TYPE,
+                "application/octet-stream".into(),
+            ),
+        ];
+        let resp = self
+            .send_body(
+                Method::PUT,
+                &self.object_path(key),
+                &query,
+                &extra,
+                Some(body.into_body()),
+                &what,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what, None).await);
+        }
+        header_str(resp.headers(), ETAG)
+            .ok_or_else(|| Error::new(Kind::Network, format!("{what}: the reply has no ETag")))
+    }
+
+    /// Starts a multipart upload; returns its id.
+    pub async fn create_multipart(&self, key: &str) -> Result<String> {
+        let what = format!("start a multipart upload of {}", self.display(key));
+        let resp = self
+            .send_body(
+                Method::POST,
+                &self.object_path(key),
+                &[("uploads", "")],
+                &[],
+                Some(reqwest::Body::from("")),
+                &what,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what, None).await);
+        }
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| http::transport_error(&what, e))?;
+        xml_field(&body, "UploadId")
+            .ok_or_else(|| Error::new(Kind::Network, format!("{what}: no UploadId in the reply")))
+    }
+
+    /// Completes a multipart upload from its parts' ETags, in order.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<()> {
+        let what = format!("complete the multipart upload of {}", self.display(key));
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, e) in etags.iter().enumerate() {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                i + 1,
+                xml_escape(e)
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let extra = [(reqwest::header::CONTENT_LENGTH, xml.len().to_string())];
+        let resp = self
+            .send_body(
+                Method::POST,
+                &self.object_path(key),
+                &[("uploadId", upload_id)],
+                &extra,
+                Some(reqwest::Body::from(xml)),
+                &what,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what, None).await);
+        }
+        // S3 can answer 200 and still fail: the error is then in the body.
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| http::transport_error(&what, e))?;
+        if body.contains("<Error>") {
+            let code = xml_field(&body, "Code").unwrap_or_default();
+            return Err(Error::new(Kind::Network, format!("{what}: {code}")).transient(None));
+        }
+        Ok(())
+    }
+
+    /// Best effort: a failed multipart upload should not leave billable parts behind.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) {
+        let _ = self
+            .send(
+                Method::DELETE,
+                &self.object_path(key),
+                &[("uploadId", upload_id)],
+                &[],
+                "abort",
+            )
+            .await;
+    }
+
+    /// The object key for a file `rel` uploaded under the URL's prefix.
+    pub fn key_for(&self, rel: &str) -> String {
+        join_key(&self.prefix, rel)
     }
 
     fn list_path(&self) -> String {
@@ -662,6 +817,21 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     let start = body.find(&open)? + open.len();
     let end = body[start..].find(&format!("</{name}>"))? + start;
     Some(body[start..end].trim().to_string())
+}
+
+/// `prefix` (a folder, with or without a trailing '/') joined with a relative path.
+pub fn join_key(prefix: &str, rel: &str) -> String {
+    match prefix.trim_end_matches('/') {
+        "" => rel.to_string(),
+        p => format!("{p}/{rel}"),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn percent_decode(s: &str) -> Option<String> {

@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 
 pub use super::http::uri_encode;
 
-/// SHA-256 of the empty payload: every request we sign has no body.
+/// SHA-256 of the empty payload, for GET, HEAD and list requests.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// For uploads: the body is protected by Content-MD5 instead of being hashed twice.
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
 /// Static or temporary credentials; Debug never shows the secret or the token.
 #[derive(Clone)]
@@ -47,6 +49,8 @@ pub struct Request<'a> {
     pub service: &'a str,
     /// `YYYYMMDDTHHMMSSZ`.
     pub amz_date: &'a str,
+    /// [`EMPTY_SHA256`] or [`UNSIGNED_PAYLOAD`].
+    pub payload_hash: &'a str,
 }
 
 /// The canonical (and wire) form of a query: encoded pairs sorted by key, then value.
@@ -68,7 +72,7 @@ pub fn canonical_query(query: &[(&str, &str)]) -> String {
 pub fn sign(creds: &Credentials, req: &Request<'_>) -> Vec<(&'static str, String)> {
     let mut headers: Vec<(String, String)> = vec![
         ("host".into(), req.host.to_string()),
-        ("x-amz-content-sha256".into(), EMPTY_SHA256.into()),
+        ("x-amz-content-sha256".into(), req.payload_hash.into()),
         ("x-amz-date".into(), req.amz_date.into()),
     ];
     if let Some(t) = &creds.token {
@@ -91,7 +95,7 @@ pub fn sign(creds: &Credentials, req: &Request<'_>) -> Vec<(&'static str, String
         canonical_query(req.query),
         canonical_headers,
         signed_headers,
-        EMPTY_SHA256
+        req.payload_hash
     );
     let date = &req.amz_date[..8];
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
@@ -108,7 +112,7 @@ pub fn sign(creds: &Credentials, req: &Request<'_>) -> Vec<(&'static str, String
 
     let mut out = vec![
         ("x-amz-date", req.amz_date.to_string()),
-        ("x-amz-content-sha256", EMPTY_SHA256.to_string()),
+        ("x-amz-content-sha256", req.payload_hash.to_string()),
         (
             "authorization",
             format!(
@@ -194,6 +198,7 @@ mod tests {
                 region: "us-east-1",
                 service: "s3",
                 amz_date: "20130524T000000Z",
+                payload_hash: EMPTY_SHA256,
             },
         );
         assert_eq!(
@@ -216,6 +221,7 @@ mod tests {
                 region: "us-east-1",
                 service: "s3",
                 amz_date: "20130524T000000Z",
+                payload_hash: EMPTY_SHA256,
             },
         );
         assert_eq!(

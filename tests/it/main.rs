@@ -7,4 +7,5 @@ mod hf;
 mod oss;
 mod s3;
 mod safety;
+mod ship;
 mod support;

@@ -403,7 +403,7 @@ fn bad_urls_and_flags_exit_2_before_any_request() {
     for (args, needle) in [
         (vec!["ftp://bucket/x"], "unknown scheme"),
         (vec!["s3://"], "bucket name is empty"),
-        (vec!["bucket/key"], "no scheme"),
+        (vec!["bucket/key"], "is not a URL"),
         (vec!["s3://bad_bucket!/x"], "not a bucket name"),
         (vec!["--chunk-size", "12parsecs", "s3://b/x"], "chunk-size"),
         (vec!["--concurrency", "0", "s3://b/x"], "--concurrency"),

@@ -1,0 +1,236 @@
+//! Shipping features: the upload direction (`load DIR URL`) round-tripped through every bucket
+//! backend, `--check` for probes, shell completions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::support::proxy::Proxy;
+use crate::support::*;
+
+/// A local model: a file large enough for several upload parts, nested folders, an empty file.
+fn local_model(root: &Path) -> BTreeMap<String, String> {
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("model.safetensors", data(91, 12 * 1024 * 1024 + 77)),
+        ("config.json", b"{\"model_type\": \"llama\"}".to_vec()),
+        ("tokenizer/tokenizer.json", data(92, 100_000)),
+        ("empty.txt", Vec::new()),
+    ];
+    let mut want = BTreeMap::new();
+    for (p, d) in files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &d).unwrap();
+        want.insert(p.to_string(), sha256(&d));
+    }
+    // The loader's own state folder is never uploaded.
+    std::fs::create_dir_all(root.join(".model-loader")).unwrap();
+    std::fs::write(root.join(".model-loader/manifest.json"), "{}").unwrap();
+    want
+}
+
+fn create_bucket(ep: &str, b: &str) {
+    seed_s3(ep, b, &BTreeMap::new());
+}
+
+#[test]
+fn upload_to_s3_then_download_round_trips() {
+    let ep = s3_endpoint();
+    let b = bucket("up");
+    create_bucket(&ep, &b);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let want = local_model(&model);
+    let proxy = Proxy::start(&ep);
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "5MiB"])
+        .arg(&model)
+        .arg(format!("s3://{b}/models/tiny")));
+    assert_eq!(out.status.code(), Some(0));
+    let reqs = proxy.requests();
+    assert!(
+        reqs.iter()
+            .any(|l| l.starts_with("POST") && l.contains("uploads")),
+        "multipart for the large file: {reqs:?}"
+    );
+    assert_eq!(
+        reqs.iter()
+            .filter(|l| l.starts_with("PUT") && l.contains("partNumber"))
+            .count(),
+        3,
+        "{reqs:?}"
+    );
+    assert!(
+        proxy
+            .heads()
+            .iter()
+            .filter(|h| h.starts_with("PUT"))
+            .all(|h| h.to_ascii_lowercase().contains("content-md5:")),
+        "every upload carries Content-MD5"
+    );
+    let dest = tmp.path().join("back");
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/models/tiny"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+}
+
+#[test]
+fn upload_to_oss_virtual_hosted_round_trips() {
+    let ep = s3_endpoint();
+    let b = bucket("ossup");
+    create_bucket(&ep, &b);
+    let proxy = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let want = local_model(&model);
+    let oss = |args: &[&str]| {
+        run(loader(&ep, tmp.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HTTP_PROXY", proxy.url())
+            .env("OSS_ENDPOINT", "http://oss-test-1.aliyuncs.test")
+            .env("OSS_ACCESS_KEY_ID", "LTAIuploadkey")
+            .env("OSS_ACCESS_KEY_SECRET", "upload-secret")
+            .env("MODEL_LOADER_TERMINATION_LOG", tmp.path().join("tl"))
+            .args(args))
+    };
+    let out = oss(&[
+        "--chunk-size",
+        "5MiB",
+        model.to_str().unwrap(),
+        &format!("oss://{b}/qwen"),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(proxy
+        .requests()
+        .iter()
+        .all(|l| l.contains(&format!("http://{b}.oss-test-1.aliyuncs.test/"))));
+    let dest = tmp.path().join("back");
+    let out = oss(&[&format!("oss://{b}/qwen"), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+}
+
+#[test]
+fn upload_to_gcs_resumable_round_trips() {
+    let gcs = required_env("MODEL_LOADER_TEST_GCS_ENDPOINT");
+    let b = bucket("gup");
+    block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{gcs}/storage/v1/b"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"name\":\"{b}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let want = local_model(&model);
+    let proxy = Proxy::start(&gcs);
+    let gs = |args: &[&str], via: &str| {
+        run(loader(&ep_unused(), tmp.path())
+            .env("STORAGE_EMULATOR_HOST", via)
+            .env("GCE_METADATA_HOST", "127.0.0.1:9")
+            .args(args))
+    };
+    let out = gs(
+        &[
+            "--chunk-size",
+            "4MiB",
+            model.to_str().unwrap(),
+            &format!("gs://{b}/m"),
+        ],
+        &proxy.url(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|l| l.contains("uploadType=resumable")),
+        "{:?}",
+        proxy.requests()
+    );
+    let dest = tmp.path().join("back");
+    let out = gs(&[&format!("gs://{b}/m"), dest.to_str().unwrap()], &gcs);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+}
+
+fn ep_unused() -> String {
+    "http://127.0.0.1:9".into()
+}
+
+#[test]
+fn uploading_to_the_hub_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    local_model(&model);
+    let out = run(loader(&ep_unused(), tmp.path())
+        .arg(&model)
+        .arg("hf://org/repo"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use `hf upload`"));
+}
+
+#[test]
+fn check_tells_whether_dest_is_a_complete_copy() {
+    let ep = s3_endpoint();
+    let b = bucket("check");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.json".to_string(), b"{}".to_vec());
+    objects.insert("m/w.bin".to_string(), data(93, 5000));
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let src = format!("s3://{b}/m");
+    let check = |src: &str| {
+        run(loader(&ep_unused(), tmp.path())
+            .args(["--check", src])
+            .arg(&dest))
+    };
+    assert_eq!(check(&src).status.code(), Some(1), "nothing loaded yet");
+    assert_eq!(
+        run(loader(&ep, tmp.path()).arg(&src).arg(&dest))
+            .status
+            .code(),
+        Some(0)
+    );
+    let ok = check(&src);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "offline: the endpoint is a dead port"
+    );
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("holds a complete copy"));
+    assert_eq!(
+        check(&format!("s3://{b}/other")).status.code(),
+        Some(1),
+        "another source"
+    );
+    std::fs::write(dest.join("w.bin"), b"short").unwrap();
+    let bad = check(&src);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("w.bin is 5 bytes, the manifest says 5000")
+    );
+}
+
+#[test]
+fn shell_completions_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(bin())
+            .args(["--completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("model-loader") && text.contains("include"),
+            "{shell}"
+        );
+    }
+}
