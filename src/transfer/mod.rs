@@ -205,7 +205,7 @@ pub async fn execute(
 }
 
 async fn worker(ctx: &Ctx) -> Result<()> {
-    let mut buf = Vec::with_capacity(ctx.opts.buffer_size);
+    let mut buf = writer::AlignedBuf::new(ctx.opts.buffer_size);
     while !ctx.abort.load(Ordering::Relaxed) {
         let i = ctx.next.fetch_add(1, Ordering::Relaxed);
         let Some(&(fi, range)) = ctx.jobs.get(i) else {
@@ -238,9 +238,9 @@ async fn fetch_chunk(
     job: &FileJob,
     part: &PartFile,
     range: ByteRange,
-    buf: &mut Vec<u8>,
+    buf: &mut writer::AlignedBuf,
 ) -> Result<bool> {
-    let cap = ctx.opts.buffer_size.max(1);
+    let cap = buf.capacity();
     let mut pos = range.start;
     let mut failures = 0u32;
     loop {
@@ -286,11 +286,10 @@ async fn fetch_chunk(
                     }
                     let mut data = &bytes[..];
                     while !data.is_empty() {
-                        let take = (cap - buf.len()).min(data.len());
-                        buf.extend_from_slice(&data[..take]);
-                        data = &data[take..];
+                        let took = buf.fill(data);
+                        data = &data[took..];
                         if buf.len() == cap {
-                            tokio::task::block_in_place(|| part.write_at(buf, at))?;
+                            tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
                             at += buf.len() as u64;
                             buf.clear();
                         }
@@ -302,7 +301,7 @@ async fn fetch_chunk(
                     }
                 }
                 if !buf.is_empty() {
-                    tokio::task::block_in_place(|| part.write_at(buf, at))?;
+                    tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
                     at += buf.len() as u64;
                     buf.clear();
                 }

@@ -1,17 +1,95 @@
 //! The part file: created at its full length, written at chunk offsets from many tasks at
 //! once, synced, and renamed to its final path only when complete.
+//!
+//! Aligned blocks go through a second, `O_DIRECT` descriptor: the bytes go from our buffer to
+//! the device without a copy into the page cache, and without the inode lock every buffered
+//! writer of one file contends on. On this project's VM that took a 4 GiB download from 10.5 to
+//! 4 s of system time (BENCHMARKS.md). Unaligned pieces (the tail of a file, a resumed chunk)
+//! and filesystems without `O_DIRECT` (tmpfs) use the ordinary descriptor; the kernel keeps the
+//! two coherent.
 
+use std::alloc::{alloc, dealloc, Layout};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 
+/// Alignment `O_DIRECT` needs for memory, file offsets and lengths (covers 512-byte and 4 KiB
+/// devices).
+pub const DIRECT_ALIGN: usize = 4096;
+
 pub struct PartFile {
     file: File,
+    direct: Option<File>,
+    /// Cleared when the filesystem refuses a direct write: the rest goes buffered.
+    direct_ok: AtomicBool,
     path: PathBuf,
     /// The file's path under DEST, so errors name what the user asked for, not the part file.
     shown: String,
+}
+
+/// A reusable write buffer aligned for `O_DIRECT`.
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// `cap` is rounded up to a multiple of [`DIRECT_ALIGN`].
+    pub fn new(cap: usize) -> Self {
+        let cap = cap.max(1).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let layout = Layout::from_size_align(cap, DIRECT_ALIGN).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        AlignedBuf { ptr, cap, len: 0 }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends as much of `data` as fits; returns how much that was.
+    pub fn fill(&mut self, data: &[u8]) -> usize {
+        let n = (self.cap - self.len).min(data.len());
+        // SAFETY: `n` bytes fit after `len` in the allocation; the regions cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(self.len), n) };
+        self.len += n;
+        n
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were written by `fill`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.cap, DIRECT_ALIGN).expect("valid layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, layout) };
+    }
 }
 
 impl PartFile {
@@ -27,14 +105,42 @@ impl PartFile {
             .map_err(|e| Error::local("create the partial file", path, e).context(shown))?;
         file.set_len(size)
             .map_err(|e| Error::local("size the partial file", path, e).context(shown))?;
+        let direct = if std::env::var_os("MODEL_LOADER_NO_DIRECT_IO").is_some() {
+            None
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok()
+        };
         Ok(PartFile {
             file,
+            direct_ok: AtomicBool::new(direct.is_some()),
+            direct,
             path: path.to_path_buf(),
             shown: shown.to_string(),
         })
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let aligned = offset % DIRECT_ALIGN as u64 == 0
+            && buf.len() % DIRECT_ALIGN == 0
+            && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
+        if aligned && self.direct_ok.load(Ordering::Relaxed) {
+            if let Some(d) = &self.direct {
+                match d.write_all_at(buf, offset) {
+                    Ok(()) => return Ok(()),
+                    // Some filesystems accept O_DIRECT at open and refuse it at write time.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.direct_ok.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        return Err(Error::local("write", &self.path, e).context(&self.shown));
+                    }
+                }
+            }
+        }
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::local("write", &self.path, e).context(&self.shown))
@@ -63,5 +169,37 @@ impl PartFile {
             fs::create_dir_all(parent).map_err(|e| Error::local("create the folder", parent, e))?;
         }
         fs::rename(&self.path, dest).map_err(|e| Error::local("move the finished file to", dest, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_unaligned_writes_land_where_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("p.part");
+        let size = 3 * DIRECT_ALIGN as u64 + 100;
+        let part = PartFile::open(&path, size, false, "p").unwrap();
+        let mut buf = AlignedBuf::new(2 * DIRECT_ALIGN);
+        assert_eq!(
+            buf.fill(&vec![1u8; 3 * DIRECT_ALIGN]),
+            2 * DIRECT_ALIGN,
+            "fills up to capacity"
+        );
+        part.write_at(buf.as_slice(), 0).unwrap();
+        buf.clear();
+        buf.fill(&vec![2u8; DIRECT_ALIGN + 100]);
+        part.write_at(buf.as_slice(), 2 * DIRECT_ALIGN as u64)
+            .unwrap();
+        part.write_at(&[3u8; 10], 5).unwrap();
+        part.sync_data().unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len() as u64, size);
+        assert_eq!(&got[..5], &[1u8; 5]);
+        assert_eq!(&got[5..15], &[3u8; 10]);
+        assert!(got[15..2 * DIRECT_ALIGN].iter().all(|&b| b == 1));
+        assert!(got[2 * DIRECT_ALIGN..].iter().all(|&b| b == 2));
     }
 }
