@@ -147,7 +147,7 @@ bench_hf() {
   curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
   export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
   local bytes files dest="$BENCH_DIR/hf-dest"
-  bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+  bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   for run in $(seq 1 "$RUNS"); do
     # Flush the previous run's dirty pages so no run pays for another's writeback.
@@ -214,7 +214,7 @@ bench_s3() {
   local dest="$BENCH_DIR/s3-dest"
   for set in shards small; do
     local bytes files
-    bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+    bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
     for run in $(seq 1 "$RUNS"); do
       rm -rf "$dest"; sync
@@ -257,12 +257,12 @@ bench_s3() {
 
   # Memory must not grow with the model: the same loader on an 8 GiB model, and a no-op rerun.
   local bytes files
-  bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+  bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data/big" -type f | wc -l)
   rm -rf "$dest"; sync
   measure s3-big model-loader "defaults, $big × $shard_mib MiB" 1 "$bytes" "$files" -- "$BIN" --progress none s3://bench/big "$dest"
   rm -rf "$dest"; sync
-  bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+  bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data/small" -type f | wc -l)
   "$BIN" --progress none s3://bench/small "$dest"
   for run in $(seq 1 "$RUNS"); do

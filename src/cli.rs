@@ -61,9 +61,11 @@ pub struct Args {
     )]
     pub exclude: Vec<String>,
 
-    /// Requests in flight at once, over all files.
-    #[arg(long, env = "MODEL_LOADER_CONCURRENCY", default_value_t = 16)]
-    pub concurrency: usize,
+    /// Requests in flight at once, over all files. Default: 16, or 32 when the files are
+    /// small on average (more requests hide per-file latency; large files gain nothing and
+    /// would only hold more buffers).
+    #[arg(long, env = "MODEL_LOADER_CONCURRENCY")]
+    pub concurrency: Option<usize>,
 
     /// Size of one ranged request, e.g. 64MiB, 8M, 1048576.
     #[arg(long, env = "MODEL_LOADER_CHUNK_SIZE", default_value = "64MiB", value_parser = parse_size)]
@@ -185,7 +187,8 @@ pub struct Config {
     pub source: SourceUrl,
     pub dest: PathBuf,
     pub filter: Filter,
-    pub concurrency: usize,
+    /// `None`: chosen from the plan (see `--concurrency`).
+    pub concurrency: Option<usize>,
     pub chunk_size: u64,
     pub progress: ProgressMode,
     pub progress_interval: Duration,
@@ -220,7 +223,7 @@ impl Args {
             }
         };
         let source = SourceUrl::parse(&remote)?;
-        if !(1..=1024).contains(&self.concurrency) {
+        if self.concurrency.is_some_and(|c| !(1..=1024).contains(&c)) {
             return Err(Error::usage("--concurrency must be between 1 and 1024"));
         }
         if self.chunk_size < 64 * 1024 {

@@ -181,7 +181,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
                 Ok::<u64, Error>(len)
             }
         }))
-        .buffer_unordered(cfg.concurrency.clamp(1, 8))
+        .buffer_unordered(cfg.concurrency.unwrap_or(8).clamp(1, 8))
         .collect::<Vec<_>>()
         .await;
     let mut summary = Summary::default();

@@ -218,8 +218,12 @@ async fn worker(ctx: &Ctx) -> Result<()> {
         }
         // A file fetched in one request needs no range record: it is renamed right away.
         if job.plan.chunks.len() > 1 {
-            let p = Arc::clone(&part);
-            tokio::task::block_in_place(|| p.sync_data())?;
+            // The record must never claim bytes a power loss could take back (with
+            // `--fsync false` the user accepted that risk; a crash or kill keeps the page cache).
+            if ctx.opts.fsync {
+                let p = Arc::clone(&part);
+                tokio::task::block_in_place(|| p.sync_data())?;
+            }
             ctx.state
                 .record_range(&job.plan.path, &job.plan.file, range)?;
         }

@@ -124,9 +124,9 @@ impl PartFile {
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let aligned = offset % DIRECT_ALIGN as u64 == 0
-            && buf.len() % DIRECT_ALIGN == 0
-            && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
+        let aligned = offset.is_multiple_of(DIRECT_ALIGN as u64)
+            && buf.len().is_multiple_of(DIRECT_ALIGN)
+            && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
         if aligned && self.direct_ok.load(Ordering::Relaxed) {
             if let Some(d) = &self.direct {
                 match d.write_all_at(buf, offset) {
