@@ -25,7 +25,10 @@ cleanup() {
     [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
   done
 }
-trap cleanup EXIT INT TERM
+# On INT/TERM: clean up and stop (a trap that only cleaned up would let the script run on).
+trap cleanup EXIT
+trap 'cleanup; trap - EXIT; exit 130' INT
+trap 'cleanup; trap - EXIT; exit 143' TERM
 
 log() { printf '==> %s\n' "$*" >&2; }
 
