@@ -208,7 +208,7 @@ impl DestLock {
             return Err(Error::new(
                 Kind::Local,
                 format!(
-                    "another loader took over the lock {} (this one looked stalled); stopping so two loaders never write one DEST",
+                    "the lock {} is no longer ours: another loader took it over (this one looked stalled) or DEST was removed under us; stopping so two loaders never write one DEST",
                     self.path.display()
                 ),
             ));
