@@ -18,7 +18,7 @@ use crate::url::SourceUrl;
     version,
     about = "Puts a model or adapter from hf://, s3://, gs:// or oss:// onto a local volume: \
              parallel ranged downloads, verified, resumable, never half-written.",
-    after_help = "Exit codes: 0 ok, 2 usage or bad URL, 3 access denied, 4 not found, \
+    after_help = "Exit codes: 0 ok, 1 (--check only) not complete, 2 usage or bad URL, 3 access denied, 4 not found, \
                   5 network/server errors after retries, 6 checksum or size mismatch, \
                   7 local filesystem, 130/143 interrupted (state kept for resume)."
 )]
