@@ -413,7 +413,7 @@ fn no_failure_prints_a_secret() {
 }
 
 #[test]
-fn running_out_of_space_mid_download_exits_7_and_keeps_state_for_a_resume() {
+fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
     let ep = s3_endpoint();
     let b = bucket("enospc");
     let mut objects = BTreeMap::new();
@@ -433,9 +433,10 @@ fn running_out_of_space_mid_download_exits_7_and_keeps_state_for_a_resume() {
     let script = format!(
         "mount -t tmpfs -o size=2m tmpfs {0} || exit 99
          {1} --chunk-size 64KiB --concurrency 2 --retries 1000 --read-timeout 0.3 s3://{b}/m {0}/dest & pid=$!
-         sleep 0.7; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null
+         for i in $(seq 1 200); do ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
+         sleep 0.3; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null
          wait $pid; code=$?
-         test -e {0}/dest/.model-loader/journal.jsonl && echo journal-kept
+         ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && echo partial-kept
          test -e {0}/dest/.model-loader/manifest.json && echo manifest-written
          exit $code",
         mnt.display(),
@@ -462,7 +463,7 @@ fn running_out_of_space_mid_download_exits_7_and_keeps_state_for_a_resume() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("journal-kept") && !stdout.contains("manifest-written"),
+        stdout.contains("partial-kept") && !stdout.contains("manifest-written"),
         "{stdout}"
     );
 }
