@@ -517,30 +517,27 @@ impl Gcs {
     }
 }
 
+impl super::BucketListing for Gcs {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn display(&self, key: &str) -> String {
+        Gcs::display(self, key)
+    }
+
+    async fn list_folder(&self, folder: &str) -> Result<Vec<RemoteFile>> {
+        Gcs::list_folder(self, folder).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<RemoteFile>> {
+        Gcs::head(self, key).await
+    }
+}
+
 impl Source for Gcs {
     async fn list(&self) -> Result<Listing> {
-        let prefix = self.prefix.as_str();
-        let folder = if prefix.is_empty() || prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
-        };
-        let mut files = self.list_folder(&folder).await?;
-        if files.is_empty() && !prefix.is_empty() && !prefix.ends_with('/') {
-            if let Some(f) = self.head(prefix).await? {
-                files.push(f);
-            }
-        }
-        if files.is_empty() {
-            return Err(Error::new(
-                Kind::NotFound,
-                format!("nothing found at {}: no object with that name and no objects under it (check the prefix; names are case-sensitive)", self.display(prefix)),
-            ));
-        }
-        Ok(Listing {
-            files,
-            revision: None,
-        })
+        super::list_bucket(self).await
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {

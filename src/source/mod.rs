@@ -140,6 +140,46 @@ pub trait Source: Send + Sync {
     ) -> impl Future<Output = Result<Fetched>> + Send;
 }
 
+/// What `s3://`, `oss://` and `gs://` share: the URL's path after the bucket is a folder, and
+/// when nothing is under it, it may name one object.
+pub(crate) trait BucketListing {
+    fn prefix(&self) -> &str;
+    fn display(&self, key: &str) -> String;
+    fn list_folder(&self, folder: &str) -> impl Future<Output = Result<Vec<RemoteFile>>> + Send;
+    fn head(&self, key: &str) -> impl Future<Output = Result<Option<RemoteFile>>> + Send;
+}
+
+/// Lists `prefix/` (never `prefix10/`); falls back to the object `prefix` itself.
+pub(crate) async fn list_bucket<B: BucketListing + Sync>(b: &B) -> Result<Listing> {
+    let prefix = b.prefix();
+    let folder = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    let mut files = b.list_folder(&folder).await?;
+    if files.is_empty() && !prefix.is_empty() && !prefix.ends_with('/') {
+        if let Some(f) = b.head(prefix).await? {
+            files.push(f);
+        }
+    }
+    if files.is_empty() {
+        return Err(crate::error::Error::new(
+            crate::error::Kind::NotFound,
+            format!(
+                "nothing found at {}: no object with that name and no objects under {}/ \
+                 (check the prefix; names are case-sensitive)",
+                b.display(prefix),
+                b.display(folder.trim_end_matches('/'))
+            ),
+        ));
+    }
+    Ok(Listing {
+        files,
+        revision: None,
+    })
+}
+
 /// Settings for opening any source.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

@@ -672,35 +672,27 @@ impl S3 {
     }
 }
 
+impl super::BucketListing for S3 {
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn display(&self, key: &str) -> String {
+        S3::display(self, key)
+    }
+
+    async fn list_folder(&self, folder: &str) -> Result<Vec<RemoteFile>> {
+        S3::list_folder(self, folder).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<RemoteFile>> {
+        S3::head(self, key).await
+    }
+}
+
 impl Source for S3 {
     async fn list(&self) -> Result<Listing> {
-        let prefix = self.prefix.as_str();
-        let folder = if prefix.is_empty() || prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
-        };
-        let mut files = self.list_folder(&folder).await?;
-        if files.is_empty() && !prefix.is_empty() && !prefix.ends_with('/') {
-            if let Some(f) = self.head(prefix).await? {
-                files.push(f);
-            }
-        }
-        if files.is_empty() {
-            return Err(Error::new(
-                Kind::NotFound,
-                format!(
-                    "nothing found at {}: no object with that key and no objects under {}/ \
-                     (check the prefix; keys are case-sensitive)",
-                    self.display(prefix),
-                    self.display(folder.trim_end_matches('/'))
-                ),
-            ));
-        }
-        Ok(Listing {
-            files,
-            revision: None,
-        })
+        super::list_bucket(self).await
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
