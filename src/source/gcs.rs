@@ -134,7 +134,17 @@ impl Gcs {
                 }
             }
         };
-        let base = emulator.clone().unwrap_or_else(|| GCS.to_string());
+        // gcloud's override for private endpoints (Private Service Connect, restricted VIPs):
+        // e.g. `https://storage-myendpoint.p.googleapis.com/storage/v1/`. Credentials still apply.
+        let override_base = env_nonempty("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE").map(|u| {
+            u.trim_end_matches('/')
+                .trim_end_matches("/storage/v1")
+                .to_string()
+        });
+        let base = emulator
+            .clone()
+            .or(override_base)
+            .unwrap_or_else(|| GCS.to_string());
         reporter.info(&format!(
             "gs: {}, endpoint {base}{}",
             auth.describe(),

@@ -170,3 +170,115 @@ fn a_missing_bucket_exits_4_and_an_unsupported_credentials_file_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("\"external_account\" credentials; supported are"));
 }
+
+/// A one-shot OAuth token endpoint: checks the service-account JWT's signature with the key's
+/// public half and answers with a token. Returns its URL and what it saw.
+fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            let jwt = body
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("assertion="))
+                .unwrap_or("")
+                .to_string();
+            let parts: Vec<&str> = jwt.split('.').collect();
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let ok = parts.len() == 3
+                && aws_lc_rs::signature::UnparsedPublicKey::new(
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                    &public_key,
+                )
+                .verify(
+                    format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                    &b64.decode(parts[2]).unwrap_or_default(),
+                )
+                .is_ok();
+            seen2.lock().unwrap().push(format!(
+                "grant={} signature_ok={ok}",
+                body.contains("jwt-bearer")
+            ));
+            let reply = if ok {
+                r#"{"access_token":"ya29.test-token","expires_in":3600,"token_type":"Bearer"}"#
+            } else {
+                r#"{"error":"invalid_grant"}"#
+            };
+            let status = if ok { "200 OK" } else { "400 Bad Request" };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let b = bucket("gsa");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_gcs(&b, &objects);
+    let key = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    );
+    let (token_uri, seen) = token_endpoint(key.public_key().as_ref().to_vec());
+    let tmp = tempfile::tempdir().unwrap();
+    let creds = tmp.path().join("sa.json");
+    std::fs::write(
+        &creds,
+        serde_json::json!({"type": "service_account", "client_email": "loader@p.iam.gserviceaccount.com",
+            "private_key_id": "k1", "private_key": pem, "token_uri": token_uri})
+        .to_string(),
+    )
+    .unwrap();
+    let proxy = Proxy::start(&gcs());
+    let dest = tmp.path().join("d");
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env(
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
+            format!("{}/storage/v1/", proxy.url()),
+        )
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("service account loader@p.iam.gserviceaccount.com"));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["grant=true signature_ok=true"],
+        "one token request, validly signed"
+    );
+    let heads = proxy.heads();
+    assert!(
+        !heads.is_empty() && heads.iter().all(|h| h.contains("Bearer ya29.test-token")),
+        "{heads:?}"
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
