@@ -146,6 +146,14 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             state::sync_dir(d)?;
         }
     }
+    let previous_checksums: std::collections::HashMap<&str, Option<String>> = previous
+        .iter()
+        .flat_map(|m| {
+            m.files
+                .iter()
+                .map(|e| (e.path.as_str(), e.checksum.clone()))
+        })
+        .collect();
     lock.check()?;
     state.commit(&Manifest {
         format: 1,
@@ -155,11 +163,22 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
         completed_at: state::now_rfc3339(),
         files: selected
             .iter()
-            .map(|(p, f)| ManifestFile {
-                path: p.to_string(),
-                size: f.size,
-                version: f.version.clone(),
-                checksum: f.checksum.as_ref().map(|c| c.tagged()),
+            .map(|(p, f)| {
+                // Fetched now: what it was verified against. Up to date: what the previous
+                // manifest recorded (the listing's checksum may never have applied).
+                let checksum = match done.verified.get(p) {
+                    Some(c) => c.as_ref().map(|c| c.tagged()),
+                    None => match previous_checksums.get(p.as_str()) {
+                        Some(c) => c.clone(),
+                        None => f.checksum.as_ref().map(|c| c.tagged()),
+                    },
+                };
+                ManifestFile {
+                    path: p.to_string(),
+                    size: f.size,
+                    version: f.version.clone(),
+                    checksum,
+                }
             })
             .collect(),
     })?;

@@ -42,6 +42,10 @@ pub struct Executed {
     pub files: usize,
     pub bytes: u64,
     pub retries: u64,
+    /// What each fetched file was really verified against (`None`: size only), for the
+    /// manifest — not always the listed checksum (an SSE-KMS ETag is no MD5; OSS gives a
+    /// CRC-64 only in replies).
+    pub verified: std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>,
 }
 
 struct FileJob {
@@ -73,6 +77,8 @@ struct Ctx {
     next: AtomicUsize,
     abort: AtomicBool,
     first_error: Mutex<Option<Error>>,
+    verified:
+        Mutex<std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>>,
     bytes: AtomicU64,
     retries: AtomicU64,
     files_done: AtomicUsize,
@@ -161,6 +167,7 @@ pub async fn execute(
         next: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
         first_error: Mutex::new(None),
+        verified: Mutex::new(std::collections::HashMap::new()),
         bytes: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         files_done: AtomicUsize::new(0),
@@ -197,10 +204,12 @@ pub async fn execute(
     {
         return Err(e);
     }
+    let verified = std::mem::take(&mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Executed {
         files: ctx.files_done.load(Ordering::Relaxed),
         bytes: ctx.bytes.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
+        verified,
     })
 }
 
@@ -375,6 +384,10 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let final_path = job.final_path.clone();
     let size = job.plan.file.size;
     let fsync = ctx.opts.fsync;
+    ctx.verified
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(job.plan.path.clone(), checksum.clone());
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
