@@ -386,23 +386,9 @@ impl S3 {
     /// Starts a multipart upload; returns its id.
     pub async fn create_multipart(&self, key: &str) -> Result<String> {
         let what = format!("start a multipart upload of {}", self.display(key));
-        let resp = self
-            .send_body(
-                Method::POST,
-                &self.object_path(key),
-                &[("uploads", "")],
-                &[],
-                Some(reqwest::Body::from("")),
-                &what,
-            )
+        let body = self
+            .post(key, &[("uploads", "")], &[], String::new(), &what)
             .await?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp, &what, None).await);
-        }
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| http::transport_error(&what, e))?;
         xml_field(&body, "UploadId")
             .ok_or_else(|| Error::new(Kind::Network, format!("{what}: no UploadId in the reply")))
     }
@@ -425,29 +411,42 @@ impl S3 {
         }
         xml.push_str("</CompleteMultipartUpload>");
         let extra = [(reqwest::header::CONTENT_LENGTH, xml.len().to_string())];
-        let resp = self
-            .send_body(
-                Method::POST,
-                &self.object_path(key),
-                &[("uploadId", upload_id)],
-                &extra,
-                Some(reqwest::Body::from(xml)),
-                &what,
-            )
+        let body = self
+            .post(key, &[("uploadId", upload_id)], &extra, xml, &what)
             .await?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp, &what, None).await);
-        }
         // S3 can answer 200 and still fail: the error is then in the body.
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| http::transport_error(&what, e))?;
         if body.contains("<Error>") {
             let code = xml_field(&body, "Code").unwrap_or_default();
             return Err(Error::new(Kind::Network, format!("{what}: {code}")).transient(None));
         }
         Ok(())
+    }
+
+    /// A signed POST to an object for the multipart calls; returns the reply's body.
+    async fn post(
+        &self,
+        key: &str,
+        query: &[(&str, &str)],
+        extra: &[(reqwest::header::HeaderName, String)],
+        body: String,
+        what: &str,
+    ) -> Result<String> {
+        let resp = self
+            .send_body(
+                Method::POST,
+                &self.object_path(key),
+                query,
+                extra,
+                Some(reqwest::Body::from(body)),
+                what,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, what, None).await);
+        }
+        resp.text()
+            .await
+            .map_err(|e| http::transport_error(what, e))
     }
 
     /// Best effort: a failed multipart upload should not leave billable parts behind.

@@ -327,12 +327,7 @@ fn load_through_a_link_behaves_the_same() {
 }
 
 fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
-    assert_eq!(out.status.code(), Some(code), "exit code");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    let first = error_line(out, code);
     assert!(
         first.contains(needle),
         "{first:?} should mention {needle:?}"

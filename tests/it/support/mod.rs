@@ -204,3 +204,14 @@ pub fn manifest(dest: &Path) -> serde_json::Value {
         std::fs::read(dest.join(".model-loader/manifest.json")).expect("manifest.json exists");
     serde_json::from_slice(&body).unwrap()
 }
+
+/// Asserts the exit code and returns the `error: …` line, which must exist.
+pub fn error_line(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"))
+        .to_string()
+}
