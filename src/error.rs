@@ -26,6 +26,8 @@ pub enum Kind {
     Interrupted,
     /// SIGTERM; partial state is kept for a resume.
     Terminated,
+    /// A bug (a panic): reported with a request to file it.
+    Internal,
 }
 
 impl Kind {
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Local => 7,
             Kind::Interrupted => 130,
             Kind::Terminated => 143,
+            Kind::Internal => 70,
         }
     }
 }
@@ -193,11 +196,12 @@ mod tests {
             Kind::Local,
             Kind::Interrupted,
             Kind::Terminated,
+            Kind::Internal,
         ]
         .iter()
         .map(|k| k.exit_code())
         .collect();
-        assert_eq!(codes, [2, 3, 4, 5, 6, 7, 130, 143]);
+        assert_eq!(codes, [2, 3, 4, 5, 6, 7, 130, 143, 70]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Data flow (DESIGN.md §2): URL → source (list once) → select (filters, safe paths) → plan
 //! (pure) → execute (one pool of ranged requests) → manifest, written last.
 
+pub mod cancel;
 pub mod cli;
 pub mod error;
 pub mod progress;
@@ -16,6 +17,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use cancel::Cancel;
 use cli::{Config, Filter};
 use error::{Error, Result};
 use progress::{PlanSummary, Reporter, Summary};
@@ -31,7 +33,7 @@ use url::RelPath;
 const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
-pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
+pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
     let client_opts = source::Options {
         http: source::http::ClientOptions {
@@ -68,6 +70,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
         reporter.as_ref(),
     )
     .await?;
+    state.set_lease(lock.held());
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;
     let plan = plan(
@@ -112,7 +115,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
         .fetch
         .iter()
         .filter(|f| f.resume)
-        .map(|f| state.part_path(&f.path))
+        .map(|f| state.part_name(&f.path))
         .collect();
     state.remove_stray_parts(&keep);
 
@@ -130,21 +133,14 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             buffer_size: WRITE_BUFFER,
             fsync: cfg.fsync,
         },
+        cancel,
         source_text.clone(),
     )
     .await?;
 
-    // Renames are durable only once their folders are synced; do that once per folder.
-    let mut dirs: HashSet<std::path::PathBuf> = HashSet::new();
-    for (p, _) in &selected {
-        if let Some(d) = state.final_path(p).parent() {
-            dirs.insert(d.to_path_buf());
-        }
-    }
+    // Renames (and folders this run created) are durable only once their folders are synced.
     if cfg.fsync {
-        for d in &dirs {
-            state::sync_dir(d)?;
-        }
+        state.sync_folders(selected.iter().map(|(p, _)| p))?;
     }
     let previous_checksums: std::collections::HashMap<&str, Option<String>> = previous
         .iter()
@@ -182,6 +178,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
             })
             .collect(),
     })?;
+    lock.release();
     summary.files_fetched = done.files;
     summary.bytes_fetched = done.bytes;
     summary.retries = done.retries;
@@ -207,20 +204,17 @@ pub fn check(cfg: &Config) -> std::result::Result<String, String> {
             m.source
         ));
     }
+    let Ok(root) = transfer::confine::Dir::open(&cfg.dest) else {
+        return Err(format!("{} cannot be opened", cfg.dest.display()));
+    };
     for f in &m.files {
         let Ok(p) = RelPath::new(&f.path) else {
             return Err(format!("the manifest names an unsafe path {:?}", f.path));
         };
-        match std::fs::symlink_metadata(cfg.dest.join(p.as_str())) {
-            Ok(md) if md.is_file() && md.len() == f.size => {}
-            Ok(md) => {
-                return Err(format!(
-                    "{p} is {} bytes, the manifest says {}",
-                    md.len(),
-                    f.size
-                ))
-            }
-            Err(_) => return Err(format!("{p} is missing")),
+        match state::size_beneath(&root, &p) {
+            Some(len) if len == f.size => {}
+            Some(len) => return Err(format!("{p} is {len} bytes, the manifest says {}", f.size)),
+            None => return Err(format!("{p} is missing (or not a regular file below DEST)")),
         }
     }
     Ok(format!(

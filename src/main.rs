@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use model_loader::cancel::Cancel;
 use model_loader::cli::{Args, Mode};
 use model_loader::error::{Error, Kind};
 
 fn main() -> ExitCode {
+    install_panic_hook();
     let args = Args::parse();
     if let Some(shell) = args.completions {
         let mut cmd = <Args as clap::CommandFactory>::command();
@@ -49,15 +51,31 @@ fn main() -> ExitCode {
             return fail(&Error::new(Kind::Local, "cannot start the async runtime").with_source(e))
         }
     };
+    let cancel = Cancel::default();
     let result = rt.block_on(async {
+        let work = async {
+            match cfg.mode {
+                Mode::Upload => model_loader::upload::upload(&cfg, reporter.clone()).await,
+                _ => model_loader::run(&cfg, reporter.clone(), cancel.clone()).await,
+            }
+        };
+        tokio::pin!(work);
         tokio::select! {
-            r = async {
-                match cfg.mode {
-                    Mode::Upload => model_loader::upload::upload(&cfg, reporter.clone()).await,
-                    _ => model_loader::run(&cfg, reporter.clone()).await,
-                }
-            } => r.map(|_| ()),
-            kind = interrupted() => Err(Error::new(kind, "interrupted; finished ranges are kept and a rerun resumes")),
+            r = &mut work => r.map(|_| ()),
+            kind = interrupted() => {
+                // Workers stop at their next await, record what they wrote and are joined
+                // before the lock is released; a run that does not stop in time is abandoned
+                // (the process exit stops its writers just the same).
+                cancel.cancel(kind);
+                let stopped = match cfg.mode {
+                    Mode::Upload => None,
+                    _ => tokio::time::timeout(STOP_GRACE, &mut work).await.ok(),
+                };
+                Err(match stopped {
+                    Some(Err(e)) if e.kind() == kind => e,
+                    _ => Error::new(kind, "stopped; what was written is kept and a rerun resumes"),
+                })
+            }
         }
     });
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -65,6 +83,35 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// How long a stop request waits for workers to record their progress and exit. Kubernetes
+/// waits 30 s (terminationGracePeriodSeconds) before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A bug must still end with an `error:` line, the termination message and a documented exit
+/// code (70), never a bare abort: the release profile aborts on panic, after this hook runs.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let e = Error::new(
+            Kind::Internal,
+            format!(
+                "internal error: {what}{at}; this is a bug in model-loader {}: please report it with the command line (secrets removed); a rerun resumes",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+        std::process::exit(i32::from(report(&e)));
+    }));
 }
 
 /// Resolves on SIGINT or SIGTERM (Kubernetes stops a pod with SIGTERM).
@@ -82,9 +129,13 @@ async fn interrupted() -> Kind {
     }
 }
 
-/// Prints `error: …` / `caused by: …` and writes the first line to the termination log so
-/// `kubectl describe pod` shows it.
 fn fail(e: &Error) -> ExitCode {
+    ExitCode::from(report(e))
+}
+
+/// Prints `error: …` / `caused by: …` and writes the first line to the termination log so
+/// `kubectl describe pod` shows it; returns the exit code.
+fn report(e: &Error) -> u8 {
     let text = e.render();
     eprintln!("{text}");
     let path = std::env::var("MODEL_LOADER_TERMINATION_LOG")
@@ -97,5 +148,5 @@ fn fail(e: &Error) -> ExitCode {
         use std::io::Write;
         let _ = writeln!(f, "{}", text.lines().next().unwrap_or_default());
     }
-    ExitCode::from(e.kind().exit_code())
+    e.kind().exit_code()
 }

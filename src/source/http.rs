@@ -237,7 +237,7 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
         "*" => None,
         t => Some(t.parse().ok()?),
     };
-    Some((a, b + 1, total))
+    Some((a, b.checked_add(1)?, total))
 }
 
 #[cfg(test)]

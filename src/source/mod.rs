@@ -86,7 +86,7 @@ pub struct ByteRange {
 
 impl ByteRange {
     pub fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,7 +95,7 @@ impl ByteRange {
 
     /// The `Range` header value (inclusive end, as HTTP wants it).
     pub fn header(&self) -> String {
-        format!("bytes={}-{}", self.start, self.end - 1)
+        format!("bytes={}-{}", self.start, self.end.saturating_sub(1))
     }
 }
 

@@ -1,24 +1,42 @@
-//! One writer per DEST, across processes and machines: several pods on a ReadWriteMany volume,
-//! or a restarted pod while the old one is still terminating.
+//! One writer per DEST, across processes, PID namespaces, containers and machines: several pods
+//! on a ReadWriteMany volume, an init container and a sidecar of one pod, or a restarted pod
+//! while the old one is still terminating.
 //!
 //! `flock` does not work reliably on NFS-like filesystems, so the lock is a lease: a file
-//! `DEST/.model-loader/lock` created with O_EXCL that names its holder and carries a heartbeat
-//! the holder refreshes. Others wait, logging who holds it; a lease whose heartbeat is older
-//! than the stale limit belongs to a dead holder and is taken over (write a new lease to a temp
-//! file, rename it over the old one, then re-read to see who won a race). A holder that finds
-//! its lease replaced stops, rather than writing beside another loader.
+//! `DEST/.model-loader/lock`, created with O_EXCL, that names its holder. Its content is written
+//! once; the holder's heartbeat is the file's mtime, refreshed through a descriptor whose
+//! content it has just checked, so a heartbeat can never overwrite another holder's lease.
+//!
+//! - **Waiting.** A lease is stale when its file has not changed for the stale limit as *this*
+//!   waiter's monotonic clock measures it (immune to clock skew between hosts), or when its
+//!   mtime is older than the limit by the wall clock. The only faster path: the holder ran on
+//!   this very boot, in this very PID namespace (boot id and `/proc/self/ns/pid` match, and our
+//!   `/proc` is our namespace's), and its pid is gone or belongs to a process started at another
+//!   time. Two containers on one node with the node's hostname never take this path.
+//! - **Take-over is atomic.** A waiter that judged a lease stale first creates, with O_EXCL, a
+//!   marker named after that exact lease (content, inode, mtime); only the waiter that creates
+//!   it may replace the lease, and only if the file is still byte-for-byte what it judged.
+//! - **Release removes only our own lease.** The file is renamed aside first and its content
+//!   read there; someone else's lease is linked back.
+//! - **A holder that lost the lease stops.** [`Held::verify`] reads the file afresh; the
+//!   state folder calls it before every journal record, rename and removal, and at least once a
+//!   second while part files are written.
 
-use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
+use super::confine::Dir;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
+
+const LOCK: &str = "lock";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Lease {
@@ -26,8 +44,18 @@ struct Lease {
     owner: String,
     host: String,
     pid: u32,
+    /// `/proc/sys/kernel/random/boot_id`: the same pid on another boot is another process.
+    #[serde(default)]
+    boot_id: String,
+    /// `/proc/self/ns/pid` (`pid:[inode]`), empty when our `/proc` is not our namespace's.
+    #[serde(default)]
+    pid_ns: String,
+    /// Start time of `pid` in clock ticks since boot, so a reused pid is told apart.
+    #[serde(default)]
+    start_ticks: u64,
     source: String,
     started: u64,
+    /// When the lease was written (wall clock); the live heartbeat is the file's mtime.
     heartbeat: u64,
 }
 
@@ -35,7 +63,7 @@ struct Lease {
 pub struct LockTimes {
     /// How often the holder refreshes its heartbeat.
     pub heartbeat: Duration,
-    /// A heartbeat older than this means the holder is gone.
+    /// A lease unchanged for this long belongs to a dead or frozen holder.
     pub stale: Duration,
     /// How often a waiter looks again.
     pub poll: Duration,
@@ -51,12 +79,58 @@ impl Default for LockTimes {
     }
 }
 
-/// A held lease; dropping it stops the heartbeat and removes the lock file.
-pub struct DestLock {
-    path: PathBuf,
+/// The lease this process holds; shared with everything that writes to DEST.
+pub struct Held {
+    dir: Arc<Dir>,
     owner: String,
-    stop: Arc<AtomicBool>,
-    lost: Arc<AtomicBool>,
+    lost: AtomicBool,
+    last_verified: Mutex<Instant>,
+}
+
+impl Held {
+    /// Reads the lock file now; fails (and stays failed) if it is no longer ours.
+    pub fn verify(&self) -> Result<()> {
+        if !self.lost.load(Ordering::SeqCst) {
+            let ours = read_lease(&self.dir).is_some_and(|(l, _)| l.owner == self.owner);
+            if ours {
+                *self.last_verified.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                return Ok(());
+            }
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        Err(Error::new(
+            Kind::Local,
+            format!(
+                "the lock {} is no longer ours: another loader took it over (this one looked stalled for the --lock-stale time) or DEST was removed under us; stopped so two loaders never write one DEST — rerun to continue",
+                self.dir.path().join(LOCK).display()
+            ),
+        ))
+    }
+
+    /// [`Held::verify`], unless it succeeded less than `within` ago: cheap enough to call per
+    /// write, while a holder that was frozen past the stale limit still stops at its first write.
+    pub fn verify_recent(&self, within: Duration) -> Result<()> {
+        let fresh = self
+            .last_verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            < within;
+        if fresh && !self.lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.verify()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// A held lease; [`DestLock::release`] (or dropping it) stops the heartbeat and removes the
+/// lock file if it is still ours. Release only after every writer has stopped.
+pub struct DestLock {
+    held: Arc<Held>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -67,180 +141,324 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn read_lease(path: &Path) -> Option<Lease> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+/// The lease and the raw state it was read from (bytes, inode, mtime), which identifies this
+/// exact version of the file for a take-over.
+fn read_lease(dir: &Dir) -> Option<(Lease, Seen)> {
+    let seen = Seen::read(dir, LOCK)?;
+    Some((serde_json::from_slice(&seen.bytes).ok()?, seen))
 }
 
-fn write_new(path: &Path, lease: &Lease) -> std::io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    f.write_all(&serde_json::to_vec(lease).expect("lease serializes"))?;
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    bytes: Vec<u8>,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl Seen {
+    fn read(dir: &Dir, name: &str) -> Option<Seen> {
+        use std::io::Read;
+        let mut f = dir.open_file(name, OFlags::RDONLY, 0).ok()?;
+        let md = f.metadata().ok()?;
+        let mut bytes = Vec::new();
+        Read::by_ref(&mut f)
+            .take(64 * 1024)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        Some(Seen {
+            bytes,
+            ino: md.ino(),
+            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        })
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(&self.bytes);
+        h.update(self.ino.to_le_bytes());
+        h.update(self.mtime_ns.to_le_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+
+    /// Wall-clock age of the last heartbeat.
+    fn age(&self) -> Duration {
+        let mtime = UNIX_EPOCH + Duration::from_nanos(self.mtime_ns.max(0) as u64);
+        SystemTime::now().duration_since(mtime).unwrap_or_default()
+    }
+}
+
+fn write_new(dir: &Dir, name: &str, lease: &Lease) -> std::io::Result<()> {
+    let mut f = dir.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o644)?;
+    f.write_all(&serde_json::to_vec(lease).map_err(std::io::Error::other)?)?;
     f.sync_all()
 }
 
-/// Replaces the lock file atomically (temp file + rename), for heartbeats and take-overs.
-fn replace(path: &Path, lease: &Lease) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", lease.owner));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(lease).expect("lease serializes"))?;
-        f.sync_all()?;
+/// Takes over the lease that was `seen` stale, if no other waiter did first. True if we won.
+fn take_over(dir: &Dir, seen: &Seen, mine: &Lease) -> std::io::Result<bool> {
+    let marker = format!("lock.takeover.{}", seen.fingerprint());
+    match write_new(dir, &marker, mine) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
     }
-    fs::rename(&tmp, path)
+    // The marker is ours: no other waiter can act on this version of the lease. It must still
+    // be that version (not refreshed by a holder that was only slow, not removed).
+    if Seen::read(dir, LOCK).as_ref() != Some(seen) {
+        let _ = dir.remove_file(&marker);
+        return Ok(false);
+    }
+    let tmp = format!("lock.tmp.{}", mine.owner);
+    let _ = dir.remove_file(&tmp);
+    write_new(dir, &tmp, mine)?;
+    dir.rename(&tmp, dir, LOCK)?;
+    dir.sync().map_err(std::io::Error::other)?;
+    // The marker stays: a waiter that read the same old lease long ago must still lose.
+    Ok(true)
+}
+
+/// Markers of take-overs long past (a waiter cannot still be acting on them).
+fn remove_old_markers(dir: &Dir, older_than: Duration) {
+    for name in dir.entries().unwrap_or_default() {
+        if !name.starts_with("lock.takeover.") && !name.starts_with("lock.tmp.") {
+            continue;
+        }
+        let old = dir.stat(&name).is_ok_and(|st| {
+            let mtime = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+            SystemTime::now()
+                .duration_since(mtime)
+                .is_ok_and(|a| a > older_than)
+        });
+        if old {
+            let _ = dir.remove_file(&name);
+        }
+    }
+}
+
+/// Who we are, as a lease records it.
+fn identity(source: &str) -> Lease {
+    let host = hostname();
+    let pid = std::process::id();
+    Lease {
+        owner: format!("{host}-{pid}-{:08x}", fastrand::u32(..)),
+        host,
+        pid,
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        pid_ns: own_pid_ns().unwrap_or_default(),
+        start_ticks: start_ticks(pid).unwrap_or(0),
+        source: source.to_string(),
+        started: now(),
+        heartbeat: now(),
+    }
+}
+
+/// Our PID namespace, but only when `/proc` shows our namespace's processes (a container that
+/// shares the host's `/proc` with its own namespace would otherwise see the wrong pids).
+fn own_pid_ns() -> Option<String> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let pid: u32 = stat.split(' ').next()?.parse().ok()?;
+    if pid != std::process::id() {
+        return None;
+    }
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(ns.to_string_lossy().into_owned())
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses; fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The holder ran on this boot, in this PID namespace, and its process no longer exists (or
+/// its pid now belongs to a process started at another time): no need to wait for staleness.
+fn holder_is_gone(held: &Lease, me: &Lease) -> bool {
+    let same_namespace = held.host == me.host
+        && !held.boot_id.is_empty()
+        && held.boot_id == me.boot_id
+        && !held.pid_ns.is_empty()
+        && held.pid_ns == me.pid_ns;
+    if !same_namespace {
+        return false;
+    }
+    // Our own pid included: a lease of this very process (started at our start time) is live.
+    match start_ticks(held.pid) {
+        None => true,
+        Some(t) => held.start_ticks != 0 && t != held.start_ticks,
+    }
 }
 
 impl DestLock {
-    /// Waits until this process holds the lease on `state_dir`.
+    /// Waits until this process holds the lease in `state` (`DEST/.model-loader`).
     pub async fn acquire(
-        state_dir: &Path,
+        state: Arc<Dir>,
         source: &str,
         times: LockTimes,
         reporter: &dyn Reporter,
     ) -> Result<DestLock> {
-        let path = state_dir.join("lock");
-        let host = hostname();
-        let pid = std::process::id();
-        let owner = format!("{host}-{pid}-{:08x}", fastrand::u32(..));
-        let mut lease = Lease {
-            owner: owner.clone(),
-            host,
-            pid,
-            source: source.to_string(),
-            started: now(),
-            heartbeat: now(),
-        };
-        let mut last_log = None::<std::time::Instant>;
+        let path = state.path().join(LOCK);
+        let mut me = identity(source);
+        let mut watched: Option<(Seen, Instant)> = None;
+        let mut last_log = None::<Instant>;
         loop {
-            lease.heartbeat = now();
-            match write_new(&path, &lease) {
+            me.heartbeat = now();
+            match write_new(&state, LOCK, &me) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::local("create the lock file", &path, e)),
             }
-            match read_lease(&path) {
-                Some(held)
-                    if now().saturating_sub(held.heartbeat) > times.stale.as_secs()
-                        || holder_is_gone(&held, &lease) =>
+            let Some(seen) = Seen::read(&state, LOCK) else {
+                continue; // released in between: try to create it again
+            };
+            // Unchanged since we first saw it, by our own clock?
+            let unchanged_for = match &watched {
+                Some((s, since)) if *s == seen => since.elapsed(),
+                _ => {
+                    watched = Some((seen.clone(), Instant::now()));
+                    Duration::ZERO
+                }
+            };
+            // An unreadable lease (torn by a crash, or being written) ages like any other.
+            let held: Option<Lease> = serde_json::from_slice(&seen.bytes).ok();
+            let gone = held.as_ref().is_some_and(|h| holder_is_gone(h, &me));
+            if gone || unchanged_for > times.stale || seen.age() > times.stale {
+                if take_over(&state, &seen, &me)
+                    .map_err(|e| Error::local("take over the lock file", &path, e))?
                 {
                     reporter.warn(&format!(
-                        "taking over the lock on {} from {} (pid {}), which is gone or silent for {}s",
-                        state_dir.display(),
+                        "took over the lock on {} from {}, which is gone or was silent for {}s",
+                        state.path().display(),
+                        held.as_ref()
+                            .map_or("an unreadable lease".into(), |h| format!(
+                                "{} (pid {})",
+                                h.host, h.pid
+                            )),
+                        seen.age().as_secs().max(unchanged_for.as_secs()),
+                    ));
+                    break;
+                }
+                continue;
+            }
+            if let Some(held) = &held {
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    reporter.info(&format!(
+                        "waiting: {} is being loaded by {} (pid {}) since {}s, from {}",
+                        state.path().parent().unwrap_or(state.path()).display(),
                         held.host,
                         held.pid,
-                        now().saturating_sub(held.heartbeat)
+                        now().saturating_sub(held.started),
+                        held.source
                     ));
-                    replace(&path, &lease)
-                        .map_err(|e| Error::local("take over the lock file", &path, e))?;
-                    // Two waiters may take over at once: the last rename wins, the other waits.
-                    tokio::time::sleep(times.poll.min(Duration::from_millis(500))).await;
-                    if read_lease(&path).is_some_and(|l| l.owner == owner) {
-                        break;
-                    }
-                }
-                Some(held) => {
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        reporter.info(&format!(
-                            "waiting: {} is being loaded by {} (pid {}) since {}s, from {}",
-                            state_dir.parent().unwrap_or(state_dir).display(),
-                            held.host,
-                            held.pid,
-                            now().saturating_sub(held.started),
-                            held.source
-                        ));
-                        last_log = Some(std::time::Instant::now());
-                    }
-                }
-                // Unreadable: being written right now, or torn by a crash. A torn file ages
-                // like any other: its mtime stands in for the heartbeat.
-                None => {
-                    let age = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .unwrap_or_default();
-                    if age > times.stale {
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
+                    last_log = Some(Instant::now());
                 }
             }
             tokio::time::sleep(times.poll).await;
         }
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = {
-            let (path, stop, lost, mut lease) =
-                (path.clone(), Arc::clone(&stop), Arc::clone(&lost), lease);
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(times.heartbeat).await;
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if read_lease(&path).is_none_or(|l| l.owner != lease.owner) {
-                        lost.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    lease.heartbeat = now();
-                    let p = path.clone();
-                    let l = lease.clone();
-                    let _ = tokio::task::spawn_blocking(move || replace(&p, &l)).await;
-                }
-            })
-        };
+        remove_old_markers(&state, times.stale.max(Duration::from_secs(60)) * 10);
+        let held = Arc::new(Held {
+            dir: state,
+            owner: me.owner,
+            lost: AtomicBool::new(false),
+            last_verified: Mutex::new(Instant::now()),
+        });
+        let heartbeat = tokio::spawn(heartbeat(Arc::clone(&held), times.heartbeat));
         Ok(DestLock {
-            path,
-            owner,
-            stop,
-            lost,
+            held,
             heartbeat: Some(heartbeat),
         })
     }
 
-    /// Fails if another loader took the lease over (this one looked dead): writing on would
-    /// mix two loaders' files.
-    pub fn check(&self) -> Result<()> {
-        if self.lost.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                Kind::Local,
-                format!(
-                    "the lock {} is no longer ours: another loader took it over (this one looked stalled) or DEST was removed under us; stopping so two loaders never write one DEST",
-                    self.path.display()
-                ),
-            ));
-        }
-        Ok(())
+    /// The lease, for everything that writes to DEST.
+    pub fn held(&self) -> Arc<Held> {
+        Arc::clone(&self.held)
     }
+
+    /// Fails if another loader took the lease over.
+    pub fn check(&self) -> Result<()> {
+        self.held.verify()
+    }
+
+    /// Stops the heartbeat and removes the lock file if (and only if) it is still ours.
+    pub fn release(mut self) {
+        self.release_inner();
+    }
+
+    fn release_inner(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        } else {
+            return;
+        }
+        let dir = &self.held.dir;
+        let aside = format!("lock.release.{}", self.held.owner);
+        if dir.rename(LOCK, dir, &aside).is_err() {
+            return;
+        }
+        let ours = read_named(dir, &aside).is_some_and(|l| l.owner == self.held.owner);
+        if !ours {
+            // Someone else's lease: put it back (fails only if yet another one was created).
+            let _ = dir.link(&aside, LOCK);
+        }
+        let _ = dir.remove_file(&aside);
+        let _ = dir.sync();
+    }
+}
+
+fn read_named(dir: &Dir, name: &str) -> Option<Lease> {
+    serde_json::from_slice(&Seen::read(dir, name)?.bytes).ok()
 }
 
 impl Drop for DestLock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
-        if read_lease(&self.path).is_some_and(|l| l.owner == self.owner) {
-            let _ = fs::remove_file(&self.path);
-        }
+        self.release_inner();
     }
 }
 
-/// A holder on this same host whose process no longer exists (killed, or this is a restarted
-/// container reusing its PID) does not need the stale timeout to pass.
-fn holder_is_gone(held: &Lease, me: &Lease) -> bool {
-    if held.host != me.host {
+/// Refreshes the lease's mtime through a descriptor whose content was just checked to be ours;
+/// marks the lease lost the first time it is not.
+async fn heartbeat(held: Arc<Held>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let h = Arc::clone(&held);
+        let ok = tokio::task::spawn_blocking(move || touch_if_ours(&h))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            held.lost.store(true, Ordering::SeqCst);
+            return;
+        }
+        *held.last_verified.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+}
+
+fn touch_if_ours(held: &Held) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = held.dir.open_file(LOCK, OFlags::RDWR, 0) else {
+        return false;
+    };
+    let mut bytes = Vec::new();
+    if Read::by_ref(&mut f)
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
         return false;
     }
-    if held.pid == me.pid {
-        return true;
+    match serde_json::from_slice::<Lease>(&bytes) {
+        Ok(l) if l.owner == held.owner => {
+            // A failed touch only ages the lease; the next beat tries again.
+            let _ = f.set_modified(SystemTime::now());
+            true
+        }
+        _ => false,
     }
-    // SAFETY: signal 0 only checks that the process exists.
-    let r = unsafe { libc::kill(held.pid as libc::pid_t, 0) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 fn hostname() -> String {
@@ -248,7 +466,7 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
-            fs::read_to_string("/proc/sys/kernel/hostname")
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
                 .map(|h| h.trim().to_string())
         })
@@ -266,29 +484,42 @@ mod tests {
         poll: Duration::from_millis(20),
     };
 
+    fn dir(tmp: &tempfile::TempDir) -> Arc<Dir> {
+        Arc::new(Dir::open(tmp.path()).unwrap())
+    }
+
+    fn lease_of(owner: &str, pid: u32, me: &Lease) -> Lease {
+        Lease {
+            owner: owner.into(),
+            pid,
+            start_ticks: start_ticks(pid).unwrap_or(1),
+            ..me.clone()
+        }
+    }
+
+    #[test]
+    fn start_ticks_parse_survives_odd_command_names() {
+        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
+        assert_eq!(parse_start_ticks(stat), Some(123456));
+        assert_eq!(parse_start_ticks("garbage"), None);
+        assert!(start_ticks(std::process::id()).is_some());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_loader_waits_for_a_live_holder() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("lock");
-        // A live holder on this host: pid 1 always exists.
-        let live = Lease {
-            owner: "live".into(),
-            host: hostname(),
-            pid: 1,
-            source: "s3://a".into(),
-            started: now(),
-            heartbeat: now(),
-        };
-        write_new(&path, &live).unwrap();
-        let dir = tmp.path().to_path_buf();
+        let d = dir(&tmp);
+        let me = identity("s3://a");
+        // A live holder in this namespace: pid 1 always exists.
+        write_new(&d, LOCK, &lease_of("live", 1, &me)).unwrap();
         let second = tokio::spawn(async move {
-            DestLock::acquire(&dir, "s3://a", FAST, &QuietReporter)
+            DestLock::acquire(d, "s3://a", FAST, &QuietReporter)
                 .await
                 .map(|_| ())
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!second.is_finished(), "the second loader must wait");
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(tmp.path().join(LOCK)).unwrap();
         tokio::time::timeout(Duration::from_secs(2), second)
             .await
             .unwrap()
@@ -297,65 +528,149 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_in_another_pid_namespace_is_never_judged_by_its_pid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp);
+        let me = identity("s3://a");
+        // Same host and boot, a pid that does not exist here, but another namespace.
+        let other = Lease {
+            pid_ns: "pid:[1]".into(),
+            ..lease_of("other-ns", 999_999, &me)
+        };
+        assert!(!holder_is_gone(&other, &me));
+        // Same namespace, our pid but another start time: an earlier process, gone.
+        let earlier = Lease {
+            start_ticks: me.start_ticks.saturating_sub(1).max(1),
+            ..lease_of("reused", me.pid, &me)
+        };
+        assert!(holder_is_gone(&earlier, &me));
+        assert!(!holder_is_gone(&lease_of("us", me.pid, &me), &me));
+        // Same namespace, a pid that exists but started at another time: reused.
+        let reused = Lease {
+            start_ticks: 1,
+            ..lease_of("x", 1, &me)
+        };
+        assert!(holder_is_gone(&reused, &me) || start_ticks(1) == Some(1));
+        // A lease from before these fields existed is judged by staleness only.
+        let old = Lease {
+            boot_id: String::new(),
+            pid_ns: String::new(),
+            ..lease_of("old", 999_999, &me)
+        };
+        assert!(!holder_is_gone(&old, &me));
+        write_new(&d, LOCK, &other).unwrap();
+        let slow = LockTimes {
+            stale: Duration::from_secs(600),
+            ..FAST
+        };
+        let r = tokio::time::timeout(
+            Duration::from_millis(500),
+            DestLock::acquire(d, "s3://a", slow, &QuietReporter),
+        )
+        .await;
+        assert!(r.is_err(), "waited for the other namespace's holder");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_holder_whose_process_is_gone_is_taken_over_at_once() {
         let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp);
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let gone = Lease {
-            owner: "gone".into(),
-            host: hostname(),
-            pid,
-            source: "s3://a".into(),
-            started: now(),
-            heartbeat: now(),
-        };
-        write_new(&tmp.path().join("lock"), &gone).unwrap();
+        write_new(&d, LOCK, &lease_of("gone", pid, &identity("s3://a"))).unwrap();
         let slow = LockTimes {
             stale: Duration::from_secs(600),
             ..FAST
         };
         tokio::time::timeout(
             Duration::from_secs(2),
-            DestLock::acquire(tmp.path(), "s3://a", slow, &QuietReporter),
+            DestLock::acquire(d, "s3://a", slow, &QuietReporter),
         )
         .await
         .unwrap()
         .unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_waiters_on_a_stale_lease_one_wins_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp);
+        let dead = Lease {
+            host: "elsewhere".into(),
+            ..identity("s3://a")
+        };
+        write_new(&d, LOCK, &dead).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(tmp.path().join(LOCK))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (d, inside) = (Arc::clone(&d), Arc::clone(&inside));
+            tasks.push(tokio::spawn(async move {
+                let lock = DestLock::acquire(d, "s3://a", FAST, &QuietReporter)
+                    .await
+                    .unwrap();
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                lock.check().unwrap();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                lock.release();
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert!(!tmp.path().join(LOCK).exists());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_holder_is_taken_over_and_the_old_holder_notices() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("lock");
-        let dead = Lease {
-            owner: "gone-1-x".into(),
-            host: "gone".into(),
-            pid: 1,
-            source: "s3://a".into(),
-            started: 0,
-            heartbeat: now() - 60,
+        let d = dir(&tmp);
+        let path = tmp.path().join(LOCK);
+        let lock = DestLock::acquire(Arc::clone(&d), "s3://a", FAST, &QuietReporter)
+            .await
+            .unwrap();
+        lock.check().unwrap();
+        // Someone else replaces our lease: we notice at once when asked, and at the heartbeat.
+        let other = Lease {
+            owner: "other".into(),
+            ..identity("s3://a")
         };
-        write_new(&path, &dead).unwrap();
+        write_new(&d, "x", &other).unwrap();
+        d.rename("x", &d, LOCK).unwrap();
+        assert_eq!(lock.check().unwrap_err().kind(), Kind::Local);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(lock.held().is_lost());
+        drop(lock);
+        assert!(
+            read_named(&d, LOCK).is_some_and(|l| l.owner == "other"),
+            "a lock that is no longer ours is not removed"
+        );
+        assert!(path.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_lease_is_taken_over_once_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp);
+        std::fs::write(tmp.path().join(LOCK), b"{\"owner\":\"tor").unwrap();
         let lock = tokio::time::timeout(
-            Duration::from_secs(3),
-            DestLock::acquire(tmp.path(), "s3://a", FAST, &QuietReporter),
+            Duration::from_secs(5),
+            DestLock::acquire(Arc::clone(&d), "s3://a", FAST, &QuietReporter),
         )
         .await
         .unwrap()
         .unwrap();
-        assert!(read_lease(&path)
-            .unwrap()
-            .owner
-            .contains(&std::process::id().to_string()));
-        // Someone else replaces our lease: we notice at the next heartbeat.
-        replace(&path, &dead).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(lock.check().unwrap_err().kind(), Kind::Local);
-        drop(lock);
-        assert!(
-            path.exists(),
-            "a lock that is no longer ours is not removed"
-        );
+        lock.check().unwrap();
     }
 }

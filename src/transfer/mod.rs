@@ -4,6 +4,7 @@
 //! whatever the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
+pub mod confine;
 pub mod lock;
 pub mod plan;
 pub mod retry;
@@ -11,12 +12,13 @@ pub mod state;
 pub mod verify;
 pub mod writer;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Kind, Result, Retry};
 use crate::progress::Reporter;
 use crate::source::{AnySource, ByteRange, Source};
@@ -24,6 +26,12 @@ use plan::FilePlan;
 use retry::RetryPolicy;
 use state::StateDir;
 use writer::PartFile;
+
+/// A stream records its progress inside a chunk at least this often (in bytes written and
+/// synced), so a kill loses at most this much per request in flight.
+pub const RECORD_EVERY_BYTES: u64 = 8 << 20;
+/// … and at least this often in time, for slow streams.
+pub const RECORD_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExecOptions {
@@ -51,9 +59,11 @@ pub struct Executed {
 struct FileJob {
     id: usize,
     plan: FilePlan,
-    part_path: PathBuf,
-    final_path: PathBuf,
-    remaining: AtomicUsize,
+    /// Chunks not finished yet; the last one to finish finalizes the file.
+    remaining: AtomicU64,
+    /// Record progress in the journal (everything but a small file fetched in one request,
+    /// which is renamed as soon as it lands).
+    records: bool,
     /// Cleared when a reply shows the listed checksum does not describe the bytes.
     checksum_applies: AtomicBool,
     /// A whole-object checksum from the first reply, for files the listing gave none.
@@ -67,21 +77,30 @@ struct FileJob {
     hashes_inline: bool,
 }
 
+/// Where the next chunk comes from: file index, missing-range index, offset. Chunks are cut
+/// one at a time, never listed in advance.
+#[derive(Default)]
+struct Cursor {
+    file: usize,
+    range: usize,
+    pos: Option<u64>,
+}
+
 struct Ctx {
     source: Arc<AnySource>,
     state: Arc<StateDir>,
     reporter: Arc<dyn Reporter>,
     opts: ExecOptions,
     files: Vec<FileJob>,
-    jobs: Vec<(usize, ByteRange)>,
-    next: AtomicUsize,
+    cursor: Mutex<Cursor>,
     abort: AtomicBool,
+    cancel: Cancel,
     first_error: Mutex<Option<Error>>,
     verified:
         Mutex<std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>>,
     bytes: AtomicU64,
     retries: AtomicU64,
-    files_done: AtomicUsize,
+    files_done: AtomicU64,
     /// The source URL, to name files in messages.
     shown: String,
 }
@@ -95,8 +114,37 @@ impl Ctx {
         self.abort.store(true, Ordering::SeqCst);
     }
 
+    fn stopping(&self) -> bool {
+        self.abort.load(Ordering::Relaxed) || self.cancel.reason().is_some()
+    }
+
     fn shown(&self, job: &FileJob) -> String {
         format!("{} (from {})", job.plan.path, self.shown)
+    }
+
+    /// The next chunk to fetch, over all files in plan order.
+    fn next_chunk(&self) -> Option<(usize, ByteRange)> {
+        let mut c = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let job = self.files.get(c.file)?;
+            let Some(r) = job.plan.missing.get(c.range) else {
+                *c = Cursor {
+                    file: c.file + 1,
+                    ..Cursor::default()
+                };
+                continue;
+            };
+            let start = c.pos.unwrap_or(r.start);
+            let Some(chunk) =
+                plan::split_aligned(ByteRange { start, end: r.end }, job.plan.chunk_size).next()
+            else {
+                c.range += 1;
+                c.pos = None;
+                continue;
+            };
+            c.pos = Some(chunk.end);
+            return Some((c.file, chunk));
+        }
     }
 
     fn part(&self, job: &FileJob) -> Result<Arc<PartFile>> {
@@ -104,52 +152,66 @@ impl Ctx {
         if let Some(p) = guard.as_ref() {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(PartFile::open(
-            &job.part_path,
+        let p = Arc::new(self.state.open_part(
+            &job.plan.path,
             job.plan.file.size,
             job.plan.resume,
-            job.plan.path.as_str(),
         )?);
         self.reporter
             .file_started(job.id, job.plan.path.as_str(), job.plan.file.size);
         *guard = Some(Arc::clone(&p));
         Ok(p)
     }
+
+    /// Makes `[from, to)` of the part file durable and records it, so a rerun keeps it.
+    fn checkpoint(&self, job: &FileJob, part: &PartFile, from: u64, to: u64) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        // The record must never claim bytes a power loss could take back (with
+        // `--fsync false` the user accepted that risk; a crash or kill keeps the page cache).
+        if self.opts.fsync {
+            tokio::task::block_in_place(|| part.sync_data())?;
+        }
+        self.state.record_range(
+            &job.plan.path,
+            &job.plan.file,
+            ByteRange {
+                start: from,
+                end: to,
+            },
+        )
+    }
 }
 
-/// Fetches every planned file into DEST. On the first error that retries cannot fix, stops
-/// issuing requests and returns it; everything made durable so far stays for a resume.
+/// Fetches every planned file into DEST. On the first error that retries cannot fix, or a stop
+/// request, stops issuing requests, joins every worker and returns the error; everything made
+/// durable so far stays for a resume.
 pub async fn execute(
     source: Arc<AnySource>,
     state: Arc<StateDir>,
     reporter: Arc<dyn Reporter>,
     plans: Vec<FilePlan>,
     opts: ExecOptions,
+    cancel: Cancel,
     shown: String,
 ) -> Result<Executed> {
-    let mut jobs = Vec::new();
+    let chunks_total: u64 = plans.iter().map(FilePlan::chunk_count).sum();
     let files: Vec<FileJob> = plans
         .into_iter()
         .enumerate()
         .map(|(id, plan)| {
-            jobs.extend(plan.chunks.iter().map(|r| (id, *r)));
-            let whole = [ByteRange {
-                start: 0,
-                end: plan.file.size,
-            }];
+            let single = plan.is_single_request();
             let inline = match &plan.file.checksum {
-                Some(c) if plan.chunks == whole => {
-                    Some(verify::Hasher::for_checksum(c, plan.file.size))
-                }
+                Some(c) if single => Some(verify::Hasher::for_checksum(c, plan.file.size)),
                 _ => None,
             };
             FileJob {
                 hashes_inline: inline.is_some(),
                 inline: Mutex::new(inline),
                 id,
-                part_path: state.part_path(&plan.path),
-                final_path: state.final_path(&plan.path),
-                remaining: AtomicUsize::new(plan.chunks.len()),
+                remaining: AtomicU64::new(plan.chunk_count()),
+                records: !single || plan.resume || plan.file.size > RECORD_EVERY_BYTES,
                 checksum_applies: AtomicBool::new(true),
                 object_checksum: Mutex::new(None),
                 part: Mutex::new(None),
@@ -163,23 +225,23 @@ pub async fn execute(
         reporter,
         opts,
         files,
-        jobs,
-        next: AtomicUsize::new(0),
+        cursor: Mutex::new(Cursor::default()),
         abort: AtomicBool::new(false),
+        cancel,
         first_error: Mutex::new(None),
         verified: Mutex::new(std::collections::HashMap::new()),
         bytes: AtomicU64::new(0),
         retries: AtomicU64::new(0),
-        files_done: AtomicUsize::new(0),
+        files_done: AtomicU64::new(0),
         shown,
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
-    for job in ctx.files.iter().filter(|j| j.plan.chunks.is_empty()) {
+    for job in ctx.files.iter().filter(|j| j.plan.chunk_count() == 0) {
         finalize(&ctx, job).await?;
     }
 
-    let workers = opts.concurrency.clamp(1, ctx.jobs.len().max(1));
+    let workers = (opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let ctx = Arc::clone(&ctx);
@@ -196,6 +258,9 @@ pub async fn execute(
             );
         }
     }
+    if let Some(kind) = ctx.cancel.reason() {
+        return Err(Error::new(kind, stopped_message(&ctx)));
+    }
     if let Some(e) = ctx
         .first_error
         .lock()
@@ -206,35 +271,33 @@ pub async fn execute(
     }
     let verified = std::mem::take(&mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Executed {
-        files: ctx.files_done.load(Ordering::Relaxed),
+        files: ctx.files_done.load(Ordering::Relaxed) as usize,
         bytes: ctx.bytes.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         verified,
     })
 }
 
+/// One line on a stop: what is kept, and that a rerun resumes.
+fn stopped_message(ctx: &Ctx) -> String {
+    let done = ctx.files_done.load(Ordering::Relaxed);
+    format!(
+        "stopped: {done} of {} files complete and {} fetched this run are kept; a rerun resumes from there",
+        ctx.files.len(),
+        crate::progress::human(ctx.bytes.load(Ordering::Relaxed)),
+    )
+}
+
 async fn worker(ctx: &Ctx) -> Result<()> {
     let mut buf = writer::AlignedBuf::new(ctx.opts.buffer_size);
-    while !ctx.abort.load(Ordering::Relaxed) {
-        let i = ctx.next.fetch_add(1, Ordering::Relaxed);
-        let Some(&(fi, range)) = ctx.jobs.get(i) else {
+    while !ctx.stopping() {
+        let Some((fi, range)) = ctx.next_chunk() else {
             break;
         };
         let job = &ctx.files[fi];
         let part = ctx.part(job)?;
         if !fetch_chunk(ctx, job, &part, range, &mut buf).await? {
             break;
-        }
-        // A file fetched in one request needs no range record: it is renamed right away.
-        if job.plan.chunks.len() > 1 {
-            // The record must never claim bytes a power loss could take back (with
-            // `--fsync false` the user accepted that risk; a crash or kill keeps the page cache).
-            if ctx.opts.fsync {
-                let p = Arc::clone(&part);
-                tokio::task::block_in_place(|| p.sync_data())?;
-            }
-            ctx.state
-                .record_range(&job.plan.path, &job.plan.file, range)?;
         }
         drop(part);
         if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -244,8 +307,21 @@ async fn worker(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Writes the buffer at `at` (after checking the lease is still ours); returns the new offset.
+fn flush(ctx: &Ctx, part: &PartFile, buf: &mut writer::AlignedBuf, at: u64) -> Result<u64> {
+    if buf.is_empty() {
+        return Ok(at);
+    }
+    ctx.state.owned_recently()?;
+    tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
+    let at = at + buf.len() as u64;
+    buf.clear();
+    Ok(at)
+}
+
 /// Streams `range` into the part file, retrying transient failures and resuming from the last
-/// byte written. Returns false when the run is aborting.
+/// byte written, recording progress every [`RECORD_EVERY_BYTES`] or [`RECORD_EVERY`]. Returns
+/// false when the run is stopping (what was written is recorded first).
 async fn fetch_chunk(
     ctx: &Ctx,
     job: &FileJob,
@@ -255,19 +331,23 @@ async fn fetch_chunk(
 ) -> Result<bool> {
     let cap = buf.capacity();
     let mut pos = range.start;
+    let mut recorded = range.start;
+    let mut last_record = Instant::now();
     let mut failures = 0u32;
     loop {
-        let err = match ctx
-            .source
-            .fetch(
-                &job.plan.file,
-                ByteRange {
-                    start: pos,
-                    end: range.end,
-                },
-            )
-            .await
-        {
+        let fetch = ctx.source.fetch(
+            &job.plan.file,
+            ByteRange {
+                start: pos,
+                end: range.end,
+            },
+        );
+        let reply = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Ok(false),
+            r = fetch => r,
+        };
+        let err = match reply {
             Err(e) => e,
             Ok(fetched) => {
                 if !fetched.checksum_applies {
@@ -283,13 +363,20 @@ async fn fetch_chunk(
                 let mut at = pos;
                 buf.clear();
                 let mut stream_err = None;
-                while let Some(item) = body.next().await {
+                let mut stopped = false;
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        _ = ctx.cancel.cancelled() => None,
+                        i = body.next() => i,
+                    };
                     let bytes = match item {
-                        Ok(b) => b,
-                        Err(e) => {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => {
                             stream_err = Some(e);
                             break;
                         }
+                        None => break,
                     };
                     if job.hashes_inline {
                         let mut h = job.inline.lock().unwrap_or_else(|p| p.into_inner());
@@ -302,34 +389,52 @@ async fn fetch_chunk(
                         let took = buf.fill(data);
                         data = &data[took..];
                         if buf.len() == cap {
-                            tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
-                            at += buf.len() as u64;
-                            buf.clear();
+                            at = flush(ctx, part, buf, at)?;
                         }
                     }
                     ctx.reporter.bytes(job.id, bytes.len() as u64);
                     ctx.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    if ctx.abort.load(Ordering::Relaxed) {
+                    if job.records
+                        && (at - recorded >= RECORD_EVERY_BYTES
+                            || last_record.elapsed() >= RECORD_EVERY)
+                    {
+                        ctx.checkpoint(job, part, recorded, at)?;
+                        recorded = at;
+                        last_record = Instant::now();
+                    }
+                    if ctx.stopping() {
+                        stopped = true;
                         break;
                     }
                 }
-                if !buf.is_empty() {
-                    tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
-                    at += buf.len() as u64;
-                    buf.clear();
-                }
+                at = flush(ctx, part, buf, at)?;
                 if at > pos {
                     failures = 0;
                 }
                 pos = at;
-                match stream_err {
-                    None if pos == range.end => return Ok(true),
-                    None => return Ok(false),
-                    Some(e) => e,
+                if job.records {
+                    ctx.checkpoint(job, part, recorded, at)?;
+                    recorded = at;
                 }
+                if pos == range.end {
+                    return Ok(true);
+                }
+                if stopped || ctx.stopping() {
+                    return Ok(false);
+                }
+                stream_err.unwrap_or_else(|| {
+                    Error::new(
+                        Kind::Network,
+                        format!(
+                            "{}: the reply ended at byte {pos} of {range}",
+                            ctx.shown(job)
+                        ),
+                    )
+                    .transient(None)
+                })
             }
         };
-        if ctx.abort.load(Ordering::Relaxed) {
+        if ctx.stopping() {
             return Ok(false);
         }
         let Retry::After(server_wait) = err.retry() else {
@@ -346,7 +451,11 @@ async fn fetch_chunk(
         ctx.retries.fetch_add(1, Ordering::Relaxed);
         ctx.reporter
             .retry(job.plan.path.as_str(), failures, &err, wait);
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
@@ -355,11 +464,10 @@ async fn fetch_chunk(
 async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let part = match job.part.lock().unwrap_or_else(|p| p.into_inner()).take() {
         Some(p) => p,
-        None => Arc::new(PartFile::open(
-            &job.part_path,
+        None => Arc::new(ctx.state.open_part(
+            &job.plan.path,
             job.plan.file.size,
             job.plan.resume,
-            job.plan.path.as_str(),
         )?),
     };
     let checksum = job
@@ -381,32 +489,33 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .take()
         .map(verify::Hasher::finish);
     let shown = ctx.shown(job);
-    let final_path = job.final_path.clone();
     let size = job.plan.file.size;
     let fsync = ctx.opts.fsync;
     ctx.verified
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(job.plan.path.clone(), checksum.clone());
+    let state = Arc::clone(&ctx.state);
+    let path = job.plan.path.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
             let got = match inline.filter(|g| g.algorithm() == want.algorithm()) {
                 Some(got) => Ok(got),
-                None => verify::hash_file(part.path(), &want, size),
+                None => verify::hash_file(part.file(), part.path(), &want, size),
             };
             if let Err(e) = got.and_then(|got| verify::check(&got, &want, &shown)) {
-                let _ = std::fs::remove_file(part.path());
+                state.discard_part(&path);
                 return Err(e);
             }
         }
-        part.persist(&final_path, fsync)
+        state.persist(&part, &path, fsync)
     })
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;
     ctx.state.record_file(&job.plan.path, &job.plan.file)?;
     ctx.files_done.fetch_add(1, Ordering::Relaxed);
-    if job.plan.chunks.is_empty() {
+    if job.plan.chunk_count() == 0 {
         ctx.reporter
             .file_started(job.id, job.plan.path.as_str(), job.plan.file.size);
     }

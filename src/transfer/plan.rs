@@ -39,14 +39,43 @@ pub struct PlanOptions {
     pub force: bool,
 }
 
-/// One file to fetch, with the byte ranges still missing (all of it unless resuming).
+/// One file to fetch, with the byte ranges still missing (all of it unless resuming). Chunks
+/// are cut from `missing` lazily ([`FilePlan::chunks`]), so memory does not depend on the
+/// size a listing claims.
 #[derive(Debug, Clone)]
 pub struct FilePlan {
     pub path: RelPath,
     pub file: RemoteFile,
-    pub chunks: Vec<ByteRange>,
+    pub missing: Vec<ByteRange>,
+    pub chunk_size: u64,
     /// Keep the existing part file and its journal records.
     pub resume: bool,
+}
+
+impl FilePlan {
+    /// The requests this file needs, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = ByteRange> + '_ {
+        self.missing
+            .iter()
+            .flat_map(|r| split_aligned(*r, self.chunk_size))
+    }
+
+    /// How many chunks, without generating them.
+    pub fn chunk_count(&self) -> u64 {
+        self.missing
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| (r.end - 1) / self.chunk_size - r.start / self.chunk_size + 1)
+            .sum()
+    }
+
+    /// Fetched whole in one request (its hash can be computed as it streams in).
+    pub fn is_single_request(&self) -> bool {
+        self.missing.len() == 1
+            && self.missing[0].start == 0
+            && self.missing[0].end == self.file.size
+            && self.file.size <= self.chunk_size
+    }
 }
 
 #[derive(Debug, Default)]
@@ -96,16 +125,16 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         let done = partial.map(|p| p.done.as_slice()).unwrap_or(&[]);
         let missing = missing_ranges(file.size, done);
         let missing_bytes: u64 = missing.iter().map(ByteRange::len).sum();
-        let chunks = missing
-            .iter()
-            .flat_map(|r| split_aligned(*r, chunk))
-            .collect();
-        out.bytes_to_fetch += file.size;
-        out.resumed_bytes += file.size - missing_bytes;
+        // Saturating: a hostile listing's sizes must not wrap around to a small total.
+        out.bytes_to_fetch = out.bytes_to_fetch.saturating_add(file.size);
+        out.resumed_bytes = out
+            .resumed_bytes
+            .saturating_add(file.size.saturating_sub(missing_bytes));
         out.fetch.push(FilePlan {
             path,
             file,
-            chunks,
+            missing,
+            chunk_size: chunk,
             resume: partial.is_some(),
         });
     }
@@ -151,16 +180,20 @@ pub fn missing_ranges(size: u64, done: &[ByteRange]) -> Vec<ByteRange> {
 }
 
 /// Splits `r` at multiples of `chunk`, so the chunks of a resumed file line up with those of
-/// the run that started it.
-pub fn split_aligned(r: ByteRange, chunk: u64) -> Vec<ByteRange> {
-    let mut out = Vec::new();
+/// the run that started it. Lazy, and safe up to `u64::MAX`.
+pub fn split_aligned(r: ByteRange, chunk: u64) -> impl Iterator<Item = ByteRange> {
+    let chunk = chunk.max(1);
     let mut start = r.start;
-    while start < r.end {
-        let end = ((start / chunk + 1) * chunk).min(r.end);
-        out.push(ByteRange { start, end });
+    std::iter::from_fn(move || {
+        if start >= r.end {
+            return None;
+        }
+        let boundary = (start / chunk).saturating_add(1).saturating_mul(chunk);
+        let end = boundary.min(r.end);
+        let out = ByteRange { start, end };
         start = end;
-    }
-    out
+        Some(out)
+    })
 }
 
 #[cfg(test)]
@@ -192,13 +225,27 @@ mod tests {
     #[test]
     fn chunk_boundaries() {
         assert_eq!(
-            split_aligned(r(0, 25), 10),
+            split_aligned(r(0, 25), 10).collect::<Vec<_>>(),
             vec![r(0, 10), r(10, 20), r(20, 25)]
         );
-        assert_eq!(split_aligned(r(0, 10), 10), vec![r(0, 10)]);
-        assert_eq!(split_aligned(r(7, 12), 10), vec![r(7, 10), r(10, 12)]);
-        assert_eq!(split_aligned(r(0, 1), 10), vec![r(0, 1)]);
-        assert!(split_aligned(r(5, 5), 10).is_empty());
+        assert_eq!(
+            split_aligned(r(0, 10), 10).collect::<Vec<_>>(),
+            vec![r(0, 10)]
+        );
+        assert_eq!(
+            split_aligned(r(7, 12), 10).collect::<Vec<_>>(),
+            vec![r(7, 10), r(10, 12)]
+        );
+        assert_eq!(
+            split_aligned(r(0, 1), 10).collect::<Vec<_>>(),
+            vec![r(0, 1)]
+        );
+        let huge: Vec<_> = split_aligned(r(u64::MAX - 5, u64::MAX), 4).collect();
+        assert_eq!(
+            huge,
+            vec![r(u64::MAX - 5, u64::MAX - 3), r(u64::MAX - 3, u64::MAX)]
+        );
+        assert!(split_aligned(r(5, 5), 10).next().is_none());
     }
 
     #[test]
@@ -224,9 +271,13 @@ mod tests {
         );
         let order: Vec<&str> = p.fetch.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(order, ["big", "small", "empty"]);
-        assert_eq!(p.fetch[0].chunks, vec![r(0, 10), r(10, 20), r(20, 25)]);
+        assert_eq!(
+            p.fetch[0].chunks().collect::<Vec<_>>(),
+            vec![r(0, 10), r(10, 20), r(20, 25)]
+        );
+        assert_eq!(p.fetch[0].chunk_count(), 3);
         assert!(
-            p.fetch[2].chunks.is_empty(),
+            p.fetch[2].chunks().next().is_none() && p.fetch[2].chunk_count() == 0,
             "a zero-byte file has no chunk but is still created"
         );
         assert_eq!(p.bytes_to_fetch, 28);
@@ -321,12 +372,13 @@ mod tests {
         );
         let p = plan(vec![rf("f", 25, "v1")], &local, OPTS);
         assert!(p.fetch[0].resume);
-        assert_eq!(p.fetch[0].chunks, vec![r(10, 20)]);
+        assert_eq!(p.fetch[0].chunks().collect::<Vec<_>>(), vec![r(10, 20)]);
+        assert_eq!(p.fetch[0].chunk_count(), 1);
         assert_eq!(p.resumed_bytes, 15);
 
         let p = plan(vec![rf("f", 25, "v2")], &local, OPTS);
         assert!(!p.fetch[0].resume, "a new version starts over");
-        assert_eq!(p.fetch[0].chunks.len(), 3);
+        assert_eq!(p.fetch[0].chunk_count(), 3);
 
         let p = plan(vec![rf("f", 30, "v1")], &local, OPTS);
         assert!(!p.fetch[0].resume, "a different size starts over");

@@ -6,16 +6,22 @@
 //! final path; paths read back from either file are re-validated, so a tampered manifest
 //! cannot make the loader touch anything outside DEST.
 
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rustix::fs::OFlags;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::confine::{split_parent, Dir};
+use super::lock::Held;
 use super::plan::{LocalState, Partial, Recorded};
+use super::writer::PartFile;
 use crate::error::{Error, Result};
 use crate::source::{ByteRange, RemoteFile};
 use crate::url::{RelPath, STATE_DIR};
@@ -66,23 +72,36 @@ enum Record {
     },
 }
 
+/// DEST and its state folder, opened once; every change to DEST goes through here, through
+/// folder handles that no symlink can lead out of DEST ([`Dir`]), and — once a lease is set —
+/// only while the lease is still ours.
 pub struct StateDir {
     dest: PathBuf,
-    dir: PathBuf,
+    root: Dir,
+    dir: Arc<Dir>,
+    parts: Dir,
     journal: Mutex<Option<File>>,
+    lease: OnceLock<Arc<Held>>,
+    /// Folders this run created under DEST, whose parents must be synced before the manifest
+    /// vouches for the files in them.
+    created: Mutex<BTreeSet<String>>,
 }
 
 impl StateDir {
     /// Creates DEST and its state folder; fails with exit 7 when DEST cannot be written.
     pub fn open(dest: &Path) -> Result<Self> {
-        let dir = dest.join(STATE_DIR);
-        fs::create_dir_all(&dir).map_err(|e| Error::local("create", &dir, e))?;
-        fs::create_dir_all(dir.join(PARTS))
-            .map_err(|e| Error::local("create", &dir.join(PARTS), e))?;
+        fs::create_dir_all(dest).map_err(|e| Error::local("create", dest, e))?;
+        let root = Dir::open(dest).map_err(|e| Error::local("open", dest, e))?;
+        let (dir, _) = root.subdir(STATE_DIR, true)?;
+        let (parts, _) = dir.subdir(PARTS, true)?;
         Ok(StateDir {
             dest: dest.to_path_buf(),
-            dir,
+            root,
+            dir: Arc::new(dir),
+            parts,
             journal: Mutex::new(None),
+            lease: OnceLock::new(),
+            created: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -90,33 +109,39 @@ impl StateDir {
         &self.dest
     }
 
-    /// `DEST/.model-loader`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// `DEST/.model-loader`, for the lock.
+    pub fn dir(&self) -> Arc<Dir> {
+        Arc::clone(&self.dir)
     }
 
-    /// Refuses to write through a symlink inside DEST: a folder `DEST/sub` that is a link to
-    /// `/etc` would otherwise carry a download outside DEST.
+    /// From now on, every change checks that this lease is still ours.
+    pub fn set_lease(&self, held: Arc<Held>) {
+        let _ = self.lease.set(held);
+    }
+
+    /// Before a journal record, rename or removal: the lease, read afresh.
+    fn owned(&self) -> Result<()> {
+        self.lease.get().map_or(Ok(()), |l| l.verify())
+    }
+
+    /// Before a part-file write: the lease, checked at most a second ago.
+    pub fn owned_recently(&self) -> Result<()> {
+        self.lease
+            .get()
+            .map_or(Ok(()), |l| l.verify_recent(Duration::from_secs(1)))
+    }
+
+    /// Refuses early (before any byte is fetched) a file whose folder is reached through a
+    /// symlink inside DEST. The same check is made again, atomically, at the rename.
     pub fn check_no_symlinks(&self, p: &RelPath) -> Result<()> {
-        let mut dir = self.dest.clone();
-        let parts: Vec<&str> = p.as_str().split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            dir.push(part);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(Error::new(
-                        crate::error::Kind::Local,
-                        format!(
-                            "refusing to write {p}: {} is a symlink, and following it could write outside DEST; remove it",
-                            dir.display()
-                        ),
-                    ))
-                }
-                Ok(_) => {}
-                Err(_) => break, // does not exist yet: it will be created as a real folder
+        let (parent, _) = split_parent(p.as_str());
+        match self.root.subdir(parent, false) {
+            Ok(_) => Ok(()),
+            Err(e) if e.message().contains("symlink") => {
+                Err(e.context(format!("refusing to write {p}")))
             }
+            Err(_) => Ok(()), // does not exist yet: it will be created as a real folder
         }
-        Ok(())
     }
 
     pub fn final_path(&self, p: &RelPath) -> PathBuf {
@@ -125,15 +150,69 @@ impl StateDir {
 
     /// Part files live in the state folder under a fixed-length name, so a long or deep path
     /// never makes the part name too long, and DEST shows only complete files.
-    pub fn part_path(&self, p: &RelPath) -> PathBuf {
+    pub fn part_name(&self, p: &RelPath) -> String {
         let h = Sha256::digest(p.as_str().as_bytes());
-        self.dir
-            .join(PARTS)
-            .join(format!("{}.part", hex::encode(&h[..16])))
+        format!("{}.part", hex::encode(&h[..16]))
+    }
+
+    pub fn open_part(&self, p: &RelPath, size: u64, resume: bool) -> Result<PartFile> {
+        PartFile::open(&self.parts, &self.part_name(p), size, resume, p.as_str())
+    }
+
+    /// Moves a finished, verified part file to its final path under DEST (creating folders,
+    /// never following a symlink); with `fsync`, its bytes are on disk before its name is.
+    pub fn persist(&self, part: &PartFile, p: &RelPath, fsync: bool) -> Result<()> {
+        if fsync {
+            part.sync_all()?;
+        }
+        let (parent, base) = split_parent(p.as_str());
+        let (dir, made) = self
+            .root
+            .subdir(parent, true)
+            .map_err(|e| e.context(format!("refusing to write {p}")))?;
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(made);
+        self.owned()?;
+        self.parts
+            .rename(&self.part_name(p), &dir, base)
+            .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
+    }
+
+    /// A part file that failed verification.
+    pub fn discard_part(&self, p: &RelPath) {
+        let _ = self.parts.remove_file(&self.part_name(p));
+    }
+
+    /// Makes the renames of `files` and the folders this run created durable: each folder
+    /// holding a file, and the parent of each created folder, synced once.
+    pub fn sync_folders<'a>(&self, files: impl Iterator<Item = &'a RelPath>) -> Result<()> {
+        let mut dirs: BTreeSet<String> = files
+            .map(|p| split_parent(p.as_str()).0.to_string())
+            .collect();
+        for made in self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            dirs.insert(split_parent(made).0.to_string());
+        }
+        for d in dirs {
+            self.root.subdir(&d, false)?.0.sync()?;
+        }
+        Ok(())
     }
 
     pub fn read_manifest(&self) -> Option<Manifest> {
-        read_manifest(&self.dest)
+        serde_json::from_slice(&self.dir.read(MANIFEST).ok()?).ok()
+    }
+
+    /// Size of the regular file at `p` under DEST (None: missing, not a file, or reached
+    /// through a symlink).
+    fn size_on_disk(&self, p: &RelPath) -> Option<u64> {
+        size_beneath(&self.root, p)
     }
 
     /// Everything the planner needs to know about DEST for the listed files.
@@ -155,14 +234,14 @@ impl StateDir {
         let (files, partial) = self.read_journal();
         st.recorded.extend(files);
         for (path, file) in listed {
-            if let Ok(md) = fs::symlink_metadata(self.final_path(path)) {
-                if md.is_file() {
-                    st.on_disk.insert(path.clone(), md.len());
-                }
+            if let Some(len) = self.size_on_disk(path) {
+                st.on_disk.insert(path.clone(), len);
             }
             if let Some(p) = partial.get(path) {
-                let part_ok = fs::metadata(self.part_path(path))
-                    .is_ok_and(|m| m.is_file() && m.len() == file.size);
+                let part_ok = self
+                    .parts
+                    .stat(&self.part_name(path))
+                    .is_ok_and(|m| m.st_size as u64 == file.size);
                 if part_ok {
                     st.partial.insert(path.clone(), p.clone());
                 }
@@ -174,75 +253,39 @@ impl StateDir {
     /// Reads the journal. Torn or unknown lines are skipped: losing a record only means
     /// fetching those bytes again.
     fn read_journal(&self) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
-        let mut files = HashMap::new();
-        let mut partial: HashMap<RelPath, Partial> = HashMap::new();
-        let Ok(f) = File::open(self.dir.join(JOURNAL)) else {
-            return (files, partial);
-        };
-        for line in BufReader::new(f).lines() {
-            let Ok(line) = line else { break };
-            let Ok(rec) = serde_json::from_str::<Record>(&line) else {
-                continue;
-            };
-            match rec {
-                Record::File {
-                    path,
-                    size,
-                    version,
-                } => {
-                    if let Ok(p) = RelPath::new(&path) {
-                        partial.remove(&p);
-                        files.insert(p, Recorded { size, version });
-                    }
-                }
-                Record::Range {
-                    path,
-                    size,
-                    version,
-                    start,
-                    end,
-                } => {
-                    let Ok(p) = RelPath::new(&path) else { continue };
-                    let e = partial.entry(p).or_insert_with(|| Partial {
-                        size,
-                        version: version.clone(),
-                        done: Vec::new(),
-                    });
-                    // A record for another version means the part file was restarted.
-                    if e.size != size || e.version != version {
-                        *e = Partial {
-                            size,
-                            version,
-                            done: Vec::new(),
-                        };
-                    }
-                    if start < end && end <= size {
-                        e.done.push(ByteRange { start, end });
-                    }
-                }
-            }
-        }
-        (files, partial)
+        let body = self.dir.read(JOURNAL).unwrap_or_default();
+        parse_journal(&body)
     }
 
     fn append(&self, rec: &Record) -> Result<()> {
-        let path = self.dir.join(JOURNAL);
+        self.owned()?;
+        let path = self.dir.path().join(JOURNAL);
         let mut guard = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+            let f = self
+                .dir
+                .open_file(
+                    JOURNAL,
+                    OFlags::RDWR | OFlags::CREATE | OFlags::APPEND,
+                    0o644,
+                )
                 .map_err(|e| Error::local("open the journal", &path, e))?;
+            // A line torn by a crash must not swallow the first record appended after it.
+            if ends_torn(&f) {
+                (&f).write_all(b"\n")
+                    .map_err(|e| Error::local("write the journal", &path, e))?;
+            }
             *guard = Some(f);
         }
-        let mut line = serde_json::to_vec(rec).expect("records serialize");
+        let mut line = serde_json::to_vec(rec).map_err(|e| {
+            Error::new(crate::error::Kind::Local, "cannot encode a journal record").with_source(e)
+        })?;
         line.push(b'\n');
         // One write per record: a crash can tear only the last line, which is then ignored.
-        guard
+        let f = guard
             .as_mut()
-            .expect("opened above")
-            .write_all(&line)
+            .ok_or_else(|| Error::new(crate::error::Kind::Local, "the journal is not open"))?;
+        f.write_all(&line)
             .map_err(|e| Error::local("write the journal", &path, e))
     }
 
@@ -285,76 +328,172 @@ impl StateDir {
             .as_ref()
         {
             j.sync_data()
-                .map_err(|e| Error::local("sync the journal", &self.dir.join(JOURNAL), e))?;
+                .map_err(|e| Error::local("sync the journal", &self.dir.path().join(JOURNAL), e))?;
         }
-        let path = self.dir.join(MANIFEST);
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
+        match self.dir.remove_file(MANIFEST) {
+            Ok(()) => self.dir.sync(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::local("remove the old manifest", &path, e)),
+            Err(e) => Err(Error::local(
+                "remove the old manifest",
+                &self.dir.path().join(MANIFEST),
+                e,
+            )),
         }
     }
 
     /// Writes the manifest atomically (temp file, fsync, rename, fsync dir), then drops the
     /// journal and any stray part files: from now on the manifest alone describes DEST.
     pub fn commit(&self, manifest: &Manifest) -> Result<()> {
-        let tmp = self.dir.join("manifest.json.tmp");
-        let path = self.dir.join(MANIFEST);
-        let mut body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+        let tmp = "manifest.json.tmp";
+        let tmp_path = self.dir.path().join(tmp);
+        let mut body = serde_json::to_vec_pretty(manifest).map_err(|e| {
+            Error::new(crate::error::Kind::Local, "cannot encode the manifest").with_source(e)
+        })?;
         body.push(b'\n');
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let _ = self.dir.remove_file(tmp);
+            let mut f =
+                self.dir
+                    .open_file(tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o644)?;
             f.write_all(&body)?;
             f.sync_all()
         };
-        write().map_err(|e| Error::local("write", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::local("rename the manifest to", &path, e))?;
-        sync_dir(&self.dir)?;
+        write().map_err(|e| Error::local("write", &tmp_path, e))?;
+        self.owned()?;
+        self.dir.rename(tmp, &self.dir, MANIFEST).map_err(|e| {
+            Error::local("rename the manifest to", &self.dir.path().join(MANIFEST), e)
+        })?;
+        self.dir.sync()?;
         *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let j = self.dir.join(JOURNAL);
-        if let Err(e) = fs::remove_file(&j) {
+        if let Err(e) = self.dir.remove_file(JOURNAL) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::local("remove", &j, e));
+                return Err(Error::local("remove", &self.dir.path().join(JOURNAL), e));
             }
         }
         self.remove_stray_parts(&[]);
         Ok(())
     }
 
-    /// Deletes part files that no planned file will use.
-    pub fn remove_stray_parts(&self, keep: &[PathBuf]) {
-        let Ok(rd) = fs::read_dir(self.dir.join(PARTS)) else {
-            return;
-        };
-        for e in rd.flatten() {
-            if !keep.contains(&e.path()) {
-                let _ = fs::remove_file(e.path());
+    /// Deletes part files that no planned file will use (`keep`: part names).
+    pub fn remove_stray_parts(&self, keep: &[String]) {
+        for name in self.parts.entries().unwrap_or_default() {
+            if !keep.contains(&name) {
+                let _ = self.parts.remove_file(&name);
             }
         }
     }
 
-    /// Removes a file the loader wrote earlier, and the folders that become empty.
+    /// Removes a file the loader wrote earlier, and the folders that become empty — through
+    /// folder handles, so a folder of DEST replaced by a symlink is refused, never followed.
     pub fn remove_file(&self, p: &RelPath) -> Result<()> {
-        let path = self.final_path(p);
-        match fs::remove_file(&path) {
+        self.owned()?;
+        let (parent, base) = split_parent(p.as_str());
+        let dir = match self.root.subdir(parent, false) {
+            Ok((d, _)) => d,
+            Err(e) if e.message().contains("symlink") => {
+                return Err(e.context(format!("refusing to remove {p}")))
+            }
+            Err(_) => return Ok(()), // its folder is gone: so is the file
+        };
+        match dir.remove_file(base) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::local("remove the stale file", &path, e)),
+            Err(e) => {
+                return Err(Error::local(
+                    "remove the stale file",
+                    &self.final_path(p),
+                    e,
+                ))
+            }
         }
-        let mut dir = path.parent();
-        while let Some(d) = dir {
-            if d == self.dest || fs::remove_dir(d).is_err() {
+        // Empty folders, innermost first; stop at the first that is not empty.
+        let mut rel = parent;
+        while !rel.is_empty() {
+            let (up, name) = split_parent(rel);
+            let Ok((updir, _)) = self.root.subdir(up, false) else {
+                break;
+            };
+            if updir.remove_dir(name).is_err() {
                 break;
             }
-            dir = d.parent();
+            rel = up;
         }
         Ok(())
     }
 }
 
+/// True when a non-empty file does not end in a newline.
+fn ends_torn(f: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut last = [0u8; 1];
+    len > 0 && f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+}
+
+/// The journal's records: files completed and ranges made durable. Pure, so that any byte
+/// string (torn, tampered, hostile) can be fed to it in tests.
+fn parse_journal(body: &[u8]) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
+    let mut files = HashMap::new();
+    let mut partial: HashMap<RelPath, Partial> = HashMap::new();
+    for line in body.split(|&b| b == b'\n') {
+        let Ok(rec) = serde_json::from_slice::<Record>(line) else {
+            continue;
+        };
+        match rec {
+            Record::File {
+                path,
+                size,
+                version,
+            } => {
+                if let Ok(p) = RelPath::new(&path) {
+                    partial.remove(&p);
+                    files.insert(p, Recorded { size, version });
+                }
+            }
+            Record::Range {
+                path,
+                size,
+                version,
+                start,
+                end,
+            } => {
+                let Ok(p) = RelPath::new(&path) else { continue };
+                let e = partial.entry(p).or_insert_with(|| Partial {
+                    size,
+                    version: version.clone(),
+                    done: Vec::new(),
+                });
+                // A record for another version means the part file was restarted.
+                if e.size != size || e.version != version {
+                    *e = Partial {
+                        size,
+                        version,
+                        done: Vec::new(),
+                    };
+                }
+                if start < end && end <= size {
+                    e.done.push(ByteRange { start, end });
+                }
+            }
+        }
+    }
+    (files, partial)
+}
+
+/// Size of the regular file `p` below `root` (None: missing, not a regular file, or reached
+/// through a symlink).
+pub fn size_beneath(root: &Dir, p: &RelPath) -> Option<u64> {
+    let (parent, base) = split_parent(p.as_str());
+    let st = root.subdir(parent, false).ok()?.0.stat(base).ok()?;
+    (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+        .then_some(st.st_size as u64)
+}
+
+/// The manifest of the load at `dest`, read without following symlinks below `dest`.
 pub fn read_manifest(dest: &Path) -> Option<Manifest> {
-    let body = fs::read(dest.join(STATE_DIR).join(MANIFEST)).ok()?;
-    serde_json::from_slice(&body).ok()
+    let root = Dir::open(dest).ok()?;
+    let (dir, _) = root.subdir(STATE_DIR, false).ok()?;
+    serde_json::from_slice(&dir.read(MANIFEST).ok()?).ok()
 }
 
 /// fsync a directory so the renames and removals in it survive a crash.
@@ -404,12 +543,12 @@ mod tests {
             .unwrap();
         st.record_file(&b, &file(5, "w")).unwrap();
         // A torn last line, as after a crash mid-write.
-        let mut j = OpenOptions::new()
+        let mut j = fs::OpenOptions::new()
             .append(true)
-            .open(st.dir.join(JOURNAL))
+            .open(st.dir.path().join(JOURNAL))
             .unwrap();
         j.write_all(b"{\"t\":\"range\",\"path\":\"a.b").unwrap();
-        fs::write(st.part_path(&a), vec![0u8; 30]).unwrap();
+        fs::write(st.parts.path().join(st.part_name(&a)), vec![0u8; 30]).unwrap();
         fs::create_dir_all(tmp.path().join("b")).unwrap();
         fs::write(tmp.path().join("b/c.bin"), b"12345").unwrap();
 
@@ -434,6 +573,33 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_run_s_first_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        {
+            let st = StateDir::open(tmp.path()).unwrap();
+            st.record_range(&a, &file(30, "v"), ByteRange { start: 0, end: 10 })
+                .unwrap();
+        }
+        let j = tmp.path().join(STATE_DIR).join(JOURNAL);
+        let mut f = fs::OpenOptions::new().append(true).open(&j).unwrap();
+        f.write_all(b"{\"t\":\"range\",\"pa").unwrap();
+        // The next run appends after the torn line.
+        let st = StateDir::open(tmp.path()).unwrap();
+        st.record_range(&a, &file(30, "v"), ByteRange { start: 10, end: 20 })
+            .unwrap();
+        fs::write(st.parts.path().join(st.part_name(&a)), vec![0u8; 30]).unwrap();
+        let ls = st.local_state(&[(a.clone(), file(30, "v"))]).unwrap();
+        assert_eq!(
+            ls.partial[&a].done,
+            vec![
+                ByteRange { start: 0, end: 10 },
+                ByteRange { start: 10, end: 20 }
+            ]
+        );
+    }
+
+    #[test]
     fn a_restarted_version_drops_older_ranges_and_a_missing_part_drops_all() {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
@@ -447,7 +613,7 @@ mod tests {
             st.local_state(&listed).unwrap().partial.is_empty(),
             "no part file, no resume"
         );
-        fs::write(st.part_path(&a), vec![0u8; 30]).unwrap();
+        fs::write(st.parts.path().join(st.part_name(&a)), vec![0u8; 30]).unwrap();
         let ls = st.local_state(&listed).unwrap();
         assert_eq!(ls.partial[&a].version.as_deref(), Some("v2"));
         assert_eq!(ls.partial[&a].done, vec![ByteRange { start: 10, end: 20 }]);
@@ -473,7 +639,7 @@ mod tests {
             }],
         };
         st.commit(&m).unwrap();
-        assert!(!st.dir.join(JOURNAL).exists());
+        assert!(!st.dir.path().join(JOURNAL).exists());
         let back = st.read_manifest().unwrap();
         assert_eq!(back.files, m.files);
         st.begin_changes(Some(&back)).unwrap();
@@ -490,7 +656,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
         let m = r#"{"format":1,"tool":"t","source":"s","completed_at":"x","files":[{"path":"../evil","size":1}]}"#;
-        fs::write(st.dir.join(MANIFEST), m).unwrap();
+        fs::write(st.dir.path().join(MANIFEST), m).unwrap();
         assert!(st.local_state(&[]).unwrap().recorded.is_empty());
     }
 }

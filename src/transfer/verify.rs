@@ -3,7 +3,6 @@
 //! (from the page cache: it was just written).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use md5::{Digest, Md5};
@@ -87,19 +86,29 @@ fn crc64_update(mut c: u64, data: &[u8]) -> u64 {
     c
 }
 
-/// Hashes the file at `path` for `want`.
-pub fn hash_file(path: &Path, want: &Checksum, size: u64) -> Result<Checksum> {
-    let mut f = File::open(path).map_err(|e| Error::local("read back", path, e))?;
+/// Hashes the open file `f` (named `path` in messages) for `want`, reading `size` bytes with
+/// positional reads (the descriptor may be shared with writers).
+pub fn hash_file(f: &File, path: &Path, want: &Checksum, size: u64) -> Result<Checksum> {
+    use std::os::unix::fs::FileExt;
     let mut h = Hasher::for_checksum(want, size);
     let mut buf = vec![0u8; 1 << 20];
-    loop {
+    let mut off = 0u64;
+    while off < size {
         let n = f
-            .read(&mut buf)
+            .read_at(&mut buf, off)
             .map_err(|e| Error::local("read back", path, e))?;
         if n == 0 {
-            break;
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "{} is {off} bytes, shorter than the {size} expected",
+                    path.display()
+                ),
+            ));
         }
+        let n = (n as u64).min(size - off) as usize;
         h.update(&buf[..n]);
+        off += n as u64;
     }
     Ok(h.finish())
 }
@@ -140,7 +149,12 @@ mod tests {
             "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592",
         ));
         for want in [&md5, &sha] {
-            check(&hash_file(tmp.path(), want, 43).unwrap(), want, "x").unwrap();
+            check(
+                &hash_file(tmp.as_file(), tmp.path(), want, 43).unwrap(),
+                want,
+                "x",
+            )
+            .unwrap();
         }
         // RFC 3720 test vector: 32 bytes of zeros.
         let crc = Checksum::Crc32c(0x8a9136aa);

@@ -9,11 +9,14 @@
 //! two coherent.
 
 use std::alloc::{alloc, dealloc, Layout};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::confine::Dir;
 use crate::error::{Error, Result};
 
 /// Alignment `O_DIRECT` needs for memory, file offsets and lengths (covers 512-byte and 4 KiB
@@ -93,32 +96,31 @@ impl Drop for AlignedBuf {
 }
 
 impl PartFile {
-    /// Opens the part file; a fresh one (not `resume`) is truncated and sized to `size` so
-    /// chunks can land anywhere in it.
-    pub fn open(path: &Path, size: u64, resume: bool, shown: &str) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!resume)
-            .open(path)
-            .map_err(|e| Error::local("create the partial file", path, e).context(shown))?;
+    /// Opens the part file `name` in the parts folder (never through a symlink); a fresh one
+    /// (not `resume`) is truncated and sized to `size` so chunks can land anywhere in it.
+    pub fn open(parts: &Dir, name: &str, size: u64, resume: bool, shown: &str) -> Result<Self> {
+        let path = parts.path().join(name);
+        let mut flags = OFlags::RDWR | OFlags::CREATE;
+        if !resume {
+            flags |= OFlags::TRUNC;
+        }
+        let file = parts
+            .open_file(name, flags, 0o644)
+            .map_err(|e| Error::local("create the partial file", &path, e).context(shown))?;
         file.set_len(size)
-            .map_err(|e| Error::local("size the partial file", path, e).context(shown))?;
+            .map_err(|e| Error::local("size the partial file", &path, e).context(shown))?;
         let direct = if std::env::var_os("MODEL_LOADER_NO_DIRECT_IO").is_some() {
             None
         } else {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
+            parts
+                .open_file(name, OFlags::WRONLY | OFlags::DIRECT, 0)
                 .ok()
         };
         Ok(PartFile {
             file,
             direct_ok: AtomicBool::new(direct.is_some()),
             direct,
-            path: path.to_path_buf(),
+            path,
             shown: shown.to_string(),
         })
     }
@@ -153,22 +155,19 @@ impl PartFile {
             .map_err(|e| Error::local("sync", &self.path, e).context(&self.shown))
     }
 
+    /// Data and metadata, before the file's name is made final.
+    pub fn sync_all(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::local("sync", &self.path, e).context(&self.shown))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Moves the finished part file to `dest` (creating its folders), atomically; with
-    /// `fsync`, its bytes are on disk before its name is.
-    pub fn persist(&self, dest: &Path, fsync: bool) -> Result<()> {
-        if fsync {
-            self.file
-                .sync_all()
-                .map_err(|e| Error::local("sync", &self.path, e).context(&self.shown))?;
-        }
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::local("create the folder", parent, e))?;
-        }
-        fs::rename(&self.path, dest).map_err(|e| Error::local("move the finished file to", dest, e))
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -181,7 +180,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("p.part");
         let size = 3 * DIRECT_ALIGN as u64 + 100;
-        let part = PartFile::open(&path, size, false, "p").unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let part = PartFile::open(&dir, "p.part", size, false, "p").unwrap();
         let mut buf = AlignedBuf::new(2 * DIRECT_ALIGN);
         assert_eq!(
             buf.fill(&vec![1u8; 3 * DIRECT_ALIGN]),

@@ -270,7 +270,7 @@ fn sigterm_and_sigint_stop_the_run_with_143_and_130_and_no_manifest() {
         assert_eq!(out.status.code(), Some(code));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("error: interrupted; finished ranges are kept"),
+            stderr.contains("error: stopped: ") && stderr.contains("a rerun resumes"),
             "{stderr}"
         );
         assert!(!dest.join(".model-loader/manifest.json").exists());
