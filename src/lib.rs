@@ -105,7 +105,10 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     for f in &plan.fetch {
         state.check_no_symlinks(&f.path)?;
     }
-    check_free_space(&cfg.dest, plan.bytes_to_fetch - plan.resumed_bytes)?;
+    check_free_space(
+        &cfg.dest,
+        plan.bytes_to_fetch.saturating_sub(plan.resumed_bytes),
+    )?;
 
     state.begin_changes(previous.as_ref())?;
     for p in &plan.remove {
@@ -225,6 +228,10 @@ pub fn check(cfg: &Config) -> std::result::Result<String, String> {
     ))
 }
 
+/// The largest object any supported store holds (S3 and OSS ~50 TB, GCS 5 TiB), with margin.
+/// A listing that claims more is refused before any per-file work.
+pub const MAX_OBJECT_SIZE: u64 = 64 << 40;
+
 /// Applies --include/--exclude, then refuses any path that could escape DEST or collide: a
 /// file and a folder of the same name, or two files with one path.
 pub fn select(
@@ -237,6 +244,17 @@ pub fn select(
     for f in files {
         if !filter.matches(&f.path) {
             continue;
+        }
+        if f.size > MAX_OBJECT_SIZE {
+            return Err(Error::new(
+                error::Kind::Corrupt,
+                format!(
+                    "{src} lists {} as {} bytes, more than the {} any supported store allows; the listing cannot be trusted (a broken proxy or server?)",
+                    f.path,
+                    f.size,
+                    progress::human(MAX_OBJECT_SIZE)
+                ),
+            ));
         }
         let p = RelPath::new(&f.path).map_err(|e| e.context(format!("in {src}")))?;
         if !seen.insert(p.as_str().to_string()) {

@@ -11,6 +11,11 @@ use model_loader::error::{Error, Kind};
 
 fn main() -> ExitCode {
     install_panic_hook();
+    // Debug builds only: lets the tests check what a bug looks like to the user.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("MODEL_LOADER_DEBUG_PANIC").is_some() {
+        panic!("MODEL_LOADER_DEBUG_PANIC is set");
+    }
     let args = Args::parse();
     if let Some(shell) = args.completions {
         let mut cmd = <Args as clap::CommandFactory>::command();

@@ -306,7 +306,7 @@ impl Gcs {
                 if o.name.ends_with('/') && o.size == "0" {
                     continue; // folder placeholder
                 }
-                let path = o.name[folder.len()..].to_string();
+                let path = super::below(folder, &o.name, &what)?;
                 out.push(self.remote_file(o, path, &what)?);
             }
             match list.next_page_token {

@@ -491,17 +491,22 @@ impl Source for Hf {
         let path = self.url.path.as_str();
         let files = match self.list_tree(path).await? {
             Some(entries) => {
-                let strip = if path.is_empty() { 0 } else { path.len() + 1 };
+                let folder = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{path}/")
+                };
+                let what = format!("list {}", self.display(path));
                 entries
                     .into_iter()
                     .map(|e| {
-                        let rel = e.path.get(strip..).unwrap_or(&e.path).to_string();
-                        match e.lfs {
+                        let rel = super::below(&folder, &e.path, &what)?;
+                        Ok(match e.lfs {
                             Some(lfs) => self.remote_file(e.path, rel, lfs.size, &lfs.oid, true),
                             None => self.remote_file(e.path, rel, e.size, &e.oid, false),
-                        }
+                        })
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?
             }
             None => match self.head_file(path).await? {
                 Some(f) => vec![f],

@@ -530,7 +530,7 @@ impl S3 {
                 if key.ends_with('/') && obj.size == 0 {
                     continue;
                 }
-                let path = key[folder.len()..].to_string();
+                let path = super::below(folder, &key, &what)?;
                 files.push(self.remote_file(key, path, obj.size, obj.e_tag));
             }
             match (page.is_truncated, page.next_continuation_token) {

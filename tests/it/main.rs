@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against real servers on loopback, started by
 //! scripts/test.sh.
 
+mod adversity;
 mod faults;
 mod gcs;
 mod hf;

@@ -38,6 +38,10 @@ pub enum Fault {
         bytes: usize,
         first: usize,
     },
+    /// Pass every reply, but at most `bytes_per_sec` over all connections together.
+    Throttle {
+        bytes_per_sec: u64,
+    },
 }
 
 pub struct Proxy {
@@ -56,6 +60,7 @@ struct Shared {
     down: Arc<std::sync::atomic::AtomicU64>,
     /// Runs once, just before the first ranged GET is forwarded.
     before_first_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    started: std::time::Instant,
 }
 
 impl Proxy {
@@ -91,6 +96,7 @@ impl Proxy {
             heads: Arc::clone(&heads),
             down: Arc::clone(&down),
             before_first_read: Mutex::new(hook),
+            started: std::time::Instant::now(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -171,9 +177,21 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
     {
         let (cw, budget, stall) = (Arc::clone(&cw), Arc::clone(&budget), Arc::clone(&stall));
         let down = Arc::clone(&sh.down);
+        let (rate, started) = match sh.fault {
+            Fault::Throttle { bytes_per_sec } => (Some(bytes_per_sec), sh.started),
+            _ => (None, sh.started),
+        };
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; if rate.is_some() { 16 * 1024 } else { 64 * 1024 }];
             loop {
+                if let Some(rate) = rate {
+                    // Wait until the bytes sent so far fit the rate since the proxy started.
+                    let due =
+                        Duration::from_secs_f64(down.load(Ordering::SeqCst) as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 let n = match sr.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
