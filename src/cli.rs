@@ -207,6 +207,13 @@ impl Args {
         if dest.is_empty() {
             return Err(Error::usage("DEST is empty: give a directory to load into"));
         }
+        for (side, value) in [("SRC", &src), ("DEST", &dest)] {
+            if let Some(url) = mistyped_url(value) {
+                return Err(Error::usage(format!(
+                    "{side} {value:?} looks like a mistyped URL (no '//' after the scheme); did you mean {url:?}? A local folder with that name would be created otherwise"
+                )));
+            }
+        }
         let (mode, remote, local) = match (src.contains("://"), dest.contains("://")) {
             (true, false) if self.check => (Mode::Check, src, dest),
             (true, false) => (Mode::Download, src, dest),
@@ -267,6 +274,22 @@ impl Args {
     }
 }
 
+/// `s3:/b/p`, `s3:b/p`, `hf:org/repo`: a known scheme without `//`, which would otherwise be
+/// taken as a local folder named `s3:`. Returns the URL the user most likely meant.
+pub fn mistyped_url(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once(':')?;
+    let known = ["s3", "gs", "gcs", "oss", "hf", "http", "https"];
+    if !known.contains(&scheme.to_ascii_lowercase().as_str()) || rest.starts_with("//") {
+        return None;
+    }
+    let scheme = if scheme.eq_ignore_ascii_case("gcs") {
+        "gs".to_string()
+    } else {
+        scheme.to_ascii_lowercase()
+    };
+    Some(format!("{scheme}://{}", rest.trim_start_matches('/')))
+}
+
 /// `64MiB`, `8M`, `512k`, `1G`, `1048576`: binary units, case-insensitive, optional `B`/`iB`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
@@ -289,6 +312,23 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistyped_urls_are_caught_and_real_paths_are_not() {
+        assert_eq!(
+            mistyped_url("s3:/uploads/x").as_deref(),
+            Some("s3://uploads/x")
+        );
+        assert_eq!(mistyped_url("s3:uploads").as_deref(), Some("s3://uploads"));
+        assert_eq!(mistyped_url("GCS:/b").as_deref(), Some("gs://b"));
+        assert_eq!(
+            mistyped_url("hf:org/repo").as_deref(),
+            Some("hf://org/repo")
+        );
+        for fine in ["s3://b/p", "/models/x", "./s3", "c:/x", "my:dir", "models"] {
+            assert_eq!(mistyped_url(fine), None, "{fine}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -154,7 +154,8 @@ impl Error {
             s.push_str("\ncaused by: ");
             s.push_str(&c);
         }
-        s
+        // Last line of defence: no `user:password@` of any URL reaches the user's terminal.
+        crate::source::http::redact_userinfo(&s)
     }
 }
 

@@ -42,6 +42,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
             ..Default::default()
         },
         oss_internal: cfg.oss_internal,
+        write: false,
     };
     let source = Arc::new(
         retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {

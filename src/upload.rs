@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use crate::cli::Config;
 use crate::error::{Error, Kind, Result};
 use crate::progress::{PlanSummary, Reporter, Summary};
-use crate::source::{self, AnySource};
+use crate::source::{self, AnySource, Source};
 use crate::transfer::retry::retrying;
 use crate::url::{RelPath, SourceUrl, STATE_DIR};
 
@@ -159,8 +159,12 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
             ..Default::default()
         },
         oss_internal: cfg.oss_internal,
+        write: true,
     };
     let target = Arc::new(AnySource::open(&cfg.source, &opts, reporter.as_ref()).await?);
+    if cfg.dry_run {
+        return dry_run(&target, cfg, reporter.as_ref(), &files).await;
+    }
     let total: u64 = files.iter().map(|f| f.2).sum();
     reporter.plan(&PlanSummary {
         files: files.len(),
@@ -192,6 +196,48 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
     summary.elapsed = started.elapsed();
     reporter.finish(&summary);
     Ok(summary)
+}
+
+/// Lists what an upload would send and which existing objects it would overwrite; writes
+/// nothing.
+async fn dry_run(
+    target: &AnySource,
+    cfg: &Config,
+    reporter: &dyn Reporter,
+    files: &[(RelPath, PathBuf, u64)],
+) -> Result<Summary> {
+    use std::io::Write;
+    let existing: std::collections::HashMap<String, u64> =
+        match retrying(&cfg.retry, reporter, "listing the destination", || {
+            target.list()
+        })
+        .await
+        {
+            Ok(l) => l.files.into_iter().map(|f| (f.path, f.size)).collect(),
+            Err(e) if e.kind() == Kind::NotFound => Default::default(),
+            Err(e) => return Err(e),
+        };
+    let mut out = std::io::stdout().lock();
+    let (mut total, mut overwrites) = (0u64, 0usize);
+    for (rel, _, len) in files {
+        total += len;
+        let note = match existing.get(rel.as_str()) {
+            Some(size) => {
+                overwrites += 1;
+                format!("  (overwrites an object of {size} bytes)")
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(out, "{len:>14}  {rel}{note}");
+    }
+    let _ = writeln!(
+        out,
+        "dry run: would upload {} files, {total} bytes ({}) to {}, overwriting {overwrites}; nothing was sent",
+        files.len(),
+        crate::progress::human(total),
+        cfg.source
+    );
+    Ok(Summary::default())
 }
 
 async fn upload_file(

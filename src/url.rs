@@ -90,6 +90,7 @@ impl SourceUrl {
                 "the path after the bucket starts with '/' (an empty folder name)",
             ));
         }
+        refuse_dot_segments(prefix).map_err(|w| bad(&w))?;
         Ok(SourceUrl::Bucket {
             scheme: bucket_scheme,
             bucket: bucket.to_string(),
@@ -136,7 +137,22 @@ impl fmt::Display for SourceUrl {
     }
 }
 
+/// `.` and `..` segments (also percent-encoded, `%2e%2E`): HTTP libraries normalise them away
+/// after a request is signed, so what is fetched would not be what was asked or signed.
+fn refuse_dot_segments(path: &str) -> std::result::Result<(), String> {
+    for seg in path.split('/') {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Err(format!(
+                "the path has a {seg:?} segment; object names are taken literally and a dot segment would be rewritten by HTTP libraries, so name the object or folder without it"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_hf(rest: &str) -> std::result::Result<HfUrl, String> {
+    refuse_dot_segments(rest)?;
     let (repo_type, rest) = if let Some(r) = rest.strip_prefix("datasets/") {
         (HfRepoType::Dataset, r)
     } else if let Some(r) = rest.strip_prefix("spaces/") {
@@ -330,6 +346,24 @@ mod tests {
             assert_eq!(e.kind(), crate::error::Kind::Usage, "{bad}");
             assert!(e.message().contains("source"), "{bad}: {}", e.message());
         }
+    }
+
+    #[test]
+    fn dot_segments_are_refused_by_name_also_percent_encoded() {
+        for (bad, seg) in [
+            ("s3://b/a/../m", "\"..\""),
+            ("s3://b/./m", "\".\""),
+            ("gs://b/a/%2e%2E/m", "\"%2e%2E\""),
+            ("oss://b/m/..", "\"..\""),
+            ("hf://org/repo/sub/%2E/x", "\"%2E\""),
+            ("hf://org/repo@main/..", "\"..\""),
+        ] {
+            let e = SourceUrl::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::error::Kind::Usage, "{bad}");
+            assert!(e.message().contains(seg), "{bad}: {}", e.message());
+        }
+        // Dots inside a name are fine.
+        assert!(SourceUrl::parse("s3://b/a..b/.hidden/x.").is_ok());
     }
 
     #[test]

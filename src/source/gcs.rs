@@ -18,7 +18,9 @@ use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 
 const GCS: &str = "https://storage.googleapis.com";
+/// Downloads ask for the least they need; uploads need to create objects.
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+const SCOPE_WRITE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 
 /// How requests are authorized.
@@ -102,6 +104,8 @@ pub struct Gcs {
     token: tokio::sync::Mutex<Option<(String, SystemTime)>>,
     bucket: String,
     prefix: String,
+    /// The OAuth scope tokens are asked for: read-only, or read-write for uploads.
+    scope: &'static str,
 }
 
 impl Gcs {
@@ -109,6 +113,7 @@ impl Gcs {
         bucket: &str,
         prefix: &str,
         opts: &ClientOptions,
+        write: bool,
         reporter: &dyn Reporter,
     ) -> Result<Self> {
         let client = http::client(opts)?;
@@ -146,8 +151,9 @@ impl Gcs {
             .or(override_base)
             .unwrap_or_else(|| GCS.to_string());
         reporter.info(&format!(
-            "gs: {}, endpoint {base}{}",
+            "gs: {}, endpoint {}{}",
             auth.describe(),
+            http::redact_userinfo(&base),
             if emulator.is_some() {
                 " (STORAGE_EMULATOR_HOST)"
             } else {
@@ -161,6 +167,7 @@ impl Gcs {
             token: tokio::sync::Mutex::new(None),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            scope: if write { SCOPE_WRITE } else { SCOPE },
         })
     }
 
@@ -183,7 +190,7 @@ impl Gcs {
         let resp = match &self.auth {
             Auth::Anonymous => return Ok(None),
             Auth::ServiceAccount { email, key_id, key, token_uri } => {
-                let jwt = service_account_jwt(email, key_id.as_deref(), key, token_uri, SystemTime::now())?;
+                let jwt = service_account_jwt(email, key_id.as_deref(), key, token_uri, self.scope, SystemTime::now())?;
                 let body = format!(
                     "grant_type={}&assertion={}",
                     uri_encode("urn:ietf:params:oauth:grant-type:jwt-bearer", false),
@@ -202,7 +209,7 @@ impl Gcs {
             }
             Auth::Metadata { host } => self
                 .client
-                .get(format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token?scopes={}", uri_encode(SCOPE, false)))
+                .get(format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token?scopes={}", uri_encode(self.scope, false)))
                 .header("Metadata-Flavor", "Google")
                 .send()
                 .await
@@ -400,6 +407,7 @@ impl Gcs {
                 Kind::Denied,
                 format!("bucket {bucket} is not public and no credentials were found: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or bind a Workload Identity"),
             ),
+            403 if self.scope == SCOPE_WRITE => (Kind::Denied, format!("{who} may not write to bucket {bucket}: grant roles/storage.objectCreator (roles/storage.objectUser to overwrite)")),
             403 => (Kind::Denied, format!("{who} may not read bucket {bucket}: grant roles/storage.objectViewer")),
             404 if message.to_ascii_lowercase().contains("bucket") || object.is_none() => {
                 (Kind::NotFound, format!("bucket {bucket} does not exist (check the URL)"))
@@ -630,12 +638,13 @@ fn load_credentials(path: &Path) -> Result<Auth> {
     }
 }
 
-/// A signed JWT asking for a read-only Storage token (RFC 7523, as Google's clients do).
+/// A signed JWT asking for a Storage token of `scope` (RFC 7523, as Google's clients do).
 fn service_account_jwt(
     email: &str,
     key_id: Option<&str>,
     key: &aws_lc_rs::signature::RsaKeyPair,
     token_uri: &str,
+    scope: &str,
     now: SystemTime,
 ) -> Result<String> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -647,7 +656,7 @@ fn service_account_jwt(
     if let Some(k) = key_id {
         header["kid"] = k.into();
     }
-    let claims = serde_json::json!({"iss": email, "scope": SCOPE, "aud": token_uri, "iat": iat, "exp": iat + 3600});
+    let claims = serde_json::json!({"iss": email, "scope": scope, "aud": token_uri, "iat": iat, "exp": iat + 3600});
     let signing_input = format!(
         "{}.{}",
         b64.encode(header.to_string()),
@@ -724,6 +733,7 @@ mod tests {
             Some("kid1"),
             &pair,
             "http://127.0.0.1:1/token",
+            SCOPE,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
         )
         .unwrap();

@@ -25,10 +25,19 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const MAX_REDIRECTS: usize = 5;
 
 /// Where the token came from, for the log and for error hints; never the token itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Token {
     value: String,
     source: String,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"***")
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 pub struct Hf {
@@ -70,26 +79,28 @@ impl Hf {
         let raw = env_nonempty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         let endpoint = Url::parse(raw.trim_end_matches('/')).map_err(|e| {
             Error::usage(format!(
-                "HF_ENDPOINT={raw:?} is not a URL; write it like https://hf-mirror.com"
+                "HF_ENDPOINT={:?} is not a URL; write it like https://hf-mirror.com",
+                http::redact_userinfo(&raw)
             ))
             .with_source(e)
         })?;
         if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
             return Err(Error::usage(format!(
-                "HF_ENDPOINT={raw:?} must be an http:// or https:// URL"
+                "HF_ENDPOINT={:?} must be an http:// or https:// URL",
+                http::redact_userinfo(&raw)
             )));
         }
         let token = find_token()?;
         match &token {
             Some(t) => reporter.info(&format!(
                 "hf: endpoint {}, token {} from {}",
-                endpoint.as_str().trim_end_matches('/'),
+                http::redact_userinfo(endpoint.as_str().trim_end_matches('/')),
                 redact_token(&t.value),
                 t.source
             )),
             None => reporter.info(&format!(
                 "hf: endpoint {}, no token (HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token): anonymous",
-                endpoint.as_str().trim_end_matches('/')
+                http::redact_userinfo(endpoint.as_str().trim_end_matches('/'))
             )),
         }
         let mut hf = Hf {

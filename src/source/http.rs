@@ -92,16 +92,41 @@ pub fn transport_error(what: &str, err: reqwest::Error) -> Error {
 }
 
 /// reqwest puts the full URL in its Display; a presigned URL carries a signature in its query,
-/// so errors keep only scheme, host and path.
+/// and an endpoint may carry `user:password@`, so errors keep only scheme, host and path.
 fn strip_url(err: reqwest::Error) -> reqwest::Error {
     match err.url() {
-        Some(u) if u.query().is_some() => {
+        Some(u) if u.query().is_some() || !u.username().is_empty() || u.password().is_some() => {
             let mut u = u.clone();
             u.set_query(None);
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
             err.with_url(u)
         }
         _ => err,
     }
+}
+
+/// Hides the user info of every `scheme://user:password@host` in `text` (an endpoint from the
+/// environment, echoed in a log line or an error). Works on any text, ASCII or not.
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(['/', '?', '#', ' ', '"']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The wait a server asked for: `Retry-After` as seconds or as an HTTP date.
@@ -243,6 +268,24 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_is_redacted_anywhere_in_text() {
+        assert_eq!(
+            redact_userinfo("HF_ENDPOINT=\"http://user:pw@hub:8080/x\" bad"),
+            "HF_ENDPOINT=\"http://***@hub:8080/x\" bad"
+        );
+        assert_eq!(
+            redact_userinfo("a https://h/p?u=x@y"),
+            "a https://h/p?u=x@y"
+        );
+        assert_eq!(
+            redact_userinfo("ü://ä:ö@é and s3://k:s@b/c"),
+            "ü://***@é and s3://***@b/c"
+        );
+        assert_eq!(redact_userinfo("no url"), "no url");
+        assert_eq!(redact_userinfo("http://p@ss:w@rd@h"), "http://***@h");
+    }
 
     #[test]
     fn content_range_parsing() {

@@ -200,6 +200,8 @@ pub struct Options {
     pub http: http::ClientOptions,
     /// Use OSS's `-internal` (VPC) endpoint when deriving it from the region.
     pub oss_internal: bool,
+    /// The client will write (upload): ask for write credentials where scopes exist (GCS).
+    pub write: bool,
 }
 
 /// The closed set of schemes: static dispatch, no boxing.
@@ -227,7 +229,7 @@ impl AnySource {
                 bucket,
                 prefix,
             } => Ok(AnySource::Gcs(
-                gcs::Gcs::open(bucket, prefix, http, reporter).await?,
+                gcs::Gcs::open(bucket, prefix, http, opts.write, reporter).await?,
             )),
             SourceUrl::Bucket {
                 scheme: crate::url::BucketScheme::Oss,

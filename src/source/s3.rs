@@ -78,13 +78,15 @@ impl Endpoint {
     pub fn path_style(endpoint: &str, bucket: &str, env_name: &str) -> Result<Self> {
         let url = reqwest::Url::parse(endpoint).map_err(|e| {
             Error::usage(format!(
-                "{env_name}={endpoint:?} is not a URL; write it like http://minio:9000"
+                "{env_name}={:?} is not a URL; write it like http://minio:9000",
+                http::redact_userinfo(endpoint)
             ))
             .with_source(e)
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(Error::usage(format!(
-                "{env_name}={endpoint:?} must be an http:// or https:// URL with a host"
+                "{env_name}={:?} must be an http:// or https:// URL with a host",
+                http::redact_userinfo(endpoint)
             )));
         }
         let host = match url.port() {

@@ -215,8 +215,15 @@ fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mut
                     &b64.decode(parts[2]).unwrap_or_default(),
                 )
                 .is_ok();
+            let scope = parts
+                .get(1)
+                .and_then(|c| b64.decode(c).ok())
+                .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
+                .and_then(|c| c["scope"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let scope = scope.rsplit('.').next().unwrap_or_default().to_string();
             seen2.lock().unwrap().push(format!(
-                "grant={} signature_ok={ok}",
+                "grant={} signature_ok={ok} scope={scope}",
                 body.contains("jwt-bearer")
             ));
             let reply = if ok {
@@ -231,15 +238,17 @@ fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mut
     (url, seen)
 }
 
-#[test]
-fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
+/// A service-account key file whose token endpoint is a local fake; returns the file and what
+/// the endpoint saw.
+fn service_account(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::KeyPair;
     use base64::Engine;
-    let b = bucket("gsa");
-    let mut objects = BTreeMap::new();
-    objects.insert("m/config.json".to_string(), b"{}".to_vec());
-    seed_gcs(&b, &objects);
     let key = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().unwrap();
     let pem = format!(
@@ -247,8 +256,7 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
         base64::engine::general_purpose::STANDARD.encode(der.as_ref())
     );
     let (token_uri, seen) = token_endpoint(key.public_key().as_ref().to_vec());
-    let tmp = tempfile::tempdir().unwrap();
-    let creds = tmp.path().join("sa.json");
+    let creds = dir.join("sa.json");
     std::fs::write(
         &creds,
         serde_json::json!({"type": "service_account", "client_email": "loader@p.iam.gserviceaccount.com",
@@ -256,6 +264,50 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
         .to_string(),
     )
     .unwrap();
+    (creds, seen)
+}
+
+#[test]
+fn a_service_account_upload_asks_for_a_read_write_token() {
+    let b = bucket("gsaup");
+    seed_gcs(&b, &BTreeMap::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let (creds, seen) = service_account(tmp.path());
+    let src = tmp.path().join("model");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("w.bin"), data(7, 100_000)).unwrap();
+    let proxy = Proxy::start(&gcs());
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env(
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
+            format!("{}/storage/v1/", proxy.url()),
+        )
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
+        .arg(&src)
+        .arg(format!("gs://{b}/up")));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["grant=true signature_ok=true scope=read_write"]
+    );
+    // Loading it back gives the same bytes.
+    let dest = tmp.path().join("back");
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .arg(format!("gs://{b}/up"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest)["w.bin"], sha256(&data(7, 100_000)));
+}
+
+#[test]
+fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
+    let b = bucket("gsa");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_gcs(&b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let (creds, seen) = service_account(tmp.path());
     let proxy = Proxy::start(&gcs());
     let dest = tmp.path().join("d");
     let out = run(gs_loader(&gcs(), tmp.path())
@@ -272,8 +324,8 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
         .contains("service account loader@p.iam.gserviceaccount.com"));
     assert_eq!(
         *seen.lock().unwrap(),
-        ["grant=true signature_ok=true"],
-        "one token request, validly signed"
+        ["grant=true signature_ok=true scope=read_only"],
+        "one token request, validly signed, read-only"
     );
     let heads = proxy.heads();
     assert!(

@@ -408,8 +408,15 @@ fn no_failure_prints_a_secret() {
         vec!["oss://bucket/m".into()],
         vec!["ftp://x".into()],
     ];
-    for args in cases {
-        let out = run(loader(&ep, tmp.path())
+    // Passwords in endpoint URLs: user info must never be echoed, in logs or errors.
+    let with_password = ep.replace("http://", "http://s3user:S3PASSWORD@");
+    for (i, args) in cases.into_iter().enumerate() {
+        let endpoint = match i {
+            0 => with_password.clone(),
+            1 => "http://u:S3PASSWORD@[not-a-url".to_string(),
+            _ => ep.clone(),
+        };
+        let out = run(loader(&endpoint, tmp.path())
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_SESSION_TOKEN", token)
             .env("HF_TOKEN", hf_token)
@@ -417,8 +424,11 @@ fn no_failure_prints_a_secret() {
             .env("OSS_ACCESS_KEY_SECRET", secret)
             .env("OSS_REGION", "cn-test")
             .env("HTTPS_PROXY", "http://127.0.0.1:9")
-            .env("HF_ENDPOINT", "http://127.0.0.1:9")
-            .env("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+            .env("HF_ENDPOINT", "http://hfuser:HFPASSWORD@127.0.0.1:9")
+            .env(
+                "STORAGE_EMULATOR_HOST",
+                "http://gcsuser:GCSPASSWORD@127.0.0.1:9",
+            )
             .env("MODEL_LOADER_RETRIES", "2")
             .args(&args)
             .arg(&d));
@@ -428,7 +438,14 @@ fn no_failure_prints_a_secret() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for s in [secret, token, hf_token] {
+        for s in [
+            secret,
+            token,
+            hf_token,
+            "S3PASSWORD",
+            "HFPASSWORD",
+            "GCSPASSWORD",
+        ] {
             assert!(!all.contains(s), "{args:?} printed a secret: {all}");
         }
     }

@@ -234,3 +234,64 @@ fn shell_completions_are_generated() {
         );
     }
 }
+
+#[test]
+fn an_upload_dry_run_sends_nothing_and_names_what_it_would_overwrite() {
+    let ep = s3_endpoint();
+    let b = bucket("updry");
+    create_bucket(&ep, &b);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    let want = local_model(&model);
+    let proxy = Proxy::start(&ep);
+    let dry = |proxy: &Proxy| {
+        let out = run(loader(&proxy.url(), tmp.path())
+            .env("MODEL_LOADER_DRY_RUN", "true")
+            .arg(&model)
+            .arg(format!("s3://{b}/m")));
+        assert_eq!(out.status.code(), Some(0));
+        let writes: Vec<String> = proxy
+            .requests()
+            .into_iter()
+            .filter(|l| l.starts_with("PUT") || l.starts_with("POST") || l.starts_with("DELETE"))
+            .collect();
+        assert!(writes.is_empty(), "a dry run wrote: {writes:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = dry(&proxy);
+    assert!(first.contains("nothing was sent"), "{first}");
+    assert!(first.contains("overwriting 0"), "{first}");
+    for rel in want.keys() {
+        assert!(first.contains(rel.as_str()), "{rel} not listed: {first}");
+    }
+    let out = run(loader(&ep, tmp.path())
+        .arg(&model)
+        .arg(format!("s3://{b}/m")));
+    assert_eq!(out.status.code(), Some(0));
+    proxy.clear();
+    let second = dry(&proxy);
+    assert!(
+        second.contains(&format!("overwriting {}", want.len())),
+        "{second}"
+    );
+    assert!(second.contains("(overwrites an object of"), "{second}");
+}
+
+#[test]
+fn a_mistyped_url_or_a_dot_segment_is_refused_before_anything_is_written() {
+    let ep = s3_endpoint();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .current_dir(tmp.path())
+        .arg("s3://models/m2")
+        .arg("s3:/uploads/x"));
+    let line = error_line(&out, 2);
+    assert!(line.contains("\"s3://uploads/x\""), "{line}");
+    assert!(!tmp.path().join("s3:").exists(), "no folder named s3:");
+    let out = run(loader(&ep, tmp.path())
+        .arg("s3://b/a/../m")
+        .arg(tmp.path().join("d")));
+    let line = error_line(&out, 2);
+    assert!(line.contains("\"..\" segment"), "{line}");
+    assert!(!tmp.path().join("d").exists());
+}
