@@ -434,3 +434,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: an error or a URL that prints back to itself (modulo the default revision).
+        #[test]
+        fn any_text_parses_or_fails_cleanly(s in "\\PC{0,60}", t in "(s3|gs|oss|hf)://[a-z0-9./%_-]{0,40}") {
+            for input in [s.as_str(), t.as_str()] {
+                if let Ok(u) = SourceUrl::parse(input) {
+                    let again = SourceUrl::parse(&u.to_string()).unwrap();
+                    prop_assert_eq!(again, u);
+                }
+            }
+        }
+
+        /// A RelPath never escapes: no empty, '.' or '..' segment, never absolute.
+        #[test]
+        fn relpaths_stay_below(s in "[a-z./\\\\%]{0,30}") {
+            if let Ok(p) = RelPath::new(&s) {
+                prop_assert!(!p.as_str().starts_with('/'));
+                for seg in p.as_str().split('/') {
+                    prop_assert!(!seg.is_empty() && seg != "." && seg != "..");
+                }
+            }
+        }
+    }
+}

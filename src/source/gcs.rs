@@ -758,3 +758,23 @@ mod tests {
             .unwrap();
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hostile_object_lists_never_panic(name in "\\PC{0,20}", size in "\\PC{0,25}", junk in "\\PC{0,60}") {
+            let body = serde_json::json!({"items": [{"name": name, "size": size, "generation": "1"}]}).to_string();
+            if let Ok(list) = serde_json::from_str::<ObjectList>(&body) {
+                for o in list.items {
+                    let _ = super::super::below("m/", &o.name, "list");
+                    let _ = o.size.parse::<u64>();
+                }
+            }
+            let _ = serde_json::from_str::<ObjectList>(&junk);
+        }
+    }
+}

@@ -738,3 +738,22 @@ mod tests {
         assert_eq!(redact_token("short"), "…");
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hostile_trees_never_panic(path in "\\PC{0,20}", size in any::<i64>(), junk in "\\PC{0,60}") {
+            let body = format!(r#"[{{"type":"file","path":{},"size":{size},"oid":"x"}}]"#, serde_json::Value::from(path.clone()));
+            if let Ok(entries) = serde_json::from_str::<Vec<TreeEntry>>(&body) {
+                for e in entries {
+                    let _ = super::super::below("sub/", &e.path, "list");
+                }
+            }
+            let _ = serde_json::from_str::<Vec<TreeEntry>>(&junk);
+        }
+    }
+}

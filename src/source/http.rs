@@ -329,3 +329,28 @@ mod tests {
         assert_eq!(retry_after(&h), None);
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn content_range_never_panics_and_is_half_open(s in "\\PC{0,50}", a in any::<u64>(), b in any::<u64>(), t in any::<u64>()) {
+            for v in [s, format!("bytes {a}-{b}/{t}"), format!("bytes {a}-{b}/*")] {
+                if let Some((start, end, _)) = parse_content_range(&v) {
+                    prop_assert!(start < end);
+                }
+            }
+        }
+
+        #[test]
+        fn passwords_never_survive_redaction(user in "[a-z]{1,8}", pw in "[A-Za-z0-9]{6,12}", host in "[a-z0-9.]{1,12}", pre in "\\PC{0,10}") {
+            let text = format!("{pre}http://{user}:{pw}@{host}/p and more");
+            let out = redact_userinfo(&text);
+            prop_assert!(!out.contains(&format!(":{pw}@")), "{}", out);
+            let _ = redact_userinfo(&pre);
+        }
+    }
+}

@@ -920,3 +920,34 @@ mod tests {
         assert_eq!(redact_key_id("AKIAIOSFODNN7EXAMPLE"), "AKIA…LE");
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Listings and error bodies from a server we do not trust: parsed or refused, never a
+        /// panic, whatever the sizes and names say.
+        #[test]
+        fn hostile_listings_and_errors_never_panic(
+            key in "\\PC{0,20}",
+            size in "-?[0-9]{0,25}",
+            junk in "\\PC{0,80}",
+        ) {
+            let xml = format!(
+                "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>{}</Key><Size>{size}</Size></Contents></ListBucketResult>",
+                xml_escape(&key)
+            );
+            if let Ok(page) = quick_xml::de::from_str::<ListBucketResult>(&xml) {
+                for o in page.contents {
+                    let _ = super::super::below("m/", &o.key, "list");
+                    let _ = percent_decode(&o.key);
+                }
+            }
+            let _ = quick_xml::de::from_str::<ListBucketResult>(&junk);
+            let _ = xml_field(&junk, "Code");
+            let _ = md5_from_etag(&junk);
+        }
+    }
+}

@@ -394,3 +394,67 @@ mod tests {
         assert!(!p.fetch[0].resume, "--force starts over");
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ranges() -> impl Strategy<Value = Vec<ByteRange>> {
+        proptest::collection::vec((0u64..1000, 0u64..1000), 0..8).prop_map(|v| {
+            v.into_iter()
+                .map(|(a, b)| ByteRange {
+                    start: a.min(b),
+                    end: a.max(b),
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Missing ranges are sorted, disjoint, inside the file, and with `done` cover it.
+        #[test]
+        fn missing_is_the_exact_complement(size in 0u64..1000, done in ranges()) {
+            let missing = missing_ranges(size, &done);
+            let mut covered = vec![false; size as usize];
+            for r in done.iter().chain(&missing) {
+                for i in r.start..r.end.min(size) {
+                    covered[i as usize] = true;
+                }
+            }
+            prop_assert!(covered.iter().all(|&c| c));
+            for w in missing.windows(2) {
+                prop_assert!(w[0].end < w[1].start);
+            }
+            for r in &missing {
+                prop_assert!(r.start < r.end && r.end <= size);
+                for d in done.iter().filter(|d| !d.is_empty()) {
+                    prop_assert!(d.end <= r.start || d.start >= r.end, "{:?} overlaps {:?}", r, d);
+                }
+            }
+        }
+
+        /// Chunks tile the missing ranges exactly, and their count is known without cutting them,
+        /// up to sizes near u64::MAX.
+        #[test]
+        fn chunks_tile_and_count(start in any::<u64>(), len in 0u64..10_000, chunk in 1u64..5000) {
+            let end = start.saturating_add(len);
+            let fp = FilePlan {
+                path: RelPath::new("f").unwrap(),
+                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None },
+                missing: vec![ByteRange { start, end }],
+                chunk_size: chunk,
+                resume: false,
+            };
+            let chunks: Vec<_> = fp.chunks().collect();
+            prop_assert_eq!(chunks.len() as u64, fp.chunk_count());
+            let mut pos = start;
+            for c in &chunks {
+                prop_assert_eq!(c.start, pos);
+                prop_assert!(c.end > c.start && c.len() <= chunk);
+                pos = c.end;
+            }
+            prop_assert_eq!(pos, end);
+        }
+    }
+}

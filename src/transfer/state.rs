@@ -660,3 +660,39 @@ mod tests {
         assert!(st.local_state(&[]).unwrap().recorded.is_empty());
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any journal (torn, tampered, hostile numbers): never a panic, never a range outside
+        /// its file, never an unsafe path.
+        #[test]
+        fn any_journal_parses_safely(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    "\\PC{0,40}",
+                    ("[a-z./]{1,8}", any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(p, size, a, b)| {
+                        format!(r#"{{"t":"range","path":"{p}","size":{size},"version":null,"start":{a},"end":{b}}}"#)
+                    }),
+                ],
+                0..10,
+            ),
+            manifest in "\\PC{0,60}",
+        ) {
+            let body = lines.join("\n");
+            let (files, partial) = parse_journal(body.as_bytes());
+            for p in files.keys().chain(partial.keys()) {
+                prop_assert!(RelPath::new(p.as_str()).is_ok());
+            }
+            for part in partial.values() {
+                for r in &part.done {
+                    prop_assert!(r.start < r.end && r.end <= part.size);
+                }
+            }
+            let _ = serde_json::from_str::<Manifest>(&manifest);
+        }
+    }
+}
