@@ -32,6 +32,26 @@ pub enum Signer {
     Static(Credentials),
 }
 
+/// A refresh that timed out or met a failing STS/IMDS/SSO endpoint is transient (retried with
+/// backoff like any request, exit 5 if it outlasts them); missing or invalid configuration is
+/// access denied (exit 3).
+fn credentials_error(e: aws_credential_types::provider::error::CredentialsError) -> Error {
+    use aws_credential_types::provider::error::CredentialsError as E;
+    match &e {
+        E::ProviderTimedOut(_) | E::ProviderError(_) | E::Unhandled(_) => Error::new(
+            Kind::Network,
+            "cannot refresh AWS credentials (aws-config chain): the credential provider failed; retrying",
+        )
+        .with_source(e)
+        .transient(None),
+        _ => Error::new(
+            Kind::Denied,
+            "cannot refresh AWS credentials (aws-config chain): check the credential configuration",
+        )
+        .with_source(e),
+    }
+}
+
 impl Signer {
     async fn credentials(&self) -> Result<Option<Credentials>> {
         match self {
@@ -46,13 +66,10 @@ impl Signer {
                         return Ok(Some(c.0.clone()));
                     }
                 }
-                let c = provider.provide_credentials().await.map_err(|e| {
-                    Error::new(
-                        Kind::Denied,
-                        "cannot refresh AWS credentials (aws-config chain)",
-                    )
-                    .with_source(e)
-                })?;
+                let c = provider
+                    .provide_credentials()
+                    .await
+                    .map_err(credentials_error)?;
                 let creds = Credentials {
                     key_id: c.access_key_id().to_string(),
                     secret: c.secret_access_key().to_string(),
@@ -860,6 +877,23 @@ struct ListedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_credential_refresh_is_retried_but_bad_configuration_is_denied() {
+        use aws_credential_types::provider::error::CredentialsError as E;
+        let e = credentials_error(E::provider_timed_out(Duration::from_secs(5)));
+        assert_eq!(
+            (e.kind(), e.retry()),
+            (Kind::Network, crate::error::Retry::After(None))
+        );
+        let e = credentials_error(E::provider_error("sts unreachable"));
+        assert_eq!(e.kind(), Kind::Network);
+        let e = credentials_error(E::not_loaded("no profile"));
+        assert_eq!(
+            (e.kind(), e.retry()),
+            (Kind::Denied, crate::error::Retry::Never)
+        );
+    }
 
     #[test]
     fn etag_md5_only_for_single_part() {
