@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -175,10 +175,6 @@ impl Dir {
     pub fn sync(&self) -> Result<()> {
         rustix::fs::fsync(&self.fd)
             .map_err(|e| Error::local("sync the folder", &self.path, e.into()))
-    }
-
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 

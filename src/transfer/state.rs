@@ -105,10 +105,6 @@ impl StateDir {
         })
     }
 
-    pub fn dest(&self) -> &Path {
-        &self.dest
-    }
-
     /// `DEST/.model-loader`, for the lock.
     pub fn dir(&self) -> Arc<Dir> {
         Arc::clone(&self.dir)
@@ -494,13 +490,6 @@ pub fn read_manifest(dest: &Path) -> Option<Manifest> {
     let root = Dir::open(dest).ok()?;
     let (dir, _) = root.subdir(STATE_DIR, false).ok()?;
     serde_json::from_slice(&dir.read(MANIFEST).ok()?).ok()
-}
-
-/// fsync a directory so the renames and removals in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::local("sync the folder", dir, e))
 }
 
 /// RFC 3339 UTC timestamp for the manifest.
