@@ -4,7 +4,7 @@
 //! in parts (S3 multipart, GCS resumable) streamed from disk, so memory stays flat.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,30 +15,38 @@ use crate::cli::Config;
 use crate::error::{Error, Kind, Result};
 use crate::progress::{PlanSummary, Reporter, Summary};
 use crate::source::{self, AnySource, Source};
+use crate::transfer::confine::{split_parent, Dir};
 use crate::transfer::retry::retrying;
 use crate::url::{RelPath, SourceUrl, STATE_DIR};
+use rustix::fs::OFlags;
 
-/// Bytes `[offset, offset + len)` of a local file, streamed as a request body.
+/// Bytes `[offset, offset + len)` of a local file, streamed as a request body. The file was
+/// opened once, through SRC_DIR's folder handle with no symlink followed; every range of it
+/// reads that same open file, so swapping a path for a symlink mid-upload changes nothing.
 #[derive(Debug, Clone)]
 pub struct FileRange {
+    file: Arc<std::fs::File>,
+    /// For messages only.
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
 }
 
 impl FileRange {
+    /// `[offset, offset + len)` of the same open file, relative to this range's start.
+    pub fn slice(&self, offset: u64, len: u64) -> FileRange {
+        FileRange {
+            file: Arc::clone(&self.file),
+            path: self.path.clone(),
+            offset: self.offset + offset,
+            len,
+        }
+    }
+
     /// A body that reads the range in 256 KiB blocks as the request goes out.
     pub fn into_body(self) -> reqwest::Body {
-        let file = match std::fs::File::open(&self.path) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                return reqwest::Body::wrap_stream(futures_util::stream::once(async move {
-                    Err::<Bytes, _>(e)
-                }))
-            }
-        };
         let stream = futures_util::stream::unfold(
-            (file, self.offset, self.len),
+            (self.file, self.offset, self.len),
             |(file, off, left)| async move {
                 if left == 0 {
                     return None;
@@ -64,13 +72,13 @@ impl FileRange {
     where
         H: FnMut(&[u8]),
     {
-        let f = std::fs::File::open(&self.path).map_err(|e| Error::local("read", &self.path, e))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut off = self.offset;
         let end = self.offset + self.len;
         while off < end {
             let n = ((end - off) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], off)
+            self.file
+                .read_exact_at(&mut buf[..n], off)
                 .map_err(|e| Error::local("read", &self.path, e))?;
             update(&buf[..n]);
             off += n as u64;
@@ -92,40 +100,79 @@ impl FileRange {
     }
 }
 
-/// Every regular file under `root` (the loader's state folder excluded), as safe relative paths.
-fn walk(root: &Path, reporter: &dyn Reporter) -> Result<Vec<(RelPath, PathBuf, u64)>> {
+/// Opens `rel` below `root` (no symlink anywhere on the way) as a whole-file range; refuses a
+/// file that is no longer a regular file of the size the walk saw.
+fn open_range(root: &Dir, rel: &RelPath, len: u64) -> Result<FileRange> {
+    let path = root.path().join(rel.as_str());
+    let (parent, base) = split_parent(rel.as_str());
+    let (dir, _) = root.subdir(parent, false)?;
+    let file = dir
+        .open_file(base, OFlags::RDONLY, 0)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::new(
+                Kind::Local,
+                format!(
+                    "{} became a symlink during the upload; refusing to follow it",
+                    path.display()
+                ),
+            ),
+            _ => Error::local("open", &path, e),
+        })?;
+    let md = file
+        .metadata()
+        .map_err(|e| Error::local("stat", &path, e))?;
+    if !md.is_file() || md.len() != len {
+        return Err(Error::new(
+            Kind::Local,
+            format!(
+                "{} changed during the upload (now {} bytes, was {len}); rerun once it is stable",
+                path.display(),
+                md.len()
+            ),
+        ));
+    }
+    Ok(FileRange {
+        file: Arc::new(file),
+        path,
+        offset: 0,
+        len,
+    })
+}
+
+/// Every regular file under `root` (the loader's state folder excluded), as safe relative
+/// paths, read through folder handles: a symlink is skipped (with a warning), never followed.
+fn walk(root: &Dir, reporter: &dyn Reporter) -> Result<Vec<(RelPath, u64)>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|e| Error::local("read the folder", &dir, e))?;
-        for e in rd {
-            let e = e.map_err(|e| Error::local("read the folder", &dir, e))?;
-            let p = e.path();
-            let ft = e.file_type().map_err(|err| Error::local("stat", &p, err))?;
-            let rel = p.strip_prefix(root).unwrap_or(&p);
-            let Some(rel) = rel.to_str() else {
-                return Err(Error::usage(format!(
-                    "{} is not valid UTF-8: object names must be",
-                    p.display()
-                )));
+    let mut stack = vec![String::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let (dir, _) = root.subdir(&rel_dir, false)?;
+        let names = dir
+            .entries()
+            .map_err(|e| Error::local("read the folder", dir.path(), e))?;
+        for name in names {
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
             };
             if rel == STATE_DIR {
                 continue;
             }
-            if ft.is_symlink() {
-                reporter.warn(&format!("skipping the symlink {}", p.display()));
-            } else if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() {
-                let len = e
-                    .metadata()
-                    .map_err(|err| Error::local("stat", &p, err))?
-                    .len();
-                out.push((RelPath::new(rel)?, p, len));
+            let p = dir.path().join(&name);
+            let st = dir.stat(&name).map_err(|e| Error::local("stat", &p, e))?;
+            match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                rustix::fs::FileType::Symlink => {
+                    reporter.warn(&format!("skipping the symlink {}", p.display()))
+                }
+                rustix::fs::FileType::Directory => stack.push(rel),
+                rustix::fs::FileType::RegularFile => {
+                    out.push((RelPath::new(&rel)?, st.st_size as u64))
+                }
+                _ => reporter.warn(&format!("skipping {}: not a regular file", p.display())),
             }
         }
     }
-    out.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     Ok(out)
 }
 
@@ -137,15 +184,16 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
             "uploading to hf:// is not supported: use `hf upload` (huggingface_hub), which handles Xet and commits",
         ));
     }
-    if !cfg.dest.is_dir() {
-        return Err(Error::new(
+    let root = Arc::new(Dir::open(&cfg.dest).map_err(|e| {
+        Error::new(
             Kind::Local,
             format!("{} is not a directory to upload", cfg.dest.display()),
-        ));
-    }
-    let files: Vec<_> = walk(&cfg.dest, reporter.as_ref())?
+        )
+        .with_source(e)
+    })?);
+    let files: Vec<_> = walk(&root, reporter.as_ref())?
         .into_iter()
-        .filter(|(rel, _, _)| cfg.filter.matches(rel.as_str()))
+        .filter(|(rel, _)| cfg.filter.matches(rel.as_str()))
         .collect();
     if files.is_empty() {
         return Err(Error::new(
@@ -165,7 +213,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
     if cfg.dry_run {
         return dry_run(&target, cfg, reporter.as_ref(), &files).await;
     }
-    let total: u64 = files.iter().map(|f| f.2).sum();
+    let total: u64 = files.iter().map(|f| f.1).sum();
     reporter.plan(&PlanSummary {
         files: files.len(),
         bytes: total,
@@ -174,12 +222,17 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
 
     let cfg = Arc::new(cfg.clone());
     let results =
-        futures_util::stream::iter(files.into_iter().enumerate().map(|(id, (rel, path, len))| {
-            let (target, reporter, cfg) =
-                (Arc::clone(&target), Arc::clone(&reporter), Arc::clone(&cfg));
+        futures_util::stream::iter(files.into_iter().enumerate().map(|(id, (rel, len))| {
+            let (target, reporter, cfg, root) = (
+                Arc::clone(&target),
+                Arc::clone(&reporter),
+                Arc::clone(&cfg),
+                Arc::clone(&root),
+            );
             async move {
                 reporter.file_started(id, rel.as_str(), len);
-                upload_file(&target, &cfg, reporter.as_ref(), &rel, path, len).await?;
+                let whole = open_range(&root, &rel, len)?;
+                upload_file(&target, &cfg, reporter.as_ref(), &rel, whole).await?;
                 reporter.bytes(id, len);
                 reporter.file_done(id, rel.as_str());
                 Ok::<u64, Error>(len)
@@ -204,7 +257,7 @@ async fn dry_run(
     target: &AnySource,
     cfg: &Config,
     reporter: &dyn Reporter,
-    files: &[(RelPath, PathBuf, u64)],
+    files: &[(RelPath, u64)],
 ) -> Result<Summary> {
     use std::io::Write;
     let existing: std::collections::HashMap<String, u64> =
@@ -219,7 +272,7 @@ async fn dry_run(
         };
     let mut out = std::io::stdout().lock();
     let (mut total, mut overwrites) = (0u64, 0usize);
-    for (rel, _, len) in files {
+    for (rel, len) in files {
         total += len;
         let note = match existing.get(rel.as_str()) {
             Some(size) => {
@@ -245,14 +298,9 @@ async fn upload_file(
     cfg: &Config,
     reporter: &dyn Reporter,
     rel: &RelPath,
-    path: PathBuf,
-    len: u64,
+    whole: FileRange,
 ) -> Result<()> {
-    let whole = FileRange {
-        path: path.clone(),
-        offset: 0,
-        len,
-    };
+    let len = whole.len;
     let what = format!("upload {rel}");
     match target {
         AnySource::S3(s3) | AnySource::Oss(s3) => {
@@ -260,12 +308,8 @@ async fn upload_file(
             // S3 allows 10,000 parts: grow the part size for very large files.
             let part = cfg.chunk_size.max(len.div_ceil(10_000)).max(5 << 20);
             if len <= part {
+                let body = whole.clone();
                 let md5 = blocking(move || whole.md5()).await?;
-                let body = FileRange {
-                    path,
-                    offset: 0,
-                    len,
-                };
                 retrying(&cfg.retry, reporter, &what, || {
                     s3.put(&key, body.clone(), md5, None)
                 })
@@ -277,11 +321,7 @@ async fn upload_file(
             let mut offset = 0;
             let result: Result<()> = async {
                 while offset < len {
-                    let piece = FileRange {
-                        path: path.clone(),
-                        offset,
-                        len: part.min(len - offset),
-                    };
+                    let piece = whole.slice(offset, part.min(len - offset));
                     let p = piece.clone();
                     let md5 = blocking(move || p.md5()).await?;
                     let n = etags.len() as u32 + 1;
@@ -320,4 +360,61 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::new(Kind::Local, "a checksum task failed").with_source(e))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::QuietReporter;
+
+    #[test]
+    fn symlinks_in_src_dir_are_skipped_and_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"do not upload").unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/w.bin"), b"weights").unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("linkdir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), src.join("link.bin")).unwrap();
+        let root = Dir::open(&src).unwrap();
+        let files = walk(&root, &QuietReporter).unwrap();
+        let names: Vec<&str> = files.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["sub/w.bin"]);
+        assert!(open_range(&root, &RelPath::new("link.bin").unwrap(), 13).is_err());
+        assert!(open_range(&root, &RelPath::new("linkdir/secret").unwrap(), 13).is_err());
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_after_opening_is_still_read_from_the_original() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("w.bin"), b"original").unwrap();
+        std::fs::write(tmp.path().join("evil"), b"EVILEVIL").unwrap();
+        let root = Dir::open(&src).unwrap();
+        let r = open_range(&root, &RelPath::new("w.bin").unwrap(), 8).unwrap();
+        std::fs::remove_file(src.join("w.bin")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("evil"), src.join("w.bin")).unwrap();
+        use md5::Digest;
+        assert_eq!(
+            r.md5().unwrap(),
+            <[u8; 16]>::from(md5::Md5::digest(b"original"))
+        );
+        assert_eq!(
+            r.slice(4, 4).crc32c().unwrap(),
+            crc32c::crc32c(b"inal"),
+            "slices read the same open file"
+        );
+        // A file that changed size since the walk is refused.
+        std::fs::remove_file(src.join("w.bin")).unwrap();
+        std::fs::write(src.join("w.bin"), b"longer now").unwrap();
+        let e = open_range(&root, &RelPath::new("w.bin").unwrap(), 8).unwrap_err();
+        assert!(
+            e.message().contains("changed during the upload"),
+            "{}",
+            e.message()
+        );
+    }
 }

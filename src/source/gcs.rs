@@ -482,11 +482,7 @@ impl Gcs {
             let mut offset = 0;
             loop {
                 let len = step.min(file.len - offset);
-                let piece = crate::upload::FileRange {
-                    path: file.path.clone(),
-                    offset: file.offset + offset,
-                    len,
-                };
+                let piece = file.slice(offset, len);
                 let resp = with_auth(self.client.put(&session))
                     .header("content-length", len)
                     .header(
