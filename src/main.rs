@@ -86,7 +86,10 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => {
+            reporter.stop();
+            fail(&e)
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub trait Reporter: Send + Sync {
     fn file_done(&self, id: usize, path: &str);
     fn retry(&self, path: &str, attempt: u32, err: &Error, wait: Duration);
     fn finish(&self, summary: &Summary);
+    /// The run is ending without `finish` (an error or a signal): remove anything still drawn,
+    /// so the error line is not followed or preceded by stale bars.
+    fn stop(&self) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -389,8 +392,16 @@ impl Reporter for BarReporter {
         ));
     }
 
-    fn finish(&self, s: &Summary) {
+    fn stop(&self) {
+        for (_, b) in self.files.lock().unwrap().drain() {
+            b.finish_and_clear();
+            self.multi.remove(&b);
+        }
         self.total.finish_and_clear();
+    }
+
+    fn finish(&self, s: &Summary) {
+        self.stop();
         let secs = s.elapsed.as_secs_f64();
         let rate = s.bytes_fetched as f64 / secs.max(1e-3);
         let _ = self.multi.println(summary_line(s, secs, rate));
