@@ -60,7 +60,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
 
     let state = Arc::new(StateDir::open(&cfg.dest)?);
     let source_text = cfg.source.to_string();
-    let lock = DestLock::acquire(
+    let acquire = DestLock::acquire(
         state.dir(),
         &source_text,
         LockTimes {
@@ -69,8 +69,15 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
             ..LockTimes::default()
         },
         reporter.as_ref(),
-    )
-    .await?;
+    );
+    // A pod stopped while it waits for another loader stops at once.
+    let lock = tokio::select! {
+        l = acquire => l?,
+        _ = cancel.cancelled() => {
+            let kind = cancel.reason().unwrap_or(error::Kind::Interrupted);
+            return Err(Error::new(kind, "stopped while waiting for the lock; nothing was written"));
+        }
+    };
     state.set_lease(lock.held());
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;

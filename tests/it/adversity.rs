@@ -390,3 +390,43 @@ fn kill_9_at_30_percent_of_a_200_mib_file_loses_at_most_8_mib_per_stream() {
         "lost {lost} bytes over {streams} streams"
     );
 }
+
+#[test]
+fn a_loader_stopped_while_waiting_exits_at_once_and_leaves_the_holder_s_lease() {
+    let ep = s3_endpoint();
+    let b = bucket("waitstop");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/x.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    std::fs::create_dir_all(dest.join(".model-loader")).unwrap();
+    // A live holder on another host: fresh mtime, never judged by pid.
+    let lease = r#"{"owner":"other-1-x","host":"other-node","pid":1,"source":"s3://x","started":1,"heartbeat":1}"#;
+    std::fs::write(dest.join(".model-loader/lock"), lease).unwrap();
+    let child = loader(&ep, tmp.path())
+        .env("MODEL_LOADER_LOCK_STALE", "600")
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    let line = error_line(&out, 143);
+    assert!(line.contains("waiting for the lock"), "{line}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting: "));
+    assert_eq!(
+        std::fs::read_to_string(dest.join(".model-loader/lock")).unwrap(),
+        lease,
+        "the holder's lease is untouched"
+    );
+    assert!(tree(&dest).is_empty());
+}
