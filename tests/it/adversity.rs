@@ -430,3 +430,55 @@ fn a_loader_stopped_while_waiting_exits_at_once_and_leaves_the_holder_s_lease() 
     );
     assert!(tree(&dest).is_empty());
 }
+
+#[test]
+fn a_frozen_holder_that_was_taken_over_stops_without_touching_dest() {
+    let ep = s3_endpoint();
+    let b = bucket("frozen");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/w.bin".to_string(), data(111, 8 << 20));
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Throttle {
+            bytes_per_sec: 2 << 20,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let frozen = loader(&slow.url(), tmp.path())
+        .env("MODEL_LOADER_LOCK_STALE", "2")
+        .args(["--chunk-size", "1MiB"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while slow.bytes_down() < 1 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGSTOP: alive (its pid exists) but silent, like a node under memory pressure.
+    unsafe { libc::kill(frozen.id() as i32, libc::SIGSTOP) };
+    let out = run(loader(&ep, tmp.path())
+        .env("MODEL_LOADER_LOCK_STALE", "2")
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("took over the lock"));
+    let done = tree(&dest);
+    assert_eq!(done, expected(&objects, "m/"));
+    let manifest_before = std::fs::read(dest.join(".model-loader/manifest.json")).unwrap();
+    unsafe { libc::kill(frozen.id() as i32, libc::SIGCONT) };
+    let out = frozen.wait_with_output().unwrap();
+    let line = error_line(&out, 7);
+    assert!(line.contains("no longer ours"), "{line}");
+    assert_eq!(tree(&dest), done, "the superseded holder changed DEST");
+    assert_eq!(
+        std::fs::read(dest.join(".model-loader/manifest.json")).unwrap(),
+        manifest_before
+    );
+    assert!(!dest.join(".model-loader/journal.jsonl").exists());
+}
