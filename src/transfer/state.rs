@@ -162,6 +162,7 @@ impl StateDir {
             part.sync_all()?;
         }
         let (parent, base) = split_parent(p.as_str());
+        self.owned()?;
         let (dir, made) = self
             .root
             .subdir(parent, true)
@@ -170,7 +171,6 @@ impl StateDir {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(made);
-        self.owned()?;
         self.parts
             .rename(&self.part_name(p), &dir, base)
             .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
@@ -372,6 +372,9 @@ impl StateDir {
 
     /// Deletes part files that no planned file will use (`keep`: part names).
     pub fn remove_stray_parts(&self, keep: &[String]) {
+        if self.owned().is_err() {
+            return; // another loader's part files now
+        }
         for name in self.parts.entries().unwrap_or_default() {
             if !keep.contains(&name) {
                 let _ = self.parts.remove_file(&name);
