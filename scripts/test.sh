@@ -27,6 +27,8 @@ rm -rf "$RUN_DIR/hf-check"
 HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=1 \
   HF_HUB_DISABLE_PROGRESS_BARS=1 "$VENV/bin/python" scripts/support/check_fake_hub.py "$RUN_DIR/hf-check"
 
+export MODEL_LOADER_TEST_PYTHON="$VENV/bin/python"
+
 log "cargo test"
 cargo test --locked --all-targets -- "$@"
 

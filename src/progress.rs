@@ -315,7 +315,8 @@ pub struct BarReporter {
 impl BarReporter {
     pub fn new() -> Self {
         let multi = indicatif::MultiProgress::new();
-        let total = multi.add(indicatif::ProgressBar::hidden());
+        // Joins the multi-bar at `plan`: before that there is no total to show.
+        let total = indicatif::ProgressBar::hidden();
         BarReporter {
             multi,
             total,
@@ -348,8 +349,9 @@ impl Reporter for BarReporter {
         self.total.set_length(p.bytes);
         self.total.set_position(p.resumed_bytes);
         self.total.set_message(format!("{} files", p.files));
-        self.total
-            .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        // Drawn by the multi-bar, above the file bars: a bar with a draw target of its own
+        // would fight the multi-bar over the cursor and leave stale lines behind.
+        self.multi.insert(0, self.total.clone());
         let _ = self.multi.println(format!(
             "plan: fetch {} files ({}), {} up to date, {} to remove",
             p.files,

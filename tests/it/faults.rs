@@ -2,6 +2,7 @@
 //! leaves no file looking complete. Faults come from the proxy in front of moto.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::proxy::{Fault, Proxy};
@@ -275,4 +276,71 @@ fn sigterm_and_sigint_stop_the_run_with_143_and_130_and_no_manifest() {
         );
         assert!(!dest.join(".model-loader/manifest.json").exists());
     }
+}
+
+#[test]
+fn bars_on_a_terminal_leave_only_the_error_line_when_stopped() {
+    let python = required_env("MODEL_LOADER_TEST_PYTHON");
+    let ep = s3_endpoint();
+    let b = bucket("bars");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.bin".to_string(), data(121, 6 << 20));
+    objects.insert("m/b.bin".to_string(), data(122, 3 << 20));
+    seed_s3(&ep, &b, &objects);
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Throttle {
+            bytes_per_sec: 1 << 20,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    // `script` gives the loader a terminal (160 × 60); `timeout` sends SIGINT after `secs`.
+    let on_terminal = |secs: u32, rec: &std::path::Path| -> Vec<String> {
+        let inner = format!(
+            "stty cols 160 rows 60; timeout -s INT {secs} {} --progress bar --chunk-size 1MiB s3://{b}/m {}",
+            bin().display(),
+            dest.display()
+        );
+        let base = loader(&slow.url(), tmp.path());
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", &inner]).arg(rec).env_clear();
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("TERM", "xterm-256color");
+        run(&mut cmd);
+        let screen = run(Command::new(&python)
+            .arg("scripts/support/screen.py")
+            .arg(rec));
+        let screen = String::from_utf8_lossy(&screen.stdout).to_string();
+        // A bar shows `done/total` sizes: "B/" followed by a digit (not "MiB/s").
+        let is_bar = |l: &str| {
+            l.match_indices("B/")
+                .any(|(i, _)| l[i + 2..].starts_with(|c: char| c.is_ascii_digit()))
+        };
+        assert!(
+            !screen.lines().any(is_bar),
+            "a progress bar was left on screen:\n{screen}"
+        );
+        assert!(screen.lines().any(|l| l.starts_with("plan: ")), "{screen}");
+        screen.lines().map(str::to_string).collect()
+    };
+    // Stopped mid-download: the error line is the last thing on screen.
+    let lines = on_terminal(2, &tmp.path().join("stopped"));
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("error: stopped: ")),
+        "{lines:?}"
+    );
+    // Resumed to the end: the summary is.
+    let lines = on_terminal(60, &tmp.path().join("done"));
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("done: 2 files")),
+        "{lines:?}"
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
 }
