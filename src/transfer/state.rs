@@ -69,6 +69,11 @@ enum Record {
         version: Option<String>,
         start: u64,
         end: u64,
+        /// Set when the bytes were written but not synced: the boot they were written in.
+        /// Such a record survives a killed process (the page cache keeps the bytes) but not a
+        /// power loss, so it is trusted only while the machine has not rebooted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot: Option<String>,
     },
 }
 
@@ -250,7 +255,7 @@ impl StateDir {
     /// fetching those bytes again.
     fn read_journal(&self) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
         let body = self.dir.read(JOURNAL).unwrap_or_default();
-        parse_journal(&body)
+        parse_journal(&body, &boot_id())
     }
 
     fn append(&self, rec: &Record) -> Result<()> {
@@ -285,6 +290,7 @@ impl StateDir {
             .map_err(|e| Error::local("write the journal", &path, e))
     }
 
+    /// `r` of the part file is synced: trusted by any later run.
     pub fn record_range(&self, path: &RelPath, file: &RemoteFile, r: ByteRange) -> Result<()> {
         self.append(&Record::Range {
             path: path.to_string(),
@@ -292,6 +298,20 @@ impl StateDir {
             version: file.version.clone(),
             start: r.start,
             end: r.end,
+            boot: None,
+        })
+    }
+
+    /// `r` of the part file is written but not synced: trusted only by a run on this same boot
+    /// (a kill keeps the bytes, a power loss may not). Cheap enough to record every few MiB.
+    pub fn record_written(&self, path: &RelPath, file: &RemoteFile, r: ByteRange) -> Result<()> {
+        self.append(&Record::Range {
+            path: path.to_string(),
+            size: file.size,
+            version: file.version.clone(),
+            start: r.start,
+            end: r.end,
+            boot: Some(boot_id()),
         })
     }
 
@@ -429,9 +449,26 @@ fn ends_torn(f: &File) -> bool {
     len > 0 && f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
 }
 
-/// The journal's records: files completed and ranges made durable. Pure, so that any byte
-/// string (torn, tampered, hostile) can be fed to it in tests.
-fn parse_journal(body: &[u8]) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), or a fresh random one when it cannot be
+/// read, so that unsynced records are then never trusted by another run.
+pub fn boot_id() -> String {
+    static BOOT: OnceLock<String> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("unknown-{:016x}", fastrand::u64(..)))
+    })
+    .clone()
+}
+
+/// The journal's records: files completed and ranges made durable (or written in `boot`).
+/// Pure, so that any byte string (torn, tampered, hostile) can be fed to it in tests.
+fn parse_journal(
+    body: &[u8],
+    boot: &str,
+) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
     let mut files = HashMap::new();
     let mut partial: HashMap<RelPath, Partial> = HashMap::new();
     for line in body.split(|&b| b == b'\n') {
@@ -455,8 +492,12 @@ fn parse_journal(body: &[u8]) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, P
                 version,
                 start,
                 end,
+                boot: written_in,
             } => {
                 let Ok(p) = RelPath::new(&path) else { continue };
+                if written_in.is_some_and(|b| b != boot) {
+                    continue; // unsynced, and the machine rebooted since: maybe lost
+                }
                 let e = partial.entry(p).or_insert_with(|| Partial {
                     size,
                     version: version.clone(),
@@ -592,6 +633,35 @@ mod tests {
     }
 
     #[test]
+    fn unsynced_ranges_count_only_on_the_boot_that_wrote_them() {
+        let line = |start: u64, boot: Option<&str>| {
+            serde_json::to_string(&Record::Range {
+                path: "a".into(),
+                size: 30,
+                version: None,
+                start,
+                end: start + 10,
+                boot: boot.map(str::to_string),
+            })
+            .unwrap()
+        };
+        let body = [line(0, None), line(10, Some("b1")), line(20, Some("b0"))].join("\n");
+        let a = RelPath::new("a").unwrap();
+        let (_, partial) = parse_journal(body.as_bytes(), "b1");
+        assert_eq!(
+            partial[&a].done,
+            vec![
+                ByteRange { start: 0, end: 10 },
+                ByteRange { start: 10, end: 20 }
+            ],
+            "synced, and written on this boot; not the one from before a reboot"
+        );
+        let (_, partial) = parse_journal(body.as_bytes(), "b2");
+        assert_eq!(partial[&a].done, vec![ByteRange { start: 0, end: 10 }]);
+        assert_eq!(boot_id(), boot_id());
+    }
+
+    #[test]
     fn a_restarted_version_drops_older_ranges_and_a_missing_part_drops_all() {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
@@ -675,7 +745,7 @@ mod prop {
             manifest in "\\PC{0,60}",
         ) {
             let body = lines.join("\n");
-            let (files, partial) = parse_journal(body.as_bytes());
+            let (files, partial) = parse_journal(body.as_bytes(), "b");
             for p in files.keys().chain(partial.keys()) {
                 prop_assert!(RelPath::new(p.as_str()).is_ok());
             }
