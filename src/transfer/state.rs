@@ -292,26 +292,29 @@ impl StateDir {
 
     /// `r` of the part file is synced: trusted by any later run.
     pub fn record_range(&self, path: &RelPath, file: &RemoteFile, r: ByteRange) -> Result<()> {
-        self.append(&Record::Range {
-            path: path.to_string(),
-            size: file.size,
-            version: file.version.clone(),
-            start: r.start,
-            end: r.end,
-            boot: None,
-        })
+        self.append_range(path, file, r, None)
     }
 
     /// `r` of the part file is written but not synced: trusted only by a run on this same boot
     /// (a kill keeps the bytes, a power loss may not). Cheap enough to record every few MiB.
     pub fn record_written(&self, path: &RelPath, file: &RemoteFile, r: ByteRange) -> Result<()> {
+        self.append_range(path, file, r, Some(boot_id()))
+    }
+
+    fn append_range(
+        &self,
+        path: &RelPath,
+        file: &RemoteFile,
+        r: ByteRange,
+        boot: Option<String>,
+    ) -> Result<()> {
         self.append(&Record::Range {
             path: path.to_string(),
             size: file.size,
             version: file.version.clone(),
             start: r.start,
             end: r.end,
-            boot: Some(boot_id()),
+            boot,
         })
     }
 

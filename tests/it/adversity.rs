@@ -185,15 +185,8 @@ fn a_panic_still_ends_with_an_error_line_exit_70_and_the_termination_message() {
 /// `cmd`, run as PID 1 of a new PID namespace with its own /proc (what a second container
 /// sharing the node's hostname looks like).
 fn in_new_pid_namespace(cmd: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["--pid", "--fork", "--mount-proc", "--"]);
+    let mut c = wrap("unshare", &["--pid", "--fork", "--mount-proc", "--"], cmd);
     c.arg(cmd.get_program()).args(cmd.get_args());
-    c.env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
     c
 }
 

@@ -302,15 +302,12 @@ fn bars_on_a_terminal_leave_only_the_error_line_when_stopped() {
             bin().display(),
             dest.display()
         );
-        let base = loader(&slow.url(), tmp.path());
-        let mut cmd = Command::new("script");
-        cmd.args(["-qfec", &inner]).arg(rec).env_clear();
-        for (k, v) in base.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
-        cmd.env("TERM", "xterm-256color");
+        let mut cmd = wrap(
+            "script",
+            &["-qfec", &inner],
+            &loader(&slow.url(), tmp.path()),
+        );
+        cmd.arg(rec).env("TERM", "xterm-256color");
         run(&mut cmd);
         let screen = run(Command::new(&python)
             .arg("scripts/support/screen.py")

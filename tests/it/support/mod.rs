@@ -149,6 +149,19 @@ pub fn loader(endpoint: &str, home: &Path) -> Command {
     c
 }
 
+/// `program args…` with exactly the environment `base` was given (for wrappers such as
+/// `unshare` or `script` around the loader).
+pub fn wrap(program: &str, args: &[&str], base: &Command) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("the binary runs");
     eprintln!(
