@@ -81,14 +81,11 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     state.set_lease(lock.held());
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;
-    let plan = plan(
-        selected.clone(),
-        &local,
-        PlanOptions {
-            chunk_size: cfg.chunk_size,
-            force: cfg.force,
-        },
-    );
+    let plan_options = PlanOptions {
+        chunk_size: cfg.chunk_size,
+        force: cfg.force,
+    };
+    let plan = plan(selected.clone(), &local, plan_options);
     let manifest_current = previous
         .as_ref()
         .is_some_and(|m| m.source == source_text && m.revision == listing.revision);
@@ -122,32 +119,42 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     for p in &plan.remove {
         state.remove_file(p)?;
     }
-    let keep: Vec<_> = plan
-        .fetch
-        .iter()
-        .filter(|f| f.resume)
-        .map(|f| state.part_name(&f.path))
-        .collect();
-    state.remove_stray_parts(&keep);
-
     let concurrency = cfg
         .concurrency
         .unwrap_or_else(|| auto_concurrency(&plan.fetch));
-    let done = transfer::execute(
-        Arc::clone(&source),
-        Arc::clone(&state),
-        Arc::clone(&reporter),
-        plan.fetch,
-        ExecOptions {
-            concurrency,
-            retry: cfg.retry,
-            buffer_size: WRITE_BUFFER,
-            fsync: cfg.fsync,
-        },
-        cancel,
-        source_text.clone(),
-    )
-    .await?;
+    let mut done = transfer::Executed::default();
+    let mut fetch = plan.fetch;
+    // A checksum mismatch is usually corruption in transit: fetch what is missing (the file
+    // that failed included) once more before giving up with exit 6.
+    let parties = transfer::Parties {
+        source: Arc::clone(&source),
+        state: Arc::clone(&state),
+        reporter: Arc::clone(&reporter),
+        cancel: cancel.clone(),
+        shown: source_text.clone(),
+    };
+    let exec = ExecOptions {
+        concurrency,
+        retry: cfg.retry,
+        buffer_size: WRITE_BUFFER,
+        fsync: cfg.fsync,
+    };
+    for attempt in 0.. {
+        keep_only_resumed_parts(&state, &fetch);
+        let result = transfer::execute(&parties, fetch, exec, &mut done).await;
+        match result {
+            Ok(()) => break,
+            Err(e) if e.kind() == error::Kind::Corrupt && attempt == 0 => {
+                reporter.warn(&format!(
+                    "{}; fetching it again, once",
+                    e.message().trim_end_matches('.')
+                ));
+                let local = state.local_state(&selected)?;
+                fetch = transfer::plan::plan(selected.clone(), &local, plan_options).fetch;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 
     // Renames (and folders this run created) are durable only once their folders are synced.
     if cfg.fsync {
@@ -291,6 +298,16 @@ pub fn select(
         ));
     }
     Ok(out)
+}
+
+/// Part files that no planned resume will use are left by crashed or corrupt attempts.
+fn keep_only_resumed_parts(state: &StateDir, fetch: &[transfer::plan::FilePlan]) {
+    let keep: Vec<_> = fetch
+        .iter()
+        .filter(|f| f.resume)
+        .map(|f| state.part_name(&f.path))
+        .collect();
+    state.remove_stray_parts(&keep);
 }
 
 /// Small files are latency-bound: twice the requests in flight took 2,000 × 64 KiB files from

@@ -48,6 +48,14 @@ pub enum Checksum {
     Crc32c(u32),
     /// OSS objects: `x-oss-hash-crc64ecma` (CRC-64/XZ, the ECMA-182 polynomial reflected).
     Crc64Ecma(u64),
+    /// S3 multipart ETags, `hex(md5(md5(part 1) ‖ … ‖ md5(part N)))-N`, with the part size
+    /// learnt from `HEAD ?partNumber=1`. Parts are taken as equal but the last, as every common
+    /// uploader (aws-cli, boto3, s5cmd, rclone, this tool) makes them.
+    MultipartMd5 {
+        part_size: u64,
+        parts: u32,
+        digest: [u8; 16],
+    },
 }
 
 impl Checksum {
@@ -58,6 +66,7 @@ impl Checksum {
             Checksum::GitBlobSha1(_) => "git-sha1",
             Checksum::Crc32c(_) => "crc32c",
             Checksum::Crc64Ecma(_) => "crc64ecma",
+            Checksum::MultipartMd5 { .. } => "md5-of-parts",
         }
     }
 
@@ -68,6 +77,11 @@ impl Checksum {
             Checksum::GitBlobSha1(d) => hex::encode(d),
             Checksum::Crc32c(c) => format!("{c:08x}"),
             Checksum::Crc64Ecma(c) => format!("{c:016x}"),
+            Checksum::MultipartMd5 {
+                part_size,
+                parts,
+                digest,
+            } => format!("{}-{parts}/{part_size}", hex::encode(digest)),
         }
     }
 

@@ -583,6 +583,80 @@ impl S3 {
         }
     }
 
+    /// Multipart objects carry an ETag that is the MD5 of their part MD5s; verifying it needs
+    /// the part size, which `HEAD ?partNumber=1` tells. Objects whose layout cannot be learnt
+    /// (or is not equal parts) keep a size-only check, with a warning.
+    async fn learn_part_sizes(&self, files: &mut [RemoteFile]) -> Result<()> {
+        use futures_util::StreamExt;
+        let todo: Vec<(usize, [u8; 16], u32, RemoteFile)> = files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let (digest, parts) = multipart_etag(f.version.as_deref()?)?;
+                Some((i, digest, parts, f.clone()))
+            })
+            .collect();
+        let learnt: Vec<_> =
+            futures_util::stream::iter(todo.into_iter().map(|(i, digest, parts, f)| async move {
+                let size = self.part_size(&f, parts).await;
+                (i, digest, parts, size)
+            }))
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (i, digest, parts, part_size) in learnt {
+            let f = &mut files[i];
+            let fits = |p: u64| {
+                p > 0
+                    && u64::from(parts - 1)
+                        .checked_mul(p)
+                        .is_some_and(|lo| lo < f.size)
+                    && u64::from(parts)
+                        .checked_mul(p)
+                        .is_some_and(|hi| f.size <= hi)
+            };
+            match part_size? {
+                Some(p) if fits(p) => {
+                    f.checksum = Some(Checksum::MultipartMd5 {
+                        part_size: p,
+                        parts,
+                        digest,
+                    })
+                }
+                _ => f.checksum = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of part 1 of a multipart object (None: the server would not say).
+    async fn part_size(&self, f: &RemoteFile, parts: u32) -> Result<Option<u64>> {
+        if parts == 1 {
+            return Ok(Some(f.size));
+        }
+        let what = format!("HEAD {} (part 1)", self.display(&f.key));
+        // No If-Match: some servers (moto) compare it with the part's own ETag. The ranged GETs
+        // carry it, so an object replaced since the listing is still caught.
+        let resp = self
+            .send(
+                Method::HEAD,
+                &self.object_path(&f.key),
+                &[("partNumber", "1")],
+                &[],
+                &what,
+            )
+            .await?;
+        let count = header_u64(
+            resp.headers(),
+            "x-amz-mp-parts-count".parse().expect("valid"),
+        );
+        let len = header_u64(resp.headers(), CONTENT_LENGTH);
+        Ok(match (resp.status().is_success(), count, len) {
+            (true, Some(n), Some(len)) if n == u64::from(parts) => Some(len),
+            _ => None,
+        })
+    }
+
     /// HEAD one object: the fallback when the URL names a single object.
     async fn head(&self, key: &str) -> Result<Option<RemoteFile>> {
         let what = format!("HEAD {}", self.display(key));
@@ -710,7 +784,11 @@ impl super::BucketListing for S3 {
 
 impl Source for S3 {
     async fn list(&self) -> Result<Listing> {
-        super::list_bucket(self).await
+        let mut listing = super::list_bucket(self).await?;
+        if self.scheme == "s3" {
+            self.learn_part_sizes(&mut listing.files).await?;
+        }
+        Ok(listing)
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
@@ -778,6 +856,15 @@ async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<Strin
 }
 
 /// A plain 32-hex ETag is the MD5 of a single-part upload; multipart ETags end in `-N`.
+/// `"hex-N"`: the MD5 of the N part MD5s of a multipart upload (N ≥ 1).
+fn multipart_etag(etag: &str) -> Option<([u8; 16], u32)> {
+    let (digest, parts) = etag.trim_matches('"').split_once('-')?;
+    let parts: u32 = parts.parse().ok().filter(|&n| n >= 1)?;
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(digest, &mut out).ok()?;
+    Some((out, parts))
+}
+
 fn md5_from_etag(etag: &str) -> Option<[u8; 16]> {
     let t = etag.trim_matches('"');
     if t.len() != 32 {

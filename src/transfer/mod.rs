@@ -44,6 +44,16 @@ pub struct ExecOptions {
     pub fsync: bool,
 }
 
+/// Who a transfer works with: the same for every attempt of one run.
+pub struct Parties {
+    pub source: Arc<AnySource>,
+    pub state: Arc<StateDir>,
+    pub reporter: Arc<dyn Reporter>,
+    pub cancel: Cancel,
+    /// The source URL, to name files in messages.
+    pub shown: String,
+}
+
 /// What `execute` did.
 #[derive(Debug, Default)]
 pub struct Executed {
@@ -188,18 +198,15 @@ impl Ctx {
     }
 }
 
-/// Fetches every planned file into DEST. On the first error that retries cannot fix, or a stop
-/// request, stops issuing requests, joins every worker and returns the error; everything made
-/// durable so far stays for a resume.
+/// Fetches every planned file into DEST, adding what was done to `out` (also when it fails).
+/// On the first error that retries cannot fix, or a stop request, stops issuing requests, joins
+/// every worker and returns the error; everything made durable so far stays for a resume.
 pub async fn execute(
-    source: Arc<AnySource>,
-    state: Arc<StateDir>,
-    reporter: Arc<dyn Reporter>,
+    with: &Parties,
     plans: Vec<FilePlan>,
     opts: ExecOptions,
-    cancel: Cancel,
-    shown: String,
-) -> Result<Executed> {
+    out: &mut Executed,
+) -> Result<()> {
     let chunks_total: u64 = plans.iter().map(FilePlan::chunk_count).sum();
     let files: Vec<FileJob> = plans
         .into_iter()
@@ -224,28 +231,35 @@ pub async fn execute(
         })
         .collect();
     let ctx = Arc::new(Ctx {
-        source,
-        state,
-        reporter,
+        source: Arc::clone(&with.source),
+        state: Arc::clone(&with.state),
+        reporter: Arc::clone(&with.reporter),
         opts,
         files,
         cursor: Mutex::new(Cursor::default()),
         abort: AtomicBool::new(false),
-        cancel,
+        cancel: with.cancel.clone(),
         first_error: Mutex::new(None),
         verified: Mutex::new(std::collections::HashMap::new()),
         bytes: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         files_done: AtomicU64::new(0),
-        shown,
+        shown: with.shown.clone(),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
     for job in ctx.files.iter().filter(|j| j.plan.chunk_count() == 0) {
-        finalize(&ctx, job).await?;
+        if let Err(e) = finalize(&ctx, job).await {
+            ctx.fail(e);
+            break;
+        }
     }
 
-    let workers = (opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize;
+    let workers = if ctx.stopping() {
+        0
+    } else {
+        (opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize
+    };
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let ctx = Arc::clone(&ctx);
@@ -262,24 +276,21 @@ pub async fn execute(
             );
         }
     }
+    out.files += ctx.files_done.load(Ordering::Relaxed) as usize;
+    out.bytes += ctx.bytes.load(Ordering::Relaxed);
+    out.retries += ctx.retries.load(Ordering::Relaxed);
+    out.verified.extend(std::mem::take(
+        &mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
     if let Some(kind) = ctx.cancel.reason() {
         return Err(Error::new(kind, stopped_message(&ctx)));
     }
-    if let Some(e) = ctx
+    let first = ctx
         .first_error
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .take()
-    {
-        return Err(e);
-    }
-    let verified = std::mem::take(&mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(Executed {
-        files: ctx.files_done.load(Ordering::Relaxed) as usize,
-        bytes: ctx.bytes.load(Ordering::Relaxed),
-        retries: ctx.retries.load(Ordering::Relaxed),
-        verified,
-    })
+        .take();
+    first.map_or(Ok(()), Err)
 }
 
 /// One line on a stop: what is kept, and that a rerun resumes.

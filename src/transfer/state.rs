@@ -56,6 +56,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Record {
+    /// The part file was started afresh: earlier range records for this path no longer
+    /// describe it. Synced before the fresh part file gets any byte.
+    Reset { path: String },
     /// The file is at its final path, synced.
     File {
         path: String,
@@ -86,6 +89,9 @@ pub struct StateDir {
     dir: Arc<Dir>,
     parts: Dir,
     journal: Mutex<Option<File>>,
+    /// Paths the journal holds range records for (read, or written by this run): a fresh part
+    /// file for one of them is preceded by a synced Reset record.
+    journaled: Mutex<std::collections::HashSet<RelPath>>,
     lease: OnceLock<Arc<Held>>,
     /// Folders this run created under DEST, whose parents must be synced before the manifest
     /// vouches for the files in them.
@@ -105,6 +111,7 @@ impl StateDir {
             dir: Arc::new(dir),
             parts,
             journal: Mutex::new(None),
+            journaled: Mutex::new(Default::default()),
             lease: OnceLock::new(),
             created: Mutex::new(BTreeSet::new()),
         })
@@ -156,8 +163,35 @@ impl StateDir {
         format!("{}.part", hex::encode(&h[..16]))
     }
 
+    /// Opens (resume) or starts afresh the part file of `p`. Starting afresh over earlier range
+    /// records first makes a synced Reset record, so a crash can never leave old records
+    /// vouching for bytes of the new part file.
     pub fn open_part(&self, p: &RelPath, size: u64, resume: bool) -> Result<PartFile> {
+        let had_records = self
+            .journaled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(p);
+        if !resume && had_records {
+            self.append(&Record::Reset {
+                path: p.to_string(),
+            })?;
+            self.sync_journal()?;
+        }
         PartFile::open(&self.parts, &self.part_name(p), size, resume, p.as_str())
+    }
+
+    fn sync_journal(&self) -> Result<()> {
+        if let Some(j) = self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            j.sync_data()
+                .map_err(|e| Error::local("sync the journal", &self.dir.path().join(JOURNAL), e))?;
+        }
+        Ok(())
     }
 
     /// Moves a finished, verified part file to its final path under DEST (creating folders,
@@ -233,6 +267,10 @@ impl StateDir {
             }
         }
         let (files, partial) = self.read_journal();
+        self.journaled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(partial.keys().cloned());
         st.recorded.extend(files);
         for (path, file) in listed {
             if let Some(len) = self.size_on_disk(path) {
@@ -308,6 +346,10 @@ impl StateDir {
         r: ByteRange,
         boot: Option<String>,
     ) -> Result<()> {
+        self.journaled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone());
         self.append(&Record::Range {
             path: path.to_string(),
             size: file.size,
@@ -479,6 +521,11 @@ fn parse_journal(
             continue;
         };
         match rec {
+            Record::Reset { path } => {
+                if let Ok(p) = RelPath::new(&path) {
+                    partial.remove(&p);
+                }
+            }
             Record::File {
                 path,
                 size,
@@ -632,6 +679,37 @@ mod tests {
                 ByteRange { start: 0, end: 10 },
                 ByteRange { start: 10, end: 20 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_part_file_started_afresh_drops_the_old_records_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = RelPath::new("a").unwrap();
+        let f = file(30, "v");
+        {
+            let st = StateDir::open(tmp.path()).unwrap();
+            st.record_range(&a, &f, ByteRange { start: 0, end: 10 })
+                .unwrap();
+        }
+        let st = StateDir::open(tmp.path()).unwrap();
+        fs::write(st.parts.path().join(st.part_name(&a)), vec![0u8; 30]).unwrap();
+        assert!(!st
+            .local_state(&[(a.clone(), f.clone())])
+            .unwrap()
+            .partial
+            .is_empty());
+        // Verification failed, the part was discarded, and a fresh one is started (as a crash
+        // right after would leave it: full length, no new record).
+        st.discard_part(&a);
+        drop(st.open_part(&a, 30, false).unwrap());
+        let st = StateDir::open(tmp.path()).unwrap();
+        assert!(
+            st.local_state(&[(a.clone(), f)])
+                .unwrap()
+                .partial
+                .is_empty(),
+            "the old range must not vouch for the fresh part file"
         );
     }
 

@@ -19,6 +19,48 @@ pub enum Hasher {
     GitBlobSha1(Sha1),
     Crc32c(u32),
     Crc64Ecma(u64),
+    MultipartMd5(PartsMd5),
+}
+
+/// MD5 of each part as the bytes stream past, and the MD5 of those digests.
+pub struct PartsMd5 {
+    part_size: u64,
+    in_part: u64,
+    part: Md5,
+    digests: Md5,
+    parts: u32,
+}
+
+impl PartsMd5 {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
+            self.part.update(&data[..room]);
+            self.in_part += room as u64;
+            data = &data[room..];
+            if self.in_part == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let d = std::mem::replace(&mut self.part, Md5::new()).finalize();
+        self.digests.update(d);
+        self.parts += 1;
+        self.in_part = 0;
+    }
+
+    fn finish(mut self) -> Checksum {
+        if self.in_part > 0 {
+            self.close_part();
+        }
+        Checksum::MultipartMd5 {
+            part_size: self.part_size,
+            parts: self.parts,
+            digest: self.digests.finalize().into(),
+        }
+    }
 }
 
 impl Hasher {
@@ -34,6 +76,13 @@ impl Hasher {
             }
             Checksum::Crc32c(_) => Hasher::Crc32c(0),
             Checksum::Crc64Ecma(_) => Hasher::Crc64Ecma(!0),
+            Checksum::MultipartMd5 { part_size, .. } => Hasher::MultipartMd5(PartsMd5 {
+                part_size: (*part_size).max(1),
+                in_part: 0,
+                part: Md5::new(),
+                digests: Md5::new(),
+                parts: 0,
+            }),
         }
     }
 
@@ -44,6 +93,7 @@ impl Hasher {
             Hasher::GitBlobSha1(h) => h.update(data),
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
             Hasher::Crc64Ecma(c) => *c = crc64_update(*c, data),
+            Hasher::MultipartMd5(p) => p.update(data),
         }
     }
 
@@ -54,6 +104,7 @@ impl Hasher {
             Hasher::GitBlobSha1(h) => Checksum::GitBlobSha1(h.finalize().into()),
             Hasher::Crc32c(c) => Checksum::Crc32c(c),
             Hasher::Crc64Ecma(c) => Checksum::Crc64Ecma(!c),
+            Hasher::MultipartMd5(p) => p.finish(),
         }
     }
 }
@@ -173,6 +224,29 @@ mod tests {
         h.update(b"hel");
         h.update(b"lo\n");
         check(&h.finish(), &blob, "x").unwrap();
+    }
+
+    #[test]
+    fn multipart_etags_are_the_md5_of_the_part_md5s() {
+        // 12 bytes in parts of 5: "hello world!" -> "hello", " worl", "d!".
+        let parts: Vec<[u8; 16]> = ["hello", " worl", "d!"]
+            .iter()
+            .map(|p| Md5::digest(p.as_bytes()).into())
+            .collect();
+        let want = Checksum::MultipartMd5 {
+            part_size: 5,
+            parts: 3,
+            digest: Md5::digest(parts.concat()).into(),
+        };
+        // However the bytes arrive, the parts are cut at the same places.
+        for split in [1usize, 3, 5, 7, 12] {
+            let mut h = Hasher::for_checksum(&want, 12);
+            for c in b"hello world!".chunks(split) {
+                h.update(c);
+            }
+            assert_eq!(h.finish(), want, "split {split}");
+        }
+        assert_eq!(want.hex().rsplit_once('-').unwrap().1, "3/5");
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod s3;
 mod safety;
 mod ship;
 mod support;
+mod verify;

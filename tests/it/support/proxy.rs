@@ -42,6 +42,13 @@ pub enum Fault {
     Throttle {
         bytes_per_sec: u64,
     },
+    /// Flip one bit of body byte `at` (counted from the start of the reply's body) in the first
+    /// `first` ranged replies long enough to have it; lengths unchanged, as a bad NIC or a broken
+    /// proxy would.
+    Flip {
+        at: u64,
+        first: usize,
+    },
 }
 
 pub struct Proxy {
@@ -174,8 +181,15 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
     // stall instead of closing.
     let budget = Arc::new(AtomicUsize::new(usize::MAX));
     let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Body offset to corrupt in the next reply, and where in that reply the copy loop is.
+    let flip: Arc<Mutex<Option<FlipState>>> = Arc::new(Mutex::new(None));
     {
-        let (cw, budget, stall) = (Arc::clone(&cw), Arc::clone(&budget), Arc::clone(&stall));
+        let (cw, budget, stall, flip) = (
+            Arc::clone(&cw),
+            Arc::clone(&budget),
+            Arc::clone(&stall),
+            Arc::clone(&flip),
+        );
         let down = Arc::clone(&sh.down);
         let (rate, started) = match sh.fault {
             Fault::Throttle { bytes_per_sec } => (Some(bytes_per_sec), sh.started),
@@ -196,6 +210,9 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                if let Some(f) = flip.lock().unwrap().as_mut() {
+                    f.apply(&mut buf[..n]);
+                }
                 let allowed = budget.load(Ordering::SeqCst);
                 let pass = n.min(allowed);
                 down.fetch_add(pass as u64, Ordering::SeqCst);
@@ -298,6 +315,13 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 continue;
             }
             Fault::Cut { bytes, first } if take(first) => budget.store(bytes, Ordering::SeqCst),
+            Fault::Flip { at, first } if take(first) => {
+                *flip.lock().unwrap() = Some(FlipState {
+                    at,
+                    head: Vec::new(),
+                    body_seen: None,
+                })
+            }
             Fault::Stall { bytes, first } if take(first) => {
                 stall.store(true, Ordering::SeqCst);
                 budget.store(bytes, Ordering::SeqCst);
@@ -312,6 +336,38 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
         }
     }
     let _ = sw.shutdown().await;
+}
+
+/// Finds the end of the reply head, then flips the bit at body offset `at` once.
+struct FlipState {
+    at: u64,
+    head: Vec<u8>,
+    /// Body bytes already passed; None while still in the head.
+    body_seen: Option<u64>,
+}
+
+impl FlipState {
+    fn apply(&mut self, chunk: &mut [u8]) {
+        let mut body_start = 0;
+        if self.body_seen.is_none() {
+            let before = self.head.len();
+            self.head.extend_from_slice(chunk);
+            match self.head.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => {
+                    body_start = end + 4 - before;
+                    self.body_seen = Some(0);
+                }
+                None => return,
+            }
+        }
+        let seen = self.body_seen.unwrap_or(0);
+        let body = &mut chunk[body_start..];
+        if self.at >= seen && self.at < seen + body.len() as u64 {
+            body[(self.at - seen) as usize] ^= 0x01;
+            self.at = u64::MAX; // once
+        }
+        self.body_seen = Some(seen + body.len() as u64);
+    }
 }
 
 async fn reply_direct(
