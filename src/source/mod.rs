@@ -56,6 +56,40 @@ pub enum Checksum {
         parts: u32,
         digest: [u8; 16],
     },
+    /// S3 additional checksums of the whole object (`x-amz-checksum-type: FULL_OBJECT`, or a
+    /// single-part object): CRC-32 (ISO-HDLC), CRC-64/NVME, SHA-1.
+    Crc32(u32),
+    Crc64Nvme(u64),
+    Sha1([u8; 20]),
+    /// S3 composite checksums (`…-N`): the checksum of the concatenated part checksums, each
+    /// part `part_size` bytes but the last.
+    Composite {
+        of: PartChecksum,
+        part_size: u64,
+        parts: u32,
+        value: Vec<u8>,
+    },
+}
+
+/// What each part of a composite checksum is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartChecksum {
+    Crc32,
+    Crc32c,
+    Sha1,
+    Sha256,
+}
+
+impl PartChecksum {
+    /// A whole-object checksum of this kind with an empty value, to build a hasher from.
+    pub fn empty(self) -> Checksum {
+        match self {
+            PartChecksum::Crc32 => Checksum::Crc32(0),
+            PartChecksum::Crc32c => Checksum::Crc32c(0),
+            PartChecksum::Sha1 => Checksum::Sha1([0; 20]),
+            PartChecksum::Sha256 => Checksum::Sha256([0; 32]),
+        }
+    }
 }
 
 impl Checksum {
@@ -67,6 +101,15 @@ impl Checksum {
             Checksum::Crc32c(_) => "crc32c",
             Checksum::Crc64Ecma(_) => "crc64ecma",
             Checksum::MultipartMd5 { .. } => "md5-of-parts",
+            Checksum::Crc32(_) => "crc32",
+            Checksum::Crc64Nvme(_) => "crc64nvme",
+            Checksum::Sha1(_) => "sha1",
+            Checksum::Composite { of, .. } => match of {
+                PartChecksum::Crc32 => "crc32-of-parts",
+                PartChecksum::Crc32c => "crc32c-of-parts",
+                PartChecksum::Sha1 => "sha1-of-parts",
+                PartChecksum::Sha256 => "sha256-of-parts",
+            },
         }
     }
 
@@ -82,6 +125,15 @@ impl Checksum {
                 parts,
                 digest,
             } => format!("{}-{parts}/{part_size}", hex::encode(digest)),
+            Checksum::Crc32(c) => format!("{c:08x}"),
+            Checksum::Crc64Nvme(c) => format!("{c:016x}"),
+            Checksum::Sha1(d) => hex::encode(d),
+            Checksum::Composite {
+                part_size,
+                parts,
+                value,
+                ..
+            } => format!("{}-{parts}/{part_size}", hex::encode(value)),
         }
     }
 

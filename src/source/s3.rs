@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::http::{self, ClientOptions};
 use super::sigv4::{self, Credentials};
-use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
+use super::{ByteRange, Checksum, Fetched, Listing, PartChecksum, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 
@@ -583,9 +583,11 @@ impl S3 {
         }
     }
 
-    /// Multipart objects carry an ETag that is the MD5 of their part MD5s; verifying it needs
-    /// the part size, which `HEAD ?partNumber=1` tells. Objects whose layout cannot be learnt
-    /// (or is not equal parts) keep a size-only check, with a warning.
+    /// Multipart objects: verified against their S3 additional checksum when they have one
+    /// (`HEAD` with `x-amz-checksum-mode: ENABLED`: full-object CRC-64/NVME, CRC-32, CRC-32C,
+    /// SHA-1, SHA-256, or composite per-part ones), else against their ETag, the MD5 of their
+    /// part MD5s. Per-part checksums need the part size, which `HEAD ?partNumber=1` tells.
+    /// Objects whose layout cannot be learnt (or is not equal parts) keep a size-only check.
     async fn learn_part_sizes(&self, files: &mut [RemoteFile]) -> Result<()> {
         use futures_util::StreamExt;
         let todo: Vec<(usize, [u8; 16], u32, RemoteFile)> = files
@@ -598,35 +600,59 @@ impl S3 {
             .collect();
         let learnt: Vec<_> =
             futures_util::stream::iter(todo.into_iter().map(|(i, digest, parts, f)| async move {
+                let extra = self.additional_checksum(&f, parts).await;
                 let size = self.part_size(&f, parts).await;
-                (i, digest, parts, size)
+                (i, digest, parts, extra, size)
             }))
             .buffer_unordered(16)
             .collect()
             .await;
-        for (i, digest, parts, part_size) in learnt {
+        for (i, digest, parts, extra, part_size) in learnt {
             let f = &mut files[i];
-            let fits = |p: u64| {
+            let (extra, part_size) = (extra?, part_size?);
+            let fits = |p: u64, n: u32| {
                 p > 0
-                    && u64::from(parts - 1)
+                    && n >= 1
+                    && u64::from(n - 1)
                         .checked_mul(p)
                         .is_some_and(|lo| lo < f.size)
-                    && u64::from(parts)
-                        .checked_mul(p)
-                        .is_some_and(|hi| f.size <= hi)
+                    && u64::from(n).checked_mul(p).is_some_and(|hi| f.size <= hi)
             };
-            match part_size? {
-                Some(p) if fits(p) => {
-                    f.checksum = Some(Checksum::MultipartMd5 {
+            f.checksum = match (extra, part_size) {
+                (Some(Additional::Whole(c)), _) => Some(c),
+                (Some(Additional::Composite { of, parts, value }), Some(p)) if fits(p, parts) => {
+                    Some(Checksum::Composite {
+                        of,
                         part_size: p,
                         parts,
-                        digest,
+                        value,
                     })
                 }
-                _ => f.checksum = None,
-            }
+                (None, Some(p)) if fits(p, parts) => Some(Checksum::MultipartMd5 {
+                    part_size: p,
+                    parts,
+                    digest,
+                }),
+                _ => None,
+            };
         }
         Ok(())
+    }
+
+    /// The object's S3 additional checksum, if it has one and the server tells.
+    async fn additional_checksum(&self, f: &RemoteFile, parts: u32) -> Result<Option<Additional>> {
+        let what = format!("HEAD {} (checksums)", self.display(&f.key));
+        let mode = (
+            reqwest::header::HeaderName::from_static("x-amz-checksum-mode"),
+            "ENABLED".to_string(),
+        );
+        let resp = self
+            .send(Method::HEAD, &self.object_path(&f.key), &[], &[mode], &what)
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        Ok(parse_additional(resp.headers(), parts))
     }
 
     /// The size of part 1 of a multipart object (None: the server would not say).
@@ -856,6 +882,71 @@ async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<Strin
 }
 
 /// A plain 32-hex ETag is the MD5 of a single-part upload; multipart ETags end in `-N`.
+/// An S3 additional checksum from `x-amz-checksum-*` headers.
+#[derive(Debug, PartialEq, Eq)]
+enum Additional {
+    Whole(Checksum),
+    Composite {
+        of: PartChecksum,
+        parts: u32,
+        value: Vec<u8>,
+    },
+}
+
+/// Reads the first `x-amz-checksum-{crc64nvme,crc32,crc32c,sha1,sha256}` header: base64 of the
+/// value, with `-N` when it is composite over N parts. For an object of `parts` parts, a value
+/// without `-N` is still composite unless `x-amz-checksum-type: FULL_OBJECT` says otherwise
+/// (multipart checksums were composite-only until S3 added full-object ones with that header;
+/// moto 5 omits the suffix).
+fn parse_additional(h: &HeaderMap, parts: u32) -> Option<Additional> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (name, of) in [
+        ("x-amz-checksum-crc64nvme", None),
+        ("x-amz-checksum-crc32", Some(PartChecksum::Crc32)),
+        ("x-amz-checksum-crc32c", Some(PartChecksum::Crc32c)),
+        ("x-amz-checksum-sha1", Some(PartChecksum::Sha1)),
+        ("x-amz-checksum-sha256", Some(PartChecksum::Sha256)),
+    ] {
+        let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let full = h
+            .get("x-amz-checksum-type")
+            .and_then(|t| t.to_str().ok())
+            .is_some_and(|t| t.eq_ignore_ascii_case("FULL_OBJECT"));
+        let (value, parts) = match v.trim().split_once('-') {
+            Some((value, n)) => (value, Some(n.parse::<u32>().ok()?)),
+            None if parts > 1 && !full => (v.trim(), Some(parts)),
+            None => (v.trim(), None),
+        };
+        let bytes = b64.decode(value).ok()?;
+        return match (of, parts) {
+            (Some(of), Some(parts)) => Some(Additional::Composite {
+                of,
+                parts,
+                value: bytes,
+            }),
+            // CRC-64/NVME is always full-object, whatever the part count.
+            (None, Some(_)) => Some(Additional::Whole(Checksum::Crc64Nvme(u64::from_be_bytes(
+                bytes.try_into().ok()?,
+            )))),
+            (of, None) => Some(Additional::Whole(match of {
+                None => Checksum::Crc64Nvme(u64::from_be_bytes(bytes.try_into().ok()?)),
+                Some(PartChecksum::Crc32) => {
+                    Checksum::Crc32(u32::from_be_bytes(bytes.try_into().ok()?))
+                }
+                Some(PartChecksum::Crc32c) => {
+                    Checksum::Crc32c(u32::from_be_bytes(bytes.try_into().ok()?))
+                }
+                Some(PartChecksum::Sha1) => Checksum::Sha1(bytes.try_into().ok()?),
+                Some(PartChecksum::Sha256) => Checksum::Sha256(bytes.try_into().ok()?),
+            })),
+        };
+    }
+    None
+}
+
 /// `"hex-N"`: the MD5 of the N part MD5s of a multipart upload (N ≥ 1).
 fn multipart_etag(etag: &str) -> Option<([u8; 16], u32)> {
     let (digest, parts) = etag.trim_matches('"').split_once('-')?;
@@ -964,6 +1055,59 @@ struct ListedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn additional_checksum_headers() {
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap());
+            }
+            m
+        };
+        // The reveng check value of CRC-32 for "123456789", base64 of its big-endian bytes.
+        let crc = "y/Q5Jg==";
+        assert_eq!(
+            parse_additional(&h(&[("x-amz-checksum-crc32", crc)]), 1),
+            Some(Additional::Whole(Checksum::Crc32(0xcbf4_3926)))
+        );
+        let composite = Some(Additional::Composite {
+            of: PartChecksum::Crc32,
+            parts: 3,
+            value: vec![0xcb, 0xf4, 0x39, 0x26],
+        });
+        let suffixed = format!("{crc}-3");
+        assert_eq!(
+            parse_additional(&h(&[("x-amz-checksum-crc32", &suffixed)]), 3),
+            composite
+        );
+        assert_eq!(
+            parse_additional(&h(&[("x-amz-checksum-crc32", crc)]), 3),
+            composite,
+            "a multipart object without -N (moto) is composite"
+        );
+        assert_eq!(
+            parse_additional(
+                &h(&[
+                    ("x-amz-checksum-crc32", crc),
+                    ("x-amz-checksum-type", "FULL_OBJECT")
+                ]),
+                3
+            ),
+            Some(Additional::Whole(Checksum::Crc32(0xcbf4_3926)))
+        );
+        assert_eq!(
+            parse_additional(&h(&[("x-amz-checksum-crc64nvme", "rosUhgp5mIg=")]), 3),
+            Some(Additional::Whole(Checksum::Crc64Nvme(
+                0xae8b_1486_0a79_9888
+            )))
+        );
+        assert_eq!(
+            parse_additional(&h(&[("x-amz-checksum-crc32", "%%%")]), 1),
+            None
+        );
+        assert_eq!(parse_additional(&h(&[]), 3), None);
+    }
 
     #[test]
     fn a_failing_credential_refresh_is_retried_but_bad_configuration_is_denied() {

@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::source::Checksum;
+use crate::source::{Checksum, PartChecksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -18,8 +18,66 @@ pub enum Hasher {
     Sha256(Sha256),
     GitBlobSha1(Sha1),
     Crc32c(u32),
-    Crc64Ecma(u64),
+    Crc64Ecma(crc_fast::Digest),
+    Crc32(crc_fast::Digest),
+    Crc64Nvme(crc_fast::Digest),
+    Sha1(Sha1),
     MultipartMd5(PartsMd5),
+    Composite(Box<Composite>),
+}
+
+/// Each part's checksum as the bytes stream past, and the checksum of their concatenation.
+pub struct Composite {
+    of: PartChecksum,
+    part_size: u64,
+    in_part: u64,
+    part: Hasher,
+    outer: Hasher,
+    parts: u32,
+}
+
+impl Composite {
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
+            self.part.update(&data[..room]);
+            self.in_part += room as u64;
+            data = &data[room..];
+            if self.in_part == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let fresh = Hasher::for_checksum(&self.of.empty(), 0);
+        let done = std::mem::replace(&mut self.part, fresh).finish();
+        self.outer.update(&raw(&done));
+        self.parts += 1;
+        self.in_part = 0;
+    }
+
+    fn finish(mut self) -> Checksum {
+        if self.in_part > 0 {
+            self.close_part();
+        }
+        Checksum::Composite {
+            of: self.of,
+            part_size: self.part_size,
+            parts: self.parts,
+            value: raw(&self.outer.finish()),
+        }
+    }
+}
+
+/// The bytes S3 concatenates for a composite checksum: big-endian CRCs, raw digests.
+fn raw(c: &Checksum) -> Vec<u8> {
+    match c {
+        Checksum::Crc32(v) | Checksum::Crc32c(v) => v.to_be_bytes().to_vec(),
+        Checksum::Sha1(d) => d.to_vec(),
+        Checksum::Sha256(d) => d.to_vec(),
+        other => other.hex().into_bytes(),
+    }
 }
 
 /// MD5 of each part as the bytes stream past, and the MD5 of those digests.
@@ -75,7 +133,24 @@ impl Hasher {
                 Hasher::GitBlobSha1(h)
             }
             Checksum::Crc32c(_) => Hasher::Crc32c(0),
-            Checksum::Crc64Ecma(_) => Hasher::Crc64Ecma(!0),
+            Checksum::Crc64Ecma(_) => {
+                Hasher::Crc64Ecma(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Xz))
+            }
+            Checksum::Crc32(_) => {
+                Hasher::Crc32(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc))
+            }
+            Checksum::Crc64Nvme(_) => {
+                Hasher::Crc64Nvme(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme))
+            }
+            Checksum::Sha1(_) => Hasher::Sha1(Sha1::new()),
+            Checksum::Composite { of, part_size, .. } => Hasher::Composite(Box::new(Composite {
+                of: *of,
+                part_size: (*part_size).max(1),
+                in_part: 0,
+                part: Hasher::for_checksum(&of.empty(), 0),
+                outer: Hasher::for_checksum(&of.empty(), 0),
+                parts: 0,
+            })),
             Checksum::MultipartMd5 { part_size, .. } => Hasher::MultipartMd5(PartsMd5 {
                 part_size: (*part_size).max(1),
                 in_part: 0,
@@ -92,8 +167,10 @@ impl Hasher {
             Hasher::Sha256(h) => h.update(data),
             Hasher::GitBlobSha1(h) => h.update(data),
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
-            Hasher::Crc64Ecma(c) => *c = crc64_update(*c, data),
+            Hasher::Crc64Ecma(d) | Hasher::Crc32(d) | Hasher::Crc64Nvme(d) => d.update(data),
+            Hasher::Sha1(h) => h.update(data),
             Hasher::MultipartMd5(p) => p.update(data),
+            Hasher::Composite(c) => c.update(data),
         }
     }
 
@@ -103,38 +180,14 @@ impl Hasher {
             Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
             Hasher::GitBlobSha1(h) => Checksum::GitBlobSha1(h.finalize().into()),
             Hasher::Crc32c(c) => Checksum::Crc32c(c),
-            Hasher::Crc64Ecma(c) => Checksum::Crc64Ecma(!c),
+            Hasher::Crc64Ecma(d) => Checksum::Crc64Ecma(d.finalize()),
+            Hasher::Crc32(d) => Checksum::Crc32(d.finalize() as u32),
+            Hasher::Crc64Nvme(d) => Checksum::Crc64Nvme(d.finalize()),
+            Hasher::Sha1(h) => Checksum::Sha1(h.finalize().into()),
             Hasher::MultipartMd5(p) => p.finish(),
+            Hasher::Composite(c) => c.finish(),
         }
     }
-}
-
-/// CRC-64/XZ table (ECMA-182 polynomial, reflected), built at compile time.
-const CRC64_TABLE: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u64;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xC96C_5795_D787_0F42
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-fn crc64_update(mut c: u64, data: &[u8]) -> u64 {
-    for &b in data {
-        c = CRC64_TABLE[((c ^ b as u64) & 0xff) as usize] ^ (c >> 8);
-    }
-    c
 }
 
 /// Hashes the open file `f` (named `path` in messages) for `want`, reading `size` bytes with
@@ -247,6 +300,43 @@ mod tests {
             assert_eq!(h.finish(), want, "split {split}");
         }
         assert_eq!(want.hex().rsplit_once('-').unwrap().1, "3/5");
+    }
+
+    #[test]
+    fn crc_check_values_and_composites() {
+        let hash = |want: &Checksum, data: &[u8]| {
+            let mut h = Hasher::for_checksum(want, data.len() as u64);
+            for c in data.chunks(4) {
+                h.update(c);
+            }
+            h.finish()
+        };
+        // The catalogue's check values (reveng CRC catalogue), input "123456789".
+        assert_eq!(
+            hash(&Checksum::Crc32(0), b"123456789"),
+            Checksum::Crc32(0xcbf4_3926)
+        );
+        assert_eq!(
+            hash(&Checksum::Crc64Nvme(0), b"123456789"),
+            Checksum::Crc64Nvme(0xae8b_1486_0a79_9888)
+        );
+        assert_eq!(
+            hash(&Checksum::Crc64Ecma(0), b"123456789"),
+            Checksum::Crc64Ecma(0x995d_c9bb_df19_39fa)
+        );
+        // Composite CRC-32 over parts of 4: crc32(be(crc("1234")) ‖ be(crc("5678")) ‖ be(crc("9"))).
+        let part = |b: &[u8]| crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, b) as u32;
+        let joined: Vec<u8> = [&b"1234"[..], b"5678", b"9"]
+            .iter()
+            .flat_map(|p| part(p).to_be_bytes())
+            .collect();
+        let want = Checksum::Composite {
+            of: PartChecksum::Crc32,
+            part_size: 4,
+            parts: 3,
+            value: part(&joined).to_be_bytes().to_vec(),
+        };
+        assert_eq!(hash(&want, b"123456789"), want);
     }
 
     #[test]

@@ -116,3 +116,48 @@ fn a_flipped_bit_in_a_single_part_object_is_refetched_or_caught() {
     assert!(line.contains("md5 mismatch"), "{line}");
     assert!(!dest.join("a.bin").exists());
 }
+
+#[test]
+fn a_flipped_bit_in_a_multipart_object_with_an_s3_checksum_is_caught() {
+    let python = required_env("MODEL_LOADER_TEST_PYTHON");
+    let ep = s3_endpoint();
+    let b = bucket("ck");
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = data(151, (20 << 20) + 17);
+    let path = tmp.path().join("w.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    for (algorithm, tag) in [("CRC32", "crc32-of-parts:"), ("SHA256", "sha256-of-parts:")] {
+        let key = format!("{algorithm}/w.bin");
+        let out = run(std::process::Command::new(&python)
+            .arg("scripts/support/seed_checksums.py")
+            .args([&ep, &b, &format!("m/{key}")])
+            .arg(&path)
+            .arg(algorithm));
+        assert_eq!(out.status.code(), Some(0));
+
+        // Flipped once: refetched, exact bytes, the manifest names the checksum it checked.
+        let dest = tmp.path().join(format!("{algorithm}-once"));
+        let out = run(loader(&flipping(&ep, 5 << 20, 1).url(), tmp.path())
+            .arg(format!("s3://{b}/m/{algorithm}"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{algorithm}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("fetching it again, once"), "{stderr}");
+        assert_eq!(tree(&dest)["w.bin"], sha256(&bytes));
+        let m = manifest(&dest);
+        let recorded = m["files"][0]["checksum"].as_str().unwrap();
+        assert!(recorded.starts_with(tag), "{recorded}");
+
+        // Flipped on every reply: exit 6, nothing that looks complete.
+        let dest = tmp.path().join(format!("{algorithm}-always"));
+        let out = run(
+            loader(&flipping(&ep, 5 << 20, usize::MAX).url(), tmp.path())
+                .arg(format!("s3://{b}/m/{algorithm}"))
+                .arg(&dest),
+        );
+        let line = error_line(&out, 6);
+        assert!(line.contains(&tag[..tag.len() - 1]), "{line}");
+        assert!(!dest.join("w.bin").exists());
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+    }
+}

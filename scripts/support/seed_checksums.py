@@ -1,0 +1,27 @@
+"""Uploads one file as a multipart object with an S3 additional checksum, the way boto3 does
+(8 MiB parts), so tests can check that model-loader verifies such objects.
+
+usage: seed_checksums.py ENDPOINT BUCKET KEY PATH ALGORITHM   (ALGORITHM: CRC32, SHA1, SHA256)
+The bucket is created if missing. Prints the object's checksum headers."""
+import sys
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+
+endpoint, bucket, key, path, algorithm = sys.argv[1:6]
+s3 = boto3.client(
+    "s3",
+    endpoint_url=endpoint,
+    aws_access_key_id="test",
+    aws_secret_access_key="test",
+    region_name="us-east-1",
+)
+try:
+    s3.create_bucket(Bucket=bucket)
+except s3.exceptions.BucketAlreadyOwnedByYou:
+    pass
+part = 8 * 1024 * 1024
+config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+s3.upload_file(path, bucket, key, ExtraArgs={"ChecksumAlgorithm": algorithm}, Config=config)
+head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+print({k: v for k, v in head["ResponseMetadata"]["HTTPHeaders"].items() if "checksum" in k or k == "etag"})
