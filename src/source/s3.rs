@@ -811,9 +811,9 @@ impl super::BucketListing for S3 {
 impl Source for S3 {
     async fn list(&self) -> Result<Listing> {
         let mut listing = super::list_bucket(self).await?;
-        if self.scheme == "s3" {
-            self.learn_part_sizes(&mut listing.files).await?;
-        }
+        // OSS too: its replies' whole-object CRC-64 takes precedence where it is sent
+        // (transfer::finalize), the multipart ETag covers servers that do not send it.
+        self.learn_part_sizes(&mut listing.files).await?;
         Ok(listing)
     }
 

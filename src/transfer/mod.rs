@@ -499,18 +499,20 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             job.plan.resume,
         )?),
     };
-    let checksum = job
-        .plan
-        .file
-        .checksum
-        .clone()
-        .filter(|_| job.checksum_applies.load(Ordering::Relaxed))
-        .or_else(|| {
-            job.object_checksum
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        });
+    // A whole-object checksum the server sent with the bytes (OSS's CRC-64) is the authority;
+    // else what the listing (or HEAD) gave, unless a reply showed it does not describe the bytes.
+    let from_reply = job
+        .object_checksum
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let checksum = from_reply.or_else(|| {
+        job.plan
+            .file
+            .checksum
+            .clone()
+            .filter(|_| job.checksum_applies.load(Ordering::Relaxed))
+    });
     let inline = job
         .inline
         .lock()

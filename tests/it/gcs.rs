@@ -334,3 +334,29 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
     );
     assert_eq!(tree(&dest), expected(&objects, "m/"));
 }
+
+#[test]
+fn a_flipped_bit_from_gcs_is_refetched_or_caught() {
+    use crate::support::proxy::Fault;
+    let b = bucket("gflip");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/w.bin".to_string(), data(161, 3 << 20));
+    seed_gcs(&b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    for (first, code) in [(1, 0), (usize::MAX, 6)] {
+        let proxy = Proxy::with_fault(&gcs(), Fault::Flip { at: 4321, first });
+        let dest = tmp.path().join(format!("d{code}"));
+        let out = run(gs_loader(&proxy.url(), tmp.path())
+            .args(["--chunk-size", "1MiB"])
+            .arg(format!("gs://{b}/m"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(code));
+        if code == 0 {
+            assert_eq!(tree(&dest), expected(&objects, "m/"));
+        } else {
+            let line = error_line(&out, 6);
+            assert!(line.contains("crc32c mismatch"), "{line}");
+            assert!(!dest.join("w.bin").exists());
+        }
+    }
+}

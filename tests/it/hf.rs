@@ -391,3 +391,37 @@ fn cdn_faults_are_retried_and_resumed_and_never_corrupt() {
     assert!(!dest.join(".model-loader/manifest.json").exists());
     assert!(!dest.join("model-00001-of-00002.safetensors").exists());
 }
+
+#[test]
+fn a_flipped_bit_from_the_cdn_is_refetched_or_caught() {
+    use crate::support::proxy::Fault;
+    // Once: the sha256 of the LFS file fails, it is fetched again and lands exact.
+    let (proxy, repo) = via_cdn_proxy(Fault::Flip { at: 1000, first: 1 });
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sha256 mismatch") && stderr.contains("fetching it again, once"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&dest), truth("model", &repo, "main").1);
+    assert!(proxy.object_requests("lfs") > 0);
+    // Always: exit 6, no manifest.
+    let (_proxy, repo) = via_cdn_proxy(Fault::Flip {
+        at: 1000,
+        first: usize::MAX,
+    });
+    let dest = tmp.path().join("d2");
+    let out = run(hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    let line = crate::support::error_line(&out, 6);
+    assert!(line.contains("sha256 mismatch (expected "), "{line}");
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+}

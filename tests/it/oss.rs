@@ -134,3 +134,40 @@ fn missing_region_and_endpoint_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs OSS_REGION"));
 }
+
+#[test]
+fn a_flipped_bit_in_an_oss_multipart_object_is_refetched_or_caught() {
+    use crate::support::proxy::Fault;
+    let ep = s3_endpoint();
+    let b = bucket("ossmp");
+    seed_s3(&ep, &b, &BTreeMap::new());
+    let tmp = tempfile::tempdir().unwrap();
+    // A 12 MiB multipart object (5 MiB parts), written through the S3 API of the same server.
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bytes = data(171, (12 << 20) + 3);
+    std::fs::write(src.join("w.bin"), &bytes).unwrap();
+    let out = run(loader(&ep, tmp.path())
+        .args(["--chunk-size", "5MiB"])
+        .arg(&src)
+        .arg(format!("s3://{b}/m")));
+    assert_eq!(out.status.code(), Some(0));
+    for (first, code) in [(1, 0), (usize::MAX, 6)] {
+        let proxy = Proxy::with_fault(&ep, Fault::Flip { at: 777, first });
+        let dest = tmp.path().join(format!("d{code}"));
+        let out = run(
+            oss_loader(&proxy, tmp.path(), "LTAIosstestkey", "oss-test-secret")
+                .args(["--chunk-size", "2MiB"])
+                .arg(format!("oss://{b}/m"))
+                .arg(&dest),
+        );
+        assert_eq!(out.status.code(), Some(code));
+        if code == 0 {
+            assert_eq!(tree(&dest)["w.bin"], sha256(&bytes));
+        } else {
+            let line = error_line(&out, 6);
+            assert!(line.contains("md5-of-parts mismatch"), "{line}");
+            assert!(!dest.join("w.bin").exists());
+        }
+    }
+}
