@@ -18,7 +18,7 @@ use crate::url::SourceUrl;
     version,
     about = "Puts a model or adapter from hf://, s3://, gs:// or oss:// onto a local volume: \
              parallel ranged downloads, verified, resumable, never half-written.",
-    after_help = "Exit codes: 0 ok, 1 (--check only) not complete, 2 usage or bad URL, 3 access denied, 4 not found, \
+    after_help = "Exit codes: 0 ok, 1 (--check/--verify) not complete, 2 usage or bad URL, 3 access denied, 4 not found, \
                   5 network/server errors after retries, 6 checksum or size mismatch, \
                   7 local filesystem, 130/143 interrupted (state kept for resume)."
 )]
@@ -37,6 +37,12 @@ pub struct Args {
     /// file is there with its size); exit 0 if so, 1 if not. For readiness probes.
     #[arg(long, env = "MODEL_LOADER_CHECK")]
     pub check: bool,
+
+    /// Audit, offline: re-hash every file in DEST against the checksum its manifest records
+    /// (the size, where none was available) and report each mismatch; exit 0 if all match,
+    /// 6 if any does not, 1 if DEST is not a complete load of SRC. Reads every byte.
+    #[arg(long, env = "MODEL_LOADER_VERIFY", conflicts_with = "check")]
+    pub verify: bool,
 
     /// Print a shell completion script and exit.
     #[arg(long, value_name = "SHELL", exclusive = true)]
@@ -177,6 +183,8 @@ pub enum Mode {
     Upload,
     /// Is local `dest` a complete copy of `source`? Offline.
     Check,
+    /// Do `dest`'s bytes still match what its manifest recorded? Offline, reads everything.
+    Verify,
 }
 
 /// Validated settings for one run. `source` is always the remote side and `dest` the local
@@ -216,8 +224,9 @@ impl Args {
         }
         let (mode, remote, local) = match (src.contains("://"), dest.contains("://")) {
             (true, false) if self.check => (Mode::Check, src, dest),
+            (true, false) if self.verify => (Mode::Verify, src, dest),
             (true, false) => (Mode::Download, src, dest),
-            (false, true) if !self.check => (Mode::Upload, dest, src),
+            (false, true) if !self.check && !self.verify => (Mode::Upload, dest, src),
             (true, true) => {
                 return Err(Error::usage(
                     "SRC and DEST are both URLs: one side must be a local directory",

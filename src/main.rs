@@ -26,6 +26,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if cfg.mode == Mode::Verify {
+        return match model_loader::audit(&cfg) {
+            Ok(msg) => {
+                eprintln!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(model_loader::AuditFailure::Incomplete(why)) => {
+                eprintln!("not complete: {why}");
+                ExitCode::from(1)
+            }
+            Err(model_loader::AuditFailure::Mismatch(e)) => fail(&e),
+        };
+    }
     if cfg.mode == Mode::Check {
         return match model_loader::check(&cfg) {
             Ok(msg) => {

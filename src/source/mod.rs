@@ -141,6 +141,57 @@ impl Checksum {
     pub fn tagged(&self) -> String {
         format!("{}:{}", self.algorithm(), self.hex())
     }
+
+    /// Reads back what [`Checksum::tagged`] wrote (None: unknown or malformed).
+    pub fn from_tagged(s: &str) -> Option<Checksum> {
+        fn arr<const N: usize>(h: &str) -> Option<[u8; N]> {
+            let mut out = [0u8; N];
+            hex::decode_to_slice(h, &mut out).ok()?;
+            Some(out)
+        }
+        let (algo, value) = s.split_once(':')?;
+        let parts = |v: &str| -> Option<(Vec<u8>, u32, u64)> {
+            let (digest, rest) = v.split_once('-')?;
+            let (parts, size) = rest.split_once('/')?;
+            Some((
+                hex::decode(digest).ok()?,
+                parts.parse().ok()?,
+                size.parse().ok()?,
+            ))
+        };
+        let composite = |of: PartChecksum| {
+            let (value, parts, part_size) = parts(value)?;
+            Some(Checksum::Composite {
+                of,
+                part_size,
+                parts,
+                value,
+            })
+        };
+        Some(match algo {
+            "md5" => Checksum::Md5(arr(value)?),
+            "sha256" => Checksum::Sha256(arr(value)?),
+            "git-sha1" => Checksum::GitBlobSha1(arr(value)?),
+            "sha1" => Checksum::Sha1(arr(value)?),
+            "crc32c" => Checksum::Crc32c(u32::from_str_radix(value, 16).ok()?),
+            "crc32" => Checksum::Crc32(u32::from_str_radix(value, 16).ok()?),
+            "crc64ecma" => Checksum::Crc64Ecma(u64::from_str_radix(value, 16).ok()?),
+            "crc64nvme" => Checksum::Crc64Nvme(u64::from_str_radix(value, 16).ok()?),
+            "md5-of-parts" => {
+                let (digest, parts, part_size) = parts(value)?;
+                Checksum::MultipartMd5 {
+                    part_size,
+                    parts,
+                    digest: digest.try_into().ok()?,
+                }
+            }
+            "crc32-of-parts" => composite(PartChecksum::Crc32)?,
+            "crc32c-of-parts" => composite(PartChecksum::Crc32c)?,
+            "sha1-of-parts" => composite(PartChecksum::Sha1)?,
+            "sha256-of-parts" => composite(PartChecksum::Sha256)?,
+            _ => return None,
+        })
+    }
 }
 
 /// A half-open byte range `[start, end)`; never empty.
@@ -323,6 +374,60 @@ impl Source for AnySource {
             AnySource::S3(s) | AnySource::Oss(s) => s.fetch(file, range).await,
             AnySource::Gcs(s) => s.fetch(file, range).await,
             AnySource::Hf(s) => s.fetch(file, range).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_checksums_read_back() {
+        let all = [
+            Checksum::Md5([1; 16]),
+            Checksum::Sha256([2; 32]),
+            Checksum::GitBlobSha1([3; 20]),
+            Checksum::Sha1([4; 20]),
+            Checksum::Crc32c(5),
+            Checksum::Crc32(0xdead_beef),
+            Checksum::Crc64Ecma(u64::MAX),
+            Checksum::Crc64Nvme(7),
+            Checksum::MultipartMd5 {
+                part_size: 8 << 20,
+                parts: 3,
+                digest: [9; 16],
+            },
+            Checksum::Composite {
+                of: PartChecksum::Crc32,
+                part_size: 5 << 20,
+                parts: 2,
+                value: vec![1, 2, 3, 4],
+            },
+            Checksum::Composite {
+                of: PartChecksum::Sha256,
+                part_size: 1,
+                parts: 1,
+                value: vec![7; 32],
+            },
+        ];
+        for c in all {
+            assert_eq!(
+                Checksum::from_tagged(&c.tagged()),
+                Some(c.clone()),
+                "{}",
+                c.tagged()
+            );
+        }
+        for bad in [
+            "",
+            "md5",
+            "md5:zz",
+            "crc32:",
+            "md5-of-parts:00-x/1",
+            "nope:00",
+        ] {
+            assert_eq!(Checksum::from_tagged(bad), None, "{bad}");
         }
     }
 }

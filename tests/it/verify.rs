@@ -161,3 +161,50 @@ fn a_flipped_bit_in_a_multipart_object_with_an_s3_checksum_is_caught() {
         assert!(!dest.join(".model-loader/manifest.json").exists());
     }
 }
+
+#[test]
+fn verify_re_hashes_dest_and_names_every_file_that_changed() {
+    let ep = s3_endpoint();
+    let b = bucket("audit");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = BTreeMap::new();
+    files.insert("w.bin".to_string(), data(181, (10 << 20) + 1));
+    files.insert("sub/config.json".to_string(), b"{\"a\":1}".to_vec());
+    upload(&ep, &b, &files, "5MiB", tmp.path());
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+
+    let audit = |dest: &Path| {
+        run(loader(&ep, tmp.path())
+            .env("MODEL_LOADER_VERIFY", "true")
+            .arg(format!("s3://{b}/m"))
+            .arg(dest))
+    };
+    let out = audit(&dest);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 files, 2 re-hashed"), "{stderr}");
+
+    // One bit of each file changed on disk, sizes unchanged: both named, exit 6.
+    for (name, at) in [("w.bin", 7 << 20), ("sub/config.json", 2)] {
+        let p = dest.join(name);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[at] ^= 0x10;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let out = audit(&dest);
+    let line = error_line(&out, 6);
+    assert!(line.contains("2 of 2 files"), "{line}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mismatch: w.bin: md5-of-parts")
+            && stderr.contains("mismatch: sub/config.json: md5"),
+        "{stderr}"
+    );
+    // Not a complete load: exit 1, as --check.
+    let out = audit(&tmp.path().join("nothing-here"));
+    assert_eq!(out.status.code(), Some(1));
+}
