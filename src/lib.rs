@@ -187,11 +187,13 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
                         None => f.checksum.as_ref().map(|c| c.tagged()),
                     },
                 };
+                let size_only = checksum.is_none().then(|| size_only_reason(f));
                 ManifestFile {
                     path: p.to_string(),
                     size: f.size,
                     version: f.version.clone(),
                     checksum,
+                    size_only,
                 }
             })
             .collect(),
@@ -383,6 +385,17 @@ pub fn select(
         ));
     }
     Ok(out)
+}
+
+/// Why a file was checked by its size alone, for the manifest.
+fn size_only_reason(f: &RemoteFile) -> String {
+    if f.checksum.is_some() {
+        "the listed checksum does not describe the bytes (an SSE-KMS or SSE-C object's ETag is not an MD5)".into()
+    } else if f.size == 0 {
+        "empty file".into()
+    } else {
+        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose part layout the server would not tell)".into()
+    }
 }
 
 /// Part files that no planned resume will use are left by crashed or corrupt attempts.

@@ -36,9 +36,13 @@ pub struct ManifestFile {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// `algorithm:hex` (md5, sha256, git-sha1) when the source gave one.
+    /// `algorithm:hex` (md5, md5-of-parts, crc32, crc32c, crc64nvme, crc64ecma, sha1, sha256,
+    /// git-sha1, …-of-parts) it was verified against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// When there is no checksum: why only the size was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_only: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -779,6 +783,7 @@ mod tests {
                 size: 1,
                 version: Some("v".into()),
                 checksum: None,
+                size_only: None,
             }],
         };
         st.commit(&m).unwrap();

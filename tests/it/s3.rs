@@ -606,4 +606,8 @@ fn an_sse_kms_object_is_not_checked_against_its_etag_and_the_manifest_says_so() 
     let m = manifest(&dest);
     let entry = &m["files"].as_array().unwrap()[0];
     assert!(entry.get("checksum").is_none(), "{entry}");
+    assert!(
+        entry["size_only"].as_str().unwrap().contains("SSE-KMS"),
+        "the manifest says why only the size was checked: {entry}"
+    );
 }
