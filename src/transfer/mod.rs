@@ -85,6 +85,10 @@ struct FileJob {
     /// verifying it costs no second read.
     inline: Mutex<Option<verify::Hasher>>,
     hashes_inline: bool,
+    /// For a file fetched in several ranges with a CRC checksum: each finished range's CRC,
+    /// computed as it streamed in, so the file's CRC is combined without reading it back.
+    crc: Option<crc_fast::CrcAlgorithm>,
+    range_crcs: Mutex<Vec<(ByteRange, u64)>>,
 }
 
 /// Where the next chunk comes from: file index, missing-range index, offset. Chunks are cut
@@ -217,7 +221,13 @@ pub async fn execute(
                 Some(c) if single => Some(verify::Hasher::for_checksum(c, plan.file.size)),
                 _ => None,
             };
+            let crc = match &plan.file.checksum {
+                Some(c) if !single => verify::crc_algorithm(c),
+                _ => None,
+            };
             FileJob {
+                crc,
+                range_crcs: Mutex::new(Vec::new()),
                 hashes_inline: inline.is_some(),
                 inline: Mutex::new(inline),
                 id,
@@ -347,6 +357,8 @@ async fn fetch_chunk(
     let cap = buf.capacity();
     let mut pos = range.start;
     let mut recorded = range.start;
+    // Continues across retries: a retry resumes at the first byte not yet received.
+    let mut crc = job.crc.map(crc_fast::Digest::new);
     let mut last_record = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -399,6 +411,9 @@ async fn fetch_chunk(
                             h.update(&bytes);
                         }
                     }
+                    if let Some(d) = crc.as_mut() {
+                        d.update(&bytes);
+                    }
                     let mut data = &bytes[..];
                     while !data.is_empty() {
                         let took = buf.fill(data);
@@ -446,6 +461,12 @@ async fn fetch_chunk(
                     recorded = at;
                 }
                 if pos == range.end {
+                    if let Some(d) = crc {
+                        job.range_crcs
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((range, d.finalize()));
+                    }
                     return Ok(true);
                 }
                 if stopped || ctx.stopping() {
@@ -528,11 +549,18 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .insert(job.plan.path.clone(), checksum.clone());
     let state = Arc::clone(&ctx.state);
     let path = job.plan.path.clone();
+    let crc_algo = job.crc;
+    let range_crcs = std::mem::take(&mut *job.range_crcs.lock().unwrap_or_else(|p| p.into_inner()));
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
+            let combinable = crc_algo.is_some() && crc_algo == verify::crc_algorithm(&want);
             let got = match inline.filter(|g| g.algorithm() == want.algorithm()) {
                 Some(got) => Ok(got),
+                None if combinable => verify::combine_ranges(&want, size, range_crcs, |r| {
+                    verify::crc_of_range(part.file(), part.path(), crc_algo.expect("set"), r)
+                })
+                .map(|(got, _)| got),
                 None => verify::hash_file(part.file(), part.path(), &want, size),
             };
             if let Err(e) = got.and_then(|got| verify::check(&got, &want, &shown)) {

@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::source::{Checksum, PartChecksum};
+use crate::source::{ByteRange, Checksum, PartChecksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -190,6 +190,87 @@ impl Hasher {
     }
 }
 
+/// The CRC kind of a whole-object checksum, whose per-range values combine without re-reading.
+pub fn crc_algorithm(c: &Checksum) -> Option<crc_fast::CrcAlgorithm> {
+    use crc_fast::CrcAlgorithm as A;
+    match c {
+        Checksum::Crc32(_) => Some(A::Crc32IsoHdlc),
+        Checksum::Crc32c(_) => Some(A::Crc32Iscsi),
+        Checksum::Crc64Nvme(_) => Some(A::Crc64Nvme),
+        Checksum::Crc64Ecma(_) => Some(A::Crc64Xz),
+        _ => None,
+    }
+}
+
+/// The whole file's CRC from the CRCs of the ranges computed as they streamed in; the parts of
+/// `[0, size)` no range covers (fetched by an earlier run) are read back with `read`. Returns
+/// the checksum of `want`'s kind and how many bytes had to be read back.
+pub fn combine_ranges(
+    want: &Checksum,
+    size: u64,
+    mut ranges: Vec<(ByteRange, u64)>,
+    mut read: impl FnMut(ByteRange) -> Result<u64>,
+) -> Result<(Checksum, u64)> {
+    let algo = crc_algorithm(want)
+        .ok_or_else(|| Error::new(Kind::Local, "combine_ranges needs a CRC checksum"))?;
+    ranges.sort_by_key(|(r, _)| r.start);
+    let (mut crc, mut pos, mut read_back) = (crc_fast::checksum(algo, b""), 0u64, 0u64);
+    let add = |crc: &mut u64, value: u64, len: u64| {
+        *crc = crc_fast::checksum_combine(algo, *crc, value, len);
+    };
+    for (r, value) in ranges {
+        if r.start < pos || r.end > size {
+            continue; // overlapping or stray: the gap logic below covers those bytes
+        }
+        if r.start > pos {
+            let gap = ByteRange {
+                start: pos,
+                end: r.start,
+            };
+            add(&mut crc, read(gap)?, gap.len());
+            read_back += gap.len();
+        }
+        add(&mut crc, value, r.len());
+        pos = r.end;
+    }
+    if pos < size {
+        let gap = ByteRange {
+            start: pos,
+            end: size,
+        };
+        add(&mut crc, read(gap)?, gap.len());
+        read_back += gap.len();
+    }
+    let got = match want {
+        Checksum::Crc32(_) => Checksum::Crc32(crc as u32),
+        Checksum::Crc32c(_) => Checksum::Crc32c(crc as u32),
+        Checksum::Crc64Nvme(_) => Checksum::Crc64Nvme(crc),
+        _ => Checksum::Crc64Ecma(crc),
+    };
+    Ok((got, read_back))
+}
+
+/// The CRC of `r` of the open file `f`, read back.
+pub fn crc_of_range(
+    f: &File,
+    path: &Path,
+    algo: crc_fast::CrcAlgorithm,
+    r: ByteRange,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut d = crc_fast::Digest::new(algo);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = r.start;
+    while off < r.end {
+        let n = ((r.end - off) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], off)
+            .map_err(|e| Error::local("read back", path, e))?;
+        d.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(d.finalize())
+}
+
 /// Hashes the open file `f` (named `path` in messages) for `want`, reading `size` bytes with
 /// positional reads (the descriptor may be shared with writers).
 pub fn hash_file(f: &File, path: &Path, want: &Checksum, size: u64) -> Result<Checksum> {
@@ -337,6 +418,44 @@ mod tests {
             value: part(&joined).to_be_bytes().to_vec(),
         };
         assert_eq!(hash(&want, b"123456789"), want);
+    }
+
+    #[test]
+    fn range_crcs_combine_to_the_whole_and_gaps_are_read_back() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for want in [
+            Checksum::Crc32(0),
+            Checksum::Crc32c(0),
+            Checksum::Crc64Nvme(0),
+            Checksum::Crc64Ecma(0),
+        ] {
+            let algo = crc_algorithm(&want).unwrap();
+            let whole = {
+                let mut h = Hasher::for_checksum(&want, data.len() as u64);
+                h.update(&data);
+                h.finish()
+            };
+            let crc = |a: u64, b: u64| crc_fast::checksum(algo, &data[a as usize..b as usize]);
+            let r = |a, b| ByteRange { start: a, end: b };
+            // Out of order, with a gap at 3000..4000 and at the end, and an overlapping stray.
+            let ranges = vec![
+                (r(4000, 10_000 - 10), crc(4000, 9990)),
+                (r(0, 3000), crc(0, 3000)),
+                (r(2000, 5000), crc(2000, 5000)),
+            ];
+            let mut asked = Vec::new();
+            let (got, read_back) = combine_ranges(&want, 10_000, ranges, |g| {
+                asked.push(g);
+                Ok(crc(g.start, g.end))
+            })
+            .unwrap();
+            assert_eq!(got, whole, "{}", want.algorithm());
+            assert_eq!(asked, vec![r(3000, 4000), r(9990, 10_000)]);
+            assert_eq!(read_back, 1010);
+        }
+        // An empty file: the CRC of nothing.
+        let (got, _) = combine_ranges(&Checksum::Crc32c(0), 0, vec![], |_| unreachable!()).unwrap();
+        assert_eq!(got, Checksum::Crc32c(0));
     }
 
     #[test]

@@ -360,3 +360,74 @@ fn a_flipped_bit_from_gcs_is_refetched_or_caught() {
         }
     }
 }
+
+#[test]
+fn a_resumed_gcs_file_is_verified_by_combining_range_crcs_with_the_kept_bytes() {
+    use crate::support::proxy::Fault;
+    let b = bucket("gresume");
+    let mut objects = BTreeMap::new();
+    let bytes = data(191, 24 << 20);
+    objects.insert("m/w.bin".to_string(), bytes.clone());
+    seed_gcs(&b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    // Two slow streams of 2 MiB chunks, killed after about a third: whole chunks are kept.
+    let killed_run = || {
+        let slow = Proxy::with_fault(
+            &gcs(),
+            Fault::Throttle {
+                bytes_per_sec: 8 << 20,
+            },
+        );
+        let mut child = gs_loader(&slow.url(), tmp.path())
+            .args(["--chunk-size", "2MiB", "--concurrency", "2"])
+            .arg(format!("gs://{b}/m"))
+            .arg(&dest)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while slow.bytes_down() < 8 << 20 {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "no progress"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+    };
+    let rerun = |proxy: &Proxy| {
+        run(gs_loader(&proxy.url(), tmp.path())
+            .args(["--chunk-size", "2MiB"])
+            .arg(format!("gs://{b}/m"))
+            .arg(&dest))
+    };
+    killed_run();
+    // A rerun whose every reply has a flipped bit must not pass: the kept ranges (read back)
+    // and the new ones (CRCs from the stream) combine into a CRC that does not match.
+    let out = rerun(&Proxy::with_fault(
+        &gcs(),
+        Fault::Flip {
+            at: 100,
+            first: usize::MAX,
+        },
+    ));
+    let line = error_line(&out, 6);
+    assert!(line.contains("crc32c mismatch"), "{line}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already on disk"));
+    // Killed again, then resumed cleanly: exact bytes.
+    killed_run();
+    let out = rerun(&Proxy::start(&gcs()));
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already on disk") && !stderr.contains("(0 B already"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&dest)["w.bin"], sha256(&bytes));
+    assert!(manifest(&dest)["files"][0]["checksum"]
+        .as_str()
+        .unwrap()
+        .starts_with("crc32c:"));
+}
