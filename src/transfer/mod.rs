@@ -89,6 +89,10 @@ struct FileJob {
     /// computed as it streamed in, so the file's CRC is combined without reading it back.
     crc: Option<crc_fast::CrcAlgorithm>,
     range_crcs: Mutex<Vec<(ByteRange, u64)>>,
+    /// Likewise for a checksum over parts (multipart ETag, composite): each part's checksum, by
+    /// part index, computed by whichever stream fetched it — in parallel, with no read-back.
+    hashes_parts: bool,
+    part_digests: Mutex<std::collections::HashMap<u32, Vec<u8>>>,
 }
 
 /// Where the next chunk comes from: file index, missing-range index, offset. Chunks are cut
@@ -225,9 +229,18 @@ pub async fn execute(
                 Some(c) if !single => verify::crc_algorithm(c),
                 _ => None,
             };
+            let hashes_parts = !single
+                && plan
+                    .file
+                    .checksum
+                    .as_ref()
+                    .and_then(verify::part_layout)
+                    .is_some();
             FileJob {
                 crc,
                 range_crcs: Mutex::new(Vec::new()),
+                hashes_parts,
+                part_digests: Mutex::new(Default::default()),
                 hashes_inline: inline.is_some(),
                 inline: Mutex::new(inline),
                 id,
@@ -357,8 +370,12 @@ async fn fetch_chunk(
     let cap = buf.capacity();
     let mut pos = range.start;
     let mut recorded = range.start;
-    // Continues across retries: a retry resumes at the first byte not yet received.
+    // Continue across retries: a retry resumes at the first byte not yet received.
     let mut crc = job.crc.map(crc_fast::Digest::new);
+    let mut parts = match &job.plan.file.checksum {
+        Some(c) if job.hashes_parts => verify::InlineParts::new(c, range),
+        _ => None,
+    };
     let mut last_record = Instant::now();
     let mut failures = 0u32;
     loop {
@@ -414,6 +431,9 @@ async fn fetch_chunk(
                     if let Some(d) = crc.as_mut() {
                         d.update(&bytes);
                     }
+                    if let Some(p) = parts.as_mut() {
+                        p.update(&bytes);
+                    }
                     let mut data = &bytes[..];
                     while !data.is_empty() {
                         let took = buf.fill(data);
@@ -466,6 +486,12 @@ async fn fetch_chunk(
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push((range, d.finalize()));
+                    }
+                    if let Some(p) = parts {
+                        job.part_digests
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(p.finish(range.end, job.plan.file.size));
                     }
                     return Ok(true);
                 }
@@ -551,14 +577,28 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let path = job.plan.path.clone();
     let crc_algo = job.crc;
     let range_crcs = std::mem::take(&mut *job.range_crcs.lock().unwrap_or_else(|p| p.into_inner()));
+    let hashes_parts = job.hashes_parts;
+    let planned = job
+        .plan
+        .file
+        .checksum
+        .clone()
+        .unwrap_or(crate::source::Checksum::Md5([0; 16]));
+    let part_digests =
+        std::mem::take(&mut *job.part_digests.lock().unwrap_or_else(|p| p.into_inner()));
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
             let combinable = crc_algo.is_some() && crc_algo == verify::crc_algorithm(&want);
+            let by_parts = hashes_parts && want.algorithm() == planned.algorithm();
             let got = match inline.filter(|g| g.algorithm() == want.algorithm()) {
                 Some(got) => Ok(got),
                 None if combinable => verify::combine_ranges(&want, size, range_crcs, |r| {
                     verify::crc_of_range(part.file(), part.path(), crc_algo.expect("set"), r)
+                })
+                .map(|(got, _)| got),
+                None if by_parts => verify::combine_parts(&want, size, part_digests, |r, kind| {
+                    verify::digest_of_range(part.file(), part.path(), kind, r)
                 })
                 .map(|(got, _)| got),
                 None => verify::hash_file(part.file(), part.path(), &want, size),

@@ -130,11 +130,17 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         out.resumed_bytes = out
             .resumed_bytes
             .saturating_add(file.size.saturating_sub(missing_bytes));
+        // Checksums over parts are computed part by part as the bytes stream in: chunks are cut
+        // at part boundaries (a whole number of parts each).
+        let chunk_size = match file.checksum.as_ref().and_then(super::verify::part_layout) {
+            Some((part, _)) if part > 0 => (chunk / part).max(1).saturating_mul(part),
+            _ => chunk,
+        };
         out.fetch.push(FilePlan {
             path,
             file,
             missing,
-            chunk_size: chunk,
+            chunk_size,
             resume: partial.is_some(),
         });
     }

@@ -71,9 +71,10 @@ impl Composite {
 }
 
 /// The bytes S3 concatenates for a composite checksum: big-endian CRCs, raw digests.
-fn raw(c: &Checksum) -> Vec<u8> {
+pub fn raw(c: &Checksum) -> Vec<u8> {
     match c {
         Checksum::Crc32(v) | Checksum::Crc32c(v) => v.to_be_bytes().to_vec(),
+        Checksum::Md5(d) => d.to_vec(),
         Checksum::Sha1(d) => d.to_vec(),
         Checksum::Sha256(d) => d.to_vec(),
         other => other.hex().into_bytes(),
@@ -188,6 +189,137 @@ impl Hasher {
             Hasher::Composite(c) => c.finish(),
         }
     }
+}
+
+/// For a checksum over equal parts (a multipart ETag, a composite checksum): the part size and
+/// the kind of checksum each part has (an empty one, to build a hasher from).
+pub fn part_layout(c: &Checksum) -> Option<(u64, Checksum)> {
+    match c {
+        Checksum::MultipartMd5 { part_size, .. } => Some((*part_size, Checksum::Md5([0; 16]))),
+        Checksum::Composite { of, part_size, .. } => Some((*part_size, of.empty())),
+        _ => None,
+    }
+}
+
+/// Each whole part's checksum, computed as a range's bytes stream past. Only for ranges that
+/// start on a part boundary; a part the range ends in the middle of is dropped (read back later).
+pub struct InlineParts {
+    part_size: u64,
+    kind: Checksum,
+    index: u32,
+    in_part: u64,
+    hasher: Hasher,
+    pub done: Vec<(u32, Vec<u8>)>,
+}
+
+impl InlineParts {
+    pub fn new(c: &Checksum, range: ByteRange) -> Option<InlineParts> {
+        let (part_size, kind) = part_layout(c)?;
+        if part_size == 0 || !range.start.is_multiple_of(part_size) {
+            return None;
+        }
+        Some(InlineParts {
+            part_size,
+            index: u32::try_from(range.start / part_size).ok()?,
+            in_part: 0,
+            hasher: Hasher::for_checksum(&kind, 0),
+            kind,
+            done: Vec::new(),
+        })
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
+            self.hasher.update(&data[..room]);
+            self.in_part += room as u64;
+            data = &data[room..];
+            if self.in_part == self.part_size {
+                self.close();
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        let fresh = Hasher::for_checksum(&self.kind, 0);
+        let h = std::mem::replace(&mut self.hasher, fresh).finish();
+        self.done.push((self.index, raw(&h)));
+        self.index += 1;
+        self.in_part = 0;
+    }
+
+    /// At the end of the range: a short last part counts only if it is the file's end.
+    pub fn finish(mut self, range_end: u64, size: u64) -> Vec<(u32, Vec<u8>)> {
+        if self.in_part > 0 && range_end == size {
+            self.close();
+        }
+        self.done
+    }
+}
+
+/// The whole file's checksum over parts from the part checksums computed inline; parts no
+/// range computed (an earlier run fetched them, or a range began mid-part) are read back with
+/// `read`. Returns the checksum and how many bytes were read back.
+pub fn combine_parts(
+    want: &Checksum,
+    size: u64,
+    mut have: std::collections::HashMap<u32, Vec<u8>>,
+    mut read: impl FnMut(ByteRange, &Checksum) -> Result<Vec<u8>>,
+) -> Result<(Checksum, u64)> {
+    let (part_size, kind) = part_layout(want)
+        .ok_or_else(|| Error::new(Kind::Local, "combine_parts needs a checksum over parts"))?;
+    let parts = size.div_ceil(part_size.max(1));
+    let mut outer = Hasher::for_checksum(&kind, 0);
+    let mut read_back = 0;
+    for i in 0..parts {
+        let r = ByteRange {
+            start: i * part_size,
+            end: ((i + 1) * part_size).min(size),
+        };
+        let digest = match u32::try_from(i).ok().and_then(|i| have.remove(&i)) {
+            Some(d) => d,
+            None => {
+                read_back += r.len();
+                read(r, &kind)?
+            }
+        };
+        outer.update(&digest);
+    }
+    let value = raw(&outer.finish());
+    let parts = u32::try_from(parts).unwrap_or(u32::MAX);
+    Ok((
+        match want {
+            Checksum::MultipartMd5 { .. } => Checksum::MultipartMd5 {
+                part_size,
+                parts,
+                digest: value.try_into().unwrap_or([0; 16]),
+            },
+            Checksum::Composite { of, .. } => Checksum::Composite {
+                of: *of,
+                part_size,
+                parts,
+                value,
+            },
+            other => other.clone(),
+        },
+        read_back,
+    ))
+}
+
+/// The checksum of `kind` over `r` of the open file `f`, read back, as raw bytes.
+pub fn digest_of_range(f: &File, path: &Path, kind: &Checksum, r: ByteRange) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Hasher::for_checksum(kind, r.len());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = r.start;
+    while off < r.end {
+        let n = ((r.end - off) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], off)
+            .map_err(|e| Error::local("read back", path, e))?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(raw(&h.finish()))
 }
 
 /// The CRC kind of a whole-object checksum, whose per-range values combine without re-reading.
@@ -456,6 +588,55 @@ mod tests {
         // An empty file: the CRC of nothing.
         let (got, _) = combine_ranges(&Checksum::Crc32c(0), 0, vec![], |_| unreachable!()).unwrap();
         assert_eq!(got, Checksum::Crc32c(0));
+    }
+
+    #[test]
+    fn parts_hashed_inline_per_range_combine_to_the_etag() {
+        let data: Vec<u8> = (0..23u8).collect();
+        let whole = |want: &Checksum| {
+            let mut h = Hasher::for_checksum(want, 23);
+            h.update(&data);
+            h.finish()
+        };
+        for probe in [
+            Checksum::MultipartMd5 {
+                part_size: 5,
+                parts: 5,
+                digest: [0; 16],
+            },
+            Checksum::Composite {
+                of: PartChecksum::Crc32,
+                part_size: 5,
+                parts: 5,
+                value: vec![],
+            },
+        ] {
+            let want = whole(&probe);
+            let r = |a, b| ByteRange { start: a, end: b };
+            // Ranges of 10 (two parts each), one missing (5..10 is read back), and the last short.
+            let mut have = std::collections::HashMap::new();
+            for range in [r(0, 5), r(10, 20), r(20, 23)] {
+                let mut p = InlineParts::new(&probe, range).unwrap();
+                for c in data[range.start as usize..range.end as usize].chunks(3) {
+                    p.update(c);
+                }
+                have.extend(p.finish(range.end, 23));
+            }
+            assert!(
+                InlineParts::new(&probe, r(3, 10)).is_none(),
+                "mid-part start"
+            );
+            let mut asked = Vec::new();
+            let (got, read_back) = combine_parts(&want, 23, have, |g, kind| {
+                asked.push(g);
+                let mut h = Hasher::for_checksum(kind, g.len());
+                h.update(&data[g.start as usize..g.end as usize]);
+                Ok(raw(&h.finish()))
+            })
+            .unwrap();
+            assert_eq!(got, want);
+            assert_eq!((asked, read_back), (vec![r(5, 10)], 5));
+        }
     }
 
     #[test]
