@@ -588,7 +588,7 @@ impl S3 {
     /// SHA-1, SHA-256, or composite per-part ones), else against their ETag, the MD5 of their
     /// part MD5s. Per-part checksums need the part size, which `HEAD ?partNumber=1` tells.
     /// Objects whose layout cannot be learnt (or is not equal parts) keep a size-only check.
-    async fn learn_part_sizes(&self, files: &mut [RemoteFile]) -> Result<()> {
+    async fn learn_checksums(&self, files: &mut [RemoteFile]) -> Result<()> {
         use futures_util::StreamExt;
         let todo: Vec<(usize, [u8; 16], u32, RemoteFile)> = files
             .iter()
@@ -813,7 +813,7 @@ impl Source for S3 {
         let mut listing = super::list_bucket(self).await?;
         // OSS too: its replies' whole-object CRC-64 takes precedence where it is sent
         // (transfer::finalize), the multipart ETag covers servers that do not send it.
-        self.learn_part_sizes(&mut listing.files).await?;
+        self.learn_checksums(&mut listing.files).await?;
         Ok(listing)
     }
 
