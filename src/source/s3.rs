@@ -594,8 +594,12 @@ impl S3 {
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
-                let (digest, parts) = multipart_etag(f.version.as_deref()?)?;
-                Some((i, digest, parts, f.clone()))
+                if let Some((digest, parts)) = multipart_etag(f.version.as_deref()?) {
+                    return Some((i, digest, parts, f.clone()));
+                }
+                // A large single-part object is fetched in several ranges: a CRC it carries
+                // (S3 adds CRC-64/NVME to new objects) combines per range, an MD5 is read back.
+                (f.size > HEAD_CHECKSUM_ABOVE).then(|| (i, [0; 16], 0, f.clone()))
             })
             .collect();
         let learnt: Vec<_> =
@@ -610,6 +614,16 @@ impl S3 {
         for (i, digest, parts, extra, part_size) in learnt {
             let f = &mut files[i];
             let (extra, part_size) = (extra?, part_size?);
+            if parts == 0 {
+                // Single part: a whole-object CRC replaces the MD5 ETag; anything else keeps it.
+                if let Some(Additional::Whole(
+                    c @ (Checksum::Crc32(_) | Checksum::Crc32c(_) | Checksum::Crc64Nvme(_)),
+                )) = extra
+                {
+                    f.checksum = Some(c);
+                }
+                continue;
+            }
             let fits = |p: u64, n: u32| {
                 p > 0
                     && n >= 1
@@ -657,7 +671,7 @@ impl S3 {
 
     /// The size of part 1 of a multipart object (None: the server would not say).
     async fn part_size(&self, f: &RemoteFile, parts: u32) -> Result<Option<u64>> {
-        if parts == 1 {
+        if parts <= 1 {
             return Ok(Some(f.size));
         }
         let what = format!("HEAD {} (part 1)", self.display(&f.key));
@@ -882,6 +896,10 @@ async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<Strin
 }
 
 /// A plain 32-hex ETag is the MD5 of a single-part upload; multipart ETags end in `-N`.
+/// Single-part objects larger than this (the default chunk size: fetched in several ranges) are
+/// asked for an additional checksum too.
+const HEAD_CHECKSUM_ABOVE: u64 = 64 << 20;
+
 /// An S3 additional checksum from `x-amz-checksum-*` headers.
 #[derive(Debug, PartialEq, Eq)]
 enum Additional {

@@ -208,3 +208,38 @@ fn verify_re_hashes_dest_and_names_every_file_that_changed() {
     let out = audit(&tmp.path().join("nothing-here"));
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_large_single_part_object_with_a_crc_is_verified_by_it() {
+    let python = required_env("MODEL_LOADER_TEST_PYTHON");
+    let ep = s3_endpoint();
+    let b = bucket("bigcrc");
+    let tmp = tempfile::tempdir().unwrap();
+    // Larger than the default 64 MiB chunk: fetched in several ranges, so the CRC (combined
+    // per range) is used instead of the MD5 ETag (which would need a read-back).
+    let bytes = data(201, (65 << 20) + 9);
+    let path = tmp.path().join("w.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run(std::process::Command::new(&python)
+        .arg("scripts/support/seed_checksums.py")
+        .args([&ep, &b, "m/w.bin"])
+        .arg(&path)
+        .args(["CRC32", "single"]));
+    assert_eq!(out.status.code(), Some(0));
+    for (first, code) in [(1, 0), (usize::MAX, 6)] {
+        let dest = tmp.path().join(format!("d{code}"));
+        let out = run(loader(&flipping(&ep, 4 << 20, first).url(), tmp.path())
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest));
+        if code == 0 {
+            assert_eq!(out.status.code(), Some(0));
+            assert_eq!(tree(&dest)["w.bin"], sha256(&bytes));
+            let m = manifest(&dest);
+            let recorded = m["files"][0]["checksum"].as_str().unwrap();
+            assert!(recorded.starts_with("crc32:"), "{recorded}");
+        } else {
+            let line = error_line(&out, 6);
+            assert!(line.contains("crc32 mismatch"), "{line}");
+        }
+    }
+}
