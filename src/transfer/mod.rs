@@ -357,6 +357,72 @@ fn flush(ctx: &Ctx, part: &PartFile, buf: &mut writer::AlignedBuf, at: u64) -> R
     Ok(at)
 }
 
+/// One chunk's progress, kept across retries (a retry resumes at the first byte not written).
+struct ChunkProgress {
+    range: ByteRange,
+    /// First byte not yet written.
+    pos: u64,
+    /// First byte not yet in the journal.
+    recorded: u64,
+    last_record: Instant,
+    /// The chunk's CRC and part checksums, computed as the bytes stream past.
+    crc: Option<crc_fast::Digest>,
+    parts: Option<verify::InlineParts>,
+}
+
+impl ChunkProgress {
+    fn new(job: &FileJob, range: ByteRange) -> Self {
+        ChunkProgress {
+            range,
+            pos: range.start,
+            recorded: range.start,
+            last_record: Instant::now(),
+            crc: job.crc.map(crc_fast::Digest::new),
+            parts: match &job.plan.file.checksum {
+                Some(c) if job.hashes_parts => verify::InlineParts::new(c, range),
+                _ => None,
+            },
+        }
+    }
+
+    fn hash(&mut self, job: &FileJob, bytes: &[u8]) {
+        if job.hashes_inline {
+            let mut h = job.inline.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = h.as_mut() {
+                h.update(bytes);
+            }
+        }
+        if let Some(d) = self.crc.as_mut() {
+            d.update(bytes);
+        }
+        if let Some(p) = self.parts.as_mut() {
+            p.update(bytes);
+        }
+    }
+
+    /// The chunk is complete: hand its CRC and part checksums to the file.
+    fn complete(self, job: &FileJob) {
+        if let Some(d) = self.crc {
+            job.range_crcs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((self.range, d.finalize()));
+        }
+        if let Some(p) = self.parts {
+            job.part_digests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(p.finish(self.range.end, job.plan.file.size));
+        }
+    }
+}
+
+/// How one reply's body ended.
+struct BodyEnd {
+    error: Option<Error>,
+    stopped: bool,
+}
+
 /// Streams `range` into the part file, retrying transient failures and resuming from the last
 /// byte written, recording progress every [`RECORD_EVERY_BYTES`] or [`RECORD_EVERY`]. Returns
 /// false when the run is stopping (what was written is recorded first).
@@ -367,22 +433,13 @@ async fn fetch_chunk(
     range: ByteRange,
     buf: &mut writer::AlignedBuf,
 ) -> Result<bool> {
-    let cap = buf.capacity();
-    let mut pos = range.start;
-    let mut recorded = range.start;
-    // Continue across retries: a retry resumes at the first byte not yet received.
-    let mut crc = job.crc.map(crc_fast::Digest::new);
-    let mut parts = match &job.plan.file.checksum {
-        Some(c) if job.hashes_parts => verify::InlineParts::new(c, range),
-        _ => None,
-    };
-    let mut last_record = Instant::now();
+    let mut c = ChunkProgress::new(job, range);
     let mut failures = 0u32;
     loop {
         let fetch = ctx.source.fetch(
             &job.plan.file,
             ByteRange {
-                start: pos,
+                start: c.pos,
                 end: range.end,
             },
         );
@@ -394,116 +451,26 @@ async fn fetch_chunk(
         let err = match reply {
             Err(e) => e,
             Ok(fetched) => {
-                if !fetched.checksum_applies {
-                    job.checksum_applies.store(false, Ordering::Relaxed);
-                }
-                if let Some(c) = fetched.object_checksum {
-                    job.object_checksum
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(c);
-                }
-                let mut body = fetched.body;
-                let mut at = pos;
-                buf.clear();
-                let mut stream_err = None;
-                let mut stopped = false;
-                loop {
-                    let item = tokio::select! {
-                        biased;
-                        _ = ctx.cancel.cancelled() => None,
-                        i = body.next() => i,
-                    };
-                    let bytes = match item {
-                        Some(Ok(b)) => b,
-                        Some(Err(e)) => {
-                            stream_err = Some(e);
-                            break;
-                        }
-                        None => break,
-                    };
-                    if job.hashes_inline {
-                        let mut h = job.inline.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(h) = h.as_mut() {
-                            h.update(&bytes);
-                        }
-                    }
-                    if let Some(d) = crc.as_mut() {
-                        d.update(&bytes);
-                    }
-                    if let Some(p) = parts.as_mut() {
-                        p.update(&bytes);
-                    }
-                    let mut data = &bytes[..];
-                    while !data.is_empty() {
-                        let took = buf.fill(data);
-                        data = &data[took..];
-                        if buf.len() == cap {
-                            at = flush(ctx, part, buf, at)?;
-                        }
-                    }
-                    ctx.reporter.bytes(job.id, bytes.len() as u64);
-                    ctx.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    if job.records
-                        && (at - recorded >= RECORD_EVERY_BYTES
-                            || last_record.elapsed() >= RECORD_EVERY)
-                    {
-                        let written = ByteRange {
-                            start: recorded,
-                            end: at,
-                        };
-                        ctx.checkpoint(job, part, written, false)?;
-                        recorded = at;
-                        last_record = Instant::now();
-                    }
-                    if ctx.stopping() {
-                        stopped = true;
-                        break;
-                    }
-                }
-                at = flush(ctx, part, buf, at)?;
-                if at > pos {
+                note_reply_checksums(job, &fetched);
+                let before = c.pos;
+                let end = stream_body(ctx, job, part, buf, fetched.body, &mut c).await?;
+                if c.pos > before {
                     failures = 0;
                 }
-                pos = at;
-                if job.records {
-                    // The chunk's end is made durable (one sync per chunk, as before the in-chunk
-                    // records existed); an interrupted stream's tail only needs to survive a kill.
-                    let done = ByteRange {
-                        start: if at == range.end {
-                            range.start
-                        } else {
-                            recorded
-                        },
-                        end: at,
-                    };
-                    ctx.checkpoint(job, part, done, at == range.end)?;
-                    recorded = at;
-                }
-                if pos == range.end {
-                    if let Some(d) = crc {
-                        job.range_crcs
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((range, d.finalize()));
-                    }
-                    if let Some(p) = parts {
-                        job.part_digests
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(p.finish(range.end, job.plan.file.size));
-                    }
+                if c.pos == range.end {
+                    c.complete(job);
                     return Ok(true);
                 }
-                if stopped || ctx.stopping() {
+                if end.stopped || ctx.stopping() {
                     return Ok(false);
                 }
-                stream_err.unwrap_or_else(|| {
+                end.error.unwrap_or_else(|| {
                     Error::new(
                         Kind::Network,
                         format!(
-                            "{}: the reply ended at byte {pos} of {range}",
-                            ctx.shown(job)
+                            "{}: the reply ended at byte {} of {range}",
+                            ctx.shown(job),
+                            c.pos
                         ),
                     )
                     .transient(None)
@@ -533,6 +500,93 @@ async fn fetch_chunk(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// What a reply says about the checksum: an SSE-KMS ETag is no MD5; OSS sends a CRC-64.
+fn note_reply_checksums(job: &FileJob, fetched: &crate::source::Fetched) {
+    if !fetched.checksum_applies {
+        job.checksum_applies.store(false, Ordering::Relaxed);
+    }
+    if let Some(c) = &fetched.object_checksum {
+        job.object_checksum
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(c.clone());
+    }
+}
+
+/// Writes one reply's body at `c.pos` onwards (hashing it on the way), records progress, and
+/// says how the body ended. `c.pos` is the first byte not written when it returns.
+async fn stream_body(
+    ctx: &Ctx,
+    job: &FileJob,
+    part: &PartFile,
+    buf: &mut writer::AlignedBuf,
+    mut body: crate::source::ByteStream,
+    c: &mut ChunkProgress,
+) -> Result<BodyEnd> {
+    let cap = buf.capacity();
+    let mut at = c.pos;
+    buf.clear();
+    let mut end = BodyEnd {
+        error: None,
+        stopped: false,
+    };
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => None,
+            i = body.next() => i,
+        };
+        let bytes = match item {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                end.error = Some(e);
+                break;
+            }
+            None => break,
+        };
+        c.hash(job, &bytes);
+        let mut data = &bytes[..];
+        while !data.is_empty() {
+            let took = buf.fill(data);
+            data = &data[took..];
+            if buf.len() == cap {
+                at = flush(ctx, part, buf, at)?;
+            }
+        }
+        ctx.reporter.bytes(job.id, bytes.len() as u64);
+        ctx.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if job.records
+            && (at - c.recorded >= RECORD_EVERY_BYTES || c.last_record.elapsed() >= RECORD_EVERY)
+        {
+            let written = ByteRange {
+                start: c.recorded,
+                end: at,
+            };
+            ctx.checkpoint(job, part, written, false)?;
+            c.recorded = at;
+            c.last_record = Instant::now();
+        }
+        if ctx.stopping() {
+            end.stopped = true;
+            break;
+        }
+    }
+    at = flush(ctx, part, buf, at)?;
+    c.pos = at;
+    if job.records {
+        // The chunk's end is made durable (one sync per chunk, as before the in-chunk records
+        // existed); an interrupted stream's tail only needs to survive a kill.
+        let complete = at == c.range.end;
+        let done = ByteRange {
+            start: if complete { c.range.start } else { c.recorded },
+            end: at,
+        };
+        ctx.checkpoint(job, part, done, complete)?;
+        c.recorded = at;
+    }
+    Ok(end)
 }
 
 /// Verifies (when the listing gave a checksum that applies), syncs and renames a finished file,
@@ -589,19 +643,23 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
-            let combinable = crc_algo.is_some() && crc_algo == verify::crc_algorithm(&want);
+            let combine_crcs = crc_algo.filter(|a| Some(*a) == verify::crc_algorithm(&want));
             let by_parts = hashes_parts && want.algorithm() == planned.algorithm();
-            let got = match inline.filter(|g| g.algorithm() == want.algorithm()) {
-                Some(got) => Ok(got),
-                None if combinable => verify::combine_ranges(&want, size, range_crcs, |r| {
-                    verify::crc_of_range(part.file(), part.path(), crc_algo.expect("set"), r)
+            let (f, p) = (part.file(), part.path());
+            let got = if let Some(got) = inline.filter(|g| g.algorithm() == want.algorithm()) {
+                Ok(got)
+            } else if let Some(algo) = combine_crcs {
+                verify::combine_ranges(&want, size, range_crcs, |r| {
+                    verify::crc_of_range(f, p, algo, r)
                 })
-                .map(|(got, _)| got),
-                None if by_parts => verify::combine_parts(&want, size, part_digests, |r, kind| {
-                    verify::digest_of_range(part.file(), part.path(), kind, r)
+                .map(|(got, _)| got)
+            } else if by_parts {
+                verify::combine_parts(&want, size, part_digests, |r, kind| {
+                    verify::digest_of_range(f, p, kind, r)
                 })
-                .map(|(got, _)| got),
-                None => verify::hash_file(part.file(), part.path(), &want, size),
+                .map(|(got, _)| got)
+            } else {
+                verify::hash_file(f, p, &want, size)
             };
             if let Err(e) = got.and_then(|got| verify::check(&got, &want, &shown)) {
                 state.discard_part(&path);
