@@ -10,7 +10,7 @@ PYTE_VERSION="0.8.2"  # a terminal emulator, to check what progress bars leave o
 FAKE_GCS_WRAPPER_VERSION="0.1.1"  # ships fake-gcs-server v1.54.0
 
 # Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
-# never reach it (research/protocols.md, pitfall 14).
+# never reach it: these point every SDK lookup at a closed loopback port.
 export AWS_EC2_METADATA_DISABLED=true
 export AWS_METADATA_ENDPOINT=http://127.0.0.1:9
 export GCE_METADATA_HOST=127.0.0.1:9

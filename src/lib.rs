@@ -1,7 +1,7 @@
 //! model-loader: puts ML models and adapters from object stores and the Hugging Face Hub onto
 //! a local or shared volume — fast, with flat memory, and never half-written.
 //!
-//! Data flow (DESIGN.md §2): URL → source (list once) → select (filters, safe paths) → plan
+//! Data flow: URL → source (list once) → select (filters, safe paths) → plan
 //! (pure) → execute (one pool of ranged requests) → manifest, written last.
 
 pub mod cancel;

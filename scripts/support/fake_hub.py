@@ -1,6 +1,6 @@
 """A fake Hugging Face Hub for tests: a Hub host and a separate CDN host, on loopback.
 
-It models what the Hub does that a downloader must get right (research/protocols.md §5):
+It models what the Hub does that a downloader must get right:
 revisions resolved to commits, a recursive tree listing paginated with `Link: rel="next"`,
 `/resolve/` serving regular files itself and redirecting LFS files (302) to a signed, expiring
 URL on another host, Range on both hosts, and the Hub's error signalling (401 for missing,

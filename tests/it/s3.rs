@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::support::{self, proxy::Proxy, *};
 
-/// The tree the core issue names: nested folders, a zero-byte file, names with spaces and
+/// A tree with every hard case: nested folders, a zero-byte file, names with spaces and
 /// non-ASCII characters, a file spanning many chunks, more than 1,000 keys under one prefix.
 fn model_tree(prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut o = BTreeMap::new();
