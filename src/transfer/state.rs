@@ -386,15 +386,7 @@ impl StateDir {
                 })?;
             }
         }
-        if let Some(j) = self
-            .journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            j.sync_data()
-                .map_err(|e| Error::local("sync the journal", &self.dir.path().join(JOURNAL), e))?;
-        }
+        self.sync_journal()?;
         match self.dir.remove_file(MANIFEST) {
             Ok(()) => self.dir.sync(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

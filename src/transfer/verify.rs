@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::source::{ByteRange, Checksum, PartChecksum};
+use crate::source::{ByteRange, Checksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -22,52 +22,8 @@ pub enum Hasher {
     Crc32(crc_fast::Digest),
     Crc64Nvme(crc_fast::Digest),
     Sha1(Sha1),
-    MultipartMd5(PartsMd5),
-    Composite(Box<Composite>),
-}
-
-/// Each part's checksum as the bytes stream past, and the checksum of their concatenation.
-pub struct Composite {
-    of: PartChecksum,
-    part_size: u64,
-    in_part: u64,
-    part: Hasher,
-    outer: Hasher,
-    parts: u32,
-}
-
-impl Composite {
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
-            self.part.update(&data[..room]);
-            self.in_part += room as u64;
-            data = &data[room..];
-            if self.in_part == self.part_size {
-                self.close_part();
-            }
-        }
-    }
-
-    fn close_part(&mut self) {
-        let fresh = Hasher::for_checksum(&self.of.empty(), 0);
-        let done = std::mem::replace(&mut self.part, fresh).finish();
-        self.outer.update(&raw(&done));
-        self.parts += 1;
-        self.in_part = 0;
-    }
-
-    fn finish(mut self) -> Checksum {
-        if self.in_part > 0 {
-            self.close_part();
-        }
-        Checksum::Composite {
-            of: self.of,
-            part_size: self.part_size,
-            parts: self.parts,
-            value: raw(&self.outer.finish()),
-        }
-    }
+    /// A multipart ETag or composite checksum: each part hashed, then the part checksums.
+    Parts(Box<(Checksum, InlineParts)>),
 }
 
 /// The bytes S3 concatenates for a composite checksum: big-endian CRCs, raw digests.
@@ -78,47 +34,6 @@ pub fn raw(c: &Checksum) -> Vec<u8> {
         Checksum::Sha1(d) => d.to_vec(),
         Checksum::Sha256(d) => d.to_vec(),
         other => other.hex().into_bytes(),
-    }
-}
-
-/// MD5 of each part as the bytes stream past, and the MD5 of those digests.
-pub struct PartsMd5 {
-    part_size: u64,
-    in_part: u64,
-    part: Md5,
-    digests: Md5,
-    parts: u32,
-}
-
-impl PartsMd5 {
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
-            self.part.update(&data[..room]);
-            self.in_part += room as u64;
-            data = &data[room..];
-            if self.in_part == self.part_size {
-                self.close_part();
-            }
-        }
-    }
-
-    fn close_part(&mut self) {
-        let d = std::mem::replace(&mut self.part, Md5::new()).finalize();
-        self.digests.update(d);
-        self.parts += 1;
-        self.in_part = 0;
-    }
-
-    fn finish(mut self) -> Checksum {
-        if self.in_part > 0 {
-            self.close_part();
-        }
-        Checksum::MultipartMd5 {
-            part_size: self.part_size,
-            parts: self.parts,
-            digest: self.digests.finalize().into(),
-        }
     }
 }
 
@@ -144,21 +59,13 @@ impl Hasher {
                 Hasher::Crc64Nvme(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme))
             }
             Checksum::Sha1(_) => Hasher::Sha1(Sha1::new()),
-            Checksum::Composite { of, part_size, .. } => Hasher::Composite(Box::new(Composite {
-                of: *of,
-                part_size: (*part_size).max(1),
-                in_part: 0,
-                part: Hasher::for_checksum(&of.empty(), 0),
-                outer: Hasher::for_checksum(&of.empty(), 0),
-                parts: 0,
-            })),
-            Checksum::MultipartMd5 { part_size, .. } => Hasher::MultipartMd5(PartsMd5 {
-                part_size: (*part_size).max(1),
-                in_part: 0,
-                part: Md5::new(),
-                digests: Md5::new(),
-                parts: 0,
-            }),
+            Checksum::MultipartMd5 { .. } | Checksum::Composite { .. } => {
+                let (part_size, kind) = part_layout(want).unwrap_or((1, Checksum::Md5([0; 16])));
+                Hasher::Parts(Box::new((
+                    want.clone(),
+                    InlineParts::at(kind, part_size, 0),
+                )))
+            }
         }
     }
 
@@ -170,8 +77,7 @@ impl Hasher {
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
             Hasher::Crc64Ecma(d) | Hasher::Crc32(d) | Hasher::Crc64Nvme(d) => d.update(data),
             Hasher::Sha1(h) => h.update(data),
-            Hasher::MultipartMd5(p) => p.update(data),
-            Hasher::Composite(c) => c.update(data),
+            Hasher::Parts(p) => p.1.update(data),
         }
     }
 
@@ -185,8 +91,12 @@ impl Hasher {
             Hasher::Crc32(d) => Checksum::Crc32(d.finalize() as u32),
             Hasher::Crc64Nvme(d) => Checksum::Crc64Nvme(d.finalize()),
             Hasher::Sha1(h) => Checksum::Sha1(h.finalize().into()),
-            Hasher::MultipartMd5(p) => p.finish(),
-            Hasher::Composite(c) => c.finish(),
+            Hasher::Parts(p) => {
+                let (want, parts) = *p;
+                // Whatever is pending is the last part.
+                let digests = parts.finish(0, 0).into_iter().map(|(_, d)| d);
+                over_parts(&want, digests)
+            }
         }
     }
 }
@@ -208,7 +118,7 @@ pub struct InlineParts {
     kind: Checksum,
     index: u32,
     in_part: u64,
-    hasher: Hasher,
+    hasher: Box<Hasher>,
     pub done: Vec<(u32, Vec<u8>)>,
 }
 
@@ -218,14 +128,20 @@ impl InlineParts {
         if part_size == 0 || !range.start.is_multiple_of(part_size) {
             return None;
         }
-        Some(InlineParts {
-            part_size,
-            index: u32::try_from(range.start / part_size).ok()?,
+        let index = u32::try_from(range.start / part_size).ok()?;
+        Some(InlineParts::at(kind, part_size, index))
+    }
+
+    /// Parts of `kind`, `part_size` bytes each, the first being part `index`.
+    fn at(kind: Checksum, part_size: u64, index: u32) -> InlineParts {
+        InlineParts {
+            part_size: part_size.max(1),
+            index,
             in_part: 0,
-            hasher: Hasher::for_checksum(&kind, 0),
+            hasher: Box::new(Hasher::for_checksum(&kind, 0)),
             kind,
             done: Vec::new(),
-        })
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -242,7 +158,7 @@ impl InlineParts {
 
     fn close(&mut self) {
         let fresh = Hasher::for_checksum(&self.kind, 0);
-        let h = std::mem::replace(&mut self.hasher, fresh).finish();
+        let h = std::mem::replace(&mut *self.hasher, fresh).finish();
         self.done.push((self.index, raw(&h)));
         self.index += 1;
         self.in_part = 0;
@@ -269,41 +185,47 @@ pub fn combine_parts(
     let (part_size, kind) = part_layout(want)
         .ok_or_else(|| Error::new(Kind::Local, "combine_parts needs a checksum over parts"))?;
     let parts = size.div_ceil(part_size.max(1));
-    let mut outer = Hasher::for_checksum(&kind, 0);
+    let mut digests = Vec::new();
     let mut read_back = 0;
     for i in 0..parts {
         let r = ByteRange {
             start: i * part_size,
             end: ((i + 1) * part_size).min(size),
         };
-        let digest = match u32::try_from(i).ok().and_then(|i| have.remove(&i)) {
+        digests.push(match u32::try_from(i).ok().and_then(|i| have.remove(&i)) {
             Some(d) => d,
             None => {
                 read_back += r.len();
                 read(r, &kind)?
             }
-        };
-        outer.update(&digest);
+        });
+    }
+    Ok((over_parts(want, digests.into_iter()), read_back))
+}
+
+/// The checksum of `want`'s kind over the given part checksums, in order.
+fn over_parts(want: &Checksum, digests: impl Iterator<Item = Vec<u8>>) -> Checksum {
+    let (part_size, kind) = part_layout(want).unwrap_or((1, Checksum::Md5([0; 16])));
+    let mut outer = Hasher::for_checksum(&kind, 0);
+    let mut parts = 0u32;
+    for d in digests {
+        outer.update(&d);
+        parts = parts.saturating_add(1);
     }
     let value = raw(&outer.finish());
-    let parts = u32::try_from(parts).unwrap_or(u32::MAX);
-    Ok((
-        match want {
-            Checksum::MultipartMd5 { .. } => Checksum::MultipartMd5 {
-                part_size,
-                parts,
-                digest: value.try_into().unwrap_or([0; 16]),
-            },
-            Checksum::Composite { of, .. } => Checksum::Composite {
-                of: *of,
-                part_size,
-                parts,
-                value,
-            },
-            other => other.clone(),
+    match want {
+        Checksum::Composite { of, .. } => Checksum::Composite {
+            of: *of,
+            part_size,
+            parts,
+            value,
         },
-        read_back,
-    ))
+        _ => Checksum::MultipartMd5 {
+            part_size,
+            parts,
+            digest: value.try_into().unwrap_or([0; 16]),
+        },
+    }
 }
 
 /// The checksum of `kind` over `r` of the open file `f`, read back, as raw bytes.
@@ -449,6 +371,7 @@ pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::PartChecksum;
 
     fn hex_arr<const N: usize>(s: &str) -> [u8; N] {
         let mut out = [0u8; N];
