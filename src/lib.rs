@@ -29,8 +29,11 @@ use transfer::state::{self, Manifest, ManifestFile, StateDir};
 use transfer::ExecOptions;
 use url::RelPath;
 
-/// Bytes gathered per worker before one positional write.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Bytes gathered per worker before one positional write. 1 MiB rather than 256 KiB: each
+/// write hands the worker thread over (`block_in_place`), and on the hf bench the larger buffer
+/// took 25 % off the wall time and system time (4 alternating runs each), for 12 MiB of memory
+/// at 16 requests.
+const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
@@ -156,6 +159,9 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         }
     }
 
+    if done.in_order.total() > 0 {
+        reporter.info(&in_order_line(&done.in_order));
+    }
     // Renames (and folders this run created) are durable only once their folders are synced.
     if cfg.fsync {
         state.sync_folders(selected.iter().map(|(p, _)| p))?;
@@ -205,6 +211,20 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     summary.elapsed = started.elapsed();
     reporter.finish(&summary);
     Ok(summary)
+}
+
+/// How much of the files hashed in order (SHA-256, single-part MD5) was hashed as it arrived.
+fn in_order_line(s: &transfer::inorder::Stats) -> String {
+    let pct = |n: u64| n as f64 * 100.0 / s.total().max(1) as f64;
+    format!(
+        "hashed in order: {} as it arrived ({:.0}%), {} from memory ({:.0}%), {} read back ({:.0}%)",
+        progress::human(s.at_frontier),
+        pct(s.at_frontier),
+        progress::human(s.from_memory),
+        pct(s.from_memory),
+        progress::human(s.read_back),
+        pct(s.read_back),
+    )
 }
 
 /// Offline: does DEST hold a complete copy of SRC, as its manifest records it? Returns the

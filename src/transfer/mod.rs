@@ -5,6 +5,7 @@
 //! verified, synced and renamed as soon as its last chunk lands.
 
 pub mod confine;
+pub mod inorder;
 pub mod lock;
 pub mod plan;
 pub mod retry;
@@ -32,6 +33,9 @@ use writer::PartFile;
 pub const RECORD_EVERY_BYTES: u64 = 8 << 20;
 /// … and at least this often in time, for slow streams.
 pub const RECORD_EVERY: Duration = Duration::from_secs(2);
+/// Chunk ends are synced (their records survive a power loss) at least this far apart: short
+/// chunks (files hashed in order) would otherwise pay a device flush every few MiB.
+pub const DURABLE_EVERY: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ExecOptions {
@@ -64,6 +68,8 @@ pub struct Executed {
     /// manifest — not always the listed checksum (an SSE-KMS ETag is no MD5; OSS gives a
     /// CRC-64 only in replies).
     pub verified: std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>,
+    /// Where the bytes of files hashed in order came from (logged: how much was read back).
+    pub in_order: inorder::Stats,
 }
 
 struct FileJob {
@@ -93,6 +99,18 @@ struct FileJob {
     /// part index, computed by whichever stream fetched it — in parallel, with no read-back.
     hashes_parts: bool,
     part_digests: Mutex<std::collections::HashMap<u32, Vec<u8>>>,
+    /// For a file fetched in several ranges whose checksum needs the bytes in order (SHA-256,
+    /// a single-part MD5): the hash that follows the download's frontier.
+    in_order: Option<Arc<inorder::InOrder>>,
+}
+
+impl FileJob {
+    /// A chunk ending at `end` is synced before its record: at the file's end, and once per
+    /// [`DURABLE_EVERY`] (every chunk when chunks are at least that long).
+    fn durable_end(&self, end: u64) -> bool {
+        let chunk = self.plan.chunk_size.max(1);
+        end == self.plan.file.size || chunk >= DURABLE_EVERY || end % DURABLE_EVERY < chunk
+    }
 }
 
 /// Where the next chunk comes from: file index, missing-range index, offset. Chunks are cut
@@ -121,6 +139,10 @@ struct Ctx {
     files_done: AtomicU64,
     /// The source URL, to name files in messages.
     shown: String,
+    /// Where the bytes of files hashed in order came from.
+    in_order: Mutex<inorder::Stats>,
+    /// Memory for bytes that arrive ahead of an in-order hash, shared by every file.
+    budget: Arc<inorder::Budget>,
 }
 
 impl Ctx {
@@ -130,6 +152,8 @@ impl Ctx {
             *first = Some(e);
         }
         self.abort.store(true, Ordering::SeqCst);
+        // Streams waiting for in-order hashing room must see the stop.
+        self.budget.freed.notify_waiters();
     }
 
     fn stopping(&self) -> bool {
@@ -175,6 +199,11 @@ impl Ctx {
             job.plan.file.size,
             job.plan.resume,
         )?);
+        if let (Some(io), Some(c)) = (&job.in_order, &job.plan.file.checksum) {
+            let hasher = verify::Hasher::for_checksum(c, job.plan.file.size);
+            let part = Arc::clone(&p);
+            io.start(hasher, Box::new(move |r, f| part.read_range(r, f)))?;
+        }
         self.reporter
             .file_started(job.id, job.plan.path.as_str(), job.plan.file.size);
         *guard = Some(Arc::clone(&p));
@@ -216,6 +245,7 @@ pub async fn execute(
     out: &mut Executed,
 ) -> Result<()> {
     let chunks_total: u64 = plans.iter().map(FilePlan::chunk_count).sum();
+    let budget = inorder::Budget::new(inorder::hold_limit(opts.concurrency));
     let files: Vec<FileJob> = plans
         .into_iter()
         .enumerate()
@@ -236,7 +266,20 @@ pub async fn execute(
                     .as_ref()
                     .and_then(verify::part_layout)
                     .is_some();
+            let in_order = match &plan.file.checksum {
+                Some(c) if !single && verify::needs_in_order(c) => {
+                    let size = plan.file.size;
+                    let present = plan::missing_ranges(size, &plan.missing);
+                    Some(Arc::new(inorder::InOrder::new(
+                        size,
+                        &present,
+                        Arc::clone(&budget),
+                    )))
+                }
+                _ => None,
+            };
             FileJob {
+                in_order,
                 crc,
                 range_crcs: Mutex::new(Vec::new()),
                 hashes_parts,
@@ -268,6 +311,8 @@ pub async fn execute(
         retries: AtomicU64::new(0),
         files_done: AtomicU64::new(0),
         shown: with.shown.clone(),
+        in_order: Mutex::new(inorder::Stats::default()),
+        budget,
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -299,9 +344,15 @@ pub async fn execute(
             );
         }
     }
+    // Hashing threads of files this run will not finish.
+    for io in ctx.files.iter().filter_map(|j| j.in_order.as_ref()) {
+        io.close();
+    }
     out.files += ctx.files_done.load(Ordering::Relaxed) as usize;
     out.bytes += ctx.bytes.load(Ordering::Relaxed);
     out.retries += ctx.retries.load(Ordering::Relaxed);
+    out.in_order
+        .add(*ctx.in_order.lock().unwrap_or_else(|p| p.into_inner()));
     out.verified.extend(std::mem::take(
         &mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()),
     ));
@@ -547,6 +598,10 @@ async fn stream_body(
             None => break,
         };
         c.hash(job, &bytes);
+        if !hand_in_order(ctx, job, at + buf.len() as u64, &bytes).await {
+            end.stopped = true;
+            break;
+        }
         let mut data = &bytes[..];
         while !data.is_empty() {
             let took = buf.fill(data);
@@ -583,10 +638,35 @@ async fn stream_body(
             start: if complete { c.range.start } else { c.recorded },
             end: at,
         };
-        ctx.checkpoint(job, part, done, complete)?;
+        ctx.checkpoint(job, part, done, complete && job.durable_end(at))?;
         c.recorded = at;
     }
     Ok(end)
+}
+
+/// Hands bytes received for offset `at` to the file's in-order hash, waiting while they are too
+/// far ahead of its frontier for the memory budget. False when the run stops meanwhile.
+async fn hand_in_order(ctx: &Ctx, job: &FileJob, at: u64, bytes: &bytes::Bytes) -> bool {
+    let Some(io) = &job.in_order else {
+        return true;
+    };
+    loop {
+        let freed = io.budget().freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if io.offer(at, bytes) {
+            return true;
+        }
+        // A failing run wakes the waiters after it sets the flag (see `Ctx::fail`).
+        if ctx.stopping() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return false,
+            _ = freed => {}
+        }
+    }
 }
 
 /// Verifies (when the listing gave a checksum that applies), syncs and renames a finished file,
@@ -640,6 +720,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .unwrap_or(crate::source::Checksum::Md5([0; 16]));
     let part_digests =
         std::mem::take(&mut *job.part_digests.lock().unwrap_or_else(|p| p.into_inner()));
+    let in_order = job.in_order.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(want) = checksum {
             // The inline hash is of the listed kind; a reply's checksum may be another kind.
@@ -658,6 +739,12 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
                     verify::digest_of_range(f, p, kind, r)
                 })
                 .map(|(got, _)| got)
+            } else if let Some(got) = in_order
+                .as_deref()
+                .and_then(inorder::InOrder::finish)
+                .filter(|g| g.algorithm() == want.algorithm())
+            {
+                Ok(got)
             } else {
                 verify::hash_file(f, p, &want, size)
             };
@@ -670,6 +757,12 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     })
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;
+    if let Some(io) = &job.in_order {
+        ctx.in_order
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(io.stats());
+    }
     ctx.state.record_file(&job.plan.path, &job.plan.file)?;
     ctx.files_done.fetch_add(1, Ordering::Relaxed);
     if job.plan.chunk_count() == 0 {

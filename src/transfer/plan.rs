@@ -132,9 +132,15 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
             .saturating_add(file.size.saturating_sub(missing_bytes));
         // Checksums over parts are computed part by part as the bytes stream in: chunks are cut
         // at part boundaries (a whole number of parts each).
-        let chunk_size = match file.checksum.as_ref().and_then(super::verify::part_layout) {
-            Some((part, _)) if part > 0 => (chunk / part).max(1).saturating_mul(part),
-            _ => chunk,
+        // A checksum that needs the bytes in order (SHA-256, single-part MD5): short requests,
+        // so the streams on the file stay close to the hashing frontier.
+        let chunk_size = match file.checksum.as_ref() {
+            Some(c) => match super::verify::part_layout(c) {
+                Some((part, _)) if part > 0 => (chunk / part).max(1).saturating_mul(part),
+                _ if super::verify::needs_in_order(c) => chunk.min(super::inorder::IN_ORDER_CHUNK),
+                _ => chunk,
+            },
+            None => chunk,
         };
         out.fetch.push(FilePlan {
             path,

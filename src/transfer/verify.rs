@@ -352,6 +352,12 @@ pub fn hash_file(f: &File, path: &Path, want: &Checksum, size: u64) -> Result<Ch
     Ok(h.finish())
 }
 
+/// Neither combinable from range CRCs nor hashed part by part: the bytes must be hashed in
+/// order (see `inorder`).
+pub fn needs_in_order(c: &Checksum) -> bool {
+    crc_algorithm(c).is_none() && part_layout(c).is_none()
+}
+
 /// Compares what was computed with what the listing promised.
 pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
     if got != want {

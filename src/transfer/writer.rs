@@ -8,7 +8,7 @@
 //! and filesystems without `O_DIRECT` (tmpfs) use the ordinary descriptor; the kernel keeps the
 //! two coherent.
 
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::confine::Dir;
 use crate::error::{Error, Result};
+use crate::source::ByteRange;
+
+/// The buffer each thread reads back with.
+const READ_BACK_BUFFER: usize = 1 << 20;
 
 /// Alignment `O_DIRECT` needs for memory, file offsets and lengths (covers 512-byte and 4 KiB
 /// devices).
@@ -48,8 +52,9 @@ impl AlignedBuf {
     pub fn new(cap: usize) -> Self {
         let cap = cap.max(1).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let layout = Layout::from_size_align(cap, DIRECT_ALIGN).expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc(layout) };
+        // SAFETY: the layout has a non-zero size. Zeroed, so the whole capacity can be lent out
+        // as a slice for reads.
+        let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
@@ -79,6 +84,15 @@ impl AlignedBuf {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(self.len), n) };
         self.len += n;
         n
+    }
+
+    /// Reads into the whole buffer from `off`; the buffer then holds what was read.
+    fn read_from(&mut self, file: &File, off: u64) -> std::io::Result<usize> {
+        // SAFETY: the allocation is `cap` bytes, initialised (zeroed) at creation.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.cap) };
+        let n = file.read_at(all, off)?;
+        self.len = n;
+        Ok(n)
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -112,9 +126,7 @@ impl PartFile {
         let direct = if std::env::var_os("MODEL_LOADER_NO_DIRECT_IO").is_some() {
             None
         } else {
-            parts
-                .open_file(name, OFlags::WRONLY | OFlags::DIRECT, 0)
-                .ok()
+            parts.open_file(name, OFlags::RDWR | OFlags::DIRECT, 0).ok()
         };
         Ok(PartFile {
             file,
@@ -146,6 +158,57 @@ impl PartFile {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::local("write", &self.path, e).context(&self.shown))
+    }
+
+    /// Reads `range` back (for a hash that must see the bytes in order), in pieces, through
+    /// the `O_DIRECT` descriptor when there is one: the direct writes bypassed the page cache,
+    /// and a direct read brings the bytes from the device into our buffer without filling it.
+    pub fn read_range(&self, range: ByteRange, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        thread_local! {
+            static BUF: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::new(READ_BACK_BUFFER));
+        }
+        BUF.with_borrow_mut(|buf| {
+            let align = DIRECT_ALIGN as u64;
+            let mut direct = self
+                .direct
+                .as_ref()
+                .filter(|_| self.direct_ok.load(Ordering::Relaxed));
+            let mut off = match direct {
+                Some(_) => range.start / align * align,
+                None => range.start,
+            };
+            while off < range.end {
+                let n = match direct {
+                    Some(d) => match buf.read_from(d, off) {
+                        // Refused at read time: the rest goes through the page cache.
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.direct_ok.store(false, Ordering::Relaxed);
+                            direct = None;
+                            off = off.max(range.start);
+                            continue;
+                        }
+                        other => other,
+                    },
+                    None => buf.read_from(&self.file, off),
+                }
+                .map_err(|e| Error::local("read back", &self.path, e).context(&self.shown))?;
+                if n == 0 {
+                    return Err(Error::new(
+                        crate::error::Kind::Corrupt,
+                        format!(
+                            "{} ended at byte {off}, before {}",
+                            self.path.display(),
+                            range.end
+                        ),
+                    ));
+                }
+                let from = (range.start.max(off) - off) as usize;
+                let to = (range.end.min(off + n as u64) - off) as usize;
+                f(&buf.as_slice()[from..to]);
+                off += n as u64;
+            }
+            Ok(())
+        })
     }
 
     /// Makes written data durable (before its journal record, and before the rename).

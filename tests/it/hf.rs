@@ -120,6 +120,11 @@ fn a_model_lands_verified_the_cdn_never_sees_the_token_and_a_rerun_fetches_nothi
         .all(|e| e["auth"] == format!("Bearer {TOKEN}")));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("token hf_…89 from HF_TOKEN"), "{stderr}");
+    // The sha256 of each LFS file followed its ranges as they arrived: nothing was read back.
+    assert!(
+        stderr.contains("hashed in order:") && stderr.contains("0 B read back (0%)"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(TOKEN), "the token leaked into the log");
 
     let before = hub_log(&repo).len();
@@ -424,4 +429,55 @@ fn a_flipped_bit_from_the_cdn_is_refetched_or_caught() {
     let line = crate::support::error_line(&out, 6);
     assert!(line.contains("sha256 mismatch (expected "), "{line}");
     assert!(!dest.join(".model-loader/manifest.json").exists());
+}
+
+#[test]
+fn a_killed_download_resumes_and_its_sha256_covers_the_bytes_of_both_runs() {
+    use crate::support::proxy::Fault;
+    use std::time::{Duration, Instant};
+    let (proxy, repo) = via_cdn_proxy(Fault::Throttle {
+        bytes_per_sec: 1 << 20,
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let journal = dest.join(".model-loader/journal.jsonl");
+    let mut child = hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB", "--concurrency", "2"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .matches("\"t\":\"range\"")
+        .count()
+        < 4
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let out = run(hf_loader(tmp.path())
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), truth("model", &repo, "main").1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("hashed in order:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        !line.contains("0 B read back"),
+        "what the first run fetched was read back into the hash: {line}"
+    );
+    assert!(proxy.object_requests("lfs") > 0);
 }
