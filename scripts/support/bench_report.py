@@ -26,7 +26,7 @@ def med(key, tool):
 ours = next(t for t in tools if t[0] == "model-loader")
 base = med("wall_s", ours)
 lines = [
-    "| tool | settings | runs | median wall s (min–max) | MiB/s | files/s | wall ÷ model-loader | peak RSS MiB | client CPU s/GiB |",
+    "| tool | settings | runs | median wall s (min–max) | MiB/s | files/s | wall ÷ model-loader | peak RSS MiB | client CPU s/GiB (min–max) |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 for t in tools:
@@ -35,12 +35,13 @@ for t in tools:
     wall = statistics.median(walls)
     size = int(rs[0]["bytes"])
     files = int(rs[0]["files"])
-    cpu = statistics.median(float(r["user_s"]) + float(r["sys_s"]) for r in rs)
+    cpus = [(float(r["user_s"]) + float(r["sys_s"])) / (int(r["bytes"]) / 2**30) for r in rs]
+    cpu = statistics.median(cpus)
     rss = max(int(r["maxrss_kb"]) for r in rs) / 1024
     lines.append(
         f"| {t[0]} | {t[1]} | {len(rs)} | {wall:.2f} ({min(walls):.2f}–{max(walls):.2f}) | "
         f"{size / 2**20 / wall:.0f} | {files / wall:.0f} | {wall / base:.2f} | {rss:.0f} | "
-        f"{cpu / (size / 2**30):.2f} |"
+        f"{cpu:.2f} ({min(cpus):.2f}–{max(cpus):.2f}) |"
     )
 table = header + "\n\n" + "\n".join(lines) + "\n"
 print(table)

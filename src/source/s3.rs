@@ -594,7 +594,7 @@ impl S3 {
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
-                if let Some((digest, parts)) = multipart_etag(f.version.as_deref()?) {
+                if let Some((digest, parts)) = f.version.as_deref().and_then(multipart_etag) {
                     return Some((i, digest, parts, f.clone()));
                 }
                 // A large single-part object is fetched in several ranges: a CRC it carries
@@ -613,14 +613,17 @@ impl S3 {
             .await;
         for (i, digest, parts, extra, part_size) in learnt {
             let f = &mut files[i];
-            let (extra, part_size) = (extra?, part_size?);
+            let ((extra, etag), part_size) = (extra?, part_size?);
             if parts == 0 {
                 // Single part: a whole-object CRC replaces the MD5 ETag; anything else keeps it.
+                // A listing without ETags (s3s-fs) takes the HEAD's, if it is a plain MD5.
                 if let Some(Additional::Whole(
                     c @ (Checksum::Crc32(_) | Checksum::Crc32c(_) | Checksum::Crc64Nvme(_)),
                 )) = extra
                 {
                     f.checksum = Some(c);
+                } else if f.checksum.is_none() {
+                    f.checksum = etag.as_deref().and_then(md5_from_etag).map(Checksum::Md5);
                 }
                 continue;
             }
@@ -654,7 +657,12 @@ impl S3 {
     }
 
     /// The object's S3 additional checksum, if it has one and the server tells.
-    async fn additional_checksum(&self, f: &RemoteFile, parts: u32) -> Result<Option<Additional>> {
+    /// Also returns the HEAD's ETag: some servers (s3s-fs) list objects without one.
+    async fn additional_checksum(
+        &self,
+        f: &RemoteFile,
+        parts: u32,
+    ) -> Result<(Option<Additional>, Option<String>)> {
         let what = format!("HEAD {} (checksums)", self.display(&f.key));
         let mode = (
             reqwest::header::HeaderName::from_static("x-amz-checksum-mode"),
@@ -664,9 +672,10 @@ impl S3 {
             .send(Method::HEAD, &self.object_path(&f.key), &[], &[mode], &what)
             .await?;
         if !resp.status().is_success() {
-            return Ok(None);
+            return Ok((None, None));
         }
-        Ok(parse_additional(resp.headers(), parts))
+        let etag = header_str(resp.headers(), reqwest::header::ETAG);
+        Ok((parse_additional(resp.headers(), parts), etag))
     }
 
     /// The size of part 1 of a multipart object (None: the server would not say).
