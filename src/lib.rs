@@ -29,11 +29,10 @@ use transfer::state::{self, Manifest, ManifestFile, StateDir};
 use transfer::ExecOptions;
 use url::RelPath;
 
-/// Bytes gathered per worker before one positional write. 1 MiB rather than 256 KiB: each
-/// write hands the worker thread over (`block_in_place`), and on the hf bench the larger buffer
-/// took 25 % off the wall time and system time (4 alternating runs each), for 12 MiB of memory
-/// at 16 requests.
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// Bytes gathered per worker before one positional write. 1 MiB was measured faster on the hf
+/// bench (fewer `block_in_place` hand-overs) but raised peak RSS past the 32 MiB target on the
+/// s3 bench (BENCHMARKS.md), so it stays 256 KiB.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
