@@ -228,19 +228,25 @@ fn over_parts(want: &Checksum, digests: impl Iterator<Item = Vec<u8>>) -> Checks
     }
 }
 
-/// The checksum of `kind` over `r` of the open file `f`, read back, as raw bytes.
-pub fn digest_of_range(f: &File, path: &Path, kind: &Checksum, r: ByteRange) -> Result<Vec<u8>> {
+/// Reads `r` of the open file `f` back in 1 MiB pieces, feeding each to `feed`.
+fn read_back(f: &File, path: &Path, r: ByteRange, feed: &mut dyn FnMut(&[u8])) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut h = Hasher::for_checksum(kind, r.len());
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; (r.len() as usize).min(1 << 20)];
     let mut off = r.start;
     while off < r.end {
         let n = ((r.end - off) as usize).min(buf.len());
         f.read_exact_at(&mut buf[..n], off)
             .map_err(|e| Error::local("read back", path, e))?;
-        h.update(&buf[..n]);
+        feed(&buf[..n]);
         off += n as u64;
     }
+    Ok(())
+}
+
+/// The checksum of `kind` over `r` of the open file `f`, read back, as raw bytes.
+pub fn digest_of_range(f: &File, path: &Path, kind: &Checksum, r: ByteRange) -> Result<Vec<u8>> {
+    let mut h = Hasher::for_checksum(kind, r.len());
+    read_back(f, path, r, &mut |d| h.update(d))?;
     Ok(raw(&h.finish()))
 }
 
@@ -311,17 +317,8 @@ pub fn crc_of_range(
     algo: crc_fast::CrcAlgorithm,
     r: ByteRange,
 ) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
     let mut d = crc_fast::Digest::new(algo);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = r.start;
-    while off < r.end {
-        let n = ((r.end - off) as usize).min(buf.len());
-        f.read_exact_at(&mut buf[..n], off)
-            .map_err(|e| Error::local("read back", path, e))?;
-        d.update(&buf[..n]);
-        off += n as u64;
-    }
+    read_back(f, path, r, &mut |b| d.update(b))?;
     Ok(d.finalize())
 }
 
