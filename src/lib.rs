@@ -90,7 +90,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     let plan = plan(selected.clone(), &local, plan_options);
     let manifest_current = previous
         .as_ref()
-        .is_some_and(|m| m.source == source_text && m.revision == listing.revision);
+        .is_some_and(|m| cfg.source.same_source(&m.source) && m.revision == listing.revision);
     reporter.plan(&PlanSummary {
         files: plan.fetch.len(),
         bytes: plan.bytes_to_fetch,
@@ -343,7 +343,7 @@ fn manifest_for(cfg: &Config) -> std::result::Result<Manifest, String> {
         ));
     };
     let want = cfg.source.to_string();
-    if m.source != want {
+    if !cfg.source.same_source(&m.source) {
         return Err(format!(
             "{} holds {}, not {want}",
             cfg.dest.display(),
@@ -362,8 +362,12 @@ pub fn select(
 ) -> Result<Vec<(RelPath, RemoteFile)>> {
     let mut out = Vec::with_capacity(files.len());
     let mut seen = HashSet::new();
+    let mut hint = None;
     for f in files {
         if !filter.matches(&f.path) {
+            if hint.is_none() {
+                hint = filter.folder_hint(&f.path);
+            }
             continue;
         }
         if f.size > MAX_OBJECT_SIZE {
@@ -398,9 +402,13 @@ pub fn select(
         }
     }
     if out.is_empty() {
+        let remedy = match hint {
+            Some(h) => format!("did you mean {h:?}? A folder pattern ends with '/'"),
+            None => "check the patterns".into(),
+        };
         return Err(Error::new(
             error::Kind::NotFound,
-            format!("no file in {src} matches --include/--exclude; check the patterns"),
+            format!("no file in {src} matches --include/--exclude; {remedy}"),
         ));
     }
     Ok(out)

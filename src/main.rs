@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use model_loader::cancel::Cancel;
-use model_loader::cli::{Args, Mode};
+use model_loader::cli::{self, ArgsFailure, Mode};
 use model_loader::error::{Error, Kind};
 
 fn main() -> ExitCode {
@@ -16,10 +15,13 @@ fn main() -> ExitCode {
     if std::env::var_os("MODEL_LOADER_DEBUG_PANIC").is_some() {
         panic!("MODEL_LOADER_DEBUG_PANIC is set");
     }
-    let args = Args::parse();
+    let args = match cli::parse_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(ArgsFailure::Display(e)) => e.exit(),
+        Err(ArgsFailure::Usage(e)) => return fail(&e),
+    };
     if let Some(shell) = args.completions {
-        let mut cmd = <Args as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut cmd, "model-loader", &mut std::io::stdout());
+        print!("{}", completions(shell));
         return ExitCode::SUCCESS;
     }
     let cfg = match args.into_config() {
@@ -103,6 +105,26 @@ fn main() -> ExitCode {
             reporter.stop();
             fail(&e)
         }
+    }
+}
+
+/// Completion scripts for both names the binary is installed under (`load` is KubeAI's).
+fn completions(shell: clap_complete::Shell) -> String {
+    use clap_complete::Shell;
+    let script = |name: &str| {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cli::command(), name, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    match shell {
+        // One zsh file serves several commands through its #compdef line.
+        Shell::Zsh => script("model-loader")
+            .replacen("#compdef model-loader", "#compdef model-loader load", 1)
+            .replace(
+                "compdef _model-loader model-loader",
+                "compdef _model-loader model-loader load",
+            ),
+        _ => script("model-loader") + &script("load"),
     }
 }
 

@@ -58,14 +58,22 @@ pub struct HfUrl {
 const SCHEMES_HELP: &str = "expected hf://ORG/REPO[@REVISION][/PATH], s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or oss://BUCKET[/PREFIX]";
 
 impl SourceUrl {
+    /// Parses a source URL (the remote side of a download, `--check` or `--verify`).
     pub fn parse(input: &str) -> Result<Self> {
-        let bad = |why: &str| Error::usage(format!("invalid source URL {input:?}: {why}"));
+        Self::parse_as(input, "source")
+    }
+
+    /// Parses the remote side of a run; `role` ("source" or "destination") names it in errors.
+    /// The result is canonical: one value, and one printed spelling, per source.
+    pub fn parse_as(input: &str, role: &str) -> Result<Self> {
+        let bad = |why: &str| Error::usage(format!("invalid {role} URL {input:?}: {why}"));
         let Some((scheme, rest)) = input.split_once("://") else {
             return Err(bad(&format!("no scheme; {SCHEMES_HELP}")));
         };
-        let bucket_scheme = match scheme {
+        // Schemes are case-insensitive (RFC 3986); `gcs://` is gsutil's other spelling.
+        let bucket_scheme = match scheme.to_ascii_lowercase().as_str() {
             "s3" => BucketScheme::S3,
-            "gs" => BucketScheme::Gs,
+            "gs" | "gcs" => BucketScheme::Gs,
             "oss" => BucketScheme::Oss,
             "hf" => return parse_hf(rest).map(SourceUrl::Hf).map_err(|w| bad(&w)),
             other => {
@@ -76,26 +84,38 @@ impl SourceUrl {
         if bucket.is_empty() {
             return Err(bad("the bucket name is empty"));
         }
-        if bucket.len() > 255
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(bad(&format!(
-                "{bucket:?} is not a bucket name (letters, digits, '.', '-', '_')"
-            )));
-        }
+        check_bucket_name(bucket_scheme, bucket).map_err(|w| bad(&w))?;
         if prefix.starts_with('/') {
             return Err(bad(
                 "the path after the bucket starts with '/' (an empty folder name)",
             ));
         }
         refuse_dot_segments(prefix).map_err(|w| bad(&w))?;
+        // `s3://b/p` and `s3://b/p/` name the same folder: one spelling, without the slash.
         Ok(SourceUrl::Bucket {
             scheme: bucket_scheme,
             bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
         })
+    }
+
+    /// Whether `recorded` (a manifest's or lock's source text, perhaps written with another
+    /// spelling or by an older version) names this same source. Hub repository ids are
+    /// case-insensitive (the Hub redirects `Org/Repo` to `org/repo`); bucket names and object
+    /// keys are not.
+    pub fn same_source(&self, recorded: &str) -> bool {
+        let Ok(other) = SourceUrl::parse(recorded) else {
+            return false;
+        };
+        match (self, &other) {
+            (SourceUrl::Hf(a), SourceUrl::Hf(b)) => {
+                a.repo_type == b.repo_type
+                    && a.repo.eq_ignore_ascii_case(&b.repo)
+                    && a.revision == b.revision
+                    && a.path == b.path
+            }
+            _ => *self == other,
+        }
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -135,6 +155,33 @@ impl fmt::Display for SourceUrl {
             }
         }
     }
+}
+
+/// Each service's bucket naming rules, checked offline so a typo is a usage error (exit 2)
+/// instead of a server's 400 or 404 after credentials were looked up.
+fn check_bucket_name(scheme: BucketScheme, b: &str) -> std::result::Result<(), String> {
+    let (max, extra, rules): (usize, &[u8], &str) = match scheme {
+        // S3 allows names of up to 63 characters; GCS up to 222 when dotted (63 per part).
+        BucketScheme::S3 => (63, b".-", "S3 bucket names are 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"),
+        BucketScheme::Gs => (222, b".-_", "GCS bucket names are 3-63 lowercase letters, digits, '-', '_' and '.' (up to 222 with dots, 63 between them), starting and ending with a letter or digit"),
+        BucketScheme::Oss => (63, b"-", "OSS bucket names are 3-63 lowercase letters, digits and '-', starting and ending with a letter or digit"),
+    };
+    let fits = (3..=max).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+        && b.split('.').all(|part| part.len() <= 63);
+    if !fits {
+        return Err(format!("{b:?} is not a valid bucket name: {rules}"));
+    }
+    if b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return Err(format!(
+            "{b:?} is not a valid bucket name: it has the form of an IP address"
+        ));
+    }
+    Ok(())
 }
 
 /// `.` and `..` segments (also percent-encoded, `%2e%2E`): HTTP libraries normalise them away
@@ -308,21 +355,95 @@ mod tests {
 
     #[test]
     fn bucket_urls() {
-        assert_eq!(bucket("s3://b"), (BucketScheme::S3, "b".into(), "".into()));
-        assert_eq!(bucket("s3://b/"), (BucketScheme::S3, "b".into(), "".into()));
+        assert_eq!(
+            bucket("s3://bkt"),
+            (BucketScheme::S3, "bkt".into(), "".into())
+        );
+        assert_eq!(
+            bucket("s3://bkt/"),
+            (BucketScheme::S3, "bkt".into(), "".into())
+        );
         assert_eq!(
             bucket("s3://my.bucket-1/models/llama/"),
             (
                 BucketScheme::S3,
                 "my.bucket-1".into(),
-                "models/llama/".into()
+                "models/llama".into()
             )
         );
         assert_eq!(
-            bucket("gs://b/a b/ü.json"),
-            (BucketScheme::Gs, "b".into(), "a b/ü.json".into())
+            bucket("gs://bkt/a b/ü.json"),
+            (BucketScheme::Gs, "bkt".into(), "a b/ü.json".into())
         );
-        assert_eq!(bucket("oss://b/x").0, BucketScheme::Oss);
+        assert_eq!(bucket("oss://bkt/x").0, BucketScheme::Oss);
+        assert_eq!(bucket("GCS://bkt/x").0, BucketScheme::Gs);
+        assert_eq!(bucket("S3://bkt/x").0, BucketScheme::S3);
+    }
+
+    #[test]
+    fn one_spelling_per_source() {
+        for (a, b) in [
+            ("s3://bkt/p", "s3://bkt/p/"),
+            ("s3://bkt/p", "s3://bkt/p//"),
+            ("s3://bkt", "s3://bkt/"),
+            ("gs://bkt/m", "gcs://bkt/m/"),
+            ("hf://org/repo", "hf://org/repo@main"),
+            ("hf://org/repo", "hf://models/org/repo/"),
+            ("hf://Org/Repo/sub", "hf://org/repo@main/sub/"),
+        ] {
+            let (ua, ub) = (SourceUrl::parse(a).unwrap(), SourceUrl::parse(b).unwrap());
+            assert!(ua.same_source(b) && ub.same_source(a), "{a} vs {b}");
+            assert!(ua.same_source(&ub.to_string()), "{a} vs {ub}");
+        }
+        assert_eq!(
+            SourceUrl::parse("s3://bkt/p/").unwrap().to_string(),
+            "s3://bkt/p"
+        );
+        for (a, b) in [
+            ("s3://bkt/p", "s3://bkt/P"),
+            ("s3://bkt/p", "gs://bkt/p"),
+            ("s3://bkt/p", "s3://bkt/p/q"),
+            ("hf://org/repo", "hf://org/repo@v1"),
+            ("hf://org/repo", "hf://datasets/org/repo"),
+            ("s3://bkt/p", "not a url"),
+        ] {
+            assert!(!SourceUrl::parse(a).unwrap().same_source(b), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bucket_names_follow_each_service() {
+        for ok in [
+            "s3://abc/x",
+            "s3://my.bucket-1",
+            "gs://my_bucket",
+            "oss://a-1-b",
+        ] {
+            assert!(SourceUrl::parse(ok).is_ok(), "{ok}");
+        }
+        let long_gcs = format!("gs://{}.{}", "a".repeat(63), "b".repeat(63));
+        assert!(SourceUrl::parse(&long_gcs).is_ok());
+        for bad in [
+            "s3://Bad_Bucket/x",
+            "s3://ab",
+            "s3://my_bucket",
+            "s3://-abc",
+            "s3://abc-",
+            "s3://a..b",
+            "s3://192.168.1.1",
+            "oss://my.bucket",
+            "oss://my_bucket",
+            "gs://UPPER",
+        ] {
+            let e = SourceUrl::parse(bad).unwrap_err();
+            assert!(
+                e.message().contains("not a valid bucket name"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+        let e = SourceUrl::parse_as("s3://Bad_Bucket", "destination").unwrap_err();
+        assert!(e.message().starts_with("invalid destination URL"));
     }
 
     #[test]
@@ -335,7 +456,7 @@ mod tests {
             "s3://",
             "s3:///key",
             "s3://bad bucket/k",
-            "s3://b//k",
+            "s3://bkt//k",
             "hf://onlyname",
             "hf://org/repo@",
             "hf://org/re po",
@@ -351,10 +472,10 @@ mod tests {
     #[test]
     fn dot_segments_are_refused_by_name_also_percent_encoded() {
         for (bad, seg) in [
-            ("s3://b/a/../m", "\"..\""),
-            ("s3://b/./m", "\".\""),
-            ("gs://b/a/%2e%2E/m", "\"%2e%2E\""),
-            ("oss://b/m/..", "\"..\""),
+            ("s3://bkt/a/../m", "\"..\""),
+            ("s3://bkt/./m", "\".\""),
+            ("gs://bkt/a/%2e%2E/m", "\"%2e%2E\""),
+            ("oss://bkt/m/..", "\"..\""),
             ("hf://org/repo/sub/%2E/x", "\"%2E\""),
             ("hf://org/repo@main/..", "\"..\""),
         ] {
@@ -363,7 +484,7 @@ mod tests {
             assert!(e.message().contains(seg), "{bad}: {}", e.message());
         }
         // Dots inside a name are fine.
-        assert!(SourceUrl::parse("s3://b/a..b/.hidden/x.").is_ok());
+        assert!(SourceUrl::parse("s3://bkt/a..b/.hidden/x.").is_ok());
     }
 
     #[test]
@@ -400,8 +521,8 @@ mod tests {
     #[test]
     fn display_round_trips() {
         for s in [
-            "s3://b/p/",
-            "gs://b",
+            "s3://bkt/p",
+            "gs://bkt",
             "hf://org/repo@main",
             "hf://datasets/o/d@refs/pr/1/x",
         ] {

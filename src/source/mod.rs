@@ -266,30 +266,37 @@ pub(crate) trait BucketListing {
     fn head(&self, key: &str) -> impl Future<Output = Result<Option<RemoteFile>>> + Send;
 }
 
-/// Lists `prefix/` (never `prefix10/`); falls back to the object `prefix` itself.
+/// Lists `prefix/` (never `prefix10/`); falls back to the object `prefix` itself. The URL's
+/// prefix is canonical: never a trailing '/'.
 pub(crate) async fn list_bucket<B: BucketListing + Sync>(b: &B) -> Result<Listing> {
-    let prefix = b.prefix();
-    let folder = if prefix.is_empty() || prefix.ends_with('/') {
-        prefix.to_string()
+    let prefix = b.prefix().trim_end_matches('/');
+    let folder = if prefix.is_empty() {
+        String::new()
     } else {
         format!("{prefix}/")
     };
     let mut files = b.list_folder(&folder).await?;
-    if files.is_empty() && !prefix.is_empty() && !prefix.ends_with('/') {
+    if files.is_empty() && !prefix.is_empty() {
         if let Some(f) = b.head(prefix).await? {
             files.push(f);
         }
     }
     if files.is_empty() {
-        return Err(crate::error::Error::new(
-            crate::error::Kind::NotFound,
+        let bucket = b.display("");
+        let why = if prefix.is_empty() {
+            format!(
+                "the bucket {} is empty (or these credentials may not list it)",
+                bucket.trim_end_matches('/')
+            )
+        } else {
             format!(
                 "nothing found at {}: no object with that name and no objects under {}/ \
                  (check the prefix; names are case-sensitive)",
                 b.display(prefix),
-                b.display(folder.trim_end_matches('/'))
-            ),
-        ));
+                b.display(prefix)
+            )
+        };
+        return Err(crate::error::Error::new(crate::error::Kind::NotFound, why));
     }
     Ok(Listing {
         files,

@@ -24,7 +24,7 @@ fn against_liar_requests(name: &str, handler: Box<liar::Handler>) -> ((i32, Stri
     let t = Instant::now();
     let out = run(loader(&server.url, tmp.path())
         .args(["--retries", "3", "--read-timeout", "5"])
-        .arg("s3://b/m")
+        .arg("s3://bkt/m")
         .arg(&dest));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
@@ -173,7 +173,7 @@ fn a_panic_still_ends_with_an_error_line_exit_70_and_the_termination_message() {
     let out = run(loader("http://127.0.0.1:9", tmp.path())
         .env("MODEL_LOADER_DEBUG_PANIC", "1")
         .env("MODEL_LOADER_TERMINATION_LOG", &log)
-        .arg("s3://b/m")
+        .arg("s3://bkt/m")
         .arg(tmp.path().join("d")));
     let line = error_line(&out, 70);
     assert!(line.starts_with("error: internal error: "), "{line}");

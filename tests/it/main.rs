@@ -2,6 +2,7 @@
 //! scripts/test.sh.
 
 mod adversity;
+mod edges;
 mod faults;
 mod gcs;
 mod hf;

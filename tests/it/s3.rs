@@ -369,9 +369,12 @@ fn bad_urls_and_flags_exit_2_before_any_request() {
         (vec!["ftp://bucket/x"], "unknown scheme"),
         (vec!["s3://"], "bucket name is empty"),
         (vec!["bucket/key"], "is not a URL"),
-        (vec!["s3://bad_bucket!/x"], "not a bucket name"),
-        (vec!["--chunk-size", "12parsecs", "s3://b/x"], "chunk-size"),
-        (vec!["--concurrency", "0", "s3://b/x"], "--concurrency"),
+        (vec!["s3://bad_bucket!/x"], "not a valid bucket name"),
+        (
+            vec!["--chunk-size", "12parsecs", "s3://bkt/x"],
+            "chunk-size",
+        ),
+        (vec!["--concurrency", "0", "s3://bkt/x"], "--concurrency"),
     ] {
         let out = run(loader(dead, tmp.path())
             .args(&args)

@@ -289,7 +289,7 @@ fn a_mistyped_url_or_a_dot_segment_is_refused_before_anything_is_written() {
     assert!(line.contains("\"s3://uploads/x\""), "{line}");
     assert!(!tmp.path().join("s3:").exists(), "no folder named s3:");
     let out = run(loader(&ep, tmp.path())
-        .arg("s3://b/a/../m")
+        .arg("s3://bkt/a/../m")
         .arg(tmp.path().join("d")));
     let line = error_line(&out, 2);
     assert!(line.contains("\"..\" segment"), "{line}");
