@@ -46,7 +46,7 @@ test -f "$WORK/loaded/.model-loader/manifest.json"
 
 say "a rerun fetches nothing"
 "$BIN" --progress log "s3://$BUCKET/models/tiny" "$WORK/loaded" 2>&1 | tee "$WORK/rerun.log" >&2
-grep -q "done: 0 files" "$WORK/rerun.log"
+grep -q "done: fetched 0 files" "$WORK/rerun.log"
 
 say "--check agrees"
 "$BIN" --check "s3://$BUCKET/models/tiny" "$WORK/loaded"

@@ -88,6 +88,10 @@ pub struct Args {
     #[arg(long, env = "MODEL_LOADER_DRY_RUN")]
     pub dry_run: bool,
 
+    /// More detail: `--dry-run` also lists what the patterns left out, and why.
+    #[arg(short, long, env = "MODEL_LOADER_VERBOSE")]
+    pub verbose: bool,
+
     /// Fetch every file again, ignoring what DEST holds.
     #[arg(long, env = "MODEL_LOADER_FORCE")]
     pub force: bool,
@@ -289,8 +293,9 @@ pub fn split_patterns(values: &[String]) -> Vec<String> {
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
-    /// The include patterns as given, for hints.
+    /// The patterns as given, for hints and explanations.
     include_text: Vec<String>,
+    exclude_text: Vec<String>,
 }
 
 impl Filter {
@@ -298,8 +303,23 @@ impl Filter {
         Ok(Filter {
             include: glob_set(include, "--include")?,
             exclude: glob_set(exclude, "--exclude")?,
-            include_text: include.to_vec(),
+            include_text: nonblank(include),
+            exclude_text: nonblank(exclude),
         })
+    }
+
+    /// Why `path` is filtered out (None: it is selected): the first --exclude pattern that
+    /// matches it, or that no --include pattern does.
+    pub fn why_not(&self, path: &str) -> Option<String> {
+        if let Some(set) = &self.exclude {
+            if let Some(&i) = set.matches(path).first() {
+                return Some(format!("--exclude {}", self.exclude_text[i]));
+            }
+        }
+        match &self.include {
+            Some(set) if !set.is_match(path) => Some("matches no --include".into()),
+            _ => None,
+        }
     }
 
     /// An include pattern that names a folder of `path` without the trailing '/' (`sub` for
@@ -321,8 +341,16 @@ impl Filter {
     }
 }
 
+fn nonblank(patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .cloned()
+        .collect()
+}
+
 fn glob_set(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
-    let patterns: Vec<&String> = patterns.iter().filter(|p| !p.trim().is_empty()).collect();
+    let patterns = nonblank(patterns);
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -371,6 +399,7 @@ pub struct Config {
     pub progress: ProgressMode,
     pub progress_interval: Duration,
     pub dry_run: bool,
+    pub verbose: bool,
     pub force: bool,
     pub retry: RetryPolicy,
     pub read_timeout: Duration,
@@ -458,6 +487,7 @@ impl Args {
             progress: self.progress,
             progress_interval: secs(self.progress_interval, "progress_interval")?,
             dry_run: self.dry_run,
+            verbose: self.verbose,
             force: self.force,
             retry: RetryPolicy {
                 max_attempts: self.retries,
@@ -655,6 +685,15 @@ mod tests {
         assert!(f.matches("config.json"));
         assert!(!f.matches("README.md"));
         assert!(!f.matches("ckpt/optimizer.json"));
+        assert_eq!(f.why_not("a.json"), None);
+        assert_eq!(
+            f.why_not("README.md").as_deref(),
+            Some("matches no --include")
+        );
+        assert_eq!(
+            f.why_not("ckpt/optimizer.json").as_deref(),
+            Some("--exclude */optimizer*")
+        );
         let folder = Filter::new(&["onnx/".into()], &[]).unwrap();
         assert!(folder.matches("onnx/model.onnx") && !folder.matches("model.onnx"));
         assert!(Filter::default().matches("anything"));

@@ -45,6 +45,21 @@ impl Kind {
             Kind::Internal => 70,
         }
     }
+
+    /// A stable name for machine-readable output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Usage => "usage",
+            Kind::Denied => "denied",
+            Kind::NotFound => "not_found",
+            Kind::Network => "network",
+            Kind::Corrupt => "corrupt",
+            Kind::Local => "local",
+            Kind::Interrupted => "interrupted",
+            Kind::Terminated => "terminated",
+            Kind::Internal => "internal",
+        }
+    }
 }
 
 /// Whether trying the same request again can help, and when.
@@ -119,6 +134,12 @@ impl Error {
         self
     }
 
+    /// Adds `note` after the message: what else was tried, or what else holds.
+    pub fn note(mut self, note: impl fmt::Display) -> Self {
+        self.message = format!("{}; {note}", self.message);
+        self
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -148,6 +169,19 @@ impl Error {
     }
 
     /// The full text shown to users: `error: …` then `caused by: …` lines.
+    /// The error as one JSON event (`--progress json`), redacted as [`Error::render`] is.
+    pub fn to_json(&self) -> String {
+        let redact = crate::source::http::redact_userinfo;
+        serde_json::json!({
+            "event": "error",
+            "kind": self.kind.name(),
+            "exit_code": self.kind.exit_code(),
+            "message": redact(&self.message),
+            "causes": self.causes().iter().map(|c| redact(c)).collect::<Vec<_>>(),
+        })
+        .to_string()
+    }
+
     pub fn render(&self) -> String {
         let mut s = format!("error: {}", self.message);
         for c in self.causes() {

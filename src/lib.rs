@@ -53,45 +53,46 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         .await?,
     );
     let listing = retrying(&cfg.retry, reporter.as_ref(), "listing", || source.list()).await?;
-    let selected = select(listing.files, &cfg.filter, &cfg.source)?;
-
-    if cfg.dry_run {
-        print_dry_run(&selected);
-        return Ok(Summary::default());
-    }
-
-    let state = Arc::new(StateDir::open(&cfg.dest)?);
-    let source_text = cfg.source.to_string();
-    let acquire = DestLock::acquire(
-        state.dir(),
-        &source_text,
-        LockTimes {
-            heartbeat: cfg.lock_stale / 6,
-            stale: cfg.lock_stale,
-            ..LockTimes::default()
-        },
-        reporter.as_ref(),
-    );
-    // A pod stopped while it waits for another loader stops at once.
-    let lock = tokio::select! {
-        l = acquire => l?,
-        _ = cancel.cancelled() => {
-            let kind = cancel.reason().unwrap_or(error::Kind::Interrupted);
-            return Err(Error::new(kind, "stopped while waiting for the lock; nothing was written"));
-        }
-    };
-    state.set_lease(lock.held());
-    let previous = state.read_manifest();
-    let local = state.local_state(&selected)?;
+    let selection = select(listing.files, &cfg.filter, &cfg.source)?;
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
         force: cfg.force,
     };
+    if cfg.dry_run {
+        print_dry_run(cfg, &selection, plan_options);
+        return Ok(Summary::default());
+    }
+    let selected = selection.files;
+    let source_text = cfg.source.to_string();
+    let (state, lock) = match take_dest(cfg, &source_text, reporter.as_ref(), &cancel).await {
+        Ok(taken) => taken,
+        // A pre-populated volume mounted read-only: fine when it already holds this load.
+        Err(e) if e.kind() == error::Kind::Local && !cfg.force => {
+            let Some(p) = complete_without_lock(cfg, &selected, &listing.revision) else {
+                return Err(e.note(format!(
+                    "and it does not already hold a complete copy of {}",
+                    cfg.source
+                )));
+            };
+            reporter.info(&format!(
+                "{} cannot be written ({}), but it already holds a complete copy of {}: nothing to do",
+                cfg.dest.display(),
+                e.message(),
+                cfg.source
+            ));
+            return Ok(finish_noop(p, reporter.as_ref(), started));
+        }
+        Err(e) => return Err(e),
+    };
+    state.set_lease(lock.held());
+    let previous = state.read_manifest();
+    let local = state.local_state(&selected)?;
     let plan = plan(selected.clone(), &local, plan_options);
     let manifest_current = previous
         .as_ref()
         .is_some_and(|m| cfg.source.same_source(&m.source) && m.revision == listing.revision);
     reporter.plan(&PlanSummary {
+        upload: false,
         files: plan.fetch.len(),
         bytes: plan.bytes_to_fetch,
         resumed_bytes: plan.resumed_bytes,
@@ -210,6 +211,74 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     summary.elapsed = started.elapsed();
     reporter.finish(&summary);
     Ok(summary)
+}
+
+/// Opens DEST's state folder and takes its lock (waiting for another loader, or stopping
+/// when the run is cancelled meanwhile).
+async fn take_dest(
+    cfg: &Config,
+    source_text: &str,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<(Arc<StateDir>, DestLock)> {
+    let state = Arc::new(StateDir::open(&cfg.dest)?);
+    let acquire = DestLock::acquire(
+        state.dir(),
+        source_text,
+        LockTimes {
+            heartbeat: cfg.lock_stale / 6,
+            stale: cfg.lock_stale,
+            ..LockTimes::default()
+        },
+        reporter,
+    );
+    // A pod stopped while it waits for another loader stops at once.
+    tokio::select! {
+        l = acquire => Ok((state, l?)),
+        _ = cancel.cancelled() => {
+            let kind = cancel.reason().unwrap_or(error::Kind::Interrupted);
+            Err(Error::new(kind, "stopped while waiting for the lock; nothing was written"))
+        }
+    }
+}
+
+/// When DEST cannot be written (`why`): does it already hold exactly this load — a manifest
+/// for this source and revision, every selected file at its final path with its size,
+/// nothing to remove? Then there is nothing to do and no lock to take.
+fn complete_without_lock(
+    cfg: &Config,
+    selected: &[(RelPath, RemoteFile)],
+    revision: &Option<String>,
+) -> Option<PlanSummary> {
+    let (local, manifest) = state::peek(&cfg.dest, selected)?;
+    let m = manifest?;
+    if !cfg.source.same_source(&m.source) || &m.revision != revision {
+        return None;
+    }
+    let options = PlanOptions {
+        chunk_size: cfg.chunk_size,
+        force: false,
+    };
+    let p = plan(selected.to_vec(), &local, options);
+    if !p.is_noop() {
+        return None;
+    }
+    Some(PlanSummary {
+        skipped_files: p.skip.len(),
+        skipped_bytes: p.skip.iter().map(|(_, f)| f.size).sum(),
+        ..Default::default()
+    })
+}
+
+fn finish_noop(p: PlanSummary, reporter: &dyn Reporter, started: Instant) -> Summary {
+    reporter.plan(&p);
+    let summary = Summary {
+        files_skipped: p.skipped_files,
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
+    reporter.finish(&summary);
+    summary
 }
 
 /// How much of the files hashed in order (SHA-256, single-part MD5) was hashed as it arrived.
@@ -353,21 +422,26 @@ fn manifest_for(cfg: &Config) -> std::result::Result<Manifest, String> {
     Ok(m)
 }
 
+/// What the filters kept, and what they left out and why (for `--dry-run`).
+pub struct Selection {
+    pub files: Vec<(RelPath, RemoteFile)>,
+    /// Listed path → the pattern (or lack of one) that filtered it out.
+    pub filtered: Vec<(String, String)>,
+}
+
 /// Applies --include/--exclude, then refuses any path that could escape DEST or collide: a
 /// file and a folder of the same name, or two files with one path.
-pub fn select(
-    files: Vec<RemoteFile>,
-    filter: &Filter,
-    src: &url::SourceUrl,
-) -> Result<Vec<(RelPath, RemoteFile)>> {
+pub fn select(files: Vec<RemoteFile>, filter: &Filter, src: &url::SourceUrl) -> Result<Selection> {
     let mut out = Vec::with_capacity(files.len());
+    let mut filtered = Vec::new();
     let mut seen = HashSet::new();
     let mut hint = None;
     for f in files {
-        if !filter.matches(&f.path) {
+        if let Some(why) = filter.why_not(&f.path) {
             if hint.is_none() {
                 hint = filter.folder_hint(&f.path);
             }
+            filtered.push((f.path, why));
             continue;
         }
         if f.size > MAX_OBJECT_SIZE {
@@ -389,7 +463,29 @@ pub fn select(
         }
         out.push((p, f));
     }
-    for (p, _) in &out {
+    refuse_file_folder_clash(&out, &seen, src)?;
+    if out.is_empty() {
+        let remedy = match hint {
+            Some(h) => format!("did you mean {h:?}? A folder pattern ends with '/'"),
+            None => "check the patterns".into(),
+        };
+        return Err(Error::new(
+            error::Kind::NotFound,
+            format!("no file in {src} matches --include/--exclude; {remedy}"),
+        ));
+    }
+    Ok(Selection {
+        files: out,
+        filtered,
+    })
+}
+
+fn refuse_file_folder_clash(
+    out: &[(RelPath, RemoteFile)],
+    seen: &HashSet<String>,
+    src: &url::SourceUrl,
+) -> Result<()> {
+    for (p, _) in out {
         let s = p.as_str();
         for (i, _) in s.match_indices('/') {
             if seen.contains(&s[..i]) {
@@ -401,17 +497,7 @@ pub fn select(
             }
         }
     }
-    if out.is_empty() {
-        let remedy = match hint {
-            Some(h) => format!("did you mean {h:?}? A folder pattern ends with '/'"),
-            None => "check the patterns".into(),
-        };
-        return Err(Error::new(
-            error::Kind::NotFound,
-            format!("no file in {src} matches --include/--exclude; {remedy}"),
-        ));
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Why a file was checked by its size alone, for the manifest.
@@ -480,19 +566,80 @@ fn free_space(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn print_dry_run(files: &[(RelPath, RemoteFile)]) {
+/// `--dry-run`: what a run would fetch, skip (up to date) and remove, from a read-only look
+/// at DEST; with `--verbose` or `--progress json`, also what the patterns left out and why.
+/// JSON mode prints one object per line.
+fn print_dry_run(cfg: &Config, selection: &Selection, options: PlanOptions) {
     use std::io::Write;
+    let (local, _) = state::peek(&cfg.dest, &selection.files).unwrap_or_default();
+    let mut p = plan(selection.files.clone(), &local, options);
+    // Planned largest first; read in path order.
+    p.fetch.sort_by(|a, b| a.path.cmp(&b.path));
+    p.skip.sort_by(|a, b| a.0.cmp(&b.0));
+    p.remove.sort();
+    let json = cfg.progress == progress::ProgressMode::Json;
     let mut out = std::io::stdout().lock();
-    let mut total = 0u64;
-    for (p, f) in files {
-        total += f.size;
-        let _ = writeln!(out, "{:>14}  {p}", f.size);
+    let mut line = |action: &str, size: Option<u64>, path: &str, why: Option<&str>| {
+        let _ = if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"action": action, "path": path, "size": size, "reason": why})
+            )
+        } else {
+            let size = size.map_or("-".to_string(), |s| s.to_string());
+            let why = why.map(|w| format!("  ({w})")).unwrap_or_default();
+            writeln!(out, "{action:<8}{size:>14}  {path}{why}")
+        };
+    };
+    for f in &p.fetch {
+        let missing: u64 = f.missing.iter().map(|r| r.end - r.start).sum();
+        let on_disk = f.file.size - missing.min(f.file.size);
+        let resumed =
+            (f.resume && on_disk > 0).then(|| format!("resumes, {on_disk} bytes on disk"));
+        line(
+            "fetch",
+            Some(f.file.size),
+            f.path.as_str(),
+            resumed.as_deref(),
+        );
     }
-    let _ = writeln!(
-        out,
-        "total: {} files, {} bytes ({})",
-        files.len(),
-        total,
-        progress::human(total)
+    for (path, f) in &p.skip {
+        line("skip", Some(f.size), path.as_str(), Some("up to date"));
+    }
+    for path in &p.remove {
+        line(
+            "remove",
+            None,
+            path.as_str(),
+            Some("no longer selected or listed"),
+        );
+    }
+    if cfg.verbose || json {
+        for (path, why) in &selection.filtered {
+            line("filtered", None, path, Some(why));
+        }
+    }
+    let skipped: u64 = p.skip.iter().map(|(_, f)| f.size).sum();
+    let summary = format!(
+        "total: {} to fetch, {} ({} bytes); {} up to date ({}); {} to remove",
+        progress::count(p.fetch.len(), "file"),
+        progress::human(p.bytes_to_fetch),
+        p.bytes_to_fetch,
+        progress::count(p.skip.len(), "file"),
+        progress::human(skipped),
+        progress::count(p.remove.len(), "file"),
     );
+    let _ = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"action": "total", "fetch_files": p.fetch.len(),
+                "fetch_bytes": p.bytes_to_fetch, "skip_files": p.skip.len(),
+                "skip_bytes": skipped, "remove_files": p.remove.len(),
+                "filtered_files": selection.filtered.len()})
+        )
+    } else {
+        writeln!(out, "{summary}")
+    };
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use model_loader::cancel::Cancel;
 use model_loader::cli::{self, ArgsFailure, Mode};
 use model_loader::error::{Error, Kind};
+use model_loader::progress::ProgressMode;
 
 fn main() -> ExitCode {
     install_panic_hook();
@@ -18,39 +19,28 @@ fn main() -> ExitCode {
     let args = match cli::parse_args(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(ArgsFailure::Display(e)) => e.exit(),
-        Err(ArgsFailure::Usage(e)) => return fail(&e),
+        Err(ArgsFailure::Usage(e)) => return fail(&e, false),
     };
     if let Some(shell) = args.completions {
         print!("{}", completions(shell));
         return ExitCode::SUCCESS;
     }
+    let json = args.progress == ProgressMode::Json;
     let cfg = match args.into_config() {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e, json),
     };
     if cfg.mode == Mode::Verify {
         return match model_loader::audit(&cfg) {
-            Ok(msg) => {
-                eprintln!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(model_loader::AuditFailure::Incomplete(why)) => {
-                eprintln!("not complete: {why}");
-                ExitCode::from(1)
-            }
-            Err(model_loader::AuditFailure::Mismatch(e)) => fail(&e),
+            Ok(msg) => offline_result(json, true, &msg),
+            Err(model_loader::AuditFailure::Incomplete(why)) => offline_result(json, false, &why),
+            Err(model_loader::AuditFailure::Mismatch(e)) => fail(&e, json),
         };
     }
     if cfg.mode == Mode::Check {
         return match model_loader::check(&cfg) {
-            Ok(msg) => {
-                eprintln!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(why) => {
-                eprintln!("not complete: {why}");
-                ExitCode::from(1)
-            }
+            Ok(msg) => offline_result(json, true, &msg),
+            Err(why) => offline_result(json, false, &why),
         };
     }
     let reporter = model_loader::progress::reporter(cfg.progress, cfg.progress_interval);
@@ -68,7 +58,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            return fail(&Error::new(Kind::Local, "cannot start the async runtime").with_source(e))
+            return fail(
+                &Error::new(Kind::Local, "cannot start the async runtime").with_source(e),
+                json,
+            )
         }
     };
     let cancel = Cancel::default();
@@ -103,9 +96,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             reporter.stop();
-            fail(&e)
+            fail(&e, json)
         }
     }
+}
+
+/// The outcome of `--check` (or an incomplete `--verify`): exit 0 or 1, said as a line or, with
+/// `--progress json`, as a `check` event.
+fn offline_result(json: bool, complete: bool, msg: &str) -> ExitCode {
+    if json {
+        let event = serde_json::json!({"event": "check", "complete": complete, "message": msg});
+        eprintln!("{event}");
+    } else if complete {
+        eprintln!("{msg}");
+    } else {
+        eprintln!("not complete: {msg}");
+    }
+    ExitCode::from(if complete { 0 } else { 1 })
 }
 
 /// Completion scripts for both names the binary is installed under (`load` is KubeAI's).
@@ -153,7 +160,7 @@ fn install_panic_hook() {
                 env!("CARGO_PKG_VERSION")
             ),
         );
-        std::process::exit(i32::from(report(&e)));
+        std::process::exit(i32::from(report(&e, false)));
     }));
 }
 
@@ -172,15 +179,20 @@ async fn interrupted() -> Kind {
     }
 }
 
-fn fail(e: &Error) -> ExitCode {
-    ExitCode::from(report(e))
+fn fail(e: &Error, json: bool) -> ExitCode {
+    ExitCode::from(report(e, json))
 }
 
-/// Prints `error: …` / `caused by: …` and writes the first line to the termination log so
-/// `kubectl describe pod` shows it; returns the exit code.
-fn report(e: &Error) -> u8 {
+/// Prints `error: …` / `caused by: …` (or, with `--progress json`, one `error` event) and
+/// writes the first line to the termination log so `kubectl describe pod` shows it; returns
+/// the exit code.
+fn report(e: &Error, json: bool) -> u8 {
     let text = e.render();
-    eprintln!("{text}");
+    if json {
+        eprintln!("{}", e.to_json());
+    } else {
+        eprintln!("{text}");
+    }
     let path = std::env::var("MODEL_LOADER_TERMINATION_LOG")
         .unwrap_or_else(|_| "/dev/termination-log".into());
     if let Ok(mut f) = std::fs::OpenOptions::new()

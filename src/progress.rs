@@ -15,6 +15,8 @@ use crate::error::Error;
 /// What the run will do, reported once after planning.
 #[derive(Debug, Clone, Default)]
 pub struct PlanSummary {
+    /// Local files to a URL: "send" rather than "fetch"; nothing is removed.
+    pub upload: bool,
     pub files: usize,
     pub bytes: u64,
     /// Bytes of those files already on disk from an interrupted run.
@@ -27,6 +29,8 @@ pub struct PlanSummary {
 /// What the run did.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
+    /// Counts sent rather than fetched files.
+    pub upload: bool,
     pub files_fetched: usize,
     pub bytes_fetched: u64,
     pub files_skipped: usize,
@@ -64,9 +68,16 @@ pub enum ProgressMode {
 /// Builds the reporter for a mode; `interval` is the period of log/JSON progress lines.
 pub fn reporter(mode: ProgressMode, interval: Duration) -> Arc<dyn Reporter> {
     use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
     let mode = match mode {
-        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto if terminal => ProgressMode::Bar,
         ProgressMode::Auto => ProgressMode::Log,
+        ProgressMode::Bar if !terminal => {
+            eprintln!(
+                "progress: bars need a terminal and stderr is not one; printing log lines instead"
+            );
+            ProgressMode::Log
+        }
         m => m,
     };
     match mode {
@@ -196,23 +207,12 @@ impl Reporter for LineReporter {
         c.done.store(p.resumed_bytes, Ordering::Relaxed);
         c.files.store(p.files, Ordering::Relaxed);
         if self.json {
-            self.emit(json!({"event": "plan", "files": p.files, "bytes": p.bytes,
+            self.emit(json!({"event": "plan", "direction": direction(p.upload),
+                "files": p.files, "bytes": p.bytes,
                 "resumed_bytes": p.resumed_bytes, "skipped_files": p.skipped_files,
                 "skipped_bytes": p.skipped_bytes, "removed_files": p.removed_files}));
         } else {
-            eprintln!(
-                "plan: fetch {} files ({}{}), {} up to date ({}), {} to remove",
-                p.files,
-                human(p.bytes),
-                if p.resumed_bytes > 0 {
-                    format!(", {} already on disk", human(p.resumed_bytes))
-                } else {
-                    String::new()
-                },
-                p.skipped_files,
-                human(p.skipped_bytes),
-                p.removed_files
-            );
+            eprintln!("{}", plan_line(p));
         }
         if p.files == 0 {
             return;
@@ -284,7 +284,8 @@ impl Reporter for LineReporter {
         let secs = s.elapsed.as_secs_f64();
         let rate = s.bytes_fetched as f64 / secs.max(1e-3);
         if self.json {
-            self.emit(json!({"event": "done", "files_fetched": s.files_fetched,
+            self.emit(json!({"event": "done", "direction": direction(s.upload),
+                "files_fetched": s.files_fetched,
                 "bytes_fetched": s.bytes_fetched, "files_skipped": s.files_skipped,
                 "files_removed": s.files_removed, "retries": s.retries, "elapsed_s": secs}));
         } else {
@@ -293,15 +294,59 @@ impl Reporter for LineReporter {
     }
 }
 
-fn summary_line(s: &Summary, secs: f64, rate: f64) -> String {
+fn direction(upload: bool) -> &'static str {
+    if upload {
+        "upload"
+    } else {
+        "download"
+    }
+}
+
+/// `plan: fetch 3 files (1.0 GiB), 1 up to date (2 B), 0 to remove`, or for an upload
+/// `plan: send 3 files (1.0 GiB), 1 already at the destination (2 B)`.
+fn plan_line(p: &PlanSummary) -> String {
+    let resumed = if p.resumed_bytes > 0 {
+        format!(", {} already on disk", human(p.resumed_bytes))
+    } else {
+        String::new()
+    };
+    if p.upload {
+        return format!(
+            "plan: send {} ({}), {} already at the destination ({})",
+            count(p.files, "file"),
+            human(p.bytes),
+            p.skipped_files,
+            human(p.skipped_bytes)
+        );
+    }
     format!(
-        "done: {} files, {} in {secs:.1}s ({:.1} MiB/s), {} up to date, {} removed, {} retries",
-        s.files_fetched,
+        "plan: fetch {} ({}{resumed}), {} up to date ({}), {} to remove",
+        count(p.files, "file"),
+        human(p.bytes),
+        p.skipped_files,
+        human(p.skipped_bytes),
+        p.removed_files
+    )
+}
+
+fn summary_line(s: &Summary, secs: f64, rate: f64) -> String {
+    let (verb, unchanged) = if s.upload {
+        ("sent", "already at the destination")
+    } else {
+        ("fetched", "up to date")
+    };
+    let removed = if s.upload {
+        String::new()
+    } else {
+        format!(", {} removed", s.files_removed)
+    };
+    format!(
+        "done: {verb} {}, {} in {secs:.1}s ({:.1} MiB/s), {} {unchanged}{removed}, {}",
+        count(s.files_fetched, "file"),
         human(s.bytes_fetched),
         rate / (1024.0 * 1024.0),
         s.files_skipped,
-        s.files_removed,
-        s.retries
+        count(s.retries as usize, "retry"),
     )
 }
 
@@ -348,17 +393,11 @@ impl Reporter for BarReporter {
         self.total.set_style(style);
         self.total.set_length(p.bytes);
         self.total.set_position(p.resumed_bytes);
-        self.total.set_message(format!("{} files", p.files));
+        self.total.set_message(count(p.files, "file"));
         // Drawn by the multi-bar, above the file bars: a bar with a draw target of its own
         // would fight the multi-bar over the cursor and leave stale lines behind.
         self.multi.insert(0, self.total.clone());
-        let _ = self.multi.println(format!(
-            "plan: fetch {} files ({}), {} up to date, {} to remove",
-            p.files,
-            human(p.bytes),
-            p.skipped_files,
-            p.removed_files
-        ));
+        let _ = self.multi.println(plan_line(p));
     }
 
     fn file_started(&self, id: usize, path: &str, size: u64) {
@@ -410,6 +449,15 @@ impl Reporter for BarReporter {
     }
 }
 
+/// `1 file`, `2 files`, `3 retries`.
+pub fn count(n: usize, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// `1.5 GiB`-style sizes.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -429,6 +477,14 @@ pub fn human(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plurals() {
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(0, "file"), "0 files");
+        assert_eq!(count(2, "retry"), "2 retries");
+        assert_eq!(count(1, "retry"), "1 retry");
+    }
 
     #[test]
     fn human_sizes() {

@@ -98,6 +98,13 @@ impl FileRange {
         self.hash(|b| c = crc32c::crc32c_append(c, b))?;
         Ok(c)
     }
+
+    /// Whether the whole file hashes to `want` (any algorithm a listing gives).
+    fn matches(&self, want: &source::Checksum) -> Result<bool> {
+        debug_assert_eq!(self.offset, 0, "a whole file");
+        let got = crate::transfer::verify::hash_file(&self.file, &self.path, want, self.len)?;
+        Ok(&got == want)
+    }
 }
 
 /// Opens `rel` below `root` (no symlink anywhere on the way) as a whole-file range; refuses a
@@ -210,19 +217,27 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
         write: true,
     };
     let target = Arc::new(AnySource::open(&cfg.source, &opts, reporter.as_ref()).await?);
+    let classified = classify(&target, &root, cfg, reporter.as_ref(), files).await?;
     if cfg.dry_run {
-        return dry_run(&target, cfg, reporter.as_ref(), &files).await;
+        print_dry_run(cfg, &classified);
+        return Ok(Summary::default());
     }
-    let total: u64 = files.iter().map(|f| f.1).sum();
+    let (send, same): (Vec<_>, Vec<_>) = classified
+        .into_iter()
+        .partition(|(_, _, at)| *at != AtDestination::Same);
+    let total: u64 = send.iter().map(|f| f.1).sum();
     reporter.plan(&PlanSummary {
-        files: files.len(),
+        upload: true,
+        files: send.len(),
         bytes: total,
+        skipped_files: same.len(),
+        skipped_bytes: same.iter().map(|f| f.1).sum(),
         ..Default::default()
     });
 
     let cfg = Arc::new(cfg.clone());
     let results =
-        futures_util::stream::iter(files.into_iter().enumerate().map(|(id, (rel, len))| {
+        futures_util::stream::iter(send.into_iter().enumerate().map(|(id, (rel, len, _))| {
             let (target, reporter, cfg, root) = (
                 Arc::clone(&target),
                 Arc::clone(&reporter),
@@ -241,7 +256,11 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
         .buffer_unordered(cfg.concurrency.unwrap_or(8).clamp(1, 8))
         .collect::<Vec<_>>()
         .await;
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        upload: true,
+        files_skipped: same.len(),
+        ..Default::default()
+    };
     for r in results {
         summary.bytes_fetched += r?;
         summary.files_fetched += 1;
@@ -251,46 +270,113 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
     Ok(summary)
 }
 
-/// Lists what an upload would send and which existing objects it would overwrite; writes
-/// nothing.
-async fn dry_run(
+/// What the destination holds at a local file's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtDestination {
+    Nothing,
+    /// The same bytes: same size and the object's checksum (ETag MD5, multipart ETag, CRC)
+    /// matches the local file's. Not sent again unless `--force`.
+    Same,
+    /// An object of this size that is (or cannot be shown to be) different.
+    Other(u64),
+}
+
+/// Compares every local file with the object at its name. Objects whose checksum the listing
+/// does not give (an SSE-KMS ETag, for one) count as different: they are sent again. A
+/// destination that cannot be listed (write-only credentials) has every file sent.
+async fn classify(
     target: &AnySource,
+    root: &Arc<Dir>,
     cfg: &Config,
     reporter: &dyn Reporter,
-    files: &[(RelPath, u64)],
-) -> Result<Summary> {
-    use std::io::Write;
-    let existing: std::collections::HashMap<String, u64> =
-        match retrying(&cfg.retry, reporter, "listing the destination", || {
-            target.list()
-        })
+    files: Vec<(RelPath, u64)>,
+) -> Result<Vec<(RelPath, u64, AtDestination)>> {
+    let listed = retrying(&cfg.retry, reporter, "listing the destination", || {
+        target.list()
+    })
+    .await;
+    let existing: std::collections::HashMap<String, source::RemoteFile> = match listed {
+        Ok(l) => l.files.into_iter().map(|f| (f.path.clone(), f)).collect(),
+        Err(e) if e.kind() == Kind::NotFound => Default::default(),
+        Err(e) if e.kind() == Kind::Denied => {
+            reporter.warn(&format!(
+                "cannot list the destination ({}); every file is sent, none compared",
+                e.message()
+            ));
+            Default::default()
+        }
+        Err(e) => return Err(e),
+    };
+    let compare = files.into_iter().map(|(rel, len)| {
+        let remote = existing.get(rel.as_str()).cloned();
+        let root = Arc::clone(root);
+        let force = cfg.force;
+        async move {
+            let at = match remote {
+                None => AtDestination::Nothing,
+                Some(r) if r.size != len => AtDestination::Other(r.size),
+                Some(_) if force => AtDestination::Other(len),
+                Some(_) if len == 0 => AtDestination::Same,
+                Some(r) => match r.checksum {
+                    None => AtDestination::Other(len),
+                    Some(want) => {
+                        let whole = open_range(&root, &rel, len)?;
+                        let same = blocking(move || whole.matches(&want)).await?;
+                        if same {
+                            AtDestination::Same
+                        } else {
+                            AtDestination::Other(len)
+                        }
+                    }
+                },
+            };
+            Ok::<_, Error>((rel, len, at))
+        }
+    });
+    let mut out: Vec<_> = futures_util::stream::iter(compare)
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
         .await
-        {
-            Ok(l) => l.files.into_iter().map(|f| (f.path, f.size)).collect(),
-            Err(e) if e.kind() == Kind::NotFound => Default::default(),
-            Err(e) => return Err(e),
-        };
+        .into_iter()
+        .collect::<Result<_>>()?;
+    // Largest first, as walked: the long poles start early.
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
+}
+
+/// Lists what an upload would send, skip and overwrite; sends nothing.
+fn print_dry_run(cfg: &Config, files: &[(RelPath, u64, AtDestination)]) {
+    use std::io::Write;
+    let mut files: Vec<_> = files.iter().collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = std::io::stdout().lock();
-    let (mut total, mut overwrites) = (0u64, 0usize);
-    for (rel, len) in files {
-        total += len;
-        let note = match existing.get(rel.as_str()) {
-            Some(size) => {
+    let (mut total, mut overwrites, mut same) = (0u64, 0usize, 0usize);
+    for &(rel, len, at) in &files {
+        let note = match at {
+            AtDestination::Nothing => {
+                total += len;
+                String::new()
+            }
+            AtDestination::Same => {
+                same += 1;
+                "  (identical at the destination: skipped)".into()
+            }
+            AtDestination::Other(size) => {
+                total += len;
                 overwrites += 1;
                 format!("  (overwrites an object of {size} bytes)")
             }
-            None => String::new(),
         };
         let _ = writeln!(out, "{len:>14}  {rel}{note}");
     }
     let _ = writeln!(
         out,
-        "dry run: would upload {} files, {total} bytes ({}) to {}, overwriting {overwrites}; nothing was sent",
-        files.len(),
+        "dry run: would upload {}, {total} bytes ({}) to {}, overwriting {overwrites}; {} already there; nothing was sent",
+        crate::progress::count(files.len() - same, "file"),
         crate::progress::human(total),
-        cfg.source
+        cfg.source,
+        crate::progress::count(same, "identical file"),
     );
-    Ok(Summary::default())
 }
 
 async fn upload_file(

@@ -163,8 +163,7 @@ impl StateDir {
     /// Part files live in the state folder under a fixed-length name, so a long or deep path
     /// never makes the part name too long, and DEST shows only complete files.
     pub fn part_name(&self, p: &RelPath) -> String {
-        let h = Sha256::digest(p.as_str().as_bytes());
-        format!("{}.part", hex::encode(&h[..16]))
+        part_name(p)
     }
 
     /// Opens (resume) or starts afresh the part file of `p`. Starting afresh over earlier range
@@ -248,56 +247,14 @@ impl StateDir {
         serde_json::from_slice(&self.dir.read(MANIFEST).ok()?).ok()
     }
 
-    /// Size of the regular file at `p` under DEST (None: missing, not a file, or reached
-    /// through a symlink).
-    fn size_on_disk(&self, p: &RelPath) -> Option<u64> {
-        size_beneath(&self.root, p)
-    }
-
     /// Everything the planner needs to know about DEST for the listed files.
     pub fn local_state(&self, listed: &[(RelPath, RemoteFile)]) -> Result<LocalState> {
-        let mut st = LocalState::default();
-        if let Some(m) = self.read_manifest() {
-            for f in m.files {
-                if let Ok(p) = RelPath::new(&f.path) {
-                    st.recorded.insert(
-                        p,
-                        Recorded {
-                            size: f.size,
-                            version: f.version,
-                        },
-                    );
-                }
-            }
-        }
-        let (files, partial) = self.read_journal();
+        let (st, journaled) = read_local_state(&self.root, &self.dir, Some(&self.parts), listed);
         self.journaled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(partial.keys().cloned());
-        st.recorded.extend(files);
-        for (path, file) in listed {
-            if let Some(len) = self.size_on_disk(path) {
-                st.on_disk.insert(path.clone(), len);
-            }
-            if let Some(p) = partial.get(path) {
-                let part_ok = self
-                    .parts
-                    .stat(&self.part_name(path))
-                    .is_ok_and(|m| m.st_size as u64 == file.size);
-                if part_ok {
-                    st.partial.insert(path.clone(), p.clone());
-                }
-            }
-        }
+            .extend(journaled);
         Ok(st)
-    }
-
-    /// Reads the journal. Torn or unknown lines are skipped: losing a record only means
-    /// fetching those bytes again.
-    fn read_journal(&self) -> (HashMap<RelPath, Recorded>, HashMap<RelPath, Partial>) {
-        let body = self.dir.read(JOURNAL).unwrap_or_default();
-        parse_journal(&body, &boot_id())
     }
 
     fn append(&self, rec: &Record) -> Result<()> {
@@ -564,6 +521,79 @@ fn parse_journal(
         }
     }
     (files, partial)
+}
+
+/// The part file of `p`: a hash, so no source name (length, characters) reaches the state
+/// folder's namespace.
+fn part_name(p: &RelPath) -> String {
+    let h = Sha256::digest(p.as_str().as_bytes());
+    format!("{}.part", hex::encode(&h[..16]))
+}
+
+/// What DEST holds for the listed files, read without writing anything and without the lock:
+/// for `--dry-run`, and for a DEST that cannot be written (a pre-populated read-only volume).
+/// `None` when DEST or its state folder does not exist.
+pub fn peek(
+    dest: &Path,
+    listed: &[(RelPath, RemoteFile)],
+) -> Option<(LocalState, Option<Manifest>)> {
+    let root = Dir::open(dest).ok()?;
+    let Ok((dir, _)) = root.subdir(STATE_DIR, false) else {
+        let mut st = LocalState::default();
+        for (path, _) in listed {
+            if let Some(len) = size_beneath(&root, path) {
+                st.on_disk.insert(path.clone(), len);
+            }
+        }
+        return Some((st, None));
+    };
+    let parts = dir.subdir(PARTS, false).ok().map(|(d, _)| d);
+    let manifest = dir
+        .read(MANIFEST)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (st, _) = read_local_state(&root, &dir, parts.as_ref(), listed);
+    Some((st, manifest))
+}
+
+/// The manifest's and journal's records, the sizes on disk and the usable part files; also
+/// returns the paths the journal holds range records for.
+fn read_local_state(
+    root: &Dir,
+    dir: &Dir,
+    parts: Option<&Dir>,
+    listed: &[(RelPath, RemoteFile)],
+) -> (LocalState, Vec<RelPath>) {
+    let mut st = LocalState::default();
+    let manifest: Option<Manifest> = dir
+        .read(MANIFEST)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    for f in manifest.into_iter().flat_map(|m| m.files) {
+        if let Ok(p) = RelPath::new(&f.path) {
+            let rec = Recorded {
+                size: f.size,
+                version: f.version,
+            };
+            st.recorded.insert(p, rec);
+        }
+    }
+    let (files, partial) = parse_journal(&dir.read(JOURNAL).unwrap_or_default(), &boot_id());
+    st.recorded.extend(files);
+    for (path, file) in listed {
+        if let Some(len) = size_beneath(root, path) {
+            st.on_disk.insert(path.clone(), len);
+        }
+        if let Some(p) = partial.get(path) {
+            let part_ok = parts
+                .and_then(|d| d.stat(&part_name(path)).ok())
+                .is_some_and(|m| m.st_size as u64 == file.size);
+            if part_ok {
+                st.partial.insert(path.clone(), p.clone());
+            }
+        }
+    }
+    (st, partial.into_keys().collect())
 }
 
 /// Size of the regular file `p` below `root` (None: missing, not a regular file, or reached

@@ -336,7 +336,9 @@ fn bars_on_a_terminal_leave_only_the_error_line_when_stopped() {
     // Resumed to the end: the summary is.
     let lines = on_terminal(60, &tmp.path().join("done"));
     assert!(
-        lines.last().is_some_and(|l| l.starts_with("done: 2 files")),
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("done: fetched 2 files")),
         "{lines:?}"
     );
     assert_eq!(tree(&dest), expected(&objects, "m/"));

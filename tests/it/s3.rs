@@ -57,7 +57,7 @@ fn downloads_a_tree_verified_and_a_rerun_fetches_nothing() {
     assert_eq!(m["files"].as_array().unwrap().len(), objects.len());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("done: 1010 files"),
+        stderr.contains("done: fetched 1010 files"),
         "summary line: {stderr}"
     );
     // Only the manifest remains in the state folder.

@@ -116,16 +116,7 @@ fn upload_to_oss_virtual_hosted_round_trips() {
 fn upload_to_gcs_resumable_round_trips() {
     let gcs = required_env("MODEL_LOADER_TEST_GCS_ENDPOINT");
     let b = bucket("gup");
-    block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{gcs}/storage/v1/b"))
-            .header("content-type", "application/json")
-            .body(format!("{{\"name\":\"{b}\"}}"))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    });
+    create_gcs_bucket(&gcs, &b);
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     let want = local_model(&model);
@@ -271,10 +262,19 @@ fn an_upload_dry_run_sends_nothing_and_names_what_it_would_overwrite() {
     proxy.clear();
     let second = dry(&proxy);
     assert!(
-        second.contains(&format!("overwriting {}", want.len())),
+        second.contains(&format!("{} identical files already there", want.len())),
         "{second}"
     );
-    assert!(second.contains("(overwrites an object of"), "{second}");
+    assert!(second.contains("would upload 0 files"), "{second}");
+    // A file that differs from its object is named as an overwrite.
+    std::fs::write(model.join("config.json"), "{\"model_type\": \"mistral\"}").unwrap();
+    proxy.clear();
+    let third = dry(&proxy);
+    assert!(third.contains("overwriting 1"), "{third}");
+    assert!(
+        third.contains("config.json  (overwrites an object of 23 bytes)"),
+        "{third}"
+    );
 }
 
 #[test]

@@ -109,6 +109,20 @@ pub fn seed_s3_objects(endpoint: &str, bucket: &str, objects: &BTreeMap<String, 
     }
 }
 
+/// Creates `bucket` on fake-gcs-server.
+pub fn create_gcs_bucket(endpoint: &str, bucket: &str) {
+    block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{endpoint}/storage/v1/b"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"name\":\"{bucket}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "create {bucket}: {}", r.status());
+    });
+}
+
 pub fn delete_s3(endpoint: &str, bucket: &str, key: &str) {
     block_on(async {
         let r = reqwest::Client::new()
