@@ -306,7 +306,7 @@ pub(crate) async fn list_bucket<B: BucketListing + Sync>(b: &B) -> Result<Listin
 
 /// The part of a listed name below `folder`. A listing that names something outside the folder
 /// it was asked for is a lying or broken server: refused, never sliced blindly.
-pub(crate) fn below(folder: &str, name: &str, what: &str) -> crate::error::Result<String> {
+pub(crate) fn below(folder: &str, name: &str, what: &str) -> Result<String> {
     name.strip_prefix(folder)
         .filter(|rest| !rest.is_empty())
         .map(str::to_string)

@@ -35,7 +35,7 @@ pub enum Signer {
 /// A refresh that timed out or met a failing STS/IMDS/SSO endpoint is transient (retried with
 /// backoff like any request, exit 5 if it outlasts them); missing or invalid configuration is
 /// access denied (exit 3).
-fn credentials_error(e: aws_credential_types::provider::error::CredentialsError) -> Error {
+fn credentials_error(e: CredentialsError) -> Error {
     use aws_credential_types::provider::error::CredentialsError as E;
     match &e {
         E::ProviderTimedOut(_) | E::ProviderError(_) | E::Unhandled(_) => Error::new(
@@ -375,7 +375,7 @@ impl S3 {
             _ => vec![],
         };
         let extra = [
-            (reqwest::header::CONTENT_LENGTH, body.len.to_string()),
+            (CONTENT_LENGTH, body.len.to_string()),
             (
                 reqwest::header::HeaderName::from_static("content-md5"),
                 base64::engine::general_purpose::STANDARD.encode(md5),
@@ -429,7 +429,7 @@ impl S3 {
             ));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        let extra = [(reqwest::header::CONTENT_LENGTH, xml.len().to_string())];
+        let extra = [(CONTENT_LENGTH, xml.len().to_string())];
         let body = self
             .post(key, &[("uploadId", upload_id)], &extra, xml, &what)
             .await?;
@@ -674,7 +674,7 @@ impl S3 {
         if !resp.status().is_success() {
             return Ok((None, None));
         }
-        let etag = header_str(resp.headers(), reqwest::header::ETAG);
+        let etag = header_str(resp.headers(), ETAG);
         Ok((parse_additional(resp.headers(), parts), etag))
     }
 

@@ -193,9 +193,9 @@ fn in_new_pid_namespace(cmd: &Command) -> Command {
 #[test]
 fn two_loaders_in_different_pid_namespaces_share_one_dest() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "this test needs root for unshare --pid (scripts/test.sh runs as root in CI)"
     );
     let ep = s3_endpoint();
@@ -358,7 +358,7 @@ fn kill_9_at_30_percent_of_a_200_mib_file_loses_at_most_8_mib_per_stream() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let received = proxy.bytes_down();
@@ -406,7 +406,7 @@ fn a_loader_stopped_while_waiting_exits_at_once_and_leaves_the_holder_s_lease() 
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     assert!(
         t.elapsed() < Duration::from_secs(3),
@@ -454,7 +454,7 @@ fn a_frozen_holder_that_was_taken_over_stops_without_touching_dest() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // SIGSTOP: alive (its pid exists) but silent, like a node under memory pressure.
-    unsafe { libc::kill(frozen.id() as i32, libc::SIGSTOP) };
+    signal(&frozen, libc::SIGSTOP);
     let out = run(loader(&ep, tmp.path())
         .env("MODEL_LOADER_LOCK_STALE", "2")
         .arg(format!("s3://{b}/m"))
@@ -464,7 +464,7 @@ fn a_frozen_holder_that_was_taken_over_stops_without_touching_dest() {
     let done = tree(&dest);
     assert_eq!(done, expected(&objects, "m/"));
     let manifest_before = std::fs::read(dest.join(".model-loader/manifest.json")).unwrap();
-    unsafe { libc::kill(frozen.id() as i32, libc::SIGCONT) };
+    signal(&frozen, libc::SIGCONT);
     let out = frozen.wait_with_output().unwrap();
     let line = error_line(&out, 7);
     assert!(line.contains("no longer ours"), "{line}");

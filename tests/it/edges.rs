@@ -497,7 +497,7 @@ fn a_complete_dest_on_a_read_only_volume_is_a_success_and_an_incomplete_one_is_n
 }
 
 /// PUT and POST requests an upload made through the proxy.
-fn writes(proxy: &crate::support::proxy::Proxy) -> Vec<String> {
+fn writes(proxy: &proxy::Proxy) -> Vec<String> {
     proxy
         .requests()
         .into_iter()
@@ -523,7 +523,7 @@ fn an_upload_rerun_sends_nothing_a_changed_file_is_sent_and_force_sends_all() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, d).unwrap();
     }
-    let proxy = crate::support::proxy::Proxy::start(&ep);
+    let proxy = proxy::Proxy::start(&ep);
     let up = |extra: &[&str]| {
         proxy.clear();
         let out = run(loader(&proxy.url(), tmp.path())
@@ -580,7 +580,7 @@ fn an_upload_rerun_to_gcs_sends_nothing() {
     std::fs::create_dir_all(model.join("sub")).unwrap();
     std::fs::write(model.join("a.bin"), data(9, 300_000)).unwrap();
     std::fs::write(model.join("sub/b.json"), b"{\"x\":1}").unwrap();
-    let proxy = crate::support::proxy::Proxy::start(&gcs);
+    let proxy = proxy::Proxy::start(&gcs);
     let up = || {
         proxy.clear();
         let out = run(loader("http://127.0.0.1:9", tmp.path())

@@ -241,7 +241,7 @@ fn json_progress_is_one_event_per_line() {
 
 #[test]
 fn sigterm_and_sigint_stop_the_run_with_143_and_130_and_no_manifest() {
-    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         let (ep, b, _) = seeded("signal");
         let proxy = Proxy::with_fault(
             &ep,
@@ -261,7 +261,7 @@ fn sigterm_and_sigint_stop_the_run_with_143_and_130_and_no_manifest() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         let t = Instant::now();
-        unsafe { libc::kill(child.id() as i32, signal) };
+        signal(&child, sig);
         let out = child.wait_with_output().unwrap();
         assert!(
             t.elapsed() < Duration::from_secs(5),

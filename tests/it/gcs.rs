@@ -250,7 +250,7 @@ fn service_account(
     use aws_lc_rs::signature::KeyPair;
     use base64::Engine;
     let key = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().unwrap();
+    let der: aws_lc_rs::encoding::Pkcs8V1Der<'_> = key.as_der().unwrap();
     let pem = format!(
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         base64::engine::general_purpose::STANDARD.encode(der.as_ref())
@@ -394,7 +394,7 @@ fn a_resumed_gcs_file_is_verified_by_combining_range_crcs_with_the_kept_bytes() 
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        signal(&child, libc::SIGKILL);
         child.wait().unwrap();
     };
     let rerun = |proxy: &Proxy| {

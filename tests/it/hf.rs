@@ -340,12 +340,12 @@ fn hub_errors_map_to_exit_codes_with_remedies() {
 }
 
 /// A repo whose LFS redirects go through a fault-injecting proxy in front of the fake CDN.
-fn via_cdn_proxy(fault: crate::support::proxy::Fault) -> (crate::support::proxy::Proxy, String) {
+fn via_cdn_proxy(fault: proxy::Fault) -> (proxy::Proxy, String) {
     let cdn = get_json(&format!("{}/_cdn", hub()))["url"]
         .as_str()
         .unwrap()
         .to_string();
-    let proxy = crate::support::proxy::Proxy::with_fault(&cdn, fault);
+    let proxy = proxy::Proxy::with_fault(&cdn, fault);
     let repo = format!("cdn-{}/{}", proxy.addr.port(), unique("faults"));
     (proxy, repo)
 }
@@ -426,7 +426,7 @@ fn a_flipped_bit_from_the_cdn_is_refetched_or_caught() {
         .args(["--chunk-size", "256KiB"])
         .arg(format!("hf://{repo}"))
         .arg(&dest));
-    let line = crate::support::error_line(&out, 6);
+    let line = error_line(&out, 6);
     assert!(line.contains("sha256 mismatch (expected "), "{line}");
     assert!(!dest.join(".model-loader/manifest.json").exists());
 }
@@ -462,7 +462,7 @@ fn a_killed_download_resumes_and_its_sha256_covers_the_bytes_of_both_runs() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     let out = run(hf_loader(tmp.path())
         .args(["--chunk-size", "256KiB"])

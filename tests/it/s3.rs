@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{self, proxy::Proxy, *};
+use crate::support::{proxy::Proxy, *};
 
 /// A tree with every hard case: nested folders, a zero-byte file, names with spaces and
 /// non-ASCII characters, a file spanning many chunks, more than 1,000 keys under one prefix.
@@ -301,7 +301,7 @@ fn load_through_a_link_behaves_the_same() {
     seed_s3(&ep, &b, &objects);
     let tmp = tempfile::tempdir().unwrap();
     let link = tmp.path().join("load");
-    std::os::unix::fs::symlink(support::bin(), &link).unwrap();
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
     let dest = tmp.path().join("d");
     let mut cmd = loader(&ep, tmp.path());
     cmd.env(

@@ -78,7 +78,7 @@ fn kill_9_mid_file_then_a_rerun_fetches_only_what_is_missing() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     let done = journal_bytes(&dest);
     assert!(!dest.join("big.bin").exists() && !dest.join(".model-loader/manifest.json").exists());

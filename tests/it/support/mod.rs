@@ -243,3 +243,9 @@ pub fn error_line(out: &Output, code: i32) -> String {
         .unwrap_or_else(|| panic!("no error line: {stderr}"))
         .to_string()
 }
+
+/// Sends `sig` to a child process of the test.
+pub fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: kill takes any pid and signal number; this pid is our own unreaped child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
