@@ -33,6 +33,24 @@ trap 'cleanup; trap - EXIT; exit 143' TERM
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# rust-toolchain.toml pins the compiler; rustup fetches it on first use. Where it cannot (no
+# network to static.rust-lang.org) but the installed stable is that very version, link stable
+# under the pinned name instead of failing. Must run before any cargo command in ROOT.
+ensure_toolchain() {
+  local want have
+  want="$(sed -n 's/^channel = "\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")"
+  command -v rustup >/dev/null || return 0
+  if rustup run "$want" rustc --version >/dev/null 2>&1; then return 0; fi
+  have="$(rustc +stable --version 2>/dev/null | awk '{print $2}')"
+  if [ "$have" = "$want" ]; then
+    log "linking the installed stable ($have) as toolchain $want (rust-toolchain.toml)"
+    rustup toolchain link "$want" "$(rustc +stable --print sysroot)"
+  else
+    log "toolchain $want (rust-toolchain.toml) is not installed; rustup will try to download it"
+  fi
+}
+ensure_toolchain
+
 install_python_tools() {
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
@@ -46,6 +64,15 @@ install_python_tools() {
       "pyte==$PYTE_VERSION"
     echo "$want" > "$VENV/.installed"
   fi
+}
+
+CARGO_DENY_VERSION="0.20.2"
+CARGO_DENY="$ROOT/.tools/cargo-deny/bin/cargo-deny"
+# cargo-deny from crates.io into .tools/ (a few minutes, once per clone).
+install_cargo_deny() {
+  if [ -x "$CARGO_DENY" ] && "$CARGO_DENY" --version | grep -q " $CARGO_DENY_VERSION\$"; then return 0; fi
+  log "building cargo-deny $CARGO_DENY_VERSION from crates.io into .tools/ (a few minutes, once)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$ROOT/.tools/cargo-deny" >/dev/null
 }
 
 free_port() {

@@ -5,6 +5,14 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+install_cargo_deny
+log "cargo deny check licenses bans sources (advisories need a database download; see CONTRIBUTING.md)"
+"$CARGO_DENY" check --hide-inclusion-graph licenses bans sources
+
 install_python_tools
 
 start_moto moto-s3

@@ -13,7 +13,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 use crate::progress::ProgressMode;
-use crate::transfer::retry::RetryPolicy;
+use crate::retry::RetryPolicy;
 use crate::url::SourceUrl;
 
 #[derive(Debug, Parser)]

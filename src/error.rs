@@ -171,7 +171,7 @@ impl Error {
     /// The full text shown to users: `error: …` then `caused by: …` lines.
     /// The error as one JSON event (`--progress json`), redacted as [`Error::render`] is.
     pub fn to_json(&self) -> String {
-        let redact = crate::source::http::redact_userinfo;
+        let redact = crate::redact::userinfo;
         serde_json::json!({
             "event": "error",
             "kind": self.kind.name(),
@@ -189,7 +189,7 @@ impl Error {
             s.push_str(&c);
         }
         // Last line of defence: no `user:password@` of any URL reaches the user's terminal.
-        crate::source::http::redact_userinfo(&s)
+        crate::redact::userinfo(&s)
     }
 }
 

@@ -46,7 +46,7 @@ fn seed_gcs(bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
             let r = c
                 .post(format!(
                     "{ep}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
-                    model_loader::source::http::uri_encode(k, false)
+                    model_loader::remote::http::uri_encode(k, false)
                 ))
                 .header("content-type", "application/octet-stream")
                 .body(v.clone())

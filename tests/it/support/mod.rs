@@ -67,7 +67,7 @@ pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>
             let client = client.clone();
             let url = format!(
                 "{endpoint}/{bucket}/{}",
-                model_loader::source::sigv4::uri_encode(k, true)
+                model_loader::remote::sigv4::uri_encode(k, true)
             );
             async move {
                 let r = client
@@ -95,7 +95,7 @@ pub fn seed_s3_objects(endpoint: &str, bucket: &str, objects: &BTreeMap<String, 
             reqwest::Client::new()
                 .put(format!(
                     "{endpoint}/{bucket}/{}",
-                    model_loader::source::sigv4::uri_encode(k, true)
+                    model_loader::remote::sigv4::uri_encode(k, true)
                 ))
                 .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
                 .header("content-type", "application/octet-stream")
@@ -128,7 +128,7 @@ pub fn delete_s3(endpoint: &str, bucket: &str, key: &str) {
         let r = reqwest::Client::new()
             .delete(format!(
                 "{endpoint}/{bucket}/{}",
-                model_loader::source::sigv4::uri_encode(key, true)
+                model_loader::remote::sigv4::uri_encode(key, true)
             ))
             .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
             .send()

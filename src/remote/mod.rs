@@ -1,14 +1,17 @@
-//! Sources: one file per scheme behind one small interface — list everything once, fetch a
-//! byte range. Sources never retry, never write files and never report progress; they
-//! classify their own errors (kind + retry hint) where they arise, and check that every
-//! ranged reply is exactly the bytes asked for.
+//! The remote layer, used by both directions: one client per service behind one small read
+//! interface ([`Source`]: list everything once, fetch a byte range) and one write call
+//! ([`AnySource::put_file`], in `write`). Clients never retry on their own and never touch
+//! local files; they classify their own errors (kind + retry hint) where they arise, and check
+//! that every ranged reply is exactly the bytes asked for.
 
+pub mod body;
 pub mod gcs;
 pub mod hf;
 pub mod http;
 pub mod oss;
 pub mod s3;
 pub mod sigv4;
+mod write;
 
 use std::fmt;
 use std::future::Future;

@@ -32,7 +32,7 @@ use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::confine::Dir;
+use crate::confine::Dir;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 

@@ -117,7 +117,7 @@ impl Gcs {
         reporter: &dyn Reporter,
     ) -> Result<Self> {
         let client = http::client(opts)?;
-        let emulator = env_nonempty("STORAGE_EMULATOR_HOST").map(|h| {
+        let emulator = crate::env::var("STORAGE_EMULATOR_HOST").map(|h| {
             let h = h.trim_end_matches('/');
             if h.contains("://") {
                 h.to_string()
@@ -130,7 +130,7 @@ impl Gcs {
             (Some(_), _) => Auth::Anonymous,
             (None, Some(path)) => load_credentials(&path)?,
             (None, None) => {
-                let host = env_nonempty("GCE_METADATA_HOST")
+                let host = crate::env::var("GCE_METADATA_HOST")
                     .unwrap_or_else(|| "metadata.google.internal".into());
                 if metadata_available(&client, &host).await {
                     Auth::Metadata { host }
@@ -141,7 +141,7 @@ impl Gcs {
         };
         // gcloud's override for private endpoints (Private Service Connect, restricted VIPs):
         // e.g. `https://storage-myendpoint.p.googleapis.com/storage/v1/`. Credentials still apply.
-        let override_base = env_nonempty("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE").map(|u| {
+        let override_base = crate::env::var("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE").map(|u| {
             u.trim_end_matches('/')
                 .trim_end_matches("/storage/v1")
                 .to_string()
@@ -153,7 +153,7 @@ impl Gcs {
         reporter.info(&format!(
             "gs: {}, endpoint {}{}",
             auth.describe(),
-            http::redact_userinfo(&base),
+            crate::redact::userinfo(&base),
             if emulator.is_some() {
                 " (STORAGE_EMULATOR_HOST)"
             } else {
@@ -435,7 +435,7 @@ impl Gcs {
     pub async fn upload(
         &self,
         name: &str,
-        file: &crate::upload::FileRange,
+        file: &super::body::FileRange,
         crc: u32,
         chunk: u64,
     ) -> Result<()> {
@@ -576,7 +576,7 @@ impl Source for Gcs {
 /// file. KubeAI sets the variable to a path even when its optional secret is absent, so a
 /// missing file warns and falls back instead of failing.
 fn credentials_file(reporter: &dyn Reporter) -> Result<Option<PathBuf>> {
-    if let Some(p) = env_nonempty("GOOGLE_APPLICATION_CREDENTIALS") {
+    if let Some(p) = crate::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
         let path = PathBuf::from(&p);
         if path.is_file() {
             return Ok(Some(path));
@@ -586,9 +586,9 @@ fn credentials_file(reporter: &dyn Reporter) -> Result<Option<PathBuf>> {
         ));
         return Ok(None);
     }
-    let well_known = env_nonempty("CLOUDSDK_CONFIG")
+    let well_known = crate::env::var("CLOUDSDK_CONFIG")
         .map(PathBuf::from)
-        .or_else(|| env_nonempty("HOME").map(|h| Path::new(&h).join(".config/gcloud")))
+        .or_else(|| crate::env::var("HOME").map(|h| Path::new(&h).join(".config/gcloud")))
         .map(|d| d.join("application_default_credentials.json"));
     Ok(well_known.filter(|p| p.is_file()))
 }
@@ -692,10 +692,6 @@ async fn metadata_available(client: &reqwest::Client, host: &str) -> bool {
         .header("Metadata-Flavor", "Google")
         .timeout(Duration::from_secs(2));
     matches!(req.send().await, Ok(r) if r.status().is_success())
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 #[cfg(test)]

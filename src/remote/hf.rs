@@ -76,31 +76,31 @@ struct LfsInfo {
 impl Hf {
     /// Builds the client, finds the token, and resolves the revision to a commit.
     pub async fn open(url: &HfUrl, opts: &ClientOptions, reporter: &dyn Reporter) -> Result<Self> {
-        let raw = env_nonempty("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        let raw = crate::env::var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         let endpoint = Url::parse(raw.trim_end_matches('/')).map_err(|e| {
             Error::usage(format!(
                 "HF_ENDPOINT={:?} is not a URL; write it like https://hf-mirror.com",
-                http::redact_userinfo(&raw)
+                crate::redact::userinfo(&raw)
             ))
             .with_source(e)
         })?;
         if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
             return Err(Error::usage(format!(
                 "HF_ENDPOINT={:?} must be an http:// or https:// URL",
-                http::redact_userinfo(&raw)
+                crate::redact::userinfo(&raw)
             )));
         }
         let token = find_token()?;
         match &token {
             Some(t) => reporter.info(&format!(
                 "hf: endpoint {}, token {} from {}",
-                http::redact_userinfo(endpoint.as_str().trim_end_matches('/')),
-                redact_token(&t.value),
+                crate::redact::userinfo(endpoint.as_str().trim_end_matches('/')),
+                crate::redact::secret(&t.value, 3),
                 t.source
             )),
             None => reporter.info(&format!(
                 "hf: endpoint {}, no token (HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token): anonymous",
-                http::redact_userinfo(endpoint.as_str().trim_end_matches('/'))
+                crate::redact::userinfo(endpoint.as_str().trim_end_matches('/'))
             )),
         }
         let mut hf = Hf {
@@ -604,23 +604,23 @@ impl Source for Hf {
 /// The token, from the same places huggingface_hub looks, in its order.
 fn find_token() -> Result<Option<Token>> {
     for name in ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"] {
-        if let Some(v) = env_nonempty(name) {
+        if let Some(v) = crate::env::var(name) {
             return Ok(Some(Token {
                 value: v.trim().to_string(),
                 source: name.to_string(),
             }));
         }
     }
-    let (path, explicit) = match env_nonempty("HF_TOKEN_PATH") {
+    let (path, explicit) = match crate::env::var("HF_TOKEN_PATH") {
         Some(p) => (std::path::PathBuf::from(p), true),
         None => {
-            let home = env_nonempty("HF_HOME")
+            let home = crate::env::var("HF_HOME")
                 .map(std::path::PathBuf::from)
                 .or_else(|| {
-                    env_nonempty("XDG_CACHE_HOME")
+                    crate::env::var("XDG_CACHE_HOME")
                         .map(|c| std::path::PathBuf::from(c).join("huggingface"))
                         .or_else(|| {
-                            env_nonempty("HOME")
+                            crate::env::var("HOME")
                                 .map(|h| std::path::Path::new(&h).join(".cache/huggingface"))
                         })
                 });
@@ -685,18 +685,6 @@ fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn redact_token(t: &str) -> String {
-    if t.len() > 8 {
-        format!("{}…{}", &t[..3], &t[t.len() - 2..])
-    } else {
-        "…".into()
-    }
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,8 +722,8 @@ mod tests {
 
     #[test]
     fn tokens_are_redacted() {
-        assert_eq!(redact_token("hf_abcdefghijklmnop"), "hf_…op");
-        assert_eq!(redact_token("short"), "…");
+        assert_eq!(crate::redact::secret("hf_abcdefghijklmnop", 3), "hf_…op");
+        assert_eq!(crate::redact::secret("short", 3), "…");
     }
 }
 

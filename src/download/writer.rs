@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::OFlags;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::confine::Dir;
+use crate::confine::Dir;
 use crate::error::{Error, Result};
-use crate::source::ByteRange;
+use crate::remote::ByteRange;
 
 /// The buffer each thread reads back with.
 const READ_BACK_BUFFER: usize = 1 << 20;

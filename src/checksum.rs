@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::source::{ByteRange, Checksum};
+use crate::remote::{ByteRange, Checksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -374,7 +374,7 @@ pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::PartChecksum;
+    use crate::remote::PartChecksum;
 
     fn hex_arr<const N: usize>(s: &str) -> [u8; N] {
         let mut out = [0u8; N];

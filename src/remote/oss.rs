@@ -95,12 +95,6 @@ fn host_region(host: &str) -> Option<String> {
     )
 }
 
-fn first_env(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
-}
-
 pub async fn open(
     bucket: &str,
     prefix: &str,
@@ -110,8 +104,8 @@ pub async fn open(
 ) -> Result<S3> {
     let (endpoint, region) = endpoint(
         bucket,
-        first_env(&["OSS_ENDPOINT", "ALIBABA_CLOUD_OSS_ENDPOINT"]).as_deref(),
-        first_env(&[
+        crate::env::first(&["OSS_ENDPOINT", "ALIBABA_CLOUD_OSS_ENDPOINT"]).as_deref(),
+        crate::env::first(&[
             "OSS_REGION",
             "ALIBABA_CLOUD_REGION_ID",
             "ALIBABA_CLOUD_REGION",
@@ -119,14 +113,14 @@ pub async fn open(
         .as_deref(),
         internal,
     )?;
-    let key = first_env(&["OSS_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_ID"]);
-    let secret = first_env(&["OSS_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"]);
-    let token = first_env(&["OSS_SESSION_TOKEN", "ALIBABA_CLOUD_SECURITY_TOKEN"]);
+    let key = crate::env::first(&["OSS_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_ID"]);
+    let secret = crate::env::first(&["OSS_ACCESS_KEY_SECRET", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"]);
+    let token = crate::env::first(&["OSS_SESSION_TOKEN", "ALIBABA_CLOUD_SECURITY_TOKEN"]);
     let signer = match (key, secret) {
         (Some(key_id), Some(secret)) => {
             reporter.info(&format!(
                 "oss: signing as access key {} from OSS_ACCESS_KEY_ID{}, region {region}, endpoint {}",
-                redact(&key_id),
+                crate::redact::secret(&key_id, 4),
                 if token.is_some() { " with a session token" } else { "" },
                 endpoint.base
             ));
@@ -151,14 +145,6 @@ pub async fn open(
         region_hint: "OSS_REGION",
     };
     Ok(S3::new(http::client(opts)?, service, bucket, prefix))
-}
-
-fn redact(id: &str) -> String {
-    if id.len() > 8 {
-        format!("{}…{}", &id[..4], &id[id.len() - 2..])
-    } else {
-        "…".into()
-    }
 }
 
 #[cfg(test)]

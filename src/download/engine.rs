@@ -4,29 +4,22 @@
 //! whatever the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
-pub mod confine;
-pub mod inorder;
-pub mod lock;
-pub mod plan;
-pub mod retry;
-pub mod state;
-pub mod verify;
-pub mod writer;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::inorder;
+use super::plan::{self, FilePlan};
+use super::state::StateDir;
+use super::writer::{self, PartFile};
 use crate::cancel::Cancel;
+use crate::checksum as verify;
 use crate::error::{Error, Kind, Result, Retry};
 use crate::progress::Reporter;
-use crate::source::{AnySource, ByteRange, Source};
-use plan::FilePlan;
-use retry::RetryPolicy;
-use state::StateDir;
-use writer::PartFile;
+use crate::remote::{AnySource, ByteRange, Source};
+use crate::retry::RetryPolicy;
 
 /// A stream records its progress inside a chunk at least this often (in bytes written and
 /// synced), so a kill loses at most this much per request in flight.
@@ -67,7 +60,7 @@ pub struct Executed {
     /// What each fetched file was really verified against (`None`: size only), for the
     /// manifest — not always the listed checksum (an SSE-KMS ETag is no MD5; OSS gives a
     /// CRC-64 only in replies).
-    pub verified: std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>,
+    pub verified: std::collections::HashMap<crate::url::RelPath, Option<crate::remote::Checksum>>,
     /// Where the bytes of files hashed in order came from (logged: how much was read back).
     pub in_order: inorder::Stats,
 }
@@ -83,7 +76,7 @@ struct FileJob {
     /// Cleared when a reply shows the listed checksum does not describe the bytes.
     checksum_applies: AtomicBool,
     /// A whole-object checksum from the first reply, for files the listing gave none.
-    object_checksum: Mutex<Option<crate::source::Checksum>>,
+    object_checksum: Mutex<Option<crate::remote::Checksum>>,
     /// Opened at the first chunk and closed after the rename, so open files stay bounded by
     /// the concurrency, not the file count.
     part: Mutex<Option<Arc<PartFile>>>,
@@ -133,7 +126,7 @@ struct Ctx {
     cancel: Cancel,
     first_error: Mutex<Option<Error>>,
     verified:
-        Mutex<std::collections::HashMap<crate::url::RelPath, Option<crate::source::Checksum>>>,
+        Mutex<std::collections::HashMap<crate::url::RelPath, Option<crate::remote::Checksum>>>,
     bytes: AtomicU64,
     retries: AtomicU64,
     files_done: AtomicU64,
@@ -554,7 +547,7 @@ async fn fetch_chunk(
 }
 
 /// What a reply says about the checksum: an SSE-KMS ETag is no MD5; OSS sends a CRC-64.
-fn note_reply_checksums(job: &FileJob, fetched: &crate::source::Fetched) {
+fn note_reply_checksums(job: &FileJob, fetched: &crate::remote::Fetched) {
     if !fetched.checksum_applies {
         job.checksum_applies.store(false, Ordering::Relaxed);
     }
@@ -573,7 +566,7 @@ async fn stream_body(
     job: &FileJob,
     part: &PartFile,
     buf: &mut writer::AlignedBuf,
-    mut body: crate::source::ByteStream,
+    mut body: crate::remote::ByteStream,
     c: &mut ChunkProgress,
 ) -> Result<BodyEnd> {
     let cap = buf.capacity();
@@ -717,7 +710,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .file
         .checksum
         .clone()
-        .unwrap_or(crate::source::Checksum::Md5([0; 16]));
+        .unwrap_or(crate::remote::Checksum::Md5([0; 16]));
     let part_digests =
         std::mem::take(&mut *job.part_digests.lock().unwrap_or_else(|p| p.into_inner()));
     let in_order = job.in_order.clone();

@@ -96,14 +96,14 @@ impl Endpoint {
         let url = reqwest::Url::parse(endpoint).map_err(|e| {
             Error::usage(format!(
                 "{env_name}={:?} is not a URL; write it like http://minio:9000",
-                http::redact_userinfo(endpoint)
+                crate::redact::userinfo(endpoint)
             ))
             .with_source(e)
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(Error::usage(format!(
                 "{env_name}={:?} must be an http:// or https:// URL with a host",
-                http::redact_userinfo(endpoint)
+                crate::redact::userinfo(endpoint)
             )));
         }
         let host = match url.port() {
@@ -187,23 +187,23 @@ impl S3 {
         reporter: &dyn Reporter,
     ) -> Result<Self> {
         let mut opts = opts.clone();
-        if let Some(ca) = env_nonempty("AWS_CA_BUNDLE") {
+        if let Some(ca) = crate::env::var("AWS_CA_BUNDLE") {
             opts.ca_bundles.push(ca.into());
         }
         let client = http::client(&opts)?;
-        let endpoint_var = if env_nonempty("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        let endpoint_var = if crate::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
         {
             None
         } else {
             ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
                 .into_iter()
-                .find_map(|n| env_nonempty(n).map(|v| (n, v)))
+                .find_map(|n| crate::env::var(n).map(|v| (n, v)))
         };
 
         let configured_region = match ["AWS_REGION", "AWS_DEFAULT_REGION"]
             .into_iter()
-            .find_map(env_nonempty)
+            .find_map(crate::env::var)
         {
             Some(r) => Some(r),
             // A custom endpoint (MinIO, Ceph) rarely cares about the region: read the profile,
@@ -247,7 +247,7 @@ impl S3 {
             Ok(c) => {
                 reporter.info(&format!(
                     "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
-                    redact_key_id(c.access_key_id()),
+                    crate::redact::secret(c.access_key_id(), 4),
                     provider_name(&c),
                     endpoint.base
                 ));
@@ -360,7 +360,7 @@ impl S3 {
     pub async fn put(
         &self,
         key: &str,
-        body: crate::upload::FileRange,
+        body: super::body::FileRange,
         md5: [u8; 16],
         part: Option<(&str, u32)>,
     ) -> Result<String> {
@@ -1005,19 +1005,6 @@ fn provider_name(c: &aws_credential_types::Credentials) -> String {
         .to_string()
 }
 
-/// Enough of an access key id to tell two apart in a log, not enough to be one.
-fn redact_key_id(id: &str) -> String {
-    if id.len() > 8 {
-        format!("{}…{}", &id[..4], &id[id.len() - 2..])
-    } else {
-        "…".into()
-    }
-}
-
-fn env_nonempty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
 fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     h.get(name)?.to_str().ok().map(str::to_string)
 }
@@ -1209,7 +1196,7 @@ mod tests {
             Some("The specified bucket does not exist")
         );
         assert_eq!(xml_field(b, "Nope"), None);
-        assert_eq!(redact_key_id("AKIAIOSFODNN7EXAMPLE"), "AKIA…LE");
+        assert_eq!(crate::redact::secret("AKIAIOSFODNN7EXAMPLE", 4), "AKIA…LE");
     }
 }
 

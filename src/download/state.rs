@@ -18,12 +18,12 @@ use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::confine::{split_parent, Dir};
 use super::lock::Held;
 use super::plan::{LocalState, Partial, Recorded};
 use super::writer::PartFile;
+use crate::confine::{split_parent, Dir};
 use crate::error::{Error, Result};
-use crate::source::{ByteRange, RemoteFile};
+use crate::remote::{ByteRange, RemoteFile};
 use crate::url::{RelPath, STATE_DIR};
 
 const MANIFEST: &str = "manifest.json";
@@ -614,7 +614,7 @@ pub fn read_manifest(dest: &Path) -> Option<Manifest> {
 
 /// RFC 3339 UTC timestamp for the manifest.
 pub fn now_rfc3339() -> String {
-    let d = crate::source::sigv4::amz_date(std::time::SystemTime::now());
+    let d = crate::remote::sigv4::amz_date(std::time::SystemTime::now());
     format!(
         "{}-{}-{}T{}:{}:{}Z",
         &d[0..4],

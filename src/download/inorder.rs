@@ -21,9 +21,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::verify::Hasher;
+use crate::checksum::Hasher;
 use crate::error::{Error, Kind, Result};
-use crate::source::{ByteRange, Checksum};
+use crate::remote::{ByteRange, Checksum};
 
 /// Requests for a file hashed in order are at most this long, so the streams working on one
 /// file stay close together and what arrives ahead of the frontier fits the memory budget.

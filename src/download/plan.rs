@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::source::{ByteRange, RemoteFile};
+use crate::remote::{ByteRange, RemoteFile};
 use crate::url::RelPath;
 
 /// A file the loader itself completed in an earlier run (manifest or journal).
@@ -135,9 +135,11 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         // A checksum that needs the bytes in order (SHA-256, single-part MD5): short requests,
         // so the streams on the file stay close to the hashing frontier.
         let chunk_size = match file.checksum.as_ref() {
-            Some(c) => match super::verify::part_layout(c) {
+            Some(c) => match crate::checksum::part_layout(c) {
                 Some((part, _)) if part > 0 => (chunk / part).max(1).saturating_mul(part),
-                _ if super::verify::needs_in_order(c) => chunk.min(super::inorder::IN_ORDER_CHUNK),
+                _ if crate::checksum::needs_in_order(c) => {
+                    chunk.min(super::inorder::IN_ORDER_CHUNK)
+                }
                 _ => chunk,
             },
             None => chunk,

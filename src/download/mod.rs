@@ -1,0 +1,358 @@
+//! The download direction: list → select → plan → execute → manifest. `run` orchestrates;
+//! each step lives in its own module, and only `state` (through `confine`) touches DEST.
+//!
+//! Invariants: nothing appears at a file's final path before its bytes are complete, checked
+//! and synced; the manifest, written last, exists only when every selected file is in place.
+
+pub mod audit;
+mod dry_run;
+pub mod engine;
+pub mod inorder;
+pub mod lock;
+pub mod manifest;
+pub mod plan;
+pub mod select;
+pub mod state;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cancel::Cancel;
+use crate::cli::Config;
+use crate::error::{self, Error, Result};
+use crate::progress::{self, PlanSummary, Reporter, Summary};
+use crate::remote::{self as source, AnySource, RemoteFile, Source};
+use crate::retry::retrying;
+use crate::url::RelPath;
+use engine::ExecOptions;
+use lock::{DestLock, LockTimes};
+use plan::{plan, PlanOptions};
+use select::select;
+use state::{Manifest, ManifestFile, StateDir};
+
+/// Bytes gathered per worker before one positional write. 1 MiB was measured faster on the hf
+/// bench (fewer `block_in_place` hand-overs) but raised peak RSS past the 32 MiB target on the
+/// s3 bench (BENCHMARKS.md), so it stays 256 KiB.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
+pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
+    let started = Instant::now();
+    let client_opts = source::Options {
+        http: source::http::ClientOptions {
+            read_timeout: cfg.read_timeout,
+            max_idle_per_host: cfg.concurrency.unwrap_or(32),
+            ..Default::default()
+        },
+        oss_internal: cfg.oss_internal,
+        write: false,
+    };
+    let source = Arc::new(
+        retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {
+            AnySource::open(&cfg.source, &client_opts, reporter.as_ref())
+        })
+        .await?,
+    );
+    let listing = retrying(&cfg.retry, reporter.as_ref(), "listing", || source.list()).await?;
+    let selection = select(listing.files, &cfg.filter, &cfg.source)?;
+    let plan_options = PlanOptions {
+        chunk_size: cfg.chunk_size,
+        force: cfg.force,
+    };
+    if cfg.dry_run {
+        dry_run::print(cfg, &selection, plan_options);
+        return Ok(Summary::default());
+    }
+    let selected = selection.files;
+    let source_text = cfg.source.to_string();
+    let (state, lock) = match take_dest(cfg, &source_text, reporter.as_ref(), &cancel).await {
+        Ok(taken) => taken,
+        // A pre-populated volume mounted read-only: fine when it already holds this load.
+        Err(e) if e.kind() == error::Kind::Local && !cfg.force => {
+            let Some(p) = complete_without_lock(cfg, &selected, &listing.revision) else {
+                return Err(e.note(format!(
+                    "and it does not already hold a complete copy of {}",
+                    cfg.source
+                )));
+            };
+            reporter.info(&format!(
+                "{} cannot be written ({}), but it already holds a complete copy of {}: nothing to do",
+                cfg.dest.display(),
+                e.message(),
+                cfg.source
+            ));
+            return Ok(finish_noop(p, reporter.as_ref(), started));
+        }
+        Err(e) => return Err(e),
+    };
+    state.set_lease(lock.held());
+    let previous = state.read_manifest();
+    let local = state.local_state(&selected)?;
+    let plan = plan(selected.clone(), &local, plan_options);
+    let manifest_current = previous
+        .as_ref()
+        .is_some_and(|m| cfg.source.same_source(&m.source) && m.revision == listing.revision);
+    reporter.plan(&PlanSummary {
+        upload: false,
+        files: plan.fetch.len(),
+        bytes: plan.bytes_to_fetch,
+        resumed_bytes: plan.resumed_bytes,
+        skipped_files: plan.skip.len(),
+        skipped_bytes: plan.skip.iter().map(|(_, f)| f.size).sum(),
+        removed_files: plan.remove.len(),
+    });
+    let mut summary = Summary {
+        files_skipped: plan.skip.len(),
+        files_removed: plan.remove.len(),
+        ..Default::default()
+    };
+    if plan.is_noop() && manifest_current {
+        summary.elapsed = started.elapsed();
+        reporter.finish(&summary);
+        return Ok(summary);
+    }
+    for f in &plan.fetch {
+        state.check_no_symlinks(&f.path)?;
+    }
+    check_free_space(
+        &cfg.dest,
+        plan.bytes_to_fetch.saturating_sub(plan.resumed_bytes),
+    )?;
+
+    state.begin_changes(previous.as_ref())?;
+    for p in &plan.remove {
+        state.remove_file(p)?;
+    }
+    let concurrency = cfg
+        .concurrency
+        .unwrap_or_else(|| auto_concurrency(&plan.fetch));
+    let mut done = engine::Executed::default();
+    let mut fetch = plan.fetch;
+    // A checksum mismatch is usually corruption in transit: fetch what is missing (the file
+    // that failed included) once more before giving up with exit 6.
+    let parties = engine::Parties {
+        source: Arc::clone(&source),
+        state: Arc::clone(&state),
+        reporter: Arc::clone(&reporter),
+        cancel: cancel.clone(),
+        shown: source_text.clone(),
+    };
+    let exec = ExecOptions {
+        concurrency,
+        retry: cfg.retry,
+        buffer_size: WRITE_BUFFER,
+        fsync: cfg.fsync,
+    };
+    for attempt in 0.. {
+        keep_only_resumed_parts(&state, &fetch);
+        let result = engine::execute(&parties, fetch, exec, &mut done).await;
+        match result {
+            Ok(()) => break,
+            Err(e) if e.kind() == error::Kind::Corrupt && attempt == 0 => {
+                reporter.warn(&format!(
+                    "{}; fetching it again, once",
+                    e.message().trim_end_matches('.')
+                ));
+                let local = state.local_state(&selected)?;
+                fetch = plan::plan(selected.clone(), &local, plan_options).fetch;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    if done.in_order.total() > 0 {
+        reporter.info(&in_order_line(&done.in_order));
+    }
+    // Renames (and folders this run created) are durable only once their folders are synced.
+    if cfg.fsync {
+        state.sync_folders(selected.iter().map(|(p, _)| p))?;
+    }
+    let previous_checksums: std::collections::HashMap<&str, Option<String>> = previous
+        .iter()
+        .flat_map(|m| {
+            m.files
+                .iter()
+                .map(|e| (e.path.as_str(), e.checksum.clone()))
+        })
+        .collect();
+    lock.check()?;
+    state.commit(&Manifest {
+        format: 1,
+        tool: concat!("model-loader ", env!("CARGO_PKG_VERSION")).into(),
+        source: source_text,
+        revision: listing.revision,
+        completed_at: state::now_rfc3339(),
+        files: selected
+            .iter()
+            .map(|(p, f)| {
+                // Fetched now: what it was verified against. Up to date: what the previous
+                // manifest recorded (the listing's checksum may never have applied).
+                let checksum = match done.verified.get(p) {
+                    Some(c) => c.as_ref().map(|c| c.tagged()),
+                    None => match previous_checksums.get(p.as_str()) {
+                        Some(c) => c.clone(),
+                        None => f.checksum.as_ref().map(|c| c.tagged()),
+                    },
+                };
+                let size_only = checksum.is_none().then(|| size_only_reason(f));
+                ManifestFile {
+                    path: p.to_string(),
+                    size: f.size,
+                    version: f.version.clone(),
+                    checksum,
+                    size_only,
+                }
+            })
+            .collect(),
+    })?;
+    lock.release();
+    summary.files_fetched = done.files;
+    summary.bytes_fetched = done.bytes;
+    summary.retries = done.retries;
+    summary.elapsed = started.elapsed();
+    reporter.finish(&summary);
+    Ok(summary)
+}
+
+/// Opens DEST's state folder and takes its lock (waiting for another loader, or stopping
+/// when the run is cancelled meanwhile).
+async fn take_dest(
+    cfg: &Config,
+    source_text: &str,
+    reporter: &dyn Reporter,
+    cancel: &Cancel,
+) -> Result<(Arc<StateDir>, DestLock)> {
+    let state = Arc::new(StateDir::open(&cfg.dest)?);
+    let acquire = DestLock::acquire(
+        state.dir(),
+        source_text,
+        LockTimes {
+            heartbeat: cfg.lock_stale / 6,
+            stale: cfg.lock_stale,
+            ..LockTimes::default()
+        },
+        reporter,
+    );
+    // A pod stopped while it waits for another loader stops at once.
+    tokio::select! {
+        l = acquire => Ok((state, l?)),
+        _ = cancel.cancelled() => {
+            let kind = cancel.reason().unwrap_or(error::Kind::Interrupted);
+            Err(Error::new(kind, "stopped while waiting for the lock; nothing was written"))
+        }
+    }
+}
+
+/// When DEST cannot be written (`why`): does it already hold exactly this load — a manifest
+/// for this source and revision, every selected file at its final path with its size,
+/// nothing to remove? Then there is nothing to do and no lock to take.
+fn complete_without_lock(
+    cfg: &Config,
+    selected: &[(RelPath, RemoteFile)],
+    revision: &Option<String>,
+) -> Option<PlanSummary> {
+    let (local, manifest) = state::peek(&cfg.dest, selected)?;
+    let m = manifest?;
+    if !cfg.source.same_source(&m.source) || &m.revision != revision {
+        return None;
+    }
+    let options = PlanOptions {
+        chunk_size: cfg.chunk_size,
+        force: false,
+    };
+    let p = plan(selected.to_vec(), &local, options);
+    if !p.is_noop() {
+        return None;
+    }
+    Some(PlanSummary {
+        skipped_files: p.skip.len(),
+        skipped_bytes: p.skip.iter().map(|(_, f)| f.size).sum(),
+        ..Default::default()
+    })
+}
+
+fn finish_noop(p: PlanSummary, reporter: &dyn Reporter, started: Instant) -> Summary {
+    reporter.plan(&p);
+    let summary = Summary {
+        files_skipped: p.skipped_files,
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
+    reporter.finish(&summary);
+    summary
+}
+
+/// How much of the files hashed in order (SHA-256, single-part MD5) was hashed as it arrived.
+fn in_order_line(s: &inorder::Stats) -> String {
+    let pct = |n: u64| n as f64 * 100.0 / s.total().max(1) as f64;
+    format!(
+        "hashed in order: {} as it arrived ({:.0}%), {} from memory ({:.0}%), {} read back ({:.0}%)",
+        progress::human(s.at_frontier),
+        pct(s.at_frontier),
+        progress::human(s.from_memory),
+        pct(s.from_memory),
+        progress::human(s.read_back),
+        pct(s.read_back),
+    )
+}
+
+/// Why a file was checked by its size alone, for the manifest.
+fn size_only_reason(f: &RemoteFile) -> String {
+    if f.checksum.is_some() {
+        "the listed checksum does not describe the bytes (an SSE-KMS or SSE-C object's ETag is not an MD5)".into()
+    } else if f.size == 0 {
+        "empty file".into()
+    } else {
+        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose part layout the server would not tell)".into()
+    }
+}
+
+/// Part files that no planned resume will use are left by crashed or corrupt attempts.
+fn keep_only_resumed_parts(state: &StateDir, fetch: &[plan::FilePlan]) {
+    let keep: Vec<_> = fetch
+        .iter()
+        .filter(|f| f.resume)
+        .map(|f| state.part_name(&f.path))
+        .collect();
+    state.remove_stray_parts(&keep);
+}
+
+/// Small files are latency-bound: twice the requests in flight took 2,000 × 64 KiB files from
+/// 855 to ~1,200 files/s, while 4 × 1 GiB shards ran the same at 16 and 32 (BENCHMARKS.md).
+fn auto_concurrency(fetch: &[plan::FilePlan]) -> usize {
+    let bytes: u64 = fetch.iter().map(|f| f.file.size).sum();
+    if fetch.len() >= 64 && bytes / fetch.len() as u64 <= 4 << 20 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Fails fast, before any byte is fetched, when DEST's filesystem cannot hold what is left to
+/// download.
+fn check_free_space(dest: &std::path::Path, needed: u64) -> Result<()> {
+    let Some(free) = free_space(dest) else {
+        return Ok(());
+    };
+    if needed > free {
+        return Err(Error::new(
+            error::Kind::Local,
+            format!(
+                "{} has {} free but this download needs {} more ({} bytes vs {}): give DEST a larger volume or free space, then rerun",
+                dest.display(),
+                progress::human(free),
+                progress::human(needed),
+                free,
+                needed
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes available to this user on the filesystem holding `path`.
+fn free_space(path: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -1,0 +1,138 @@
+//! The write side of the remote layer: one object from a local file, in the pieces each service
+//! takes. S3 and OSS: a single PUT with Content-MD5, or a multipart upload (begin, parts each
+//! with Content-MD5, complete; abort on failure) within S3's rules (at most 10,000 parts, each
+//! at least 5 MiB but the last). GCS: one media upload, or a resumable session in multiples of
+//! 256 KiB; the CRC32C GCS stored is compared with the file's.
+
+use super::body::FileRange;
+use super::s3::S3;
+use super::AnySource;
+use crate::error::{Error, Kind, Result};
+use crate::progress::Reporter;
+use crate::retry::{retrying, RetryPolicy};
+use crate::url::RelPath;
+
+/// S3 and OSS accept at most this many parts per object.
+const MAX_PARTS: u64 = 10_000;
+/// … each at least this large, but the last.
+const MIN_PART: u64 = 5 << 20;
+
+impl AnySource {
+    /// Writes `whole` as the object for `rel` under the URL's prefix, each request retried
+    /// under `retry`. `part_size` is the wanted piece size; each service's rules adjust it.
+    pub async fn put_file(
+        &self,
+        rel: &RelPath,
+        whole: FileRange,
+        part_size: u64,
+        retry: &RetryPolicy,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        let what = format!("upload {rel}");
+        match self {
+            AnySource::S3(s3) | AnySource::Oss(s3) => {
+                let key = s3.key_for(rel.as_str());
+                let part = s3_part_size(part_size, whole.len);
+                if whole.len <= part {
+                    put_single(s3, &key, whole, retry, reporter, &what).await
+                } else {
+                    put_multipart(s3, &key, whole, part, retry, reporter, &what).await
+                }
+            }
+            AnySource::Gcs(gcs) => {
+                let name = gcs.key_for(rel.as_str());
+                let w = whole.clone();
+                let crc = blocking(move || w.crc32c()).await?;
+                retrying(retry, reporter, &what, || {
+                    gcs.upload(&name, &whole, crc, part_size)
+                })
+                .await
+            }
+            AnySource::Hf(_) => Err(Error::usage("uploading to hf:// is not supported")),
+        }
+    }
+}
+
+/// The part size for an object of `len` bytes: what was asked, grown so the object fits in
+/// 10,000 parts, and at least 5 MiB.
+pub fn s3_part_size(wanted: u64, len: u64) -> u64 {
+    wanted.max(len.div_ceil(MAX_PARTS)).max(MIN_PART)
+}
+
+async fn put_single(
+    s3: &S3,
+    key: &str,
+    whole: FileRange,
+    retry: &RetryPolicy,
+    reporter: &dyn Reporter,
+    what: &str,
+) -> Result<()> {
+    let body = whole.clone();
+    let md5 = blocking(move || whole.md5()).await?;
+    retrying(retry, reporter, what, || {
+        s3.put(key, body.clone(), md5, None)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn put_multipart(
+    s3: &S3,
+    key: &str,
+    whole: FileRange,
+    part: u64,
+    retry: &RetryPolicy,
+    reporter: &dyn Reporter,
+    what: &str,
+) -> Result<()> {
+    let id = retrying(retry, reporter, what, || s3.create_multipart(key)).await?;
+    let result: Result<()> = async {
+        let mut etags = Vec::new();
+        let mut offset = 0;
+        while offset < whole.len {
+            let piece = whole.slice(offset, part.min(whole.len - offset));
+            let p = piece.clone();
+            let md5 = blocking(move || p.md5()).await?;
+            let n = etags.len() as u32 + 1;
+            let etag = retrying(retry, reporter, what, || {
+                s3.put(key, piece.clone(), md5, Some((&id, n)))
+            })
+            .await?;
+            etags.push(etag);
+            offset += piece.len;
+        }
+        retrying(retry, reporter, what, || {
+            s3.complete_multipart(key, &id, &etags)
+        })
+        .await
+    }
+    .await;
+    // An upload left open would keep its parts (and their storage bill) until a lifecycle rule
+    // removes them.
+    if result.is_err() {
+        s3.abort_multipart(key, &id).await;
+    }
+    result
+}
+
+/// Hashing reads the file: off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(Kind::Local, "a checksum task failed").with_source(e))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_follow_s3_rules() {
+        assert_eq!(s3_part_size(64 << 20, 1 << 30), 64 << 20);
+        assert_eq!(s3_part_size(1 << 20, 100 << 20), MIN_PART, "at least 5 MiB");
+        // 1 TiB at 64 MiB would be 16,384 parts: grown to fit 10,000.
+        let big = 1u64 << 40;
+        let p = s3_part_size(64 << 20, big);
+        assert!(big.div_ceil(p) <= MAX_PARTS && p > 64 << 20);
+    }
+}
