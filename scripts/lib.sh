@@ -75,6 +75,28 @@ install_cargo_deny() {
   cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$ROOT/.tools/cargo-deny" >/dev/null
 }
 
+S3S_FS_VERSION="0.14.1"   # the last release this machine's rustc builds
+# s3s-fs from crates.io into .tools/: an S3 server that checks every SigV4 signature the way
+# AWS documents it (moto's check differs for keys with '+', '%', '=', non-ASCII, …).
+install_s3s_fs() {
+  if [ ! -x "$ROOT/.tools/s3s-fs/bin/s3s-fs" ]; then
+    log "building s3s-fs $S3S_FS_VERSION from crates.io into .tools/ (a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$ROOT/.tools/s3s-fs" >/dev/null
+  fi
+}
+
+# start_s3s_fs KEY SECRET ROOT: the s3s-fs server on a free loopback port; sets S3S_URL.
+start_s3s_fs() {
+  local key=$1 secret=$2 root=$3 port; port=$(free_port)
+  mkdir -p "$root" "$RUN_DIR"
+  "$ROOT/.tools/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
+    --access-key "$key" --secret-key "$secret" "$root" >"$RUN_DIR/s3s-fs.log" 2>&1 &
+  PIDS+=($!)
+  S3S_URL="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do curl -s -o /dev/null "$S3S_URL/" && break; sleep 0.1; done
+  log "s3s-fs on $S3S_URL"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

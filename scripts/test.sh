@@ -25,6 +25,12 @@ read -r MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET < <(
   "$VENV/bin/python" scripts/support/seed_auth.py "$MOTO_URL" "$MODEL_LOADER_TEST_S3_AUTH_BUCKET")
 export MODEL_LOADER_TEST_S3_AUTH_KEY_ID MODEL_LOADER_TEST_S3_AUTH_SECRET
 
+install_s3s_fs
+rm -rf "$RUN_DIR/s3s-root" && mkdir -p "$RUN_DIR/s3s-root/sigv4"
+start_s3s_fs sigv4-test-key "sigv4 test secret+/=" "$RUN_DIR/s3s-root"
+export MODEL_LOADER_TEST_S3S_ENDPOINT="$S3S_URL" MODEL_LOADER_TEST_S3S_BUCKET=sigv4
+export MODEL_LOADER_TEST_S3S_KEY_ID=sigv4-test-key MODEL_LOADER_TEST_S3S_SECRET="sigv4 test secret+/="
+
 start_fake_gcs
 export MODEL_LOADER_TEST_GCS_ENDPOINT="$FAKE_GCS_URL"
 

@@ -614,16 +614,13 @@ pub fn read_manifest(dest: &Path) -> Option<Manifest> {
 
 /// RFC 3339 UTC timestamp for the manifest.
 pub fn now_rfc3339() -> String {
-    let d = crate::remote::sigv4::amz_date(std::time::SystemTime::now());
-    format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &d[0..4],
-        &d[4..6],
-        &d[6..8],
-        &d[9..11],
-        &d[11..13],
-        &d[13..15]
-    )
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DateTime::from_secs(secs as i64)
+        .fmt(Format::DateTime)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -213,17 +213,20 @@ struct BodyState {
     done: bool,
 }
 
-/// RFC 3986 percent-encoding as S3 SigV4 and the Hub (Python `quote`) want it: every byte except `A-Za-z0-9-_.~` becomes `%XX`; `/` is kept in paths.
+/// RFC 3986's unreserved characters (`A-Za-z0-9-_.~`) stay; every other byte becomes `%XX`.
+/// What S3 SigV4 and the Hub (Python's `quote`) expect.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// The same, keeping `/` (object keys and repository paths in URL paths).
+const PATH: &percent_encoding::AsciiSet = &COMPONENT.remove(b'/');
+
+/// Percent-encodes `s` as a URL component, or as a path when `keep_slash`.
 pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let set = if keep_slash { PATH } else { COMPONENT };
+    percent_encoding::utf8_percent_encode(s, set).to_string()
 }
 
 /// Parses `bytes a-b/total` (or `bytes a-b/*`) into a half-open range and the total.

@@ -4,7 +4,7 @@
 
 use super::http::{self, ClientOptions};
 use super::s3::{Endpoint, Service, Signer, S3};
-use super::sigv4::Credentials;
+use super::sigv4;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 
@@ -124,7 +124,7 @@ pub async fn open(
                 if token.is_some() { " with a session token" } else { "" },
                 endpoint.base
             ));
-            Signer::Static(Credentials { key_id, secret, token })
+            Signer::Static(sigv4::credentials(key_id, secret, token))
         }
         (None, None) => {
             reporter.info(&format!("oss: no OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET: anonymous requests, endpoint {}", endpoint.base));

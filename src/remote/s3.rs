@@ -70,13 +70,8 @@ impl Signer {
                     .provide_credentials()
                     .await
                     .map_err(credentials_error)?;
-                let creds = Credentials {
-                    key_id: c.access_key_id().to_string(),
-                    secret: c.secret_access_key().to_string(),
-                    token: c.session_token().map(str::to_string),
-                };
-                *guard = Some((creds.clone(), c.expiry()));
-                Ok(Some(creds))
+                *guard = Some((c.clone(), c.expiry()));
+                Ok(Some(c))
             }
         }
     }
@@ -319,34 +314,23 @@ impl S3 {
         } else {
             format!("{}{path}?{q}", self.endpoint.base)
         };
-        let mut req = self.client.request(method.clone(), url);
+        let mut req = self.client.request(method.clone(), &url);
         for (k, v) in extra {
             req = req.header(k, v);
         }
-        let payload_hash = if body.is_some() {
-            sigv4::UNSIGNED_PAYLOAD
-        } else {
-            sigv4::EMPTY_SHA256
-        };
+        let unsigned_body = body.is_some();
         if let Some(b) = body {
             req = req.body(b);
         }
         if let Some(creds) = self.signer.credentials().await? {
-            let date = sigv4::amz_date(SystemTime::now());
             let signed = sigv4::sign(
                 &creds,
-                &sigv4::Request {
-                    method: method.as_str(),
-                    host: &self.endpoint.host,
-                    path,
-                    query,
-                    headers: &[],
-                    region: &self.region,
-                    service: "s3",
-                    amz_date: &date,
-                    payload_hash,
-                },
-            );
+                method.as_str(),
+                &url,
+                &self.region,
+                unsigned_body,
+                SystemTime::now(),
+            )?;
             for (k, v) in signed {
                 req = req.header(k, v);
             }
