@@ -392,7 +392,10 @@ impl S3 {
         let body = self
             .post(key, &[("uploads", "")], &[], String::new(), &what)
             .await?;
-        xml_field(&body, "UploadId")
+        quick_xml::de::from_str::<InitiateMultipartUploadResult>(&body)
+            .map(|r| r.upload_id)
+            .ok()
+            .filter(|id| !id.is_empty())
             .ok_or_else(|| Error::new(Kind::Network, format!("{what}: no UploadId in the reply")))
     }
 
@@ -404,22 +407,20 @@ impl S3 {
         etags: &[String],
     ) -> Result<()> {
         let what = format!("complete the multipart upload of {}", self.display(key));
-        let mut xml = String::from("<CompleteMultipartUpload>");
-        for (i, e) in etags.iter().enumerate() {
-            xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
-                i + 1,
-                xml_escape(e)
-            ));
-        }
-        xml.push_str("</CompleteMultipartUpload>");
+        let xml = complete_multipart_xml(etags).map_err(|e| {
+            Error::new(
+                Kind::Internal,
+                format!("{what}: cannot encode the part list"),
+            )
+            .with_source(e)
+        })?;
         let extra = [(CONTENT_LENGTH, xml.len().to_string())];
         let body = self
             .post(key, &[("uploadId", upload_id)], &extra, xml, &what)
             .await?;
         // S3 can answer 200 and still fail: the error is then in the body.
         if body.contains("<Error>") {
-            let code = xml_field(&body, "Code").unwrap_or_default();
+            let code = ErrorBody::parse(&body).code;
             return Err(Error::new(Kind::Network, format!("{what}: {code}")).transient(None));
         }
         Ok(())
@@ -721,8 +722,7 @@ impl S3 {
         let headers = resp.headers().clone();
         // A HEAD reply has no body; reading it returns empty at once.
         let body = resp.text().await.unwrap_or_default();
-        let code = xml_field(&body, "Code").unwrap_or_default();
-        let message = xml_field(&body, "Message").unwrap_or_default();
+        let ErrorBody { code, message } = ErrorBody::parse(&body);
         let server_says = match (code.is_empty(), message.is_empty()) {
             (true, _) => format!("HTTP {status}"),
             (false, true) => format!("HTTP {status} {code}"),
@@ -997,12 +997,57 @@ fn header_u64(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
-/// The text of `<Name>…</Name>` in a small XML error body.
-fn xml_field(body: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = body.find(&open)? + open.len();
-    let end = body[start..].find(&format!("</{name}>"))? + start;
-    Some(body[start..end].trim().to_string())
+/// What S3 and OSS error bodies say. Only `Code` and `Message` are read: the rest of an error
+/// body (StringToSign, CanonicalRequest) can echo a session token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl ErrorBody {
+    /// Empty fields when the body is not an S3 error document (a proxy's HTML page).
+    fn parse(body: &str) -> ErrorBody {
+        let mut e: ErrorBody = quick_xml::de::from_str(body).unwrap_or_default();
+        e.code = e.code.trim().to_string();
+        e.message = e.message.trim().to_string();
+        e
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InitiateMultipartUploadResult {
+    upload_id: String,
+}
+
+/// `<CompleteMultipartUpload>` with the parts' numbers (from 1) and ETags, in order.
+fn complete_multipart_xml(etags: &[String]) -> std::result::Result<String, quick_xml::SeError> {
+    #[derive(serde::Serialize)]
+    #[serde(rename = "CompleteMultipartUpload")]
+    struct Complete<'a> {
+        #[serde(rename = "Part")]
+        parts: Vec<Part<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Part<'a> {
+        #[serde(rename = "PartNumber")]
+        number: usize,
+        #[serde(rename = "ETag")]
+        etag: &'a str,
+    }
+    let parts = etags
+        .iter()
+        .enumerate()
+        .map(|(i, etag)| Part {
+            number: i + 1,
+            etag,
+        })
+        .collect();
+    quick_xml::se::to_string(&Complete { parts })
 }
 
 /// `prefix` (a folder, with or without a trailing '/') joined with a relative path.
@@ -1011,13 +1056,6 @@ pub fn join_key(prefix: &str, rel: &str) -> String {
         "" => rel.to_string(),
         p => format!("{p}/{rel}"),
     }
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -1174,12 +1212,16 @@ mod tests {
     #[test]
     fn error_fields() {
         let b = "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>x</BucketName></Error>";
-        assert_eq!(xml_field(b, "Code").as_deref(), Some("NoSuchBucket"));
+        let e = ErrorBody::parse(b);
+        assert_eq!(e.code, "NoSuchBucket");
+        assert_eq!(e.message, "The specified bucket does not exist");
+        let html = ErrorBody::parse("<html><body>502 Bad Gateway</body></html>");
+        assert_eq!((html.code.as_str(), html.message.as_str()), ("", ""));
+        let xml = complete_multipart_xml(&["\"a&b\"".into(), "\"c\"".into()]).unwrap();
         assert_eq!(
-            xml_field(b, "Message").as_deref(),
-            Some("The specified bucket does not exist")
+            xml,
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"a&amp;b\"</ETag></Part><Part><PartNumber>2</PartNumber><ETag>\"c\"</ETag></Part></CompleteMultipartUpload>"
         );
-        assert_eq!(xml_field(b, "Nope"), None);
         assert_eq!(crate::redact::secret("AKIAIOSFODNN7EXAMPLE", 4), "AKIA…LE");
     }
 }
@@ -1200,7 +1242,7 @@ mod prop {
         ) {
             let xml = format!(
                 "<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>{}</Key><Size>{size}</Size></Contents></ListBucketResult>",
-                xml_escape(&key)
+                quick_xml::escape::escape(key.as_str())
             );
             if let Ok(page) = quick_xml::de::from_str::<ListBucketResult>(&xml) {
                 for o in page.contents {
@@ -1209,7 +1251,7 @@ mod prop {
                 }
             }
             let _ = quick_xml::de::from_str::<ListBucketResult>(&junk);
-            let _ = xml_field(&junk, "Code");
+            let _ = ErrorBody::parse(&junk);
             let _ = md5_from_etag(&junk);
         }
     }
