@@ -6,7 +6,8 @@ use crate::error::{self, Error};
 use crate::remote as source;
 use crate::url::RelPath;
 
-use super::state::{self, Manifest};
+use super::manifest::Manifest;
+use super::state;
 
 /// Offline: does DEST hold a complete copy of SRC, as its manifest records it? Returns the
 /// reason when it does not.

@@ -1,1 +1,233 @@
+//! `DEST/.model-loader/manifest.json`: what a complete load holds and what each file was
+//! verified against. Written last (by `state`), read by reruns, `--check` and `--verify`.
+//! Building it from the run's results is pure, so every rule of what it records is tested here.
 
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::{Checksum, RemoteFile};
+use crate::url::RelPath;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `algorithm:hex` (md5, md5-of-parts, crc32, crc32c, crc64nvme, crc64ecma, sha1, sha256,
+    /// git-sha1, …-of-parts) it was verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// When there is no checksum: why only the size was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_only: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub completed_at: String,
+    pub files: Vec<ManifestFile>,
+}
+
+/// What a run knows when it writes the manifest.
+pub struct Outcome<'a> {
+    /// The canonical source text.
+    pub source: String,
+    pub revision: Option<String>,
+    /// Every selected file, fetched now or already in place.
+    pub selected: &'a [(RelPath, RemoteFile)],
+    /// Files fetched by this run → what they were verified against (None: size only).
+    pub verified: &'a HashMap<RelPath, Option<Checksum>>,
+    /// The manifest of the previous complete load, if any.
+    pub previous: Option<&'a Manifest>,
+    pub completed_at: String,
+}
+
+/// The manifest for `o`. A file fetched now records what it was verified against; a file
+/// left in place keeps what the previous manifest recorded (the listing's checksum may never
+/// have applied to it), or the listing's when there was none; a file with no checksum says
+/// why only its size was checked.
+pub fn build(o: Outcome<'_>) -> Manifest {
+    let previous: HashMap<&str, Option<String>> = o
+        .previous
+        .iter()
+        .flat_map(|m| {
+            m.files
+                .iter()
+                .map(|e| (e.path.as_str(), e.checksum.clone()))
+        })
+        .collect();
+    let files = o
+        .selected
+        .iter()
+        .map(|(p, f)| {
+            let checksum = match o.verified.get(p) {
+                Some(c) => c.as_ref().map(Checksum::tagged),
+                None => match previous.get(p.as_str()) {
+                    Some(c) => c.clone(),
+                    None => f.checksum.as_ref().map(Checksum::tagged),
+                },
+            };
+            let size_only = checksum.is_none().then(|| size_only_reason(f));
+            ManifestFile {
+                path: p.to_string(),
+                size: f.size,
+                version: f.version.clone(),
+                checksum,
+                size_only,
+            }
+        })
+        .collect();
+    Manifest {
+        format: 1,
+        tool: concat!("model-loader ", env!("CARGO_PKG_VERSION")).into(),
+        source: o.source,
+        revision: o.revision,
+        completed_at: o.completed_at,
+        files,
+    }
+}
+
+/// Why a file was checked by its size alone, for the manifest.
+fn size_only_reason(f: &RemoteFile) -> String {
+    if f.checksum.is_some() {
+        "the listed checksum does not describe the bytes (an SSE-KMS or SSE-C object's ETag is not an MD5)".into()
+    } else if f.size == 0 {
+        "empty file".into()
+    } else {
+        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose part layout the server would not tell)".into()
+    }
+}
+
+/// RFC 3339 UTC timestamp for the manifest.
+pub fn now_rfc3339() -> String {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DateTime::from_secs(secs as i64)
+        .fmt(Format::DateTime)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64, checksum: Option<Checksum>) -> (RelPath, RemoteFile) {
+        let f = RemoteFile {
+            path: path.into(),
+            key: path.into(),
+            size,
+            checksum,
+            version: Some("v1".into()),
+        };
+        (RelPath::new(path).unwrap(), f)
+    }
+
+    fn outcome<'a>(
+        selected: &'a [(RelPath, RemoteFile)],
+        verified: &'a HashMap<RelPath, Option<Checksum>>,
+        previous: Option<&'a Manifest>,
+    ) -> Manifest {
+        build(Outcome {
+            source: "s3://bkt/m".into(),
+            revision: None,
+            selected,
+            verified,
+            previous,
+            completed_at: "2026-12-01T00:00:00Z".into(),
+        })
+    }
+
+    #[test]
+    fn each_file_records_what_it_was_verified_against_or_why_not() {
+        let listed_md5 = Checksum::Md5([1; 16]);
+        let selected = vec![
+            file("fetched.bin", 10, Some(listed_md5.clone())),
+            file("kms.bin", 10, Some(listed_md5.clone())),
+            file("kept.bin", 5, Some(Checksum::Crc32c(7))),
+            file("nosum.bin", 3, None),
+            file("empty", 0, None),
+        ];
+        let mut verified = HashMap::new();
+        verified.insert(
+            RelPath::new("fetched.bin").unwrap(),
+            Some(Checksum::Crc64Nvme(9)),
+        );
+        verified.insert(RelPath::new("kms.bin").unwrap(), None);
+        verified.insert(RelPath::new("nosum.bin").unwrap(), None);
+        verified.insert(RelPath::new("empty").unwrap(), None);
+        let m = outcome(&selected, &verified, None);
+        let by: HashMap<&str, &ManifestFile> =
+            m.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        assert_eq!(
+            by["fetched.bin"].checksum,
+            Some(Checksum::Crc64Nvme(9).tagged())
+        );
+        assert_eq!(
+            by["kept.bin"].checksum,
+            Some(Checksum::Crc32c(7).tagged()),
+            "listing's, no previous"
+        );
+        assert!(by["kms.bin"]
+            .size_only
+            .as_deref()
+            .unwrap()
+            .contains("SSE-KMS"));
+        assert!(by["nosum.bin"]
+            .size_only
+            .as_deref()
+            .unwrap()
+            .contains("no checksum"));
+        assert_eq!(by["empty"].size_only.as_deref(), Some("empty file"));
+        assert!(by["fetched.bin"].size_only.is_none());
+        assert_eq!(m.files.len(), 5);
+        assert_eq!(m.source, "s3://bkt/m");
+    }
+
+    #[test]
+    fn files_left_in_place_keep_what_the_previous_manifest_recorded() {
+        let selected = vec![
+            file("a", 4, Some(Checksum::Md5([2; 16]))),
+            file("b", 4, None),
+        ];
+        let previous = Manifest {
+            format: 1,
+            tool: "model-loader 0.0.9".into(),
+            source: "s3://bkt/m/".into(),
+            revision: None,
+            completed_at: "2026-11-30T00:00:00Z".into(),
+            files: vec![
+                ManifestFile {
+                    path: "a".into(),
+                    size: 4,
+                    version: Some("v1".into()),
+                    checksum: None,
+                    size_only: Some("an SSE-KMS ETag".into()),
+                },
+                ManifestFile {
+                    path: "b".into(),
+                    size: 4,
+                    version: Some("v1".into()),
+                    checksum: Some("sha256:00".into()),
+                    size_only: None,
+                },
+            ],
+        };
+        let m = outcome(&selected, &HashMap::new(), Some(&previous));
+        assert_eq!(
+            m.files[0].checksum, None,
+            "not upgraded to the listing's MD5"
+        );
+        assert!(m.files[0].size_only.is_some());
+        assert_eq!(m.files[1].checksum.as_deref(), Some("sha256:00"));
+        assert!(m.tool.starts_with("model-loader "));
+    }
+}

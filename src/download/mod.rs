@@ -27,9 +27,10 @@ use crate::retry::retrying;
 use crate::url::RelPath;
 use engine::ExecOptions;
 use lock::{DestLock, LockTimes};
+use manifest::Manifest;
 use plan::{plan, PlanOptions};
 use select::select;
-use state::{Manifest, ManifestFile, StateDir};
+use state::StateDir;
 
 /// Bytes gathered per worker before one positional write. 1 MiB was measured faster on the hf
 /// bench (fewer `block_in_place` hand-overs) but raised peak RSS past the 32 MiB target on the
@@ -39,22 +40,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
-    let client_opts = source::Options {
-        http: source::http::ClientOptions {
-            read_timeout: cfg.read_timeout,
-            max_idle_per_host: cfg.concurrency.unwrap_or(32),
-            ..Default::default()
-        },
-        oss_internal: cfg.oss_internal,
-        write: false,
-    };
-    let source = Arc::new(
-        retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {
-            AnySource::open(&cfg.source, &client_opts, reporter.as_ref())
-        })
-        .await?,
-    );
-    let listing = retrying(&cfg.retry, reporter.as_ref(), "listing", || source.list()).await?;
+    let (source, listing) = open_and_list(cfg, reporter.as_ref()).await?;
     let selection = select(listing.files, &cfg.filter, &cfg.source)?;
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
@@ -70,29 +56,84 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         Ok(taken) => taken,
         // A pre-populated volume mounted read-only: fine when it already holds this load.
         Err(e) if e.kind() == error::Kind::Local && !cfg.force => {
-            let Some(p) = complete_without_lock(cfg, &selected, &listing.revision) else {
-                return Err(e.note(format!(
-                    "and it does not already hold a complete copy of {}",
-                    cfg.source
-                )));
-            };
-            reporter.info(&format!(
-                "{} cannot be written ({}), but it already holds a complete copy of {}: nothing to do",
-                cfg.dest.display(),
-                e.message(),
-                cfg.source
-            ));
-            return Ok(finish_noop(p, reporter.as_ref(), started));
+            return already_complete(cfg, &selected, &listing.revision, e, reporter.as_ref())
+                .map(|p| finish_noop(p, reporter.as_ref(), started));
         }
         Err(e) => return Err(e),
     };
     state.set_lease(lock.held());
     let previous = state.read_manifest();
-    let local = state.local_state(&selected)?;
-    let plan = plan(selected.clone(), &local, plan_options);
+    let plan = plan(
+        selected.clone(),
+        &state.local_state(&selected)?,
+        plan_options,
+    );
+    let mut summary = report_plan(&plan, reporter.as_ref());
     let manifest_current = previous
         .as_ref()
         .is_some_and(|m| cfg.source.same_source(&m.source) && m.revision == listing.revision);
+    if plan.is_noop() && manifest_current {
+        summary.elapsed = started.elapsed();
+        reporter.finish(&summary);
+        return Ok(summary);
+    }
+    prepare_dest(cfg, &state, &plan, previous.as_ref())?;
+    let parties = engine::Parties {
+        source,
+        state: Arc::clone(&state),
+        reporter: Arc::clone(&reporter),
+        cancel: cancel.clone(),
+        shown: source_text.clone(),
+    };
+    let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await?;
+    // Renames (and folders this run created) are durable only once their folders are synced.
+    if cfg.fsync {
+        state.sync_folders(selected.iter().map(|(p, _)| p))?;
+    }
+    lock.check()?;
+    state.commit(&manifest::build(manifest::Outcome {
+        source: source_text,
+        revision: listing.revision,
+        selected: &selected,
+        verified: &done.verified,
+        previous: previous.as_ref(),
+        completed_at: manifest::now_rfc3339(),
+    }))?;
+    lock.release();
+    summary.files_fetched = done.files;
+    summary.bytes_fetched = done.bytes;
+    summary.retries = done.retries;
+    summary.elapsed = started.elapsed();
+    reporter.finish(&summary);
+    Ok(summary)
+}
+
+/// Opens the source (credentials, endpoint, revision) and lists it once, both retried.
+async fn open_and_list(
+    cfg: &Config,
+    reporter: &dyn Reporter,
+) -> Result<(Arc<AnySource>, source::Listing)> {
+    let client_opts = source::Options {
+        http: source::http::ClientOptions {
+            read_timeout: cfg.read_timeout,
+            max_idle_per_host: cfg.concurrency.unwrap_or(32),
+            ..Default::default()
+        },
+        oss_internal: cfg.oss_internal,
+        write: false,
+    };
+    let source = Arc::new(
+        retrying(&cfg.retry, reporter, "opening the source", || {
+            AnySource::open(&cfg.source, &client_opts, reporter)
+        })
+        .await?,
+    );
+    let listing = retrying(&cfg.retry, reporter, "listing", || source.list()).await?;
+    Ok((source, listing))
+}
+
+/// The plan line, and the summary's counts that the plan already knows.
+fn report_plan(plan: &plan::Plan, reporter: &dyn Reporter) -> Summary {
     reporter.plan(&PlanSummary {
         upload: false,
         files: plan.fetch.len(),
@@ -102,16 +143,21 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         skipped_bytes: plan.skip.iter().map(|(_, f)| f.size).sum(),
         removed_files: plan.remove.len(),
     });
-    let mut summary = Summary {
+    Summary {
         files_skipped: plan.skip.len(),
         files_removed: plan.remove.len(),
         ..Default::default()
-    };
-    if plan.is_noop() && manifest_current {
-        summary.elapsed = started.elapsed();
-        reporter.finish(&summary);
-        return Ok(summary);
     }
+}
+
+/// Before the first byte: no symlink on the way to any file, room for what is left, the
+/// manifest withdrawn (DEST is about to change), files no longer selected removed.
+fn prepare_dest(
+    cfg: &Config,
+    state: &StateDir,
+    plan: &plan::Plan,
+    previous: Option<&Manifest>,
+) -> Result<()> {
     for f in &plan.fetch {
         state.check_no_symlinks(&f.path)?;
     }
@@ -119,100 +165,71 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         &cfg.dest,
         plan.bytes_to_fetch.saturating_sub(plan.resumed_bytes),
     )?;
-
-    state.begin_changes(previous.as_ref())?;
+    state.begin_changes(previous)?;
     for p in &plan.remove {
         state.remove_file(p)?;
     }
-    let concurrency = cfg
-        .concurrency
-        .unwrap_or_else(|| auto_concurrency(&plan.fetch));
-    let mut done = engine::Executed::default();
-    let mut fetch = plan.fetch;
-    // A checksum mismatch is usually corruption in transit: fetch what is missing (the file
-    // that failed included) once more before giving up with exit 6.
-    let parties = engine::Parties {
-        source: Arc::clone(&source),
-        state: Arc::clone(&state),
-        reporter: Arc::clone(&reporter),
-        cancel: cancel.clone(),
-        shown: source_text.clone(),
-    };
+    Ok(())
+}
+
+/// Runs the engine over `fetch`. A checksum mismatch is usually corruption in transit: what
+/// is missing (the failed file included) is planned and fetched once more before exit 6.
+async fn fetch_all(
+    cfg: &Config,
+    parties: &engine::Parties,
+    mut fetch: Vec<plan::FilePlan>,
+    selected: &[(RelPath, RemoteFile)],
+    plan_options: PlanOptions,
+) -> Result<engine::Executed> {
     let exec = ExecOptions {
-        concurrency,
+        concurrency: cfg.concurrency.unwrap_or_else(|| auto_concurrency(&fetch)),
         retry: cfg.retry,
         buffer_size: WRITE_BUFFER,
         fsync: cfg.fsync,
     };
+    let mut done = engine::Executed::default();
     for attempt in 0.. {
-        keep_only_resumed_parts(&state, &fetch);
-        let result = engine::execute(&parties, fetch, exec, &mut done).await;
-        match result {
+        keep_only_resumed_parts(&parties.state, &fetch);
+        match engine::execute(parties, fetch, exec, &mut done).await {
             Ok(()) => break,
             Err(e) if e.kind() == error::Kind::Corrupt && attempt == 0 => {
-                reporter.warn(&format!(
+                parties.reporter.warn(&format!(
                     "{}; fetching it again, once",
                     e.message().trim_end_matches('.')
                 ));
-                let local = state.local_state(&selected)?;
-                fetch = plan::plan(selected.clone(), &local, plan_options).fetch;
+                let local = parties.state.local_state(selected)?;
+                fetch = plan(selected.to_vec(), &local, plan_options).fetch;
             }
             Err(e) => return Err(e),
         }
     }
-
     if done.in_order.total() > 0 {
-        reporter.info(&in_order_line(&done.in_order));
+        parties.reporter.info(&in_order_line(&done.in_order));
     }
-    // Renames (and folders this run created) are durable only once their folders are synced.
-    if cfg.fsync {
-        state.sync_folders(selected.iter().map(|(p, _)| p))?;
-    }
-    let previous_checksums: std::collections::HashMap<&str, Option<String>> = previous
-        .iter()
-        .flat_map(|m| {
-            m.files
-                .iter()
-                .map(|e| (e.path.as_str(), e.checksum.clone()))
-        })
-        .collect();
-    lock.check()?;
-    state.commit(&Manifest {
-        format: 1,
-        tool: concat!("model-loader ", env!("CARGO_PKG_VERSION")).into(),
-        source: source_text,
-        revision: listing.revision,
-        completed_at: state::now_rfc3339(),
-        files: selected
-            .iter()
-            .map(|(p, f)| {
-                // Fetched now: what it was verified against. Up to date: what the previous
-                // manifest recorded (the listing's checksum may never have applied).
-                let checksum = match done.verified.get(p) {
-                    Some(c) => c.as_ref().map(|c| c.tagged()),
-                    None => match previous_checksums.get(p.as_str()) {
-                        Some(c) => c.clone(),
-                        None => f.checksum.as_ref().map(|c| c.tagged()),
-                    },
-                };
-                let size_only = checksum.is_none().then(|| size_only_reason(f));
-                ManifestFile {
-                    path: p.to_string(),
-                    size: f.size,
-                    version: f.version.clone(),
-                    checksum,
-                    size_only,
-                }
-            })
-            .collect(),
-    })?;
-    lock.release();
-    summary.files_fetched = done.files;
-    summary.bytes_fetched = done.bytes;
-    summary.retries = done.retries;
-    summary.elapsed = started.elapsed();
-    reporter.finish(&summary);
-    Ok(summary)
+    Ok(done)
+}
+
+/// DEST could not be taken (`e`, read-only say): success if it already holds this load.
+fn already_complete(
+    cfg: &Config,
+    selected: &[(RelPath, RemoteFile)],
+    revision: &Option<String>,
+    e: Error,
+    reporter: &dyn Reporter,
+) -> Result<PlanSummary> {
+    let Some(p) = complete_without_lock(cfg, selected, revision) else {
+        return Err(e.note(format!(
+            "and it does not already hold a complete copy of {}",
+            cfg.source
+        )));
+    };
+    reporter.info(&format!(
+        "{} cannot be written ({}), but it already holds a complete copy of {}: nothing to do",
+        cfg.dest.display(),
+        e.message(),
+        cfg.source
+    ));
+    Ok(p)
 }
 
 /// Opens DEST's state folder and takes its lock (waiting for another loader, or stopping
@@ -295,17 +312,6 @@ fn in_order_line(s: &inorder::Stats) -> String {
         progress::human(s.read_back),
         pct(s.read_back),
     )
-}
-
-/// Why a file was checked by its size alone, for the manifest.
-fn size_only_reason(f: &RemoteFile) -> String {
-    if f.checksum.is_some() {
-        "the listed checksum does not describe the bytes (an SSE-KMS or SSE-C object's ETag is not an MD5)".into()
-    } else if f.size == 0 {
-        "empty file".into()
-    } else {
-        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose part layout the server would not tell)".into()
-    }
 }
 
 /// Part files that no planned resume will use are left by crashed or corrupt attempts.

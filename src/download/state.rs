@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::lock::Held;
+pub use super::manifest::{Manifest, ManifestFile};
 use super::plan::{LocalState, Partial, Recorded};
 use super::writer::PartFile;
 use crate::confine::{split_parent, Dir};
@@ -29,32 +30,6 @@ use crate::url::{RelPath, STATE_DIR};
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.jsonl";
 const PARTS: &str = "parts";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestFile {
-    pub path: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// `algorithm:hex` (md5, md5-of-parts, crc32, crc32c, crc64nvme, crc64ecma, sha1, sha256,
-    /// git-sha1, …-of-parts) it was verified against.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<String>,
-    /// When there is no checksum: why only the size was checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size_only: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub tool: String,
-    pub source: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    pub completed_at: String,
-    pub files: Vec<ManifestFile>,
-}
 
 /// One journal line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -612,17 +587,6 @@ pub fn read_manifest(dest: &Path) -> Option<Manifest> {
     serde_json::from_slice(&dir.read(MANIFEST).ok()?).ok()
 }
 
-/// RFC 3339 UTC timestamp for the manifest.
-pub fn now_rfc3339() -> String {
-    use aws_smithy_types::date_time::{DateTime, Format};
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DateTime::from_secs(secs as i64)
-        .fmt(Format::DateTime)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,7 +760,7 @@ mod tests {
             tool: "t".into(),
             source: "s3://b/p".into(),
             revision: None,
-            completed_at: now_rfc3339(),
+            completed_at: crate::download::manifest::now_rfc3339(),
             files: vec![ManifestFile {
                 path: "a".into(),
                 size: 1,
