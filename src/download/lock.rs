@@ -234,6 +234,81 @@ fn remove_old_markers(dir: &Dir, older_than: Duration) {
     }
 }
 
+/// What one look at somebody else's lock file found.
+enum Observed {
+    /// It was stale or its holder is gone, and we took it over.
+    TookOver,
+    /// It changed or vanished under us: try to create it again at once.
+    Changed,
+    /// A live holder: wait and look again.
+    Held,
+}
+
+/// A waiter's memory across looks: which lease it saw and since when (by its own clock, so a
+/// holder's wrong clock cannot make it look stale), and when it last said it is waiting.
+#[derive(Default)]
+struct Waiter {
+    watched: Option<(Seen, Instant)>,
+    last_log: Option<Instant>,
+}
+
+impl Waiter {
+    fn observe(
+        &mut self,
+        state: &Dir,
+        me: &Lease,
+        times: LockTimes,
+        reporter: &dyn Reporter,
+    ) -> std::io::Result<Observed> {
+        let Some(seen) = Seen::read(state, LOCK) else {
+            return Ok(Observed::Changed); // released in between
+        };
+        let unchanged_for = match &self.watched {
+            Some((s, since)) if *s == seen => since.elapsed(),
+            _ => {
+                self.watched = Some((seen.clone(), Instant::now()));
+                Duration::ZERO
+            }
+        };
+        // An unreadable lease (torn by a crash, or being written) ages like any other.
+        let held: Option<Lease> = serde_json::from_slice(&seen.bytes).ok();
+        let gone = held.as_ref().is_some_and(|h| holder_is_gone(h, me));
+        if gone || unchanged_for > times.stale || seen.age() > times.stale {
+            if !take_over(state, &seen, me)? {
+                return Ok(Observed::Changed);
+            }
+            reporter.warn(&format!(
+                "took over the lock on {} from {}, which is gone or was silent for {}s",
+                state.path().display(),
+                held.as_ref()
+                    .map_or("an unreadable lease".into(), |h| format!(
+                        "{} (pid {})",
+                        h.host, h.pid
+                    )),
+                seen.age().as_secs().max(unchanged_for.as_secs()),
+            ));
+            return Ok(Observed::TookOver);
+        }
+        if let Some(held) = &held {
+            if self
+                .last_log
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                reporter.info(&format!(
+                    "waiting: {} is being loaded by {} (pid {}) since {}s, from {}",
+                    state.path().parent().unwrap_or(state.path()).display(),
+                    held.host,
+                    held.pid,
+                    now().saturating_sub(held.started),
+                    held.source
+                ));
+                self.last_log = Some(Instant::now());
+            }
+        }
+        Ok(Observed::Held)
+    }
+}
+
 /// Who we are, as a lease records it.
 fn identity(source: &str) -> Lease {
     let host = hostname();
@@ -305,8 +380,7 @@ impl DestLock {
     ) -> Result<DestLock> {
         let path = state.path().join(LOCK);
         let mut me = identity(source);
-        let mut watched: Option<(Seen, Instant)> = None;
-        let mut last_log = None::<Instant>;
+        let mut waiter = Waiter::default();
         loop {
             me.heartbeat = now();
             match write_new(&state, LOCK, &me) {
@@ -314,52 +388,14 @@ impl DestLock {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::local("create the lock file", &path, e)),
             }
-            let Some(seen) = Seen::read(&state, LOCK) else {
-                continue; // released in between: try to create it again
-            };
-            // Unchanged since we first saw it, by our own clock?
-            let unchanged_for = match &watched {
-                Some((s, since)) if *s == seen => since.elapsed(),
-                _ => {
-                    watched = Some((seen.clone(), Instant::now()));
-                    Duration::ZERO
-                }
-            };
-            // An unreadable lease (torn by a crash, or being written) ages like any other.
-            let held: Option<Lease> = serde_json::from_slice(&seen.bytes).ok();
-            let gone = held.as_ref().is_some_and(|h| holder_is_gone(h, &me));
-            if gone || unchanged_for > times.stale || seen.age() > times.stale {
-                if take_over(&state, &seen, &me)
-                    .map_err(|e| Error::local("take over the lock file", &path, e))?
-                {
-                    reporter.warn(&format!(
-                        "took over the lock on {} from {}, which is gone or was silent for {}s",
-                        state.path().display(),
-                        held.as_ref()
-                            .map_or("an unreadable lease".into(), |h| format!(
-                                "{} (pid {})",
-                                h.host, h.pid
-                            )),
-                        seen.age().as_secs().max(unchanged_for.as_secs()),
-                    ));
-                    break;
-                }
-                continue;
+            match waiter
+                .observe(&state, &me, times, reporter)
+                .map_err(|e| Error::local("take over the lock file", &path, e))?
+            {
+                Observed::TookOver => break,
+                Observed::Changed => continue,
+                Observed::Held => tokio::time::sleep(times.poll).await,
             }
-            if let Some(held) = &held {
-                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    reporter.info(&format!(
-                        "waiting: {} is being loaded by {} (pid {}) since {}s, from {}",
-                        state.path().parent().unwrap_or(state.path()).display(),
-                        held.host,
-                        held.pid,
-                        now().saturating_sub(held.started),
-                        held.source
-                    ));
-                    last_log = Some(Instant::now());
-                }
-            }
-            tokio::time::sleep(times.poll).await;
         }
         remove_old_markers(&state, times.stale.max(Duration::from_secs(60)) * 10);
         let held = Arc::new(Held {
