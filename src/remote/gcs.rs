@@ -12,6 +12,7 @@ use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, RANGE};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
+use super::body::FileRange;
 use super::http::{self, uri_encode, ClientOptions};
 use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
@@ -432,13 +433,7 @@ impl Gcs {
     /// Uploads a file: one media upload when small, a resumable upload in `chunk`-sized
     /// pieces otherwise. The object GCS reports must carry the CRC32C computed here, or the
     /// upload fails (exit 6).
-    pub async fn upload(
-        &self,
-        name: &str,
-        file: &super::body::FileRange,
-        crc: u32,
-        chunk: u64,
-    ) -> Result<()> {
+    pub async fn upload(&self, name: &str, file: &FileRange, crc: u32, chunk: u64) -> Result<()> {
         let what = format!("upload {}", self.display(name));
         let base = format!(
             "{}/upload/storage/v1/b/{}/o?name={}",
@@ -447,12 +442,8 @@ impl Gcs {
             uri_encode(name, false)
         );
         let auth = self.bearer().await?;
-        let with_auth = |r: reqwest::RequestBuilder| match &auth {
-            Some(t) => r.header(AUTHORIZATION, format!("Bearer {t}")),
-            None => r,
-        };
         let reply = if file.len <= chunk {
-            with_auth(self.client.post(format!("{base}&uploadType=media")))
+            self.authorized(self.client.post(format!("{base}&uploadType=media")), &auth)
                 .header("content-type", "application/octet-stream")
                 .header("content-length", file.len)
                 .body(file.clone().into_body())
@@ -460,55 +451,97 @@ impl Gcs {
                 .await
                 .map_err(|e| http::transport_error(&what, e))?
         } else {
-            let start = with_auth(self.client.post(format!("{base}&uploadType=resumable")))
-                .header("x-upload-content-length", file.len)
-                .header("content-length", 0)
-                .send()
-                .await
-                .map_err(|e| http::transport_error(&what, e))?;
-            if !start.status().is_success() {
-                return Err(self.status_error(start, &what, None).await);
-            }
-            let session = start
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| {
-                    Error::new(Kind::Network, format!("{what}: no resumable session URL"))
-                })?
-                .to_string();
-            // Chunks must be multiples of 256 KiB, except the last.
-            let step = (chunk / (256 * 1024)).max(1) * 256 * 1024;
-            let mut offset = 0;
-            loop {
-                let len = step.min(file.len - offset);
-                let piece = file.slice(offset, len);
-                let resp = with_auth(self.client.put(&session))
-                    .header("content-length", len)
-                    .header(
-                        "content-range",
-                        format!("bytes {}-{}/{}", offset, offset + len - 1, file.len),
-                    )
-                    .body(piece.into_body())
-                    .send()
-                    .await
-                    .map_err(|e| http::transport_error(&what, e))?;
-                offset += len;
-                if offset >= file.len {
-                    break resp;
-                }
-                if resp.status().as_u16() != 308 && !resp.status().is_success() {
-                    return Err(self.status_error(resp, &what, None).await);
-                }
-            }
+            let session = self.start_resumable(&base, file.len, &auth, &what).await?;
+            self.send_chunks(&session, file, chunk, &auth, &what)
+                .await?
         };
         if !reply.status().is_success() {
             return Err(self.status_error(reply, &what, None).await);
         }
+        self.check_stored(reply, file.len, crc, &what).await
+    }
+
+    fn authorized(
+        &self,
+        r: reqwest::RequestBuilder,
+        auth: &Option<String>,
+    ) -> reqwest::RequestBuilder {
+        match auth {
+            Some(t) => r.header(AUTHORIZATION, format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    /// Opens a resumable upload session; returns its URL.
+    async fn start_resumable(
+        &self,
+        base: &str,
+        len: u64,
+        auth: &Option<String>,
+        what: &str,
+    ) -> Result<String> {
+        let start = self
+            .authorized(
+                self.client.post(format!("{base}&uploadType=resumable")),
+                auth,
+            )
+            .header("x-upload-content-length", len)
+            .header("content-length", 0)
+            .send()
+            .await
+            .map_err(|e| http::transport_error(what, e))?;
+        if !start.status().is_success() {
+            return Err(self.status_error(start, what, None).await);
+        }
+        start
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| Error::new(Kind::Network, format!("{what}: no resumable session URL")))
+    }
+
+    /// Sends `file` to a session in chunks (multiples of 256 KiB but the last); returns the
+    /// reply to the last one, which describes the stored object.
+    async fn send_chunks(
+        &self,
+        session: &str,
+        file: &FileRange,
+        chunk: u64,
+        auth: &Option<String>,
+        what: &str,
+    ) -> Result<Response> {
+        let step = (chunk / (256 * 1024)).max(1) * 256 * 1024;
+        let mut offset = 0;
+        loop {
+            let len = step.min(file.len - offset);
+            let resp = self
+                .authorized(self.client.put(session), auth)
+                .header("content-length", len)
+                .header(
+                    "content-range",
+                    format!("bytes {}-{}/{}", offset, offset + len - 1, file.len),
+                )
+                .body(file.slice(offset, len).into_body())
+                .send()
+                .await
+                .map_err(|e| http::transport_error(what, e))?;
+            offset += len;
+            if offset >= file.len {
+                return Ok(resp);
+            }
+            if resp.status().as_u16() != 308 && !resp.status().is_success() {
+                return Err(self.status_error(resp, what, None).await);
+            }
+        }
+    }
+
+    /// The object GCS stored must have the file's size and CRC32C.
+    async fn check_stored(&self, reply: Response, len: u64, crc: u32, what: &str) -> Result<()> {
         let body = reply
             .text()
             .await
-            .map_err(|e| http::transport_error(&what, e))?;
+            .map_err(|e| http::transport_error(what, e))?;
         let obj: Object = serde_json::from_str(&body).map_err(|e| {
             Error::new(
                 Kind::Network,
@@ -516,15 +549,15 @@ impl Gcs {
             )
             .with_source(e)
         })?;
-        let stored = self.remote_file(obj, String::new(), &what)?;
+        let stored = self.remote_file(obj, String::new(), what)?;
         match stored.checksum {
             Some(Checksum::Crc32c(c)) if c != crc => Err(Error::new(
                 Kind::Corrupt,
                 format!("{what}: the server stored CRC32C {c:08x} but the file has {crc:08x}; upload it again"),
             )),
-            _ if stored.size != file.len => Err(Error::new(
+            _ if stored.size != len => Err(Error::new(
                 Kind::Corrupt,
-                format!("{what}: the server stored {} bytes of {}", stored.size, file.len),
+                format!("{what}: the server stored {} bytes of {len}", stored.size),
             )),
             _ => Ok(()),
         }

@@ -77,6 +77,91 @@ impl Signer {
     }
 }
 
+/// The endpoint and region, as the AWS CLI picks them: `AWS_ENDPOINT_URL_S3` /
+/// `AWS_ENDPOINT_URL` (path-style, unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`), the region
+/// from the environment or profile, else (on AWS only) from instance metadata or the bucket.
+async fn aws_endpoint(client: &reqwest::Client, bucket: &str) -> Result<(Endpoint, String)> {
+    let endpoint_var = if crate::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        None
+    } else {
+        ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .into_iter()
+            .find_map(|n| crate::env::var(n).map(|v| (n, v)))
+    };
+    let configured_region = match crate::env::first(&["AWS_REGION", "AWS_DEFAULT_REGION"]) {
+        Some(r) => Some(r),
+        // A custom endpoint (MinIO, Ceph) rarely cares about the region: read the profile,
+        // but do not wait for instance metadata, which off AWS only times out.
+        None if endpoint_var.is_some() => {
+            use aws_config::meta::region::ProvideRegion;
+            aws_config::profile::region::ProfileFileRegionProvider::new()
+                .region()
+                .await
+                .map(|r| r.to_string())
+        }
+        None => aws_config::default_provider::region::DefaultRegionChain::builder()
+            .build()
+            .region()
+            .await
+            .map(|r| r.to_string()),
+    };
+    Ok(match &endpoint_var {
+        Some((name, url)) => (
+            Endpoint::path_style(url, bucket, name)?,
+            configured_region.unwrap_or_else(|| "us-east-1".into()),
+        ),
+        None => {
+            let region = match configured_region {
+                Some(r) => r,
+                None => discover_region(client, bucket)
+                    .await
+                    .unwrap_or_else(|| "us-east-1".into()),
+            };
+            (Endpoint::aws(bucket, &region), region)
+        }
+    })
+}
+
+/// Credentials from aws-config's default chain (env, profile, web identity, container, IMDS),
+/// or anonymous requests when no source is configured at all.
+async fn aws_signer(region: &str, endpoint: &Endpoint, reporter: &dyn Reporter) -> Result<Signer> {
+    let provider = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build()
+        .await;
+    match provider.provide_credentials().await {
+        Ok(c) => {
+            reporter.info(&format!(
+                "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
+                crate::redact::secret(c.access_key_id(), 4),
+                provider_name(&c),
+                endpoint.base
+            ));
+            Ok(Signer::Aws {
+                provider: aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                cache: tokio::sync::Mutex::new(None),
+            })
+        }
+        Err(CredentialsError::CredentialsNotLoaded(_)) => {
+            reporter.info(&format!(
+                "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
+                 sending anonymous requests, region {region}, endpoint {}",
+                endpoint.base
+            ));
+            Ok(Signer::Anonymous)
+        }
+        Err(e) => Err(Error::new(
+            Kind::Denied,
+            "cannot load AWS credentials: a source in the chain is configured but \
+             failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, or the \
+             container credentials endpoint)",
+        )
+        .with_source(e)),
+    }
+}
+
 /// Where requests go: `base` is `scheme://host[:port]`, `base_path` the encoded path in front
 /// of every key (`/bucket` for path-style, empty for virtual-hosted).
 pub struct Endpoint {
@@ -186,91 +271,8 @@ impl S3 {
             opts.ca_bundles.push(ca.into());
         }
         let client = http::client(&opts)?;
-        let endpoint_var = if crate::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        {
-            None
-        } else {
-            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-                .into_iter()
-                .find_map(|n| crate::env::var(n).map(|v| (n, v)))
-        };
-
-        let configured_region = match ["AWS_REGION", "AWS_DEFAULT_REGION"]
-            .into_iter()
-            .find_map(crate::env::var)
-        {
-            Some(r) => Some(r),
-            // A custom endpoint (MinIO, Ceph) rarely cares about the region: read the profile,
-            // but do not wait for instance metadata, which off AWS only times out.
-            None if endpoint_var.is_some() => {
-                use aws_config::meta::region::ProvideRegion;
-                aws_config::profile::region::ProfileFileRegionProvider::new()
-                    .region()
-                    .await
-                    .map(|r| r.to_string())
-            }
-            None => aws_config::default_provider::region::DefaultRegionChain::builder()
-                .build()
-                .region()
-                .await
-                .map(|r| r.to_string()),
-        };
-
-        let (endpoint, region) = match &endpoint_var {
-            Some((name, url)) => (
-                Endpoint::path_style(url, bucket, name)?,
-                configured_region.unwrap_or_else(|| "us-east-1".into()),
-            ),
-            None => {
-                let region = match configured_region {
-                    Some(r) => r,
-                    None => discover_region(&client, bucket)
-                        .await
-                        .unwrap_or_else(|| "us-east-1".into()),
-                };
-                (Endpoint::aws(bucket, &region), region)
-            }
-        };
-
-        let provider =
-            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                .region(aws_config::Region::new(region.clone()))
-                .build()
-                .await;
-        let signer = match provider.provide_credentials().await {
-            Ok(c) => {
-                reporter.info(&format!(
-                    "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
-                    crate::redact::secret(c.access_key_id(), 4),
-                    provider_name(&c),
-                    endpoint.base
-                ));
-                Signer::Aws {
-                    provider: aws_credential_types::provider::SharedCredentialsProvider::new(
-                        provider,
-                    ),
-                    cache: tokio::sync::Mutex::new(None),
-                }
-            }
-            Err(CredentialsError::CredentialsNotLoaded(_)) => {
-                reporter.info(&format!(
-                    "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
-                     sending anonymous requests, region {region}, endpoint {}",
-                    endpoint.base
-                ));
-                Signer::Anonymous
-            }
-            Err(e) => {
-                return Err(Error::new(
-                    Kind::Denied,
-                    "cannot load AWS credentials: a source in the chain is configured but \
-                     failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, or the \
-                     container credentials endpoint)",
-                )
-                .with_source(e));
-            }
-        };
+        let (endpoint, region) = aws_endpoint(&client, bucket).await?;
+        let signer = aws_signer(&region, &endpoint, reporter).await?;
         let service = Service {
             scheme: "s3",
             endpoint,
