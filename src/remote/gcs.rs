@@ -1,18 +1,17 @@
 //! `gs://BUCKET[/PREFIX]`: the GCS JSON API (list objects, `alt=media` ranged reads pinned to
-//! the listed generation), with Application Default Credentials: a service-account or
-//! authorized-user JSON (`GOOGLE_APPLICATION_CREDENTIALS` or gcloud's well-known file), else the
-//! metadata server (GKE Workload Identity), else anonymous. `STORAGE_EMULATOR_HOST` points at
-//! an emulator and implies anonymous, as Google's own clients do.
-
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+//! the listed generation; media and resumable uploads), authorized by `gcs_auth` (Application
+//! Default Credentials through google-cloud-auth). `STORAGE_EMULATOR_HOST` points at an
+//! emulator and implies anonymous, as Google's own clients do. Hand-written rather than
+//! google-cloud-storage: that crate brings gRPC and a second HTTP stack for the few JSON calls
+//! a loader makes, and no ranged reads pinned to a generation with our retry policy.
 
 use base64::Engine;
-use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, RANGE};
+use reqwest::header::{HeaderMap, ACCEPT_ENCODING, RANGE};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::body::FileRange;
+use super::gcs_auth::{self, Auth};
 use super::http::{self, uri_encode, ClientOptions};
 use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
@@ -22,62 +21,6 @@ const GCS: &str = "https://storage.googleapis.com";
 /// Downloads ask for the least they need; uploads need to create objects.
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 const SCOPE_WRITE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
-const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
-
-/// How requests are authorized.
-enum Auth {
-    Anonymous,
-    ServiceAccount {
-        email: String,
-        key_id: Option<String>,
-        key: aws_lc_rs::signature::RsaKeyPair,
-        token_uri: String,
-    },
-    AuthorizedUser {
-        client_id: String,
-        client_secret: String,
-        refresh_token: String,
-        token_uri: String,
-    },
-    Metadata {
-        host: String,
-    },
-}
-
-impl Auth {
-    fn describe(&self) -> String {
-        match self {
-            Auth::Anonymous => "anonymous (no credentials)".into(),
-            Auth::ServiceAccount { email, .. } => format!("service account {email}"),
-            Auth::AuthorizedUser { client_id, .. } => {
-                format!("authorized user (OAuth client {client_id})")
-            }
-            Auth::Metadata { host } => {
-                format!("the metadata server at {host} (GKE Workload Identity / GCE)")
-            }
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct CredentialsFile {
-    #[serde(rename = "type")]
-    kind: String,
-    client_email: Option<String>,
-    private_key: Option<String>,
-    private_key_id: Option<String>,
-    token_uri: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    refresh_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,11 +45,10 @@ pub struct Gcs {
     client: reqwest::Client,
     base: String,
     auth: Auth,
-    token: tokio::sync::Mutex<Option<(String, SystemTime)>>,
-    bucket: String,
-    prefix: String,
     /// The OAuth scope tokens are asked for: read-only, or read-write for uploads.
     scope: &'static str,
+    bucket: String,
+    prefix: String,
 }
 
 impl Gcs {
@@ -126,20 +68,8 @@ impl Gcs {
                 format!("http://{h}")
             }
         });
-        let creds_file = credentials_file(reporter)?;
-        let auth = match (&emulator, creds_file) {
-            (Some(_), _) => Auth::Anonymous,
-            (None, Some(path)) => load_credentials(&path)?,
-            (None, None) => {
-                let host = crate::env::var("GCE_METADATA_HOST")
-                    .unwrap_or_else(|| "metadata.google.internal".into());
-                if metadata_available(&client, &host).await {
-                    Auth::Metadata { host }
-                } else {
-                    Auth::Anonymous
-                }
-            }
-        };
+        let scope = if write { SCOPE_WRITE } else { SCOPE };
+        let auth = gcs_auth::discover(&client, emulator.is_some(), scope, reporter).await?;
         // gcloud's override for private endpoints (Private Service Connect, restricted VIPs):
         // e.g. `https://storage-myendpoint.p.googleapis.com/storage/v1/`. Credentials still apply.
         let override_base = crate::env::var("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE").map(|u| {
@@ -165,10 +95,9 @@ impl Gcs {
             client,
             base,
             auth,
-            token: tokio::sync::Mutex::new(None),
+            scope,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            scope: if write { SCOPE_WRITE } else { SCOPE },
         })
     }
 
@@ -176,92 +105,10 @@ impl Gcs {
         format!("gs://{}/{name}", self.bucket)
     }
 
-    /// A bearer token, cached until five minutes before it expires.
-    async fn bearer(&self) -> Result<Option<String>> {
-        if matches!(self.auth, Auth::Anonymous) {
-            return Ok(None);
-        }
-        let mut cache = self.token.lock().await;
-        if let Some((t, exp)) = cache.as_ref() {
-            if *exp > SystemTime::now() + Duration::from_secs(300) {
-                return Ok(Some(t.clone()));
-            }
-        }
-        let what = format!("get an access token for {}", self.auth.describe());
-        let resp = match &self.auth {
-            Auth::Anonymous => return Ok(None),
-            Auth::ServiceAccount { email, key_id, key, token_uri } => {
-                let jwt = service_account_jwt(email, key_id.as_deref(), key, token_uri, self.scope, SystemTime::now())?;
-                let body = format!(
-                    "grant_type={}&assertion={}",
-                    uri_encode("urn:ietf:params:oauth:grant-type:jwt-bearer", false),
-                    jwt
-                );
-                self.post_form(token_uri, body, &what).await?
-            }
-            Auth::AuthorizedUser { client_id, client_secret, refresh_token, token_uri } => {
-                let body = format!(
-                    "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
-                    uri_encode(client_id, false),
-                    uri_encode(client_secret, false),
-                    uri_encode(refresh_token, false)
-                );
-                self.post_form(token_uri, body, &what).await?
-            }
-            Auth::Metadata { host } => self
-                .client
-                .get(format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token?scopes={}", uri_encode(self.scope, false)))
-                .header("Metadata-Flavor", "Google")
-                .send()
-                .await
-                .map_err(|e| http::transport_error(&what, e))?,
-        };
-        let status = resp.status();
-        if !status.is_success() {
-            let kind = if http::is_transient_status(status) {
-                Kind::Network
-            } else {
-                Kind::Denied
-            };
-            let e = Error::new(kind, format!("{what}: HTTP {status}; check the credentials file or the pod's service account binding"));
-            return Err(if kind == Kind::Network {
-                e.transient(http::retry_after(resp.headers()))
-            } else {
-                e
-            });
-        }
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| http::transport_error(&what, e))?;
-        let t: TokenResponse = serde_json::from_str(&body).map_err(|e| {
-            Error::new(
-                Kind::Denied,
-                format!("{what}: the token endpoint's answer has no access_token"),
-            )
-            .with_source(e)
-        })?;
-        let exp = SystemTime::now() + Duration::from_secs(t.expires_in.unwrap_or(3600));
-        *cache = Some((t.access_token.clone(), exp));
-        Ok(Some(t.access_token))
-    }
-
-    async fn post_form(&self, url: &str, body: String, what: &str) -> Result<Response> {
-        self.client
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(what, e))
-    }
-
     async fn get(&self, url: String, range: Option<ByteRange>, what: &str) -> Result<Response> {
         // Stored gzip objects would otherwise be decompressed on the fly, ignoring Range.
         let mut req = self.client.get(url).header(ACCEPT_ENCODING, "gzip");
-        if let Some(t) = self.bearer().await? {
-            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-        }
+        req = req.headers(self.auth.headers().await?);
         if let Some(r) = range {
             req = req.header(RANGE, r.header());
         }
@@ -441,7 +288,7 @@ impl Gcs {
             uri_encode(&self.bucket, false),
             uri_encode(name, false)
         );
-        let auth = self.bearer().await?;
+        let auth = self.auth.headers().await?;
         let reply = if file.len <= chunk {
             self.authorized(self.client.post(format!("{base}&uploadType=media")), &auth)
                 .header("content-type", "application/octet-stream")
@@ -461,15 +308,8 @@ impl Gcs {
         self.check_stored(reply, file.len, crc, &what).await
     }
 
-    fn authorized(
-        &self,
-        r: reqwest::RequestBuilder,
-        auth: &Option<String>,
-    ) -> reqwest::RequestBuilder {
-        match auth {
-            Some(t) => r.header(AUTHORIZATION, format!("Bearer {t}")),
-            None => r,
-        }
+    fn authorized(&self, r: reqwest::RequestBuilder, auth: &HeaderMap) -> reqwest::RequestBuilder {
+        r.headers(auth.clone())
     }
 
     /// Opens a resumable upload session; returns its URL.
@@ -477,7 +317,7 @@ impl Gcs {
         &self,
         base: &str,
         len: u64,
-        auth: &Option<String>,
+        auth: &HeaderMap,
         what: &str,
     ) -> Result<String> {
         let start = self
@@ -508,7 +348,7 @@ impl Gcs {
         session: &str,
         file: &FileRange,
         chunk: u64,
-        auth: &Option<String>,
+        auth: &HeaderMap,
         what: &str,
     ) -> Result<Response> {
         let step = (chunk / (256 * 1024)).max(1) * 256 * 1024;
@@ -602,185 +442,6 @@ impl Source for Gcs {
             checksum_applies: true,
             object_checksum: None,
         })
-    }
-}
-
-/// The credentials file to use: `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's well-known
-/// file. KubeAI sets the variable to a path even when its optional secret is absent, so a
-/// missing file warns and falls back instead of failing.
-fn credentials_file(reporter: &dyn Reporter) -> Result<Option<PathBuf>> {
-    if let Some(p) = crate::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
-        let path = PathBuf::from(&p);
-        if path.is_file() {
-            return Ok(Some(path));
-        }
-        reporter.warn(&format!(
-            "GOOGLE_APPLICATION_CREDENTIALS={p} does not exist; falling back to the metadata server or anonymous access"
-        ));
-        return Ok(None);
-    }
-    let well_known = crate::env::var("CLOUDSDK_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| crate::env::var("HOME").map(|h| Path::new(&h).join(".config/gcloud")))
-        .map(|d| d.join("application_default_credentials.json"));
-    Ok(well_known.filter(|p| p.is_file()))
-}
-
-fn load_credentials(path: &Path) -> Result<Auth> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
-    })?;
-    let f: CredentialsFile = serde_json::from_str(&text).map_err(|e| {
-        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
-    })?;
-    let missing = |field: &str| {
-        Error::usage(format!(
-            "{shown}: a {} credentials file needs {field:?}",
-            f.kind
-        ))
-    };
-    match f.kind.as_str() {
-        "service_account" => {
-            let pem = f.private_key.as_deref().ok_or_else(|| missing("private_key"))?;
-            let der = pem_to_der(pem).ok_or_else(|| Error::usage(format!("{shown}: private_key is not a PEM \"PRIVATE KEY\"")))?;
-            let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&der)
-                .map_err(|e| Error::usage(format!("{shown}: private_key is not an RSA PKCS#8 key ({e})")))?;
-            Ok(Auth::ServiceAccount {
-                email: f.client_email.clone().ok_or_else(|| missing("client_email"))?,
-                key_id: f.private_key_id.clone(),
-                key,
-                token_uri: f.token_uri.clone().unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
-            })
-        }
-        "authorized_user" => Ok(Auth::AuthorizedUser {
-            client_id: f.client_id.clone().ok_or_else(|| missing("client_id"))?,
-            client_secret: f.client_secret.clone().ok_or_else(|| missing("client_secret"))?,
-            refresh_token: f.refresh_token.clone().ok_or_else(|| missing("refresh_token"))?,
-            token_uri: f.token_uri.clone().unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
-        }),
-        other => Err(Error::usage(format!(
-            "{shown} holds {other:?} credentials; supported are \"service_account\" and \"authorized_user\" files, \
-             the metadata server (GKE Workload Identity), and anonymous access. For workload identity federation, \
-             run on GKE with Workload Identity or mint a service-account key"
-        ))),
-    }
-}
-
-/// A signed JWT asking for a Storage token of `scope` (RFC 7523, as Google's clients do).
-fn service_account_jwt(
-    email: &str,
-    key_id: Option<&str>,
-    key: &aws_lc_rs::signature::RsaKeyPair,
-    token_uri: &str,
-    scope: &str,
-    now: SystemTime,
-) -> Result<String> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let iat = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
-    if let Some(k) = key_id {
-        header["kid"] = k.into();
-    }
-    let claims = serde_json::json!({"iss": email, "scope": scope, "aud": token_uri, "iat": iat, "exp": iat + 3600});
-    let signing_input = format!(
-        "{}.{}",
-        b64.encode(header.to_string()),
-        b64.encode(claims.to_string())
-    );
-    let mut sig = vec![0u8; key.public_modulus_len()];
-    key.sign(
-        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-        &aws_lc_rs::rand::SystemRandom::new(),
-        signing_input.as_bytes(),
-        &mut sig,
-    )
-    .map_err(|_| {
-        Error::usage("cannot sign the service-account JWT with the key from the credentials file")
-    })?;
-    Ok(format!("{signing_input}.{}", b64.encode(sig)))
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN PRIVATE KEY-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .ok()
-}
-
-/// Is a metadata server answering? Short timeouts: off Google Cloud this must not stall.
-async fn metadata_available(client: &reqwest::Client, host: &str) -> bool {
-    let req = client
-        .get(format!(
-            "http://{host}/computeMetadata/v1/instance/service-accounts/default/email"
-        ))
-        .header("Metadata-Flavor", "Google")
-        .timeout(Duration::from_secs(2));
-    matches!(req.send().await, Ok(r) if r.status().is_success())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn external_account_files_get_a_clear_error() {
-        let tmp = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            tmp.path(),
-            r#"{"type": "external_account", "audience": "x"}"#,
-        )
-        .unwrap();
-        let e = load_credentials(tmp.path()).err().unwrap();
-        assert_eq!(e.kind(), Kind::Usage);
-        assert!(
-            e.message().contains("\"external_account\"") && e.message().contains("service_account"),
-            "{}",
-            e.message()
-        );
-    }
-
-    #[test]
-    fn service_account_jwt_is_signed_rs256() {
-        // A throwaway 2048-bit key generated for this test.
-        let key = aws_lc_rs::rsa::KeySize::Rsa2048;
-        let pair = aws_lc_rs::signature::RsaKeyPair::generate(key).unwrap();
-        let jwt = service_account_jwt(
-            "sa@p.iam.gserviceaccount.com",
-            Some("kid1"),
-            &pair,
-            "http://127.0.0.1:1/token",
-            SCOPE,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
-        )
-        .unwrap();
-        let parts: Vec<&str> = jwt.split('.').collect();
-        assert_eq!(parts.len(), 3);
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let claims: serde_json::Value =
-            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
-        assert_eq!(claims["iss"], "sa@p.iam.gserviceaccount.com");
-        assert_eq!(claims["exp"], 4600);
-        assert_eq!(claims["scope"], SCOPE);
-        use aws_lc_rs::signature::KeyPair;
-        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
-            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-            pair.public_key().as_ref(),
-        );
-        public
-            .verify(
-                format!("{}.{}", parts[0], parts[1]).as_bytes(),
-                &b64.decode(parts[2]).unwrap(),
-            )
-            .unwrap();
     }
 }
 

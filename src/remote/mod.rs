@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod gcs;
+mod gcs_auth;
 pub mod hf;
 pub mod http;
 pub mod oss;

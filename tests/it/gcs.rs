@@ -155,28 +155,31 @@ fn a_missing_bucket_exits_4_and_an_unsupported_credentials_file_exits_2() {
         String::from_utf8_lossy(&out.stderr).contains("bucket no-such-gcs-bucket does not exist")
     );
 
-    let creds = tmp.path().join("wif.json");
-    std::fs::write(
-        &creds,
-        r#"{"type": "external_account", "audience": "//iam.googleapis.com/x"}"#,
-    )
-    .unwrap();
+    let creds = tmp.path().join("odd.json");
+    std::fs::write(&creds, r#"{"type": "gdch_service_account", "name": "x"}"#).unwrap();
     let out = run(gs_loader(&gcs(), tmp.path())
         .env_remove("STORAGE_EMULATOR_HOST")
         .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
         .arg("gs://b-b-b/m")
         .arg(tmp.path().join("d")));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("\"external_account\" credentials; supported are"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"gdch_service_account\" credentials; supported are"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("external_account"), "{stderr}");
 }
 
-/// A one-shot OAuth token endpoint: checks the service-account JWT's signature with the key's
-/// public half and answers with a token. Returns its URL and what it saw.
-fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// A local HTTP endpoint answering every request with `reply(request line, body)` (status
+/// line, JSON); returns its URL and the request lines and bodies it received.
+fn form_endpoint(
+    reply: impl Fn(&str, &str) -> (&'static str, String) + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/token", listener.local_addr().unwrap());
+    // Connections are served one at a time, each closed after its reply.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen2 = std::sync::Arc::clone(&seen);
     std::thread::spawn(move || {
@@ -184,6 +187,8 @@ fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mut
             let mut stream = stream.unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut len = 0;
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
             loop {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
@@ -197,53 +202,25 @@ fn token_endpoint(public_key: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mut
             let mut body = vec![0u8; len];
             reader.read_exact(&mut body).unwrap();
             let body = String::from_utf8(body).unwrap();
-            let jwt = body
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("assertion="))
-                .unwrap_or("")
-                .to_string();
-            let parts: Vec<&str> = jwt.split('.').collect();
-            use base64::Engine;
-            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let ok = parts.len() == 3
-                && aws_lc_rs::signature::UnparsedPublicKey::new(
-                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-                    &public_key,
-                )
-                .verify(
-                    format!("{}.{}", parts[0], parts[1]).as_bytes(),
-                    &b64.decode(parts[2]).unwrap_or_default(),
-                )
-                .is_ok();
-            let scope = parts
-                .get(1)
-                .and_then(|c| b64.decode(c).ok())
-                .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
-                .and_then(|c| c["scope"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            let scope = scope.rsplit('.').next().unwrap_or_default().to_string();
-            seen2.lock().unwrap().push(format!(
-                "grant={} signature_ok={ok} scope={scope}",
-                body.contains("jwt-bearer")
-            ));
-            let reply = if ok {
-                r#"{"access_token":"ya29.test-token","expires_in":3600,"token_type":"Bearer"}"#
-            } else {
-                r#"{"error":"invalid_grant"}"#
-            };
-            let status = if ok { "200 OK" } else { "400 Bad Request" };
-            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+            let (status, json) = reply(request_line.trim(), &body);
+            seen2
+                .lock()
+                .unwrap()
+                .push(format!("{} {body}", request_line.trim()));
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len());
         }
     });
     (url, seen)
 }
 
-/// A service-account key file whose token endpoint is a local fake; returns the file and what
+/// A service-account key file (its token endpoint a local one that must never be asked:
+/// google-cloud-auth signs its own JWTs); returns the file, the key's public half and what
 /// the endpoint saw.
 fn service_account(
     dir: &Path,
 ) -> (
     std::path::PathBuf,
+    Vec<u8>,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     use aws_lc_rs::encoding::AsDer;
@@ -255,16 +232,45 @@ fn service_account(
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         base64::engine::general_purpose::STANDARD.encode(der.as_ref())
     );
-    let (token_uri, seen) = token_endpoint(key.public_key().as_ref().to_vec());
+    let (token_uri, seen) =
+        form_endpoint(|_, _| ("400 Bad Request", r#"{"error":"unexpected"}"#.into()));
     let creds = dir.join("sa.json");
     std::fs::write(
         &creds,
         serde_json::json!({"type": "service_account", "client_email": "loader@p.iam.gserviceaccount.com",
-            "private_key_id": "k1", "private_key": pem, "token_uri": token_uri})
+            "private_key_id": "k1", "private_key": pem, "token_uri": token_uri, "project_id": "p"})
         .to_string(),
     )
     .unwrap();
-    (creds, seen)
+    (creds, key.public_key().as_ref().to_vec(), seen)
+}
+
+/// The claims of every bearer JWT the proxy saw, each checked against `public_key`.
+fn bearer_jwts(heads: &[String], public_key: &[u8]) -> Vec<serde_json::Value> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    heads
+        .iter()
+        .map(|h| {
+            let line = h
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization: bearer "))
+                .unwrap_or_else(|| panic!("no bearer token: {h}"));
+            let jwt = &line["authorization: bearer ".len()..];
+            let parts: Vec<&str> = jwt.trim().split('.').collect();
+            assert_eq!(parts.len(), 3, "not a JWT: {jwt}");
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                public_key,
+            )
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &b64.decode(parts[2]).unwrap(),
+            )
+            .expect("signed by the service account's key");
+            serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -272,7 +278,7 @@ fn a_service_account_upload_asks_for_a_read_write_token() {
     let b = bucket("gsaup");
     seed_gcs(&b, &BTreeMap::new());
     let tmp = tempfile::tempdir().unwrap();
-    let (creds, seen) = service_account(tmp.path());
+    let (creds, public_key, seen) = service_account(tmp.path());
     let src = tmp.path().join("model");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("w.bin"), data(7, 100_000)).unwrap();
@@ -287,10 +293,19 @@ fn a_service_account_upload_asks_for_a_read_write_token() {
         .arg(&src)
         .arg(format!("gs://{b}/up")));
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        *seen.lock().unwrap(),
-        ["grant=true signature_ok=true scope=read_write"]
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no token endpoint round trip"
     );
+    let claims = bearer_jwts(&proxy.heads(), &public_key);
+    assert!(!claims.is_empty());
+    for c in claims {
+        assert_eq!(c["iss"], "loader@p.iam.gserviceaccount.com");
+        assert_eq!(
+            c["scope"],
+            "https://www.googleapis.com/auth/devstorage.read_write"
+        );
+    }
     // Loading it back gives the same bytes.
     let dest = tmp.path().join("back");
     let out = run(gs_loader(&gcs(), tmp.path())
@@ -307,7 +322,7 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
     objects.insert("m/config.json".to_string(), b"{}".to_vec());
     seed_gcs(&b, &objects);
     let tmp = tempfile::tempdir().unwrap();
-    let (creds, seen) = service_account(tmp.path());
+    let (creds, public_key, seen) = service_account(tmp.path());
     let proxy = Proxy::start(&gcs());
     let dest = tmp.path().join("d");
     let out = run(gs_loader(&gcs(), tmp.path())
@@ -322,14 +337,83 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("service account loader@p.iam.gserviceaccount.com"));
-    assert_eq!(
-        *seen.lock().unwrap(),
-        ["grant=true signature_ok=true scope=read_only"],
-        "one token request, validly signed, read-only"
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "no token endpoint round trip"
     );
+    let claims = bearer_jwts(&proxy.heads(), &public_key);
+    assert!(!claims.is_empty());
+    for c in &claims {
+        assert_eq!(
+            c["scope"],
+            "https://www.googleapis.com/auth/devstorage.read_only"
+        );
+        assert!(c["exp"].as_i64().unwrap() > c["iat"].as_i64().unwrap());
+    }
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}
+
+/// Workload identity federation (`external_account`, what GKE-external clusters, AWS and
+/// Azure workloads use): the subject token file is exchanged at the file's STS endpoint (here a
+/// local one) and the federated token reaches storage; nothing goes to a metadata server.
+#[test]
+fn workload_identity_federation_exchanges_the_subject_token_at_its_sts() {
+    let b = bucket("gwif");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/w.bin".to_string(), data(44, 70_000));
+    seed_gcs(&b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let subject = tmp.path().join("oidc-token");
+    std::fs::write(&subject, "eyJ.subject.token").unwrap();
+    let (sts, seen) = form_endpoint(|_, body| {
+        if body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange")
+            && body.contains("subject_token=eyJ.subject.token")
+        {
+            (
+                "200 OK",
+                r#"{"access_token":"ya29.federated","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3600}"#.into(),
+            )
+        } else {
+            ("400 Bad Request", r#"{"error":"invalid_request"}"#.into())
+        }
+    });
+    let creds = tmp.path().join("wif.json");
+    std::fs::write(
+        &creds,
+        serde_json::json!({
+            "type": "external_account",
+            "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/k8s",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": sts,
+            "credential_source": {"file": subject},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let proxy = Proxy::start(&gcs());
+    let dest = tmp.path().join("d");
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env(
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
+            format!("{}/storage/v1/", proxy.url()),
+        )
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workload identity federation"));
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "one exchange, cached: {bodies:?}");
+    assert!(bodies[0].contains("devstorage.read_only"), "{bodies:?}");
     let heads = proxy.heads();
     assert!(
-        !heads.is_empty() && heads.iter().all(|h| h.contains("Bearer ya29.test-token")),
+        !heads.is_empty() && heads.iter().all(|h| h.contains("Bearer ya29.federated")),
         "{heads:?}"
     );
     assert_eq!(tree(&dest), expected(&objects, "m/"));
@@ -430,4 +514,67 @@ fn a_resumed_gcs_file_is_verified_by_combining_range_crcs_with_the_kept_bytes() 
         .as_str()
         .unwrap()
         .starts_with("crc32c:"));
+}
+
+/// On GKE with Workload Identity the token comes from the metadata server; its address is
+/// taken from GCE_METADATA_HOST by our probe and by google-cloud-auth alike, so a test (or an
+/// unusual node) can point it at loopback — never at the link-local address.
+#[test]
+fn the_metadata_server_is_found_where_gce_metadata_host_says() {
+    let b = bucket("gmds");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.json".to_string(), b"{}".to_vec());
+    seed_gcs(&b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, seen) = form_endpoint(|line, _| {
+        if line.contains("/service-accounts/default/token") {
+            (
+                "200 OK",
+                r#"{"access_token":"ya29.from-mds","expires_in":3600,"token_type":"Bearer"}"#
+                    .into(),
+            )
+        } else if line.contains("/service-accounts/default/email") {
+            ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
+        } else {
+            ("404 Not Found", "{}".into())
+        }
+    });
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let proxy = Proxy::start(&gcs());
+    let dest = tmp.path().join("d");
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env("GCE_METADATA_HOST", &host)
+        .env("GCE_METADATA_IP", &host)
+        .env(
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
+            format!("{}/storage/v1/", proxy.url()),
+        )
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("the metadata server at {host}"))
+    );
+    let asked = seen.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|l| l.contains("/token") && l.contains("devstorage.read_only")),
+        "{asked:?}"
+    );
+    let heads = proxy.heads();
+    assert!(
+        !heads.is_empty() && heads.iter().all(|h| h.contains("Bearer ya29.from-mds")),
+        "{heads:?}"
+    );
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
 }

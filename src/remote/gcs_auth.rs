@@ -1,0 +1,181 @@
+//! Who GCS requests are from, through Google's own `google-cloud-auth`: the token flows
+//! (service-account JWT, authorized user, workload identity federation, impersonation, the
+//! metadata server), their token caches and refreshes are that crate's. What stays here is the
+//! loader's policy on top: which credentials file applies (a path KubeAI sets for an absent
+//! Secret warns and falls back), anonymous access for emulators and public buckets off Google
+//! Cloud, and how failures are classified.
+
+use std::path::{Path, PathBuf};
+
+use google_cloud_auth::credentials::{
+    external_account, impersonated, mds, service_account, user_account, CacheableResource,
+    Credentials,
+};
+use reqwest::header::HeaderMap;
+
+use crate::error::{Error, Kind, Result};
+use crate::progress::Reporter;
+
+/// How requests are authorized.
+pub enum Auth {
+    Anonymous,
+    Google {
+        creds: Credentials,
+        /// For log lines and errors: "service account a@b", "the metadata server at h", …
+        what: String,
+    },
+}
+
+impl Auth {
+    pub fn describe(&self) -> String {
+        match self {
+            Auth::Anonymous => "anonymous (no credentials)".into(),
+            Auth::Google { what, .. } => what.clone(),
+        }
+    }
+
+    /// The headers that authorize a request now (`authorization`, and `x-goog-user-project`
+    /// where a quota project is set); empty for anonymous access. Tokens are cached and
+    /// refreshed by google-cloud-auth.
+    pub async fn headers(&self) -> Result<HeaderMap> {
+        let Auth::Google { creds, what } = self else {
+            return Ok(HeaderMap::new());
+        };
+        match creds.headers(http_ext::Extensions::new()).await {
+            Ok(CacheableResource::New { data, .. }) => Ok(data),
+            Ok(CacheableResource::NotModified) => Ok(HeaderMap::new()),
+            Err(e) if e.is_transient() => Err(Error::new(
+                Kind::Network,
+                format!("cannot get an access token for {what}: the token endpoint failed; retrying"),
+            )
+            .with_source(e)
+            .transient(None)),
+            Err(e) => Err(Error::new(
+                Kind::Denied,
+                format!("cannot get an access token for {what}: check the credentials file or the pod's service account binding"),
+            )
+            .with_source(e)),
+        }
+    }
+}
+
+/// `http::Extensions` under another name: `http` is our HTTP module's name here.
+mod http_ext {
+    pub use ::http::Extensions;
+}
+
+/// The credentials to use, with `scope` (read-only, or read-write for uploads): none for an
+/// emulator; else the credentials file (`GOOGLE_APPLICATION_CREDENTIALS`, or gcloud's
+/// well-known file); else the metadata server when one answers; else anonymous.
+pub async fn discover(
+    client: &reqwest::Client,
+    emulator: bool,
+    scope: &'static str,
+    reporter: &dyn Reporter,
+) -> Result<Auth> {
+    let file = credentials_file(reporter);
+    if emulator {
+        return Ok(Auth::Anonymous);
+    }
+    if let Some(path) = file {
+        return from_file(&path, scope);
+    }
+    let host =
+        crate::env::var("GCE_METADATA_HOST").unwrap_or_else(|| "metadata.google.internal".into());
+    if !metadata_available(client, &host).await {
+        return Ok(Auth::Anonymous);
+    }
+    let creds = mds::Builder::default()
+        .with_scopes([scope])
+        .build()
+        .map_err(|e| Error::usage("cannot use the metadata server's credentials").with_source(e))?;
+    Ok(Auth::Google {
+        creds,
+        what: format!("the metadata server at {host} (GKE Workload Identity / GCE)"),
+    })
+}
+
+/// The credentials file to use: `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's well-known
+/// file. KubeAI sets the variable to a path even when its optional secret is absent, so a
+/// missing file warns and falls back instead of failing.
+fn credentials_file(reporter: &dyn Reporter) -> Option<PathBuf> {
+    if let Some(p) = crate::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
+        let path = PathBuf::from(&p);
+        if path.is_file() {
+            return Some(path);
+        }
+        reporter.warn(&format!(
+            "GOOGLE_APPLICATION_CREDENTIALS={p} does not exist; falling back to the metadata server or anonymous access"
+        ));
+        return None;
+    }
+    let well_known = crate::env::var("CLOUDSDK_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| crate::env::var("HOME").map(|h| Path::new(&h).join(".config/gcloud")))
+        .map(|d| d.join("application_default_credentials.json"));
+    well_known.filter(|p| p.is_file())
+}
+
+/// Builds the credentials a JSON file describes, by its `type`.
+fn from_file(path: &Path, scope: &'static str) -> Result<Auth> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
+    })?;
+    let kind = json["type"].as_str().unwrap_or_default().to_string();
+    let field = |name: &str| json[name].as_str().unwrap_or("?").to_string();
+    let (built, what) = match kind.as_str() {
+        "service_account" => (
+            service_account::Builder::new(json.clone())
+                .with_access_specifier(service_account::AccessSpecifier::from_scopes([scope]))
+                .build(),
+            format!("service account {}", field("client_email")),
+        ),
+        "authorized_user" => (
+            user_account::Builder::new(json.clone())
+                .with_scopes([scope])
+                .build(),
+            format!("authorized user (OAuth client {})", field("client_id")),
+        ),
+        "external_account" => (
+            external_account::Builder::new(json.clone())
+                .with_scopes([scope])
+                .build(),
+            format!("workload identity federation ({})", field("audience")),
+        ),
+        "impersonated_service_account" => (
+            impersonated::Builder::new(json.clone())
+                .with_scopes([scope])
+                .build(),
+            "an impersonated service account".to_string(),
+        ),
+        other => {
+            return Err(Error::usage(format!(
+                "{shown} holds {other:?} credentials; supported are \"service_account\", \"authorized_user\", \
+                 \"external_account\" (workload identity federation) and \"impersonated_service_account\" files, \
+                 the metadata server (GKE Workload Identity), and anonymous access"
+            )))
+        }
+    };
+    let creds = built.map_err(|e| {
+        Error::usage(format!("{shown}: cannot use these {kind} credentials")).with_source(e)
+    })?;
+    Ok(Auth::Google {
+        creds,
+        what: format!("{what} from {shown}"),
+    })
+}
+
+/// Is a metadata server answering? Short timeouts: off Google Cloud this must not stall.
+async fn metadata_available(client: &reqwest::Client, host: &str) -> bool {
+    let req = client
+        .get(format!(
+            "http://{host}/computeMetadata/v1/instance/service-accounts/default/email"
+        ))
+        .header("Metadata-Flavor", "Google")
+        .timeout(std::time::Duration::from_secs(2));
+    matches!(req.send().await, Ok(r) if r.status().is_success())
+}
