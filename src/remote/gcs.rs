@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::body::FileRange;
 use super::gcs_auth::{self, Auth};
 use super::http::{self, uri_encode, ClientOptions};
-use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
+use super::types::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 
@@ -161,7 +161,7 @@ impl Gcs {
                 if o.name.ends_with('/') && o.size == "0" {
                     continue; // folder placeholder
                 }
-                let path = super::below(folder, &o.name, &what)?;
+                let path = super::bucket::below(folder, &o.name, &what)?;
                 out.push(self.remote_file(o, path, &what)?);
             }
             match list.next_page_token {
@@ -404,7 +404,7 @@ impl Gcs {
     }
 }
 
-impl super::BucketListing for Gcs {
+impl super::bucket::BucketListing for Gcs {
     fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -424,7 +424,7 @@ impl super::BucketListing for Gcs {
 
 impl Source for Gcs {
     async fn list(&self) -> Result<Listing> {
-        super::list_bucket(self).await
+        super::bucket::list_bucket(self).await
     }
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
@@ -456,7 +456,7 @@ mod prop {
             let body = serde_json::json!({"items": [{"name": name, "size": size, "generation": "1"}]}).to_string();
             if let Ok(list) = serde_json::from_str::<ObjectList>(&body) {
                 for o in list.items {
-                    let _ = super::super::below("m/", &o.name, "list");
+                    let _ = super::super::bucket::below("m/", &o.name, "list");
                     let _ = o.size.parse::<u64>();
                 }
             }

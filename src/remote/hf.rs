@@ -15,7 +15,7 @@ use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
 
 use super::http::{self, uri_encode, ClientOptions};
-use super::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
+use super::types::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 use crate::url::{HfRepoType, HfUrl};
@@ -511,7 +511,7 @@ impl Source for Hf {
                 entries
                     .into_iter()
                     .map(|e| {
-                        let rel = super::below(&folder, &e.path, &what)?;
+                        let rel = super::bucket::below(&folder, &e.path, &what)?;
                         Ok(match e.lfs {
                             Some(lfs) => self.remote_file(e.path, rel, lfs.size, &lfs.oid, true),
                             None => self.remote_file(e.path, rel, e.size, &e.oid, false),
@@ -738,7 +738,7 @@ mod prop {
             let body = format!(r#"[{{"type":"file","path":{},"size":{size},"oid":"x"}}]"#, serde_json::Value::from(path.clone()));
             if let Ok(entries) = serde_json::from_str::<Vec<TreeEntry>>(&body) {
                 for e in entries {
-                    let _ = super::super::below("sub/", &e.path, "list");
+                    let _ = super::super::bucket::below("sub/", &e.path, "list");
                 }
             }
             let _ = serde_json::from_str::<Vec<TreeEntry>>(&junk);

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, CONTENT_RANGE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 
-use super::{ByteRange, ByteStream};
+use super::types::{ByteRange, ByteStream};
 use crate::error::{Error, Kind, Result};
 
 /// Client settings that do not depend on the scheme.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::http::{self, ClientOptions};
 use super::sigv4::{self, Credentials};
-use super::{ByteRange, Checksum, Fetched, Listing, PartChecksum, RemoteFile, Source};
+use super::types::{ByteRange, Checksum, Fetched, Listing, PartChecksum, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 
@@ -536,7 +536,7 @@ impl S3 {
                 if key.ends_with('/') && obj.size == 0 {
                     continue;
                 }
-                let path = super::below(folder, &key, &what)?;
+                let path = super::bucket::below(folder, &key, &what)?;
                 files.push(self.remote_file(key, path, obj.size, obj.e_tag));
             }
             match (page.is_truncated, page.next_continuation_token) {
@@ -799,7 +799,7 @@ impl S3 {
     }
 }
 
-impl super::BucketListing for S3 {
+impl super::bucket::BucketListing for S3 {
     fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -819,7 +819,7 @@ impl super::BucketListing for S3 {
 
 impl Source for S3 {
     async fn list(&self) -> Result<Listing> {
-        let mut listing = super::list_bucket(self).await?;
+        let mut listing = super::bucket::list_bucket(self).await?;
         // OSS too: its replies' whole-object CRC-64 takes precedence where it is sent
         // (transfer::finalize), the multipart ETag covers servers that do not send it.
         self.learn_checksums(&mut listing.files).await?;
@@ -1248,7 +1248,7 @@ mod prop {
             );
             if let Ok(page) = quick_xml::de::from_str::<ListBucketResult>(&xml) {
                 for o in page.contents {
-                    let _ = super::super::below("m/", &o.key, "list");
+                    let _ = super::super::bucket::below("m/", &o.key, "list");
                     let _ = percent_decode(&o.key);
                 }
             }

@@ -4,9 +4,9 @@
 //! at least 5 MiB but the last). GCS: one media upload, or a resumable session in multiples of
 //! 256 KiB; the CRC32C GCS stored is compared with the file's.
 
+use super::any::AnySource;
 use super::body::FileRange;
 use super::s3::S3;
-use super::AnySource;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 use crate::retry::{retrying, RetryPolicy};

@@ -1,0 +1,301 @@
+//! What every client speaks: listed files, their checksums, byte ranges, fetched bodies and
+//! the read interface ([`Source`]). No I/O here.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::error::Result;
+
+/// One file as the source lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// Path relative to the URL's folder, as the source spells it (validated later, after
+    /// --include/--exclude, so a user can exclude a hostile key).
+    pub path: String,
+    /// The source's own address for it (object key, repo path).
+    pub key: String,
+    pub size: u64,
+    pub checksum: Option<Checksum>,
+    /// Pins every ranged read to the listed bytes: the S3 ETag, a GCS generation, a commit.
+    pub version: Option<String>,
+}
+
+/// A checksum the listing gives for free, used to verify the bytes on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// S3 single-part ETags.
+    Md5([u8; 16]),
+    /// Hub LFS files (`lfs.oid`).
+    Sha256([u8; 32]),
+    /// Hub regular files: git's blob id, `sha1("blob <len>\0" + bytes)`.
+    GitBlobSha1([u8; 20]),
+    /// GCS objects (Castagnoli).
+    Crc32c(u32),
+    /// OSS objects: `x-oss-hash-crc64ecma` (CRC-64/XZ, the ECMA-182 polynomial reflected).
+    Crc64Ecma(u64),
+    /// S3 multipart ETags, `hex(md5(md5(part 1) ‖ … ‖ md5(part N)))-N`, with the part size
+    /// learnt from `HEAD ?partNumber=1`. Parts are taken as equal but the last, as every common
+    /// uploader (aws-cli, boto3, s5cmd, rclone, this tool) makes them.
+    MultipartMd5 {
+        part_size: u64,
+        parts: u32,
+        digest: [u8; 16],
+    },
+    /// S3 additional checksums of the whole object (`x-amz-checksum-type: FULL_OBJECT`, or a
+    /// single-part object): CRC-32 (ISO-HDLC), CRC-64/NVME, SHA-1.
+    Crc32(u32),
+    Crc64Nvme(u64),
+    Sha1([u8; 20]),
+    /// S3 composite checksums (`…-N`): the checksum of the concatenated part checksums, each
+    /// part `part_size` bytes but the last.
+    Composite {
+        of: PartChecksum,
+        part_size: u64,
+        parts: u32,
+        value: Vec<u8>,
+    },
+}
+
+/// What each part of a composite checksum is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartChecksum {
+    Crc32,
+    Crc32c,
+    Sha1,
+    Sha256,
+}
+
+impl PartChecksum {
+    /// A whole-object checksum of this kind with an empty value, to build a hasher from.
+    pub fn empty(self) -> Checksum {
+        match self {
+            PartChecksum::Crc32 => Checksum::Crc32(0),
+            PartChecksum::Crc32c => Checksum::Crc32c(0),
+            PartChecksum::Sha1 => Checksum::Sha1([0; 20]),
+            PartChecksum::Sha256 => Checksum::Sha256([0; 32]),
+        }
+    }
+}
+
+impl Checksum {
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Checksum::Md5(_) => "md5",
+            Checksum::Sha256(_) => "sha256",
+            Checksum::GitBlobSha1(_) => "git-sha1",
+            Checksum::Crc32c(_) => "crc32c",
+            Checksum::Crc64Ecma(_) => "crc64ecma",
+            Checksum::MultipartMd5 { .. } => "md5-of-parts",
+            Checksum::Crc32(_) => "crc32",
+            Checksum::Crc64Nvme(_) => "crc64nvme",
+            Checksum::Sha1(_) => "sha1",
+            Checksum::Composite { of, .. } => match of {
+                PartChecksum::Crc32 => "crc32-of-parts",
+                PartChecksum::Crc32c => "crc32c-of-parts",
+                PartChecksum::Sha1 => "sha1-of-parts",
+                PartChecksum::Sha256 => "sha256-of-parts",
+            },
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        match self {
+            Checksum::Md5(d) => hex::encode(d),
+            Checksum::Sha256(d) => hex::encode(d),
+            Checksum::GitBlobSha1(d) => hex::encode(d),
+            Checksum::Crc32c(c) => format!("{c:08x}"),
+            Checksum::Crc64Ecma(c) => format!("{c:016x}"),
+            Checksum::MultipartMd5 {
+                part_size,
+                parts,
+                digest,
+            } => format!("{}-{parts}/{part_size}", hex::encode(digest)),
+            Checksum::Crc32(c) => format!("{c:08x}"),
+            Checksum::Crc64Nvme(c) => format!("{c:016x}"),
+            Checksum::Sha1(d) => hex::encode(d),
+            Checksum::Composite {
+                part_size,
+                parts,
+                value,
+                ..
+            } => format!("{}-{parts}/{part_size}", hex::encode(value)),
+        }
+    }
+
+    /// `algorithm:hex`, as stored in the manifest.
+    pub fn tagged(&self) -> String {
+        format!("{}:{}", self.algorithm(), self.hex())
+    }
+
+    /// Reads back what [`Checksum::tagged`] wrote (None: unknown or malformed).
+    pub fn from_tagged(s: &str) -> Option<Checksum> {
+        fn arr<const N: usize>(h: &str) -> Option<[u8; N]> {
+            let mut out = [0u8; N];
+            hex::decode_to_slice(h, &mut out).ok()?;
+            Some(out)
+        }
+        let (algo, value) = s.split_once(':')?;
+        let parts = |v: &str| -> Option<(Vec<u8>, u32, u64)> {
+            let (digest, rest) = v.split_once('-')?;
+            let (parts, size) = rest.split_once('/')?;
+            Some((
+                hex::decode(digest).ok()?,
+                parts.parse().ok()?,
+                size.parse().ok()?,
+            ))
+        };
+        let composite = |of: PartChecksum| {
+            let (value, parts, part_size) = parts(value)?;
+            Some(Checksum::Composite {
+                of,
+                part_size,
+                parts,
+                value,
+            })
+        };
+        Some(match algo {
+            "md5" => Checksum::Md5(arr(value)?),
+            "sha256" => Checksum::Sha256(arr(value)?),
+            "git-sha1" => Checksum::GitBlobSha1(arr(value)?),
+            "sha1" => Checksum::Sha1(arr(value)?),
+            "crc32c" => Checksum::Crc32c(u32::from_str_radix(value, 16).ok()?),
+            "crc32" => Checksum::Crc32(u32::from_str_radix(value, 16).ok()?),
+            "crc64ecma" => Checksum::Crc64Ecma(u64::from_str_radix(value, 16).ok()?),
+            "crc64nvme" => Checksum::Crc64Nvme(u64::from_str_radix(value, 16).ok()?),
+            "md5-of-parts" => {
+                let (digest, parts, part_size) = parts(value)?;
+                Checksum::MultipartMd5 {
+                    part_size,
+                    parts,
+                    digest: digest.try_into().ok()?,
+                }
+            }
+            "crc32-of-parts" => composite(PartChecksum::Crc32)?,
+            "crc32c-of-parts" => composite(PartChecksum::Crc32c)?,
+            "sha1-of-parts" => composite(PartChecksum::Sha1)?,
+            "sha256-of-parts" => composite(PartChecksum::Sha256)?,
+            _ => return None,
+        })
+    }
+}
+
+/// A half-open byte range `[start, end)`; never empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+
+    /// The `Range` header value (inclusive end, as HTTP wants it).
+    pub fn header(&self) -> String {
+        format!("bytes={}-{}", self.start, self.end.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bytes {}-{}", self.start, self.end.saturating_sub(1))
+    }
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// What a fetch returns: the body, and whether the listed checksum really describes these
+/// bytes (an S3 ETag looks like an MD5 but is not one for SSE-KMS objects; only the GET
+/// reply tells).
+pub struct Fetched {
+    pub body: ByteStream,
+    pub checksum_applies: bool,
+    /// A whole-object checksum only the reply carries (OSS's CRC-64), used when the listing
+    /// has none.
+    pub object_checksum: Option<Checksum>,
+}
+
+/// What one listing found: every file, plus the resolved revision where the source has one.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub files: Vec<RemoteFile>,
+    pub revision: Option<String>,
+}
+
+/// The one interface every scheme implements.
+pub trait Source: Send + Sync {
+    /// Every file under the URL, with size, checksum and version token, in one logical call
+    /// (paginating inside). A URL naming one object yields that object.
+    fn list(&self) -> impl Future<Output = Result<Listing>> + Send;
+
+    /// Exactly the bytes of `range` of `file`, pinned to the listed version. Fails unless the
+    /// reply is a 206 with the matching Content-Range.
+    fn fetch(
+        &self,
+        file: &RemoteFile,
+        range: ByteRange,
+    ) -> impl Future<Output = Result<Fetched>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_checksums_read_back() {
+        let all = [
+            Checksum::Md5([1; 16]),
+            Checksum::Sha256([2; 32]),
+            Checksum::GitBlobSha1([3; 20]),
+            Checksum::Sha1([4; 20]),
+            Checksum::Crc32c(5),
+            Checksum::Crc32(0xdead_beef),
+            Checksum::Crc64Ecma(u64::MAX),
+            Checksum::Crc64Nvme(7),
+            Checksum::MultipartMd5 {
+                part_size: 8 << 20,
+                parts: 3,
+                digest: [9; 16],
+            },
+            Checksum::Composite {
+                of: PartChecksum::Crc32,
+                part_size: 5 << 20,
+                parts: 2,
+                value: vec![1, 2, 3, 4],
+            },
+            Checksum::Composite {
+                of: PartChecksum::Sha256,
+                part_size: 1,
+                parts: 1,
+                value: vec![7; 32],
+            },
+        ];
+        for c in all {
+            assert_eq!(
+                Checksum::from_tagged(&c.tagged()),
+                Some(c.clone()),
+                "{}",
+                c.tagged()
+            );
+        }
+        for bad in [
+            "",
+            "md5",
+            "md5:zz",
+            "crc32:",
+            "md5-of-parts:00-x/1",
+            "nope:00",
+        ] {
+            assert_eq!(Checksum::from_tagged(bad), None, "{bad}");
+        }
+    }
+}
