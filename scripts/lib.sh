@@ -2,10 +2,6 @@
 # servers on loopback with cleanup. Source it; do not run it.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Nothing here reads stdin, and cargo's compiler probes (`rustc -`, `clippy-driver rustc -`)
-# must not either: an inherited stdin with stray text broke clippy's probe (and cargo cached
-# the failure in target/.rustc_info.json).
-exec </dev/null
 VENV="$ROOT/.venv"
 RUN_DIR="$ROOT/target/servers"
 MOTO_VERSION="5.2.1"
