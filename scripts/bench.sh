@@ -63,13 +63,6 @@ install_s3_peers() {
   fi
 }
 
-ensure_nginx() {
-  command -v nginx >/dev/null && return 0
-  log "installing nginx-light (Debian) for the benchmark CDN"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q nginx-light >/dev/null
-  else sudo apt-get install -y -q nginx-light >/dev/null; fi
-}
-
 # start_nginx ROOT: serves ROOT on a free loopback port; sets NGINX_URL.
 start_nginx() {
   local root=$1 port; port=$(free_port)

@@ -97,6 +97,15 @@ start_s3s_fs() {
   log "s3s-fs on $S3S_URL"
 }
 
+# nginx (Debian's nginx-light, built with the slice module): the bench's CDN and the tests'
+# caching P2P proxy.
+ensure_nginx() {
+  command -v nginx >/dev/null && return 0
+  log "installing nginx-light (Debian)"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q nginx-light >/dev/null
+  else sudo apt-get install -y -q nginx-light >/dev/null; fi
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

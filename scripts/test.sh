@@ -42,6 +42,8 @@ HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=
   HF_HUB_DISABLE_PROGRESS_BARS=1 "$VENV/bin/python" scripts/support/check_fake_hub.py "$RUN_DIR/hf-check"
 
 export MODEL_LOADER_TEST_PYTHON="$VENV/bin/python"
+ensure_nginx
+export MODEL_LOADER_TEST_NGINX="$(command -v nginx)"
 
 log "cargo test"
 cargo test --locked --all-targets -- "$@"

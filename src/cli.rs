@@ -128,6 +128,16 @@ pub struct Args {
     #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]
     pub oss_internal: bool,
 
+    /// Send object reads (S3/OSS presigned GETs, GCS media reads, the Hub's CDN) through this
+    /// P2P proxy, a node's Dragonfly dfdaemon (e.g. http://$(HOST_IP):4001). Listings, tokens
+    /// and API calls stay direct; a proxy that fails has its requests sent direct.
+    #[arg(long, env = "MODEL_LOADER_P2P_PROXY", value_name = "URL")]
+    pub p2p_proxy: Option<String>,
+
+    /// The CA certificate (PEM) the P2P proxy signs intercepted HTTPS with.
+    #[arg(long, env = "MODEL_LOADER_P2P_CA", value_name = "FILE")]
+    pub p2p_ca: Option<PathBuf>,
+
     /// Seconds a response body may stall before the request is cut and retried.
     #[arg(long, env = "MODEL_LOADER_READ_TIMEOUT", default_value_t = 30.0)]
     pub read_timeout: f64,
@@ -406,6 +416,7 @@ pub struct Config {
     pub oss_internal: bool,
     pub lock_stale: Duration,
     pub fsync: bool,
+    pub p2p: Option<crate::remote::p2p::P2pOptions>,
 }
 
 impl Args {
@@ -498,7 +509,33 @@ impl Args {
             oss_internal: self.oss_internal,
             lock_stale: secs(self.lock_stale, "lock_stale")?,
             fsync: self.fsync,
+            p2p: self.p2p_options()?,
         })
+    }
+
+    /// `--p2p-proxy` checked offline: an http(s) URL; `--p2p-ca` only with a proxy.
+    fn p2p_options(&self) -> Result<Option<crate::remote::p2p::P2pOptions>> {
+        let Some(proxy) = self.p2p_proxy.as_deref().filter(|p| !p.trim().is_empty()) else {
+            if self.p2p_ca.is_some() {
+                return Err(Error::usage(format!(
+                    "{} is set but {} is not: the CA is for the P2P proxy",
+                    self.named("p2p_ca"),
+                    self.named("p2p_proxy")
+                )));
+            }
+            return Ok(None);
+        };
+        if !(proxy.starts_with("http://") || proxy.starts_with("https://")) {
+            return Err(Error::usage(format!(
+                "{} {:?} is not an http:// or https:// URL (e.g. http://$(HOST_IP):4001)",
+                self.named("p2p_proxy"),
+                crate::redact::userinfo(proxy)
+            )));
+        }
+        Ok(Some(crate::remote::p2p::P2pOptions {
+            proxy: proxy.trim().to_string(),
+            ca: self.p2p_ca.clone(),
+        }))
     }
 
     /// Integer options outside what the loader can use.

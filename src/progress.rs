@@ -37,6 +37,9 @@ pub struct Summary {
     pub files_removed: usize,
     pub retries: u64,
     pub elapsed: Duration,
+    /// Object requests through the P2P proxy, and those sent direct instead.
+    pub p2p_through: u64,
+    pub p2p_direct: u64,
 }
 
 /// Receives everything the user should see. Called from many tasks at once; `bytes` is on the
@@ -287,7 +290,8 @@ impl Reporter for LineReporter {
             self.emit(json!({"event": "done", "direction": direction(s.upload),
                 "files_fetched": s.files_fetched,
                 "bytes_fetched": s.bytes_fetched, "files_skipped": s.files_skipped,
-                "files_removed": s.files_removed, "retries": s.retries, "elapsed_s": secs}));
+                "files_removed": s.files_removed, "retries": s.retries, "elapsed_s": secs,
+                "p2p_through": s.p2p_through, "p2p_direct": s.p2p_direct}));
         } else {
             eprintln!("{}", summary_line(s, secs, rate));
         }

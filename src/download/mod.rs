@@ -79,13 +79,15 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     }
     prepare_dest(cfg, &state, &plan, previous.as_ref())?;
     let parties = engine::Parties {
-        source,
+        source: Arc::clone(&source),
         state: Arc::clone(&state),
         reporter: Arc::clone(&reporter),
         cancel: cancel.clone(),
         shown: source_text.clone(),
     };
-    let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await?;
+    let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await;
+    report_p2p(&source, reporter.as_ref(), &mut summary);
+    let done = done?;
     // Renames (and folders this run created) are durable only once their folders are synced.
     if cfg.fsync {
         state.sync_folders(selected.iter().map(|(p, _)| p))?;
@@ -108,12 +110,37 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     Ok(summary)
 }
 
+/// How many object requests crossed the P2P proxy and how many went direct (and why, first).
+fn report_p2p(source: &AnySource, reporter: &dyn Reporter, summary: &mut Summary) {
+    let Some(r) = source.p2p_report() else {
+        return;
+    };
+    summary.p2p_through = r.through;
+    summary.p2p_direct = r.direct;
+    let why = r
+        .first_fallback
+        .map(|w| format!(" (first: {w})"))
+        .unwrap_or_default();
+    let line = format!(
+        "p2p: {} through {}, {} direct{why}",
+        progress::count(r.through as usize, "request"),
+        r.proxy,
+        r.direct
+    );
+    if r.direct > 0 {
+        reporter.warn(&line);
+    } else {
+        reporter.info(&line);
+    }
+}
+
 /// Opens the source (credentials, endpoint, revision) and lists it once, both retried.
 async fn open_and_list(
     cfg: &Config,
     reporter: &dyn Reporter,
 ) -> Result<(Arc<AnySource>, source::Listing)> {
     let client_opts = source::Options {
+        p2p: cfg.p2p.clone(),
         http: source::http::ClientOptions {
             read_timeout: cfg.read_timeout,
             max_idle_per_host: cfg.concurrency.unwrap_or(32),

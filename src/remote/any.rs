@@ -1,5 +1,8 @@
 //! [`AnySource`]: the closed set of clients, chosen from the URL, with static dispatch.
 
+use std::sync::Arc;
+
+use super::p2p::{P2p, P2pOptions, P2pReport};
 use super::types::{ByteRange, Fetched, Listing, RemoteFile, Source};
 use super::{gcs, hf, http, oss, s3};
 use crate::error::Result;
@@ -14,6 +17,8 @@ pub struct Options {
     pub oss_internal: bool,
     /// The client will write (upload): ask for write credentials where scopes exist (GCS).
     pub write: bool,
+    /// Send object reads through this P2P proxy (`--p2p-proxy`).
+    pub p2p: Option<P2pOptions>,
 }
 
 /// The closed set of schemes: static dispatch, no boxing.
@@ -27,6 +32,33 @@ pub enum AnySource {
 impl AnySource {
     /// Builds the client and resolves credentials once, logging which identity is used.
     pub async fn open(url: &SourceUrl, opts: &Options, reporter: &dyn Reporter) -> Result<Self> {
+        let mut source = Self::open_direct(url, opts, reporter).await?;
+        if let Some(p) = &opts.p2p {
+            let p2p = Arc::new(P2p::new(p, &opts.http)?);
+            reporter.info(&format!(
+                "p2p: object reads go through {} (listings, tokens and API calls stay direct)",
+                p2p.report().proxy
+            ));
+            match &mut source {
+                AnySource::S3(s) | AnySource::Oss(s) => s.p2p = Some(p2p),
+                AnySource::Gcs(s) => s.p2p = Some(p2p),
+                AnySource::Hf(s) => s.p2p = Some(p2p),
+            }
+        }
+        Ok(source)
+    }
+
+    /// What went through the P2P proxy and what around it, when one is set.
+    pub fn p2p_report(&self) -> Option<P2pReport> {
+        let p2p = match self {
+            AnySource::S3(s) | AnySource::Oss(s) => s.p2p.as_ref(),
+            AnySource::Gcs(s) => s.p2p.as_ref(),
+            AnySource::Hf(s) => s.p2p.as_ref(),
+        };
+        p2p.map(|p| p.report())
+    }
+
+    async fn open_direct(url: &SourceUrl, opts: &Options, reporter: &dyn Reporter) -> Result<Self> {
         let http = &opts.http;
         match url {
             SourceUrl::Bucket {

@@ -48,6 +48,8 @@ pub struct Hf {
     commit: String,
     /// Signed CDN URL per repo path, reused by every chunk of that file until it expires.
     cdn: Mutex<HashMap<String, Url>>,
+    /// CDN reads through a P2P proxy (`--p2p-proxy`); the token never goes there.
+    pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +112,7 @@ impl Hf {
             url: url.clone(),
             commit: String::new(),
             cdn: Mutex::new(HashMap::new()),
+            p2p: None,
         };
         hf.commit = hf.resolve_revision().await?;
         if hf.commit != hf.url.revision {
@@ -476,13 +479,31 @@ impl Hf {
         range: ByteRange,
         what: &str,
     ) -> Result<Option<Response>> {
-        let resp = self
-            .client
-            .get(cdn.clone())
-            .header(RANGE, range.header())
-            .send()
-            .await
-            .map_err(|e| http::transport_error(what, e))?;
+        let through_p2p = match &self.p2p {
+            Some(p2p) => {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
+                    headers.insert(RANGE, v);
+                }
+                // An LFS file is its sha256 on every node and in every repo that holds it.
+                let task = match &file.checksum {
+                    Some(Checksum::Sha256(d)) => Some(format!("hf-lfs:sha256:{}", hex::encode(d))),
+                    _ => None,
+                };
+                p2p.get(cdn.as_str(), headers, task.as_deref()).await
+            }
+            None => None,
+        };
+        let resp = match through_p2p {
+            Some(resp) => resp,
+            None => self
+                .client
+                .get(cdn.clone())
+                .header(RANGE, range.header())
+                .send()
+                .await
+                .map_err(|e| http::transport_error(what, e))?,
+        };
         if matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
             self.cdn
                 .lock()

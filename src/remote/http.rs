@@ -39,6 +39,17 @@ impl Default for ClientOptions {
 /// (S3 answers a wrong region with 301, which must be seen, not followed), no decompression
 /// (Content-Length must stay the object's size).
 pub fn client(opts: &ClientOptions) -> Result<reqwest::Client> {
+    client_builder(opts)?.build().map_err(|e| {
+        Error::new(
+            Kind::Usage,
+            "cannot set up the HTTP client (TLS roots or proxy settings)",
+        )
+        .with_source(e)
+    })
+}
+
+/// The builder [`client`] finishes, for clients that add to it (the P2P proxy's).
+pub fn client_builder(opts: &ClientOptions) -> Result<reqwest::ClientBuilder> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("model-loader/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -67,13 +78,7 @@ pub fn client(opts: &ClientOptions) -> Result<reqwest::Client> {
         }
         b = b.tls_certs_merge(certs);
     }
-    b.build().map_err(|e| {
-        Error::new(
-            Kind::Usage,
-            "cannot set up the HTTP client (TLS roots or proxy settings)",
-        )
-        .with_source(e)
-    })
+    Ok(b)
 }
 
 /// Classifies a failure to send a request or read its body. Everything at this level is a

@@ -12,6 +12,7 @@ mod gcs_auth;
 pub mod hf;
 pub mod http;
 pub mod oss;
+pub mod p2p;
 pub mod s3;
 pub mod sigv4;
 pub mod types;

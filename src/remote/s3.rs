@@ -242,6 +242,8 @@ pub struct S3 {
     scheme: &'static str,
     credential_hint: &'static str,
     region_hint: &'static str,
+    /// Object reads through a P2P proxy, as presigned URLs (`--p2p-proxy`).
+    pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
 }
 
 impl S3 {
@@ -256,6 +258,7 @@ impl S3 {
             scheme: service.scheme,
             credential_hint: service.credential_hint,
             region_hint: service.region_hint,
+            p2p: None,
         }
     }
 
@@ -828,6 +831,9 @@ impl Source for S3 {
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         let what = format!("GET {} ({range})", self.display(&file.key));
+        if let Some(resp) = self.fetch_p2p(file, range).await? {
+            return self.fetched(resp, file, range, &what).await;
+        }
         let mut extra = vec![(reqwest::header::RANGE, range.header())];
         if let Some(v) = &file.version {
             extra.push((reqwest::header::IF_MATCH, v.clone()));
@@ -841,6 +847,51 @@ impl Source for S3 {
                 &what,
             )
             .await?;
+        self.fetched(resp, file, range, &what).await
+    }
+}
+
+impl S3 {
+    /// The ranged GET through the P2P proxy, as a presigned URL (SignedHeaders=host) that the
+    /// daemon can replay later with its own ranges; `None` when there is no proxy or it should
+    /// go direct. The task is the object's content identity, the same on every node.
+    async fn fetch_p2p(&self, file: &RemoteFile, range: ByteRange) -> Result<Option<Response>> {
+        let Some(p2p) = &self.p2p else {
+            return Ok(None);
+        };
+        let url = format!("{}{}", self.endpoint.base, self.object_path(&file.key));
+        let url = match self.signer.credentials().await? {
+            Some(creds) => {
+                sigv4::presign(&creds, &url, &self.region, PRESIGNED_FOR, SystemTime::now())?
+            }
+            None => url,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RANGE, header_value(&range.header()));
+        if let Some(v) = &file.version {
+            headers.insert(reqwest::header::IF_MATCH, header_value(v));
+        }
+        let task = file.version.as_ref().map(|v| {
+            format!(
+                "{}://{}/{}@{}",
+                self.scheme,
+                self.bucket,
+                file.key,
+                v.trim_matches('"')
+            )
+        });
+        Ok(p2p.get(&url, headers, task.as_deref()).await)
+    }
+
+    /// Checks a reply to a ranged GET and turns it into the fetched body.
+    async fn fetched(
+        &self,
+        resp: Response,
+        file: &RemoteFile,
+        range: ByteRange,
+        what: &str,
+    ) -> Result<Fetched> {
+        let what = what.to_string();
         if !resp.status().is_success() {
             return Err(self.status_error(resp, &what, Some(&file.key)).await);
         }
@@ -997,6 +1048,15 @@ fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String
 
 fn header_u64(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// How long a presigned URL handed to the P2P proxy stays valid: the daemon replays it for
+/// later pieces of the task.
+const PRESIGNED_FOR: Duration = Duration::from_secs(3600);
+
+fn header_value(v: &str) -> reqwest::header::HeaderValue {
+    reqwest::header::HeaderValue::from_str(v)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""))
 }
 
 /// What S3 and OSS error bodies say. Only `Code` and `Message` are read: the rest of an error

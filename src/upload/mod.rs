@@ -47,6 +47,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
         ));
     }
     let opts = remote::Options {
+        p2p: None,
         http: remote::http::ClientOptions {
             read_timeout: cfg.read_timeout,
             ..Default::default()

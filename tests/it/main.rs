@@ -7,6 +7,7 @@ mod faults;
 mod gcs;
 mod hf;
 mod oss;
+mod p2p;
 mod s3;
 mod safety;
 mod ship;

@@ -2,6 +2,7 @@
 //! missing one fails the test loudly, never skips it), S3 seeding, a request-counting proxy,
 //! running the real binary, and hashing trees.
 
+pub mod fwdproxy;
 pub mod liar;
 pub mod proxy;
 

@@ -1,0 +1,184 @@
+//! Object reads through a node-local P2P proxy (Dragonfly's `dfdaemon`, port 4001 on each node):
+//! a GET it recognises becomes a task split into pieces, each fetched from the origin once for
+//! the whole cluster. Only object data goes this way — listings, tokens, metadata and API calls
+//! stay direct — and each request is one every node makes identically, so they share a task:
+//! presigned (query-authenticated) URLs, the signature parameters named as filtered, and a task
+//! identity from the object's content identity (bucket/key@ETag, generation, LFS sha256).
+//!
+//! Never worse than direct: a proxy that refuses the connection, or answers with an error it
+//! marks as its own (`X-Dragonfly-Error-Type`) or a 5xx, has that request sent direct; the run
+//! reports how many went each way. Verification stays end to end (the daemon does not check
+//! upstream TLS), so a proxy can slow a load down but never make it wrong.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::Response;
+
+use super::http::{self, ClientOptions};
+use crate::error::{Error, Result};
+
+/// `--p2p-proxy` and `--p2p-ca`.
+#[derive(Debug, Clone)]
+pub struct P2pOptions {
+    /// `http://HOST:PORT` of the node's dfdaemon proxy.
+    pub proxy: String,
+    /// The CA dfdaemon signs intercepted HTTPS with.
+    pub ca: Option<PathBuf>,
+}
+
+/// Query parameters that sign a URL but do not name the object: S3 and OSS SigV4 presigning,
+/// GCS V4 signing, CloudFront (the Hub's CDN), OSS V1. Dragonfly drops them from the task id.
+pub const FILTERED_QUERY_PARAMS: &str = "X-Amz-Algorithm,X-Amz-Credential,X-Amz-Date,X-Amz-Expires,X-Amz-SignedHeaders,X-Amz-Signature,X-Amz-Security-Token,X-Amz-Content-Sha256,x-id,X-Goog-Algorithm,X-Goog-Credential,X-Goog-Date,X-Goog-Expires,X-Goog-SignedHeaders,X-Goog-Signature,Expires,Signature,Key-Pair-Id,Policy,OSSAccessKeyId,security-token";
+
+/// What crossed the proxy and what went around it.
+#[derive(Debug, Default, Clone)]
+pub struct P2pReport {
+    pub proxy: String,
+    pub through: u64,
+    pub direct: u64,
+    /// Why the first request went direct.
+    pub first_fallback: Option<String>,
+}
+
+/// A client for object reads through the proxy.
+pub struct P2p {
+    client: reqwest::Client,
+    shown: String,
+    through: AtomicU64,
+    direct: AtomicU64,
+    first_fallback: Mutex<Option<String>>,
+}
+
+impl P2p {
+    pub fn new(opts: &P2pOptions, base: &ClientOptions) -> Result<P2p> {
+        let proxy = reqwest::Proxy::all(&opts.proxy).map_err(|e| {
+            Error::usage(format!(
+                "--p2p-proxy {:?} is not a proxy URL (e.g. http://$(HOST_IP):4001)",
+                crate::redact::userinfo(&opts.proxy)
+            ))
+            .with_source(e)
+        })?;
+        let mut with_ca = base.clone();
+        with_ca.ca_bundles.extend(opts.ca.iter().cloned());
+        let client = http::client_builder(&with_ca)?
+            .proxy(proxy)
+            .build()
+            .map_err(|e| Error::usage("cannot set up the P2P proxy client").with_source(e))?;
+        Ok(P2p {
+            client,
+            shown: crate::redact::userinfo(&opts.proxy),
+            through: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
+            first_fallback: Mutex::new(None),
+        })
+    }
+
+    /// GETs `url` through the proxy with `headers` (Range, If-Match, a bearer) plus Dragonfly's:
+    /// use P2P, the filtered signature parameters, and `task` as the task identity when given.
+    /// `None`: send this request direct instead (counted, the first reason kept).
+    pub async fn get(
+        &self,
+        url: &str,
+        mut headers: HeaderMap,
+        task: Option<&str>,
+    ) -> Option<Response> {
+        headers.insert(
+            HeaderName::from_static("x-dragonfly-use-p2p"),
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            HeaderName::from_static("x-dragonfly-filtered-query-params"),
+            HeaderValue::from_static(FILTERED_QUERY_PARAMS),
+        );
+        if let Some(v) = task.and_then(|t| HeaderValue::from_str(t).ok()) {
+            headers.insert(
+                HeaderName::from_static("x-dragonfly-content-for-calculating-task-id"),
+                v,
+            );
+        }
+        let why = match self.client.get(url).headers(headers).send().await {
+            Ok(resp) => match fallback_reason(&resp) {
+                None => {
+                    self.through.fetch_add(1, Ordering::Relaxed);
+                    return Some(resp);
+                }
+                Some(why) => why,
+            },
+            Err(e) => format!("the proxy is unreachable ({})", deepest_cause(&e)),
+        };
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        let mut first = self
+            .first_fallback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(why);
+        None
+    }
+
+    pub fn report(&self) -> P2pReport {
+        P2pReport {
+            proxy: self.shown.clone(),
+            through: self.through.load(Ordering::Relaxed),
+            direct: self.direct.load(Ordering::Relaxed),
+            first_fallback: self
+                .first_fallback
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// The innermost cause of a transport error ("Connection refused (os error 111)").
+fn deepest_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Why a reply from the proxy should not be used: an error the proxy or daemon marks as its
+/// own (`X-Dragonfly-Error-Type`, also `backend` — a presigned URL the daemon replayed too late
+/// is refused there but fine direct), or a 5xx from a proxy that does not mark its errors.
+fn fallback_reason(resp: &Response) -> Option<String> {
+    let status = resp.status();
+    if let Some(kind) = resp
+        .headers()
+        .get("x-dragonfly-error-type")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(format!("the proxy answered HTTP {status} ({kind} error)"));
+    }
+    status
+        .is_server_error()
+        .then(|| format!("the proxy answered HTTP {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signature_parameter_is_filtered() {
+        let names: Vec<&str> = FILTERED_QUERY_PARAMS.split(',').collect();
+        for p in [
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "X-Amz-Date",
+            "X-Amz-Expires",
+            "X-Amz-Security-Token",
+            "X-Goog-Signature",
+            "Expires",
+            "Signature",
+            "Key-Pair-Id",
+            "Policy",
+        ] {
+            assert!(names.contains(&p), "{p}");
+        }
+        assert!(HeaderValue::from_str(FILTERED_QUERY_PARAMS).is_ok());
+    }
+}
