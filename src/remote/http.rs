@@ -60,14 +60,14 @@ pub fn client_builder(opts: &ClientOptions) -> Result<reqwest::ClientBuilder> {
     for path in &opts.ca_bundles {
         let pem = std::fs::read(path).map_err(|e| {
             Error::usage(format!(
-                "cannot read the CA bundle {} (AWS_CA_BUNDLE): fix the path or unset it",
+                "cannot read the CA bundle {} (AWS_CA_BUNDLE or --p2p-ca): fix the path or unset it",
                 path.display()
             ))
             .with_source(e)
         })?;
         let not_pem = || {
             Error::usage(format!(
-                "the CA bundle {} holds no valid PEM certificate: point AWS_CA_BUNDLE at a PEM file",
+                "the CA bundle {} holds no valid PEM certificate (AWS_CA_BUNDLE or --p2p-ca): point it at a PEM file",
                 path.display()
             ))
         };

@@ -6,12 +6,12 @@
 //! identity from the object's content identity (bucket/key@ETag, generation, LFS sha256).
 //!
 //! Never worse than direct: a proxy that refuses the connection, or answers with an error it
-//! marks as its own (`X-Dragonfly-Error-Type`) or a 5xx, has that request sent direct; the run
-//! reports how many went each way. Verification stays end to end (the daemon does not check
+//! marks as its own (`X-Dragonfly-Error-Type`) or a 5xx, has that request sent direct, and after
+//! three such failures in a row the run stops asking it; the run reports how many went each way. Verification stays end to end (the daemon does not check
 //! upstream TLS), so a proxy can slow a load down but never make it wrong.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -43,12 +43,17 @@ pub struct P2pReport {
     pub first_fallback: Option<String>,
 }
 
+/// After this many failures in a row the proxy is left alone for the rest of the run: a
+/// black-holed proxy would otherwise cost a connect timeout on every request.
+const GIVE_UP_AFTER: u32 = 3;
+
 /// A client for object reads through the proxy.
 pub struct P2p {
     client: reqwest::Client,
     shown: String,
     through: AtomicU64,
     direct: AtomicU64,
+    failures_in_a_row: AtomicU32,
     first_fallback: Mutex<Option<String>>,
 }
 
@@ -72,6 +77,7 @@ impl P2p {
             shown: crate::redact::userinfo(&opts.proxy),
             through: AtomicU64::new(0),
             direct: AtomicU64::new(0),
+            failures_in_a_row: AtomicU32::new(0),
             first_fallback: Mutex::new(None),
         })
     }
@@ -85,6 +91,10 @@ impl P2p {
         mut headers: HeaderMap,
         task: Option<&str>,
     ) -> Option<Response> {
+        if self.failures_in_a_row.load(Ordering::Relaxed) >= GIVE_UP_AFTER {
+            self.direct.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         headers.insert(
             HeaderName::from_static("x-dragonfly-use-p2p"),
             HeaderValue::from_static("true"),
@@ -103,6 +113,7 @@ impl P2p {
             Ok(resp) => match fallback_reason(&resp) {
                 None => {
                     self.through.fetch_add(1, Ordering::Relaxed);
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
                     return Some(resp);
                 }
                 Some(why) => why,
@@ -110,6 +121,7 @@ impl P2p {
             Err(e) => format!("the proxy is unreachable ({})", deepest_cause(&e)),
         };
         self.direct.fetch_add(1, Ordering::Relaxed);
+        self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
         let mut first = self
             .first_fallback
             .lock()

@@ -366,3 +366,34 @@ impl Drop for CachingProxy {
 fn nginx() -> String {
     std::env::var("MODEL_LOADER_TEST_NGINX").unwrap_or_else(|_| "nginx".into())
 }
+
+#[test]
+fn bad_p2p_settings_exit_2_before_any_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--p2p-proxy", "ftp://10.0.0.1:4001"],
+            "is not an http:// or https:// URL",
+        ),
+        (
+            vec!["--p2p-ca", "/no/such/ca.crt"],
+            "--p2p-ca is set but --p2p-proxy is not",
+        ),
+        (
+            vec![
+                "--p2p-proxy",
+                "http://127.0.0.1:9",
+                "--p2p-ca",
+                "/no/such/ca.crt",
+            ],
+            "cannot read the CA bundle /no/such/ca.crt",
+        ),
+    ] {
+        let out = run(loader("http://127.0.0.1:9", tmp.path())
+            .args(&args)
+            .arg("s3://bkt/m")
+            .arg(tmp.path().join("d")));
+        let line = error_line(&out, 2);
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+}
