@@ -371,7 +371,9 @@ CONF
 bench_fleet() {
   ensure_nginx
   install_s3s_fs
-  local data="$BENCH_DIR/fleet-data" mib=512
+  # 4 nodes write 4 copies (plus the cache's and the server's): kept to 2 × 256 MiB, as these
+  # machines' disks can be small.
+  local data="$BENCH_DIR/fleet-data" mib=256
   [ "$SMOKE" = 1 ] && mib=4
   if [ ! -f "$data/.complete-$mib" ]; then
     rm -rf "$data"; mkdir -p "$data"
@@ -398,14 +400,18 @@ bench_fleet() {
       fi
       rm -rf "$BENCH_DIR"/fleet-node*; sync; : > "$BENCH_DIR/fleet-origin/access.log"
       measure fleet model-loader "$([ $mode = cache ] && echo '4 nodes at once through a caching proxy (--p2p-proxy)' || echo '4 nodes at once, each to the origin')" \
-        "$run" "$((bytes * 4))" 12 -- bash -c "for n in 1 2 3 4; do AWS_ENDPOINT_URL=http://127.0.0.1:$origin_port '$BIN' --progress none $p2p s3://fleet/m '$BENCH_DIR/fleet-node'\$n & done; wait"
+        "$run" "$((bytes * 4))" 12 -- bash -c "for n in 1 2 3 4; do AWS_ENDPOINT_URL=http://127.0.0.1:$origin_port '$BIN' --progress none $p2p s3://fleet/m '$BENCH_DIR/fleet-node'\$n & done; fail=0; for j in \$(jobs -p); do wait \$j || fail=1; done; exit \$fail"
       for n in 1 2 3 4; do
         cmp -s "$BENCH_DIR/fleet-node$n/model-00001-of-00002.safetensors" "$data/model-00001-of-00002.safetensors" || { log "MISMATCH"; exit 1; }
       done
       printf '%s\t%s\n' "$mode" "$(awk '{s+=$1} END {printf "%.0f", s}' "$BENCH_DIR/fleet-origin/access.log")" >> "$origin_tsv"
-      [ "$mode" = cache ] && kill "${PIDS[-1]}" 2>/dev/null && wait "${PIDS[-1]}" 2>/dev/null
+      if [ "$mode" = cache ]; then
+        kill "${PIDS[-1]}" 2>/dev/null; wait "${PIDS[-1]}" 2>/dev/null || true
+        rm -rf "$BENCH_DIR/fleet-cache"
+      fi
     done
   done
+  rm -rf "$BENCH_DIR"/fleet-node* "$BENCH_DIR/fleet-s3s"
   local origin
   origin=$("$VENV/bin/python" - "$origin_tsv" "$bytes" <<'PY'
 import statistics, sys
