@@ -363,7 +363,8 @@ http {
 CONF
   nginx -c "$root/nginx.conf" -p "$root" &
   PIDS+=($!)
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  # A TCP check: an HTTP probe of the forward proxy would proxy to itself.
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 }
 
 # Four "nodes" (four DESTs) load one model at once: direct, and through a caching proxy in
