@@ -53,7 +53,7 @@ pub struct Args {
     pub verify: bool,
 
     /// Print a shell completion script and exit.
-    #[arg(long, value_name = "SHELL", exclusive = true)]
+    #[arg(long, value_name = "SHELL")]
     pub completions: Option<clap_complete::Shell>,
 
     /// Only fetch files whose path (relative to SRC) matches one of these globs; `*` also

@@ -326,7 +326,10 @@ fn help_shows_required_positionals_and_completions_cover_load() {
         ("zsh", vec!["#compdef model-loader load"]),
         ("fish", vec!["complete -c model-loader", "complete -c load"]),
     ] {
-        let out = run(std::process::Command::new(bin()).args(["--completions", shell]));
+        // A pod's env twins (here MODEL_LOADER_FORCE) must not get in the way.
+        let out = run(std::process::Command::new(bin())
+            .env("MODEL_LOADER_FORCE", "1")
+            .args(["--completions", shell]));
         assert_eq!(out.status.code(), Some(0));
         let script = String::from_utf8_lossy(&out.stdout);
         for n in needles {
