@@ -50,30 +50,14 @@ pub fn sign(
     unsigned_body: bool,
     time: SystemTime,
 ) -> Result<Vec<(&'static str, String)>> {
-    let mut settings = SigningSettings::default();
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    let mut settings = s3_settings();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let identity = creds.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| signing_error(url, e))?
-        .into();
     let body = if unsigned_body {
         SignableBody::UnsignedPayload
     } else {
         SignableBody::Bytes(&[])
     };
-    let request = SignableRequest::new(method, url, std::iter::empty(), body)
-        .map_err(|e| signing_error(url, e))?;
-    let (instructions, _) = aws_sign(request, &params)
-        .map_err(|e| signing_error(url, e))?
-        .into_parts();
+    let instructions = sign_with(creds, method, url, region, body, settings, time)?;
     Ok(instructions
         .headers()
         .filter_map(|(k, v)| Some((known_header(k)?, v.to_string())))
@@ -90,31 +74,18 @@ pub fn presign(
     expires: std::time::Duration,
     time: SystemTime,
 ) -> Result<String> {
-    let mut settings = SigningSettings::default();
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    let mut settings = s3_settings();
     settings.signature_location = aws_sigv4::http_request::SignatureLocation::QueryParams;
     settings.expires_in = Some(expires);
-    let identity = creds.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("s3")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| signing_error(url, e))?
-        .into();
-    let request = SignableRequest::new(
+    let instructions = sign_with(
+        creds,
         "GET",
         url,
-        std::iter::empty(),
+        region,
         SignableBody::UnsignedPayload,
-    )
-    .map_err(|e| signing_error(url, e))?;
-    let (instructions, _) = aws_sign(request, &params)
-        .map_err(|e| signing_error(url, e))?
-        .into_parts();
+        settings,
+        time,
+    )?;
     let mut out = url.to_string();
     let mut sep = if url.contains('?') { '&' } else { '?' };
     for (k, v) in instructions.params() {
@@ -125,6 +96,43 @@ pub fn presign(
         sep = '&';
     }
     Ok(out)
+}
+
+/// S3's rules: the path encoded once (it already is) and never normalised, as object keys are
+/// taken literally.
+fn s3_settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings
+}
+
+/// Signs one request for S3 in `region` with `settings`; what to add to it (headers or query).
+fn sign_with(
+    creds: &Credentials,
+    method: &str,
+    url: &str,
+    region: &str,
+    body: SignableBody<'_>,
+    settings: SigningSettings,
+    time: SystemTime,
+) -> Result<aws_sigv4::http_request::SigningInstructions> {
+    let identity = creds.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("s3")
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| signing_error(url, e))?
+        .into();
+    let request = SignableRequest::new(method, url, std::iter::empty(), body)
+        .map_err(|e| signing_error(url, e))?;
+    let (instructions, _) = aws_sign(request, &params)
+        .map_err(|e| signing_error(url, e))?
+        .into_parts();
+    Ok(instructions)
 }
 
 /// Header names as `'static` (the instructions borrow theirs).
