@@ -171,6 +171,17 @@ fn a_missing_bucket_exits_4_and_an_unsupported_credentials_file_exits_2() {
     assert!(stderr.contains("external_account"), "{stderr}");
 }
 
+/// The loader with real credentials (no emulator, so no implied anonymous access), reaching
+/// storage through `proxy` by gcloud's endpoint override, so the proxy sees what storage sees.
+fn credentialed_via(proxy: &Proxy, home: &Path) -> Command {
+    let mut c = gs_loader(&gcs(), home);
+    c.env_remove("STORAGE_EMULATOR_HOST").env(
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
+        format!("{}/storage/v1/", proxy.url()),
+    );
+    c
+}
+
 /// A local HTTP endpoint answering every request with `reply(request line, body)` (status
 /// line, JSON); returns its URL and the request lines and bodies it received.
 fn form_endpoint(
@@ -283,12 +294,7 @@ fn a_service_account_upload_asks_for_a_read_write_token() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("w.bin"), data(7, 100_000)).unwrap();
     let proxy = Proxy::start(&gcs());
-    let out = run(gs_loader(&gcs(), tmp.path())
-        .env_remove("STORAGE_EMULATOR_HOST")
-        .env(
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
-            format!("{}/storage/v1/", proxy.url()),
-        )
+    let out = run(credentialed_via(&proxy, tmp.path())
         .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
         .arg(&src)
         .arg(format!("gs://{b}/up")));
@@ -325,12 +331,7 @@ fn a_service_account_key_signs_in_and_its_token_reaches_storage() {
     let (creds, public_key, seen) = service_account(tmp.path());
     let proxy = Proxy::start(&gcs());
     let dest = tmp.path().join("d");
-    let out = run(gs_loader(&gcs(), tmp.path())
-        .env_remove("STORAGE_EMULATOR_HOST")
-        .env(
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
-            format!("{}/storage/v1/", proxy.url()),
-        )
+    let out = run(credentialed_via(&proxy, tmp.path())
         .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
         .arg(format!("gs://{b}/m"))
         .arg(&dest));
@@ -392,12 +393,7 @@ fn workload_identity_federation_exchanges_the_subject_token_at_its_sts() {
     .unwrap();
     let proxy = Proxy::start(&gcs());
     let dest = tmp.path().join("d");
-    let out = run(gs_loader(&gcs(), tmp.path())
-        .env_remove("STORAGE_EMULATOR_HOST")
-        .env(
-            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
-            format!("{}/storage/v1/", proxy.url()),
-        )
+    let out = run(credentialed_via(&proxy, tmp.path())
         .env("GOOGLE_APPLICATION_CREDENTIALS", &creds)
         .arg(format!("gs://{b}/m"))
         .arg(&dest));
