@@ -137,11 +137,10 @@ fn a_proxy_that_is_down_or_erroring_sends_requests_direct_and_the_load_succeeds(
         );
         assert!(stderr.contains(why), "{stderr}");
     }
-    assert_eq!(
-        erroring.seen().len(),
-        5,
-        "each request tried the proxy once"
-    );
+    // After three failures in a row the run stops asking the proxy; requests already in flight
+    // (up to 16 at once) still reach it, so 3 to all 5 of them do.
+    let tried = erroring.seen().len();
+    assert!((3..=5).contains(&tried), "{tried} requests tried the proxy");
 }
 
 #[test]
