@@ -7,9 +7,11 @@
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
-#        2,000 × 64 KiB files, an 8 GiB model (memory must not grow), and a no-op rerun
+#        a 1 GiB model (2 × 512 MiB + 20 small files), 2,000 × 64 KiB files, an 8 GiB model
+#        (memory must not grow), and a no-op rerun
 #   kinds what verification costs: single-part objects with an MD5 ETag only and with a CRC-32,
-#        against s5cmd and the curl floor (needs the s3 section's data and server root)
+#        against s5cmd and the curl floor (needs the s3 section's data and server root); then
+#        multipart objects with only an MD5-of-MD5s ETag, from moto (s3s-fs has no part layout)
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
 #   fleet 4 loaders ("nodes") at once, direct vs through a caching proxy (nginx proxy_cache +
@@ -167,10 +169,10 @@ bench_hf() {
 }
 
 # Parallel ranged GETs with curl to /dev/null: what the server and loopback can deliver.
-curl_ceiling() { # url-prefix keys...
-  local base=$1; shift
+curl_ceiling() { # url-prefix local-dir keys...
+  local base=$1 dir=$2; shift 2
   for key in "$@"; do
-    local size; size=$(stat -c %s "$BENCH_DIR/s3-data/shards/$key")
+    local size; size=$(stat -c %s "$dir/$key")
     for ((off = 0; off < size; off += 64 << 20)); do
       echo "$base/$key $off $((off + (64 << 20) - 1 < size - 1 ? off + (64 << 20) - 1 : size - 1))"
     done
@@ -182,7 +184,7 @@ bench_s3() {
   install_s3_peers
   local data="$BENCH_DIR/s3-data" shard_mib=1024 shards=4 small=2000 big=8
   [ "$SMOKE" = 1 ] && { shard_mib=4; small=50; big=2; }
-  if [ ! -f "$data/.complete-$shard_mib-$small-$big" ]; then
+  if [ ! -f "$data/.complete-$shard_mib-$small-$big-model" ]; then
     log "generating data: $shards × $shard_mib MiB shards, $small × 64 KiB files, a $big × $shard_mib MiB model"
     rm -rf "$data"; mkdir -p "$data/shards" "$data/small" "$data/big"
     for i in $(seq 1 $shards); do head -c $((shard_mib << 20)) /dev/urandom > "$data/shards/model-0000$i-of-0000$shards.safetensors"; done
@@ -192,10 +194,14 @@ bench_s3() {
       d="$data/small/layer-$((i % 20))/part-$((i % 7))"; mkdir -p "$d"
       head -c 65536 /dev/urandom > "$d/t$i.bin"
     done
+    # A 1 GiB model as a user has one: two 512 MiB shards and 20 small files beside them.
+    mkdir -p "$data/model"
+    for i in 1 2; do head -c $((shard_mib << 19)) /dev/urandom > "$data/model/model-0000$i-of-00002.safetensors"; done
+    for i in $(seq 1 20); do head -c $((1000 + i * 3000)) /dev/urandom > "$data/model/extra-$i.json"; done
     for i in $(seq 1 $big); do ln -f "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin" 2>/dev/null || cp "$data/shards/model-0000$(( (i - 1) % shards + 1 ))-of-0000$shards.safetensors" "$data/big/shard-$i.bin"; done
-    touch "$data/.complete-$shard_mib-$small-$big"
+    touch "$data/.complete-$shard_mib-$small-$big-model"
   fi
-  local stamp="$BENCH_DIR/s3s-root/.seeded-$shard_mib-$small-$big"
+  local stamp="$BENCH_DIR/s3s-root/.seeded-$shard_mib-$small-$big-model"
   [ -f "$stamp" ] || rm -rf "$BENCH_DIR/s3s-root"
   start_s3s_fs bench benchsecret "$BENCH_DIR/s3s-root"
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
@@ -206,7 +212,7 @@ bench_s3() {
     log "seeding s3s-fs with model-loader's upload direction"
     curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
       -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$S3S_URL/bench" >/dev/null
-    for set in shards small big; do
+    for set in shards small big model; do
       "$BIN" --progress none "$data/$set" "s3://bench/$set"
     done
     touch "$stamp"
@@ -214,7 +220,7 @@ bench_s3() {
   local rclone_flags=(--s3-provider Other --s3-endpoint "$S3S_URL" --s3-access-key-id bench
     --s3-secret-access-key benchsecret --s3-force-path-style=true --s3-region us-east-1)
   local dest="$BENCH_DIR/s3-dest"
-  for set in shards small; do
+  for set in shards model small; do
     local bytes files
     bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
@@ -222,8 +228,11 @@ bench_s3() {
       rm -rf "$dest"; sync
       measure "s3-$set" model-loader "defaults" "$run" "$bytes" "$files" -- \
         "$BIN" --progress none "s3://bench/$set" "$dest"
+      if [ "$set" != small ]; then
+        local f; f=$(cd "$data/$set" && ls | head -1)
+        cmp -s "$dest/$f" "$data/$set/$f" || { log "MISMATCH $set/$f"; exit 1; }
+      fi
       if [ "$set" = shards ]; then
-        cmp -s "$dest/model-00001-of-0000$shards.safetensors" "$data/shards/model-00001-of-0000$shards.safetensors" || { log "MISMATCH"; exit 1; }
         rm -rf "$dest"; sync
         measure "s3-$set" model-loader "MODEL_LOADER_FSYNC=false" "$run" "$bytes" "$files" -- \
           env MODEL_LOADER_FSYNC=false "$BIN" --progress none "s3://bench/$set" "$dest"
@@ -246,7 +255,7 @@ bench_s3() {
         "$aws" s3 cp --recursive --only-show-errors "s3://bench/$set" "$dest" --endpoint-url "$S3S_URL"
       if [ "$set" = shards ]; then
         measure "s3-$set" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
-          bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' \$(cd '$data/shards' && ls)"
+          bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' '$data/shards' \$(cd '$data/shards' && ls)"
         rm -f "$BENCH_DIR/dd.tmp"; sync
         measure "s3-$set" "disk: dd" "same disk, 1 MiB blocks, fdatasync" "$run" "$bytes" "$files" -- \
           dd if=/dev/zero of="$BENCH_DIR/dd.tmp" bs=1M count=$((bytes >> 20)) conv=fdatasync
@@ -254,7 +263,7 @@ bench_s3() {
       fi
     done
     "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "s3-$set" "$OUT_MD" \
-      "### s3:// — $( [ $set = shards ] && echo "$shards × $shard_mib MiB shards + 2 small files" || echo "$small × 64 KiB files in nested folders"), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
+      "### s3:// — $(case $set in shards) echo "$shards × $shard_mib MiB shards + 2 small files" ;; model) echo "a $shard_mib MiB model: 2 × $((shard_mib >> 1)) MiB shards + 20 small files" ;; *) echo "$small × 64 KiB files in nested folders" ;; esac), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
   done
 
   # Memory must not grow with the model: the same loader on an 8 GiB model, and a no-op rerun.
@@ -331,11 +340,47 @@ bench_kinds() {
       "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/md5/*" "$dest/"
     rm -rf "$dest"; sync
     measure s3-kinds "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$n" -- \
-      bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' ${files[*]}"
+      bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' '$data/shards' ${files[*]}"
   done
   rm -rf "$dest"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-kinds "$OUT_MD" \
     "### s3:// — what verification costs: $n × 1 GiB single-part objects, s3s-fs $S3S_FS_VERSION (median of $RUNS, $(date -u +%F))"
+  bench_kinds_multipart
+}
+
+# Multipart objects with only an MD5-of-MD5s ETag, which s3s-fs cannot serve (no
+# `HEAD ?partNumber=N`, so no part boundaries): from moto, whose every ranged GET copies the whole
+# object in Python, so wall times here say more about moto than about clients; client CPU per
+# GiB is the figure to read, next to s5cmd's and curl's from the same server.
+bench_kinds_multipart() {
+  local data="$BENCH_DIR/s3-data/mp" mib=256 part=8 dest="$BENCH_DIR/s3-dest"
+  [ "$SMOKE" = 1 ] && { mib=12; part=5; }
+  if [ ! -f "$data/.complete-$mib" ]; then
+    rm -rf "$data"; mkdir -p "$data"
+    for i in 1 2; do head -c $((mib << 20)) /dev/urandom > "$data/shard-$i.bin"; done
+    touch "$data/.complete-$mib"
+  fi
+  start_moto bench-moto
+  log "seeding moto with multipart objects ($part MiB parts, ETag only)"
+  "$VENV/bin/python" scripts/support/seed_multipart.py "$MOTO_URL" bench mp "$part" "$data"/shard-*.bin >/dev/null
+  local bytes=$((2 * (mib << 20))) s5="$BENCH_VENV/bin/s5cmd"
+  for run in $(seq 1 "$RUNS"); do
+    rm -rf "$dest"; sync
+    measure s3-kinds-mp model-loader "multipart, $part MiB parts, verified by MD5 per part" "$run" "$bytes" 2 -- \
+      env AWS_ENDPOINT_URL="$MOTO_URL" "$BIN" --progress none s3://bench/mp "$dest"
+    grep -q '"checksum": "md5-of-parts:' "$dest/.model-loader/manifest.json" \
+      || { log "the manifest does not record the multipart ETag"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
+    cmp -s "$dest/shard-1.bin" "$data/shard-1.bin" || { log "MISMATCH"; exit 1; }
+    rm -rf "$dest"; sync
+    measure s3-kinds-mp s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" 2 -- \
+      "$s5" --endpoint-url "$MOTO_URL" cp "s3://bench/mp/*" "$dest/"
+    rm -rf "$dest"; sync
+    measure s3-kinds-mp "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" 2 -- \
+      bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$MOTO_URL/bench/mp' '$data' shard-1.bin shard-2.bin"
+  done
+  rm -rf "$dest"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-kinds-mp "$OUT_MD" \
+    "### s3:// — multipart objects verified by their ETag: 2 × $mib MiB in $part MiB parts, moto $MOTO_VERSION (median of $RUNS, $(date -u +%F))"
 }
 
 # nginx_fleet ROOT PORT MODE: an nginx on PORT; MODE=origin is a reverse proxy in front of
