@@ -289,6 +289,14 @@ pub async fn execute(
             }
         })
         .collect();
+    let opts = ExecOptions {
+        buffer_size: if files.iter().any(|j| j.in_order.is_some()) {
+            opts.buffer_size.max(inorder::WRITE_BUFFER)
+        } else {
+            opts.buffer_size
+        },
+        ..opts
+    };
     let ctx = Arc::new(Ctx {
         source: Arc::clone(&with.source),
         state: Arc::clone(&with.state),

@@ -33,6 +33,13 @@ use crate::remote::{ByteRange, Checksum};
 /// which on a real network (tens of MB/s per stream) would cap the file at two streams' speed.
 pub const IN_ORDER_CHUNK: u64 = 4 << 20;
 
+/// Bytes gathered per worker before one positional write when a run hashes files in order:
+/// larger than the default (256 KiB) because such a run already holds up to [`hold_limit`] in
+/// memory, so four times fewer `O_DIRECT` writes (each a thread hand-over, a page pinning and
+/// a device kick) cost only 12 MiB more at the default concurrency. Measured on the hf bench:
+/// see BENCHMARKS.md.
+pub const WRITE_BUFFER: usize = 1 << 20;
+
 /// Bytes held in memory ahead of the frontiers, over all files of a run: one in-order chunk
 /// per request in flight, so every stream can be a chunk ahead without waiting. Bounded by the
 /// concurrency, not the model: 64 MiB at the default 16.
