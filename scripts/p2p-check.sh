@@ -239,13 +239,48 @@ log "hf: the CDN sent $first bytes for node 1 and $second for node 2; the LFS fi
 [ "$first" -le $((LFS_BYTES * 11 / 10)) ] || fail "hf: the CDN sent more than 1.1× the LFS files for node 1"
 [ "$second" -le $((LFS_BYTES / 100)) ] || fail "hf: node 2 was not served from the daemon's cache"
 
+# --- ranged vs whole-object GETs through the daemon (measured and reported) ---------------
+# One 256 MiB object per mode (separate tasks): 64 MiB ranges (the default) against one GET
+# for the whole object (--chunk-size 4GiB). Node 1 is back to source, node 2 from the cache.
+BIG="$CHECK_DIR/big"; mkdir -p "$BIG"
+head -c $((256 << 20)) /dev/urandom > "$BIG/weights.bin"
+BIG_BYTES=$((256 << 20))
+for mode in ranged whole; do
+  env "${S3ENV[@]}" "$BIN" --progress none "$BIG" "s3://models/big-$mode" > "$CHECK_DIR/upload-$mode.log" 2>&1 \
+    || { cat "$CHECK_DIR/upload-$mode.log" >&2; fail "upload big-$mode"; }
+done
+REPORT=()
+for mode in ranged whole; do
+  chunk=64MiB; [ "$mode" = whole ] && chunk=4GiB
+  times=()
+  for node in 1 2; do
+    before=$(origin_bytes "$S3_PORT")
+    start=$(date +%s.%N)
+    env "${S3ENV[@]}" MODEL_LOADER_CHUNK_SIZE=$chunk "$BIN" --progress log --p2p-proxy "http://127.0.0.1:$PROXY_PORT" \
+      "s3://models/big-$mode" "$CHECK_DIR/big-$mode-$node" > "$CHECK_DIR/big-$mode-$node.log" 2>&1 \
+      || { tail -20 "$CHECK_DIR/big-$mode-$node.log" >&2; fail "big-$mode node $node"; }
+    times+=("$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')")
+    cmp -s "$CHECK_DIR/big-$mode-$node/weights.bin" "$BIG/weights.bin" || fail "big-$mode node $node: bytes differ"
+    sent=$(( $(origin_bytes "$S3_PORT") - before ))
+    if [ "$node" = 1 ]; then
+      [ "$sent" -le $((BIG_BYTES * 11 / 10)) ] || fail "big-$mode: the origin sent $sent bytes for a $BIG_BYTES-byte object"
+    else
+      [ "$sent" -le $((BIG_BYTES / 100)) ] || fail "big-$mode: node 2 was not served from the daemon's cache"
+    fi
+    requests=$(grep -o 'p2p: [0-9]* requests\? through' "$CHECK_DIR/big-$mode-$node.log" | awk '{print $2}')
+    times[-1]="${times[-1]} s (requests: $requests, origin bytes: $sent)"
+  done
+  REPORT+=("$mode ($chunk): node 1 ${times[0]}; node 2 ${times[1]}")
+done
+printf '%s\n' "${REPORT[@]}" | tee "$CHECK_DIR/ranged-vs-whole.txt" | sed 's/^/==> /' >&2
+
 # --- what the daemon was asked --------------------------------------------------------------
 # dfdaemon logs every request it takes over for P2P, with its headers; the stand-in scheduler
 # logs the tasks registered with it (ranges over 4 MiB; smaller ones skip the scheduler).
-THROUGH=$(cat "$CHECK_DIR"/{s3,hf}-node-*.log | grep -o 'p2p: [0-9]* requests\? through' | awk '{s+=$2} END {print s}')
-"$DF_VENV/bin/python" - "$RUN_DIR/dfdaemon.log" "$RUN_DIR/scheduler.jsonl" "$HF_SECRET" "$THROUGH" <<'PY' || fail "what the daemon was asked"
+THROUGH=$(cat "$CHECK_DIR"/*-node-*.log "$CHECK_DIR"/big-*-[12].log | grep -o 'p2p: [0-9]* requests\? through' | awk '{s+=$2} END {print s}')
+"$DF_VENV/bin/python" - "$RUN_DIR/dfdaemon.log" "$RUN_DIR/scheduler.jsonl" "$HF_SECRET" "$THROUGH" "$ORIGIN_S3" <<'PY' || fail "what the daemon was asked"
 import json, re, sys
-log, sched, secret, through = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], int(sys.argv[4])
+log, sched, secret, through, origin_s3 = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 assert secret not in log, "the HF token reached the daemon"
 reqs = []
 for line in log.splitlines():
@@ -262,12 +297,12 @@ for uri, h in reqs:
     missing = filtered_needed - set(h.get("x-dragonfly-filtered-query-params", "").split(","))
     assert not missing, f"{uri}: signature parameters not filtered: {missing}"
     assert "authorization" not in h, f"{uri}: an Authorization header reached the daemon"
-    if "/models/p2p-model/" in uri:
+    if uri.startswith(origin_s3 + "/"):
         s3 += 1
         assert "X-Amz-SignedHeaders=host&" in uri and "X-Amz-Signature=" in uri, f"not presigned: {uri}"
         # s3s-fs lists no ETags, so there is no content identity; with one, it names the task.
         task = h.get("x-dragonfly-content-for-calculating-task-id")
-        assert task is None or task.startswith("s3://models/p2p-model/"), task
+        assert task is None or task.startswith("s3://models/"), task
     else:
         hub += 1
         oid = uri.split("?")[0].rsplit("/", 1)[1]
