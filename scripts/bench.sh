@@ -96,6 +96,25 @@ CONF
   for _ in $(seq 1 50); do curl -s -o /dev/null "$NGINX_URL/" && break; sleep 0.1; done
 }
 
+# settle: flush, then wait until the disk has been idle for a second (at most a minute). This
+# machine's ext4 is mounted with `discard`: deleting the previous run's GiBs queues TRIMs that
+# otherwise land in the next run, and hit hardest whichever tool fsyncs (the journal commit waits
+# for them). Every measured run starts after one.
+settle() {
+  sync
+  local dev stat prev cur
+  dev=$(findmnt -n -o SOURCE --target "$BENCH_DIR" 2>/dev/null | sed 's|^/dev/||')
+  stat="/sys/class/block/$dev/stat"
+  [ -n "$dev" ] && [ -r "$stat" ] || { sleep 1; return 0; }
+  prev=$(awk '{print $10}' "$stat")  # io_ticks: milliseconds the device was busy
+  for _ in $(seq 1 60); do
+    sleep 1
+    cur=$(awk '{print $10}' "$stat")
+    [ "$cur" = "$prev" ] && return 0
+    prev=$cur
+  done
+}
+
 # measure SECTION TOOL SETTINGS RUN BYTES FILES -- command...
 measure() {
   local section=$1 tool=$2 settings=$3 run=$4 bytes=$5 files=$6; shift 7
@@ -151,14 +170,14 @@ bench_hf() {
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   for run in $(seq 1 "$RUNS"); do
     # Flush the previous run's dirty pages so no run pays for another's writeback.
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure hf model-loader "defaults (16 requests, 64 MiB chunks)" "$run" "$bytes" "$files" -- \
       "$BIN" --progress none hf://bench/model "$dest"
     (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH $f"; exit 1; }; done)
-    rm -rf "$dest" "$BENCH_DIR/hf-home"; sync
+    rm -rf "$dest" "$BENCH_DIR/hf-home"; settle
     measure hf "hf download" "huggingface_hub $HF_HUB_VERSION, --local-dir, 8 workers" "$run" "$bytes" "$files" -- \
       env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest"
-    rm -rf "$dest" "$BENCH_DIR/hf-home"; sync
+    rm -rf "$dest" "$BENCH_DIR/hf-home"; settle
     measure hf "hf_transfer" "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION, no verification" "$run" "$bytes" "$files" -- \
       env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest"
     (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH (hf_transfer) $f"; exit 1; }; done)
@@ -225,7 +244,7 @@ bench_s3() {
     bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
     for run in $(seq 1 "$RUNS"); do
-      rm -rf "$dest"; sync
+      rm -rf "$dest"; settle
       measure "s3-$set" model-loader "defaults" "$run" "$bytes" "$files" -- \
         "$BIN" --progress none "s3://bench/$set" "$dest"
       if [ "$set" != small ]; then
@@ -233,14 +252,14 @@ bench_s3() {
         cmp -s "$dest/$f" "$data/$set/$f" || { log "MISMATCH $set/$f"; exit 1; }
       fi
       if [ "$set" = shards ]; then
-        rm -rf "$dest"; sync
+        rm -rf "$dest"; settle
         measure "s3-$set" model-loader "MODEL_LOADER_FSYNC=false" "$run" "$bytes" "$files" -- \
           env MODEL_LOADER_FSYNC=false "$BIN" --progress none "s3://bench/$set" "$dest"
       fi
-      rm -rf "$dest"; sync
+      rm -rf "$dest"; settle
       measure "s3-$set" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
         "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/$set/*" "$dest/"
-      rm -rf "$dest"; sync
+      rm -rf "$dest"; settle
       # rclone is rooted at the bucket: s3s-fs answers its HEAD on a prefix with 500, which
       # rclone retries for over a minute. (It also refuses the machine's AWS_CA_BUNDLE.)
       if [ "$set" = small ]; then
@@ -250,13 +269,13 @@ bench_s3() {
         measure "s3-$set" rclone "1.60, defaults" "$run" "$bytes" "$files" -- \
           env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}"
       fi
-      rm -rf "$dest"; sync
+      rm -rf "$dest"; settle
       measure "s3-$set" "aws s3 cp" "awscli $AWSCLI_VERSION, --recursive" "$run" "$bytes" "$files" -- \
         "$aws" s3 cp --recursive --only-show-errors "s3://bench/$set" "$dest" --endpoint-url "$S3S_URL"
       if [ "$set" = shards ]; then
         measure "s3-$set" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
           bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' '$data/shards' \$(cd '$data/shards' && ls)"
-        rm -f "$BENCH_DIR/dd.tmp"; sync
+        rm -f "$BENCH_DIR/dd.tmp"; settle
         measure "s3-$set" "disk: dd" "same disk, 1 MiB blocks, fdatasync" "$run" "$bytes" "$files" -- \
           dd if=/dev/zero of="$BENCH_DIR/dd.tmp" bs=1M count=$((bytes >> 20)) conv=fdatasync
         rm -f "$BENCH_DIR/dd.tmp"
@@ -270,9 +289,9 @@ bench_s3() {
   local bytes files
   bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data/big" -type f | wc -l)
-  rm -rf "$dest"; sync
+  rm -rf "$dest"; settle
   measure s3-big model-loader "defaults, $big × $shard_mib MiB" 1 "$bytes" "$files" -- "$BIN" --progress none s3://bench/big "$dest"
-  rm -rf "$dest"; sync
+  rm -rf "$dest"; settle
   bytes=$(find "$data/small" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data/small" -type f | wc -l)
   "$BIN" --progress none s3://bench/small "$dest"
@@ -328,17 +347,17 @@ bench_kinds() {
   local s5="$BENCH_VENV/bin/s5cmd"
   for run in $(seq 1 "$RUNS"); do
     for kind in md5 crc32; do
-      rm -rf "$dest"; sync
+      rm -rf "$dest"; settle
       measure s3-kinds model-loader "single part, verified by $kind" "$run" "$bytes" "$n" -- \
         "$BIN" --progress none "s3://bench/$kind" "$dest"
       [ "$SMOKE" = 1 ] || grep -q "\"checksum\": \"$kind:" "$dest/.model-loader/manifest.json" \
         || { log "the manifest does not record $kind"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
       cmp -s "$dest/${files[0]}" "$data/shards/${files[0]}" || { log "MISMATCH"; exit 1; }
     done
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure s3-kinds s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" "$n" -- \
       "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/md5/*" "$dest/"
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure s3-kinds "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$n" -- \
       bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' '$data/shards' ${files[*]}"
   done
@@ -365,16 +384,16 @@ bench_kinds_multipart() {
   "$VENV/bin/python" scripts/support/seed_multipart.py "$MOTO_URL" bench mp "$part" "$data"/shard-*.bin >/dev/null
   local bytes=$((2 * (mib << 20))) s5="$BENCH_VENV/bin/s5cmd"
   for run in $(seq 1 "$RUNS"); do
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure s3-kinds-mp model-loader "multipart, $part MiB parts, verified by MD5 per part" "$run" "$bytes" 2 -- \
       env AWS_ENDPOINT_URL="$MOTO_URL" "$BIN" --progress none s3://bench/mp "$dest"
     grep -q '"checksum": "md5-of-parts:' "$dest/.model-loader/manifest.json" \
       || { log "the manifest does not record the multipart ETag"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
     cmp -s "$dest/shard-1.bin" "$data/shard-1.bin" || { log "MISMATCH"; exit 1; }
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure s3-kinds-mp s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" 2 -- \
       "$s5" --endpoint-url "$MOTO_URL" cp "s3://bench/mp/*" "$dest/"
-    rm -rf "$dest"; sync
+    rm -rf "$dest"; settle
     measure s3-kinds-mp "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" 2 -- \
       bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$MOTO_URL/bench/mp' '$data' shard-1.bin shard-2.bin"
   done
@@ -444,7 +463,7 @@ bench_fleet() {
         nginx_fleet "$BENCH_DIR/fleet-cache" "$cache_port" cache
         p2p="--p2p-proxy http://127.0.0.1:$cache_port"
       fi
-      rm -rf "$BENCH_DIR"/fleet-node*; sync; : > "$BENCH_DIR/fleet-origin/access.log"
+      rm -rf "$BENCH_DIR"/fleet-node*; settle; : > "$BENCH_DIR/fleet-origin/access.log"
       measure fleet model-loader "$([ $mode = cache ] && echo '4 nodes at once through a caching proxy (--p2p-proxy)' || echo '4 nodes at once, each to the origin')" \
         "$run" "$((bytes * 4))" 12 -- bash -c "for n in 1 2 3 4; do AWS_ENDPOINT_URL=http://127.0.0.1:$origin_port '$BIN' --progress none $p2p s3://fleet/m '$BENCH_DIR/fleet-node'\$n & done; fail=0; for j in \$(jobs -p); do wait \$j || fail=1; done; exit \$fail"
       for n in 1 2 3 4; do
