@@ -5,15 +5,15 @@
 #
 # Builds dfdaemon once into .tools/dragonfly (45–55 minutes on 2 cores; needs Debian's
 # protobuf-compiler, clang and libclang-dev, installed here), then on loopback:
-#   origin: s3s-fs (S3, checks every SigV4 signature) and the fake Hub, whose CDN is nginx; a
-#           recording nginx in front of both logs every request and the bytes it sent;
+#   origin: s3s-fs (S3, checks every SigV4 signature), fake-gcs-server, and the fake Hub, whose
+#           CDN is nginx; a recording nginx in front of them logs every request and its bytes;
 #   a stand-in scheduler (scripts/support/dragonfly_scheduler.py: gRPC health, AnnounceHost,
 #           and "back to source" for every peer, as a real scheduler tells a task's first peer);
 #   dfdaemon with its HTTP proxy.
-# For s3:// and hf://, loads the model into DEST 1 and DEST 2 through the proxy and checks:
+# For s3://, gs:// and hf://, loads the model into DEST 1 and DEST 2 through the proxy, checking:
 #   - every file's sha256 in both DESTs;
-#   - the daemon registered the object reads as P2P tasks with our headers (filtered signature
-#     parameters, the task identity from the content), and no HF token reached it;
+#   - every request the daemon took over carries our headers (filtered signature parameters,
+#     the task identity from the content), and no HF token or Authorization header reached it;
 #   - the origin sent the model's object bytes about once: the second DEST came from the
 #     daemon's cache, although its presigned URLs differ from the first run's.
 # Not in scripts/test.sh because of the build time. Exits non-zero on any failure.
@@ -76,13 +76,14 @@ MODEL_BYTES=$(find "$MODEL" -type f -printf '%s\n' | awk '{s+=$1} END {print s}'
 # Origin: s3s-fs for S3, the model's LFS files by sha256 for the Hub's CDN.
 KEY=p2p-check-key SECRET="p2p check secret"
 start_s3s_fs "$KEY" "$SECRET" "$CHECK_DIR/s3s-root"
+start_fake_gcs
 mkdir -p "$CHECK_DIR/s3s-root/models"
 CDN_ROOT="$CHECK_DIR/cdn"; mkdir -p "$CDN_ROOT"
 for f in "$MODEL"/*.safetensors; do ln -s "$f" "$CDN_ROOT/$(sha256sum "$f" | cut -d' ' -f1)"; done
 
 # The recording origin front: one nginx, S3 on one port (proxied to s3s-fs, Host kept for the
 # signatures), the CDN on another; every request is logged with the bytes sent.
-S3_PORT=$(free_port) CDN_PORT=$(free_port)
+S3_PORT=$(free_port) CDN_PORT=$(free_port) GCS_PORT=$(free_port)
 cat > "$RUN_DIR/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -108,12 +109,22 @@ http {
       proxy_buffering off;
     }
   }
+  server {
+    listen 127.0.0.1:$GCS_PORT;
+    location / {
+      proxy_pass $FAKE_GCS_URL;
+      proxy_set_header Host \$http_host;
+      proxy_http_version 1.1;
+      proxy_request_buffering off;
+      proxy_buffering off;
+    }
+  }
   server { listen 127.0.0.1:$CDN_PORT; root $CDN_ROOT; location / { } }
 }
 CONF
 nginx -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/nginx-error.log" &
 PIDS+=($!)
-ORIGIN_S3="http://127.0.0.1:$S3_PORT"
+ORIGIN_S3="http://127.0.0.1:$S3_PORT" ORIGIN_GCS="http://127.0.0.1:$GCS_PORT"
 wait_http "http://127.0.0.1:$CDN_PORT/" nginx-error
 
 HUB_PORT=$(free_port)
@@ -192,7 +203,7 @@ fail() { log "FAILED: $*"; exit 1; }
 
 # origin_bytes PORT: bytes the origin sent for object GETs on that port so far.
 origin_bytes() {
-  awk -v p="$1" '$1 == p && $2 == "GET" && $4 ~ /^20/ && $3 !~ /^\/models\/?$/ { s += $5 } END { print s + 0 }' "$RUN_DIR/origin.log"
+  awk -v p="$1" '$1 == p && $2 == "GET" && $4 ~ /^20/ && $3 !~ /^\/models\/?$/ && $3 !~ /\/o$/ { s += $5 } END { print s + 0 }' "$RUN_DIR/origin.log"
 }
 
 # load NAME SRC DEST [ENV=VALUE...]: one load through the proxy; checks files and the p2p line.
@@ -223,6 +234,24 @@ log "s3: origin sent $first bytes for node 1 and $second for node 2; the model i
 [ "$first" -ge "$MODEL_BYTES" ] || fail "s3: node 1's bytes did not all come from the origin?"
 [ "$first" -le $((MODEL_BYTES * 11 / 10)) ] || fail "s3: the origin sent more than 1.1× the model for node 1"
 [ "$second" -le $((MODEL_BYTES / 100)) ] || fail "s3: node 2 was not served from the daemon's cache"
+
+# --- gs:// ---------------------------------------------------------------------------------
+# fake-gcs-server behind the recording front; an emulator means anonymous (no bearer), so this
+# shows the media reads as tasks pinned to the generation, not the bearer's replay.
+GCSENV=(STORAGE_EMULATOR_HOST="$ORIGIN_GCS")
+curl -sSf -X POST -H 'content-type: application/json' -d '{"name":"models"}' "$ORIGIN_GCS/storage/v1/b" >/dev/null \
+  || fail "create the GCS bucket"
+env "${GCSENV[@]}" "$BIN" --progress none "$MODEL" gs://models/p2p-model > "$CHECK_DIR/upload-gcs.log" 2>&1 \
+  || { cat "$CHECK_DIR/upload-gcs.log" >&2; fail "upload to fake-gcs-server"; }
+before=$(origin_bytes "$GCS_PORT")
+load gcs-node-1 gs://models/p2p-model "$CHECK_DIR/gcs-dest-1" "${GCSENV[@]}"
+first=$(( $(origin_bytes "$GCS_PORT") - before ))
+load gcs-node-2 gs://models/p2p-model "$CHECK_DIR/gcs-dest-2" "${GCSENV[@]}"
+second=$(( $(origin_bytes "$GCS_PORT") - before - first ))
+log "gcs: origin sent $first bytes for node 1 and $second for node 2; the model is $MODEL_BYTES"
+[ "$first" -ge "$MODEL_BYTES" ] || fail "gcs: node 1's bytes did not all come from the origin?"
+[ "$first" -le $((MODEL_BYTES * 11 / 10)) ] || fail "gcs: the origin sent more than 1.1× the model for node 1"
+[ "$second" -le $((MODEL_BYTES / 100)) ] || fail "gcs: node 2 was not served from the daemon's cache"
 
 # --- hf:// ---------------------------------------------------------------------------------
 # The fake Hub's one valid token: it must never reach the daemon.
@@ -278,9 +307,9 @@ printf '%s\n' "${REPORT[@]}" | tee "$CHECK_DIR/ranged-vs-whole.txt" | sed 's/^/=
 # dfdaemon logs every request it takes over for P2P, with its headers; the stand-in scheduler
 # logs the tasks registered with it (ranges over 4 MiB; smaller ones skip the scheduler).
 THROUGH=$(cat "$CHECK_DIR"/*-node-*.log "$CHECK_DIR"/big-*-[12].log | grep -o 'p2p: [0-9]* requests\? through' | awk '{s+=$2} END {print s}')
-"$DF_VENV/bin/python" - "$RUN_DIR/dfdaemon.log" "$RUN_DIR/scheduler.jsonl" "$HF_SECRET" "$THROUGH" "$ORIGIN_S3" <<'PY' || fail "what the daemon was asked"
+"$DF_VENV/bin/python" - "$RUN_DIR/dfdaemon.log" "$RUN_DIR/scheduler.jsonl" "$HF_SECRET" "$THROUGH" "$ORIGIN_S3" "$ORIGIN_GCS" <<'PY' || fail "what the daemon was asked"
 import json, re, sys
-log, sched, secret, through, origin_s3 = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+log, sched, secret, through, origin_s3, origin_gcs = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 assert secret not in log, "the HF token reached the daemon"
 reqs = []
 for line in log.splitlines():
@@ -291,7 +320,7 @@ for line in log.splitlines():
     reqs.append((uri, headers))
 assert len(reqs) == through, f"the daemon took {len(reqs)} requests over for P2P; the loaders sent {through} through it"
 filtered_needed = {"X-Amz-Signature", "X-Amz-Date", "X-Amz-Credential", "X-Goog-Signature", "Expires", "Signature", "Policy", "Key-Pair-Id"}
-s3 = hub = 0
+s3 = gcs = hub = 0
 for uri, h in reqs:
     assert h.get("x-dragonfly-use-p2p") == "true", (uri, h)
     missing = filtered_needed - set(h.get("x-dragonfly-filtered-query-params", "").split(","))
@@ -303,16 +332,21 @@ for uri, h in reqs:
         # s3s-fs lists no ETags, so there is no content identity; with one, it names the task.
         task = h.get("x-dragonfly-content-for-calculating-task-id")
         assert task is None or task.startswith("s3://models/"), task
+    elif uri.startswith(origin_gcs + "/"):
+        gcs += 1
+        assert "alt=media" in uri and "generation=" in uri, f"not a media read pinned to a generation: {uri}"
+        task = h.get("x-dragonfly-content-for-calculating-task-id", "")
+        assert task.startswith("gs://models/p2p-model/") and "#" in task, (uri, task)
     else:
         hub += 1
         oid = uri.split("?")[0].rsplit("/", 1)[1]
         assert h.get("x-dragonfly-content-for-calculating-task-id") == f"hf-lfs:sha256:{oid}", (uri, h)
-assert s3 and hub, f"{s3} S3 and {hub} Hub requests"
+assert s3 and gcs and hub, f"{s3} S3, {gcs} GCS and {hub} Hub requests"
 events = [json.loads(l) for l in open(sched)]
 assert any(e["call"] == "AnnounceHost" for e in events), "the daemon never announced its host"
 regs = [e for e in events if e["call"] == "RegisterPeer"]
 assert regs, "no task was registered with the scheduler"
-print(f"the daemon took {len(reqs)} requests over ({s3} S3, {hub} Hub), all with the P2P headers; "
+print(f"the daemon took {len(reqs)} requests over ({s3} S3, {gcs} GCS, {hub} Hub), all with the P2P headers; "
       f"{len(regs)} tasks went through the scheduler (back to source)")
 PY
 log "p2p-check passed: dfdaemon $DRAGONFLY_VERSION served both nodes; the origin sent each model once"
