@@ -64,7 +64,8 @@ BIN="$ROOT/target/debug/model-loader"
 
 rm -rf "$CHECK_DIR"; mkdir -p "$RUN_DIR"
 
-# The model: two shards of 40 MiB (each fetched in several ranges) and two small files.
+# The model: two shards of 40 MiB (one request each from S3 and GCS, ten 4 MiB ranges each from
+# the Hub, whose sha256 is hashed in order) and two small files.
 MODEL="$CHECK_DIR/model"; mkdir -p "$MODEL"
 head -c $((40 << 20)) /dev/urandom > "$MODEL/model-00001-of-00002.safetensors"
 head -c $((40 << 20 | 12345)) /dev/urandom > "$MODEL/model-00002-of-00002.safetensors"
@@ -73,7 +74,7 @@ head -c 30000 /dev/urandom | base64 > "$MODEL/tokenizer.json"
 (cd "$MODEL" && sha256sum -- * > "$CHECK_DIR/SHA256SUMS")
 MODEL_BYTES=$(find "$MODEL" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 
-# Origin: s3s-fs for S3, the model's LFS files by sha256 for the Hub's CDN.
+# Origin: s3s-fs for S3, fake-gcs-server for GCS, the model's LFS files by sha256 for the Hub's CDN.
 KEY=p2p-check-key SECRET="p2p check secret"
 start_s3s_fs "$KEY" "$SECRET" "$CHECK_DIR/s3s-root"
 start_fake_gcs
@@ -81,8 +82,8 @@ mkdir -p "$CHECK_DIR/s3s-root/models"
 CDN_ROOT="$CHECK_DIR/cdn"; mkdir -p "$CDN_ROOT"
 for f in "$MODEL"/*.safetensors; do ln -s "$f" "$CDN_ROOT/$(sha256sum "$f" | cut -d' ' -f1)"; done
 
-# The recording origin front: one nginx, S3 on one port (proxied to s3s-fs, Host kept for the
-# signatures), the CDN on another; every request is logged with the bytes sent.
+# The recording origin front: one nginx, one port each for S3 (proxied to s3s-fs, Host kept for
+# the signatures), GCS and the CDN; every request is logged with the bytes sent.
 S3_PORT=$(free_port) CDN_PORT=$(free_port) GCS_PORT=$(free_port)
 cat > "$RUN_DIR/nginx.conf" <<CONF
 worker_processes 1;
@@ -91,7 +92,7 @@ pid $RUN_DIR/nginx.pid;
 error_log $RUN_DIR/nginx-error.log;
 events { worker_connections 1024; }
 http {
-  log_format bytes '\$server_port \$request_method \$uri \$status \$body_bytes_sent "\$http_range" "\$http_authorization"';
+  log_format bytes '\$server_port \$request_method \$uri \$status \$body_bytes_sent "\$http_range"';
   access_log $RUN_DIR/origin.log bytes;
   client_body_temp_path $RUN_DIR;
   proxy_temp_path $RUN_DIR;
