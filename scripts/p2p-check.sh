@@ -221,20 +221,27 @@ load() {
   log "$name: $(grep -o 'p2p: [0-9].*' "$CHECK_DIR/$name.log" | tail -1)"
 }
 
+# two_nodes NAME SRC PORT BYTES [ENV=VALUE...]: loads SRC into two DESTs through the daemon;
+# the origin on PORT must send BYTES about once for node 1 and (almost) nothing for node 2.
+two_nodes() {
+  local name=$1 src=$2 port=$3 bytes=$4 before first second; shift 4
+  before=$(origin_bytes "$port")
+  load "$name-node-1" "$src" "$CHECK_DIR/$name-dest-1" "$@"
+  first=$(( $(origin_bytes "$port") - before ))
+  sleep 1  # a new second: node 2's signed URLs differ from node 1's
+  load "$name-node-2" "$src" "$CHECK_DIR/$name-dest-2" "$@"
+  second=$(( $(origin_bytes "$port") - before - first ))
+  log "$name: the origin sent $first bytes for node 1 and $second for node 2; the objects are $bytes"
+  [ "$first" -ge "$bytes" ] || fail "$name: node 1's bytes did not all come from the origin?"
+  [ "$first" -le $((bytes * 11 / 10)) ] || fail "$name: the origin sent more than 1.1× the objects for node 1"
+  [ "$second" -le $((bytes / 100)) ] || fail "$name: node 2 was not served from the daemon's cache"
+}
+
 # --- s3:// ---------------------------------------------------------------------------------
 S3ENV=(AWS_ENDPOINT_URL="$ORIGIN_S3" AWS_ACCESS_KEY_ID="$KEY" AWS_SECRET_ACCESS_KEY="$SECRET" AWS_REGION=us-east-1)
 env "${S3ENV[@]}" "$BIN" --progress none "$MODEL" s3://models/p2p-model > "$CHECK_DIR/upload.log" 2>&1 \
   || { cat "$CHECK_DIR/upload.log" >&2; fail "upload to s3s-fs"; }
-before=$(origin_bytes "$S3_PORT")
-load s3-node-1 s3://models/p2p-model "$CHECK_DIR/s3-dest-1" "${S3ENV[@]}"
-first=$(( $(origin_bytes "$S3_PORT") - before ))
-sleep 1  # a new second: the next run's presigned URLs differ from this run's
-load s3-node-2 s3://models/p2p-model "$CHECK_DIR/s3-dest-2" "${S3ENV[@]}"
-second=$(( $(origin_bytes "$S3_PORT") - before - first ))
-log "s3: origin sent $first bytes for node 1 and $second for node 2; the model is $MODEL_BYTES"
-[ "$first" -ge "$MODEL_BYTES" ] || fail "s3: node 1's bytes did not all come from the origin?"
-[ "$first" -le $((MODEL_BYTES * 11 / 10)) ] || fail "s3: the origin sent more than 1.1× the model for node 1"
-[ "$second" -le $((MODEL_BYTES / 100)) ] || fail "s3: node 2 was not served from the daemon's cache"
+two_nodes s3 s3://models/p2p-model "$S3_PORT" "$MODEL_BYTES" "${S3ENV[@]}"
 
 # --- gs:// ---------------------------------------------------------------------------------
 # fake-gcs-server behind the recording front; an emulator means anonymous (no bearer), so this
@@ -244,30 +251,15 @@ curl -sSf -X POST -H 'content-type: application/json' -d '{"name":"models"}' "$O
   || fail "create the GCS bucket"
 env "${GCSENV[@]}" "$BIN" --progress none "$MODEL" gs://models/p2p-model > "$CHECK_DIR/upload-gcs.log" 2>&1 \
   || { cat "$CHECK_DIR/upload-gcs.log" >&2; fail "upload to fake-gcs-server"; }
-before=$(origin_bytes "$GCS_PORT")
-load gcs-node-1 gs://models/p2p-model "$CHECK_DIR/gcs-dest-1" "${GCSENV[@]}"
-first=$(( $(origin_bytes "$GCS_PORT") - before ))
-load gcs-node-2 gs://models/p2p-model "$CHECK_DIR/gcs-dest-2" "${GCSENV[@]}"
-second=$(( $(origin_bytes "$GCS_PORT") - before - first ))
-log "gcs: origin sent $first bytes for node 1 and $second for node 2; the model is $MODEL_BYTES"
-[ "$first" -ge "$MODEL_BYTES" ] || fail "gcs: node 1's bytes did not all come from the origin?"
-[ "$first" -le $((MODEL_BYTES * 11 / 10)) ] || fail "gcs: the origin sent more than 1.1× the model for node 1"
-[ "$second" -le $((MODEL_BYTES / 100)) ] || fail "gcs: node 2 was not served from the daemon's cache"
+two_nodes gcs gs://models/p2p-model "$GCS_PORT" "$MODEL_BYTES" "${GCSENV[@]}"
 
 # --- hf:// ---------------------------------------------------------------------------------
-# The fake Hub's one valid token: it must never reach the daemon.
+# The fake Hub's one valid token: it must never reach the daemon. Only the LFS files come from
+# the CDN (the small files from the Hub API, direct).
 HF_SECRET=hf_fake_token_0123456789
 HFENV=(HF_ENDPOINT="http://127.0.0.1:$HUB_PORT" HF_TOKEN="$HF_SECRET")
-before=$(origin_bytes "$CDN_PORT")
-load hf-node-1 hf://bench/model "$CHECK_DIR/hf-dest-1" "${HFENV[@]}"
-first=$(( $(origin_bytes "$CDN_PORT") - before ))
-load hf-node-2 hf://bench/model "$CHECK_DIR/hf-dest-2" "${HFENV[@]}"
-second=$(( $(origin_bytes "$CDN_PORT") - before - first ))
 LFS_BYTES=$(find "$MODEL" -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END {print s}')
-log "hf: the CDN sent $first bytes for node 1 and $second for node 2; the LFS files are $LFS_BYTES"
-[ "$first" -ge "$LFS_BYTES" ] || fail "hf: node 1's LFS bytes did not all come from the CDN?"
-[ "$first" -le $((LFS_BYTES * 11 / 10)) ] || fail "hf: the CDN sent more than 1.1× the LFS files for node 1"
-[ "$second" -le $((LFS_BYTES / 100)) ] || fail "hf: node 2 was not served from the daemon's cache"
+two_nodes hf hf://bench/model "$CDN_PORT" "$LFS_BYTES" "${HFENV[@]}"
 
 # --- ranged vs whole-object GETs through the daemon (measured and reported) ---------------
 # One 256 MiB object per mode (separate tasks): 64 MiB ranges (the default) against one GET
