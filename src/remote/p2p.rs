@@ -7,8 +7,9 @@
 //!
 //! Never worse than direct: a proxy that refuses the connection, or answers with an error it
 //! marks as its own (`X-Dragonfly-Error-Type`) or a 5xx, has that request sent direct, and after
-//! three such failures in a row the run stops asking it; the run reports how many went each way. Verification stays end to end (the daemon does not check
-//! upstream TLS), so a proxy can slow a load down but never make it wrong.
+//! three such failures in a row the run stops asking it; the run reports how many went each
+//! way. Verification stays end to end (the daemon does not check upstream TLS), so a proxy can
+//! slow a load down but never make it wrong.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
