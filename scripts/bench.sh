@@ -63,7 +63,7 @@ install_s3_peers() {
   fi
   if ! command -v rclone >/dev/null; then
     log "installing rclone (Debian)"
-    if [ "$(id -u)" = 0 ]; then apt-get install -y -q rclone >/dev/null; else sudo apt-get install -y -q rclone >/dev/null; fi
+    apt_install rclone
   fi
 }
 
@@ -141,6 +141,7 @@ install_hf_transfer() {
 bench_hf() {
   ensure_nginx
   install_hf_transfer
+  command -v openssl >/dev/null || { log "installing openssl (Debian)"; apt_install openssl; }
   local model="$BENCH_DIR/hf-model" cdn="$BENCH_DIR/hf-cdn" shard_mib=512 shards=2
   [ "$SMOKE" = 1 ] && shard_mib=4
   if [ ! -f "$model/.complete-$shard_mib" ]; then
@@ -165,8 +166,9 @@ bench_hf() {
   # The fake hashes the shards on first use; do that before anything is timed.
   curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
   export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
-  local bytes files dest="$BENCH_DIR/hf-dest"
+  local bytes files lfs_bytes dest="$BENCH_DIR/hf-dest" sha_floors=()
   bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+  lfs_bytes=$(find "$model" -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   for run in $(seq 1 "$RUNS"); do
     # Flush the previous run's dirty pages so no run pays for another's writeback.
@@ -181,22 +183,39 @@ bench_hf() {
     measure hf "hf_transfer" "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION, no verification" "$run" "$bytes" "$files" -- \
       env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest"
     (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH (hf_transfer) $f"; exit 1; }; done)
+    # The floors a verifying client cannot go below: receiving the LFS bytes, and hashing them.
+    measure hf "floor: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null (receive only)" "$run" "$lfs_bytes" 2 -- \
+      bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)"
+    sha_floors+=("$(sha256_seconds_per_gib)")
   done
   rm -rf "$dest"
+  local sorted; sorted=$(printf '%s\n' "${sha_floors[@]}" | sort -n | paste -sd' ' -)
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" hf "$OUT_MD" \
-    "### hf:// — $shards × $shard_mib MiB LFS shards + 3 small files from the fake Hub, CDN = nginx on loopback (median of $RUNS, $(date -u +%F))"
+    "### hf:// — $shards × $shard_mib MiB LFS shards + 3 small files from the fake Hub, CDN = nginx on loopback (median of $RUNS, $(date -u +%F))
+
+SHA-256 alone on this CPU, measured after each run (\`openssl speed -evp sha256\`, 1 MiB blocks): $sorted CPU-s/GiB. Add it to the curl row's CPU for the floor of receiving and verifying; model-loader also writes every byte durably."
+}
+
+# sha256_seconds_per_gib: CPU seconds one core needs to SHA-256 a GiB (OpenSSL, 1 MiB blocks,
+# SHA extensions where the CPU has them), from `openssl speed`'s last column (1000s of bytes/s).
+sha256_seconds_per_gib() {
+  local secs=3; [ "$SMOKE" = 1 ] && secs=1
+  openssl speed -seconds "$secs" -bytes 1048576 -evp sha256 2>/dev/null \
+    | awk '/^sha256/ {v=$NF; sub(/k$/, "", v); printf "%.2f\n", 2^30 / (v * 1000)}'
 }
 
 # Parallel ranged GETs with curl to /dev/null: what the server and loopback can deliver.
+# CEILING_PLAIN=1: unsigned requests, for a plain HTTP server (the hf section's CDN).
 curl_ceiling() { # url-prefix local-dir keys...
   local base=$1 dir=$2; shift 2
+  local sign='--aws-sigv4 aws:amz:us-east-1:s3 --user bench:benchsecret -H x-amz-content-sha256:UNSIGNED-PAYLOAD'
+  [ "${CEILING_PLAIN:-0}" = 1 ] && sign=
   for key in "$@"; do
-    local size; size=$(stat -c %s "$dir/$key")
+    local size; size=$(stat -L -c %s "$dir/$key")
     for ((off = 0; off < size; off += 64 << 20)); do
       echo "$base/$key $off $((off + (64 << 20) - 1 < size - 1 ? off + (64 << 20) - 1 : size - 1))"
     done
-  done | xargs -P 16 -n 3 sh -c 'curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
-      -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -r "$1-$2" -o /dev/null "$0"'
+  done | xargs -P 16 -n 3 sh -c "curl -sf $sign -r \"\$1-\$2\" -o /dev/null \"\$0\""
 }
 
 bench_s3() {

@@ -102,8 +102,13 @@ start_s3s_fs() {
 ensure_nginx() {
   command -v nginx >/dev/null && return 0
   log "installing nginx-light (Debian)"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q nginx-light >/dev/null
-  else sudo apt-get install -y -q nginx-light >/dev/null; fi
+  apt_install nginx-light
+}
+
+# apt_install PKG...: Debian packages, as root or through sudo.
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q "$@" >/dev/null
+  else sudo apt-get install -y -q "$@" >/dev/null; fi
 }
 
 free_port() {

@@ -35,8 +35,7 @@ RUN_DIR="$CHECK_DIR/servers"
 install_dragonfly() {
   if [ -x "$DFDAEMON" ] && [ "$(cat "$DF_ROOT/.installed" 2>/dev/null)" = "$DRAGONFLY_VERSION" ]; then return 0; fi
   log "installing protobuf-compiler, clang, libclang-dev (Debian) for the dragonfly-client build"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -q protobuf-compiler clang libclang-dev >/dev/null
-  else sudo apt-get install -y -q protobuf-compiler clang libclang-dev >/dev/null; fi
+  apt_install protobuf-compiler clang libclang-dev
   log "building dragonfly-client $DRAGONFLY_VERSION from crates.io into .tools/dragonfly (45–55 minutes on 2 cores, once)"
   cargo install dragonfly-client --version "$DRAGONFLY_VERSION" --locked --root "$DF_ROOT" \
     --target-dir "$ROOT/target/dragonfly-build" >/dev/null
