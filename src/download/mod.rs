@@ -189,10 +189,7 @@ fn prepare_dest(
     for f in &plan.fetch {
         state.check_no_symlinks(&f.path)?;
     }
-    check_free_space(
-        &cfg.dest,
-        plan.bytes_to_fetch.saturating_sub(plan.resumed_bytes),
-    )?;
+    check_free_space(&cfg.dest, space_needed(state, &plan.fetch))?;
     state.begin_changes(previous)?;
     for p in &plan.remove {
         state.remove_file(p)?;
@@ -361,6 +358,22 @@ fn auto_concurrency(fetch: &[plan::FilePlan]) -> usize {
     } else {
         16
     }
+}
+
+/// Room the volume must still find: each file's size, less what its part file already holds
+/// (a resumed part file was reserved whole when it was created; an older sparse one, partly).
+fn space_needed(state: &StateDir, fetch: &[plan::FilePlan]) -> u64 {
+    fetch
+        .iter()
+        .map(|f| {
+            let held = if f.resume {
+                state.part_allocated(&f.path)
+            } else {
+                0
+            };
+            f.file.size.saturating_sub(held)
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Fails fast, before any byte is fetched, when DEST's filesystem cannot hold what is left to

@@ -159,6 +159,15 @@ impl StateDir {
         PartFile::open(&self.parts, &self.part_name(p), size, resume, p.as_str())
     }
 
+    /// Bytes the part file of `p` holds on disk (0 when there is none): a part file is
+    /// reserved whole when created, so resuming it needs no more room.
+    pub fn part_allocated(&self, p: &RelPath) -> u64 {
+        self.parts
+            .stat(&self.part_name(p))
+            .map(|st| (st.st_blocks as u64).saturating_mul(512))
+            .unwrap_or(0)
+    }
+
     fn sync_journal(&self) -> Result<()> {
         if let Some(j) = self
             .journal
