@@ -360,19 +360,14 @@ fn auto_concurrency(fetch: &[plan::FilePlan]) -> usize {
     }
 }
 
-/// Room the volume must still find: each file's size, less what its part file already holds
-/// (a resumed part file was reserved whole when it was created; an older sparse one, partly).
+/// Room the volume must still find: each file's size, less what its part file already holds.
+/// A part file is reserved whole when created, and a rerun either resumes it or starts it
+/// afresh under the same name, so its blocks count either way (a run killed before its first
+/// record leaves a whole reserved part file and nothing to resume).
 fn space_needed(state: &StateDir, fetch: &[plan::FilePlan]) -> u64 {
     fetch
         .iter()
-        .map(|f| {
-            let held = if f.resume {
-                state.part_allocated(&f.path)
-            } else {
-                0
-            };
-            f.file.size.saturating_sub(held)
-        })
+        .map(|f| f.file.size.saturating_sub(state.part_allocated(&f.path)))
         .fold(0, u64::saturating_add)
 }
 

@@ -506,3 +506,67 @@ fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_rerun_after_a_kill_resumes_on_a_volume_with_less_free_space_than_what_is_missing() {
+    // The part file is reserved whole when created, so after a kill the volume's free space is
+    // less than the bytes still missing; the rerun needs no more room and must not refuse.
+    let ep = s3_endpoint();
+    let b = bucket("resume-room");
+    let mut objects = BTreeMap::new();
+    let body = data(82, 1280 * 1024);
+    objects.insert("m/weights.bin".to_string(), body.clone());
+    seed_s3(&ep, &b, &objects);
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Stall {
+            bytes: 50_000,
+            first: usize::MAX,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=2m tmpfs {0} || exit 99
+         {1} --chunk-size 64KiB --concurrency 2 s3://{b}/m {0}/dest & pid=$!
+         for i in $(seq 1 200); do ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
+         sleep 0.5; kill -9 $pid; wait $pid
+         echo avail=$(df -B1 --output=avail {0} | tail -1)
+         AWS_ENDPOINT_URL={2} {1} s3://{b}/m {0}/dest; code=$?
+         echo sha=$(sha256sum {0}/dest/weights.bin | cut -d' ' -f1)
+         exit $code",
+        mnt.display(),
+        bin().display(),
+        ep
+    );
+    let cmd = loader(&slow.url(), tmp.path());
+    let out = run(std::process::Command::new("unshare")
+        .args(["--mount", "--map-root-user", "sh", "-c", &script])
+        .env_clear()
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        ));
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "cannot mount a tmpfs (needs root or user namespaces)"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let avail: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("avail="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        avail < body.len() as u64 - 200_000,
+        "the killed run should have left less room than the file needs: {avail} free; {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("sha={}", sha256(&body))),
+        "{stdout}"
+    );
+}
