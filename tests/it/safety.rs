@@ -451,37 +451,32 @@ fn no_failure_prints_a_secret() {
     }
 }
 
-#[test]
-fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
-    let ep = s3_endpoint();
-    let b = bucket("enospc");
-    let mut objects = BTreeMap::new();
-    objects.insert("m/weights.bin".to_string(), data(81, 1536 * 1024));
-    seed_s3(&ep, &b, &objects);
-    // Slow replies, so the disk can be filled while the download runs.
-    let slow = Proxy::with_fault(
-        &ep,
+/// A proxy whose every reply stalls after 50,000 bytes, so a test can act mid-download.
+fn stalling(ep: &str) -> Proxy {
+    Proxy::with_fault(
+        ep,
         Fault::Stall {
             bytes: 50_000,
             first: usize::MAX,
         },
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
+    )
+}
+
+/// Runs `script(MNT, BIN)` with `sh` in a private mount namespace where MNT is a fresh 2 MiB
+/// tmpfs, with the loader's test environment pointed at `proxy`.
+fn in_a_small_tmpfs(
+    proxy: &Proxy,
+    tmp: &Path,
+    script: impl Fn(&str, &str) -> String,
+) -> std::process::Output {
+    let mnt = tmp.join("small");
     std::fs::create_dir_all(&mnt).unwrap();
+    let mnt = mnt.display().to_string();
     let script = format!(
-        "mount -t tmpfs -o size=2m tmpfs {0} || exit 99
-         {1} --chunk-size 64KiB --concurrency 2 --retries 1000 --read-timeout 0.3 s3://{b}/m {0}/dest & pid=$!
-         for i in $(seq 1 200); do ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
-         sleep 0.3; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null
-         wait $pid; code=$?
-         ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && echo partial-kept
-         test -e {0}/dest/.model-loader/manifest.json && echo manifest-written
-         exit $code",
-        mnt.display(),
-        bin().display()
+        "mount -t tmpfs -o size=2m tmpfs {mnt} || exit 99\n{}",
+        script(&mnt, &bin().display().to_string())
     );
-    let cmd = loader(&slow.url(), tmp.path());
+    let cmd = loader(&proxy.url(), tmp);
     let out = run(std::process::Command::new("unshare")
         .args(["--mount", "--map-root-user", "sh", "-c", &script])
         .env_clear()
@@ -494,6 +489,30 @@ fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
         Some(99),
         "cannot mount a tmpfs (needs root or user namespaces)"
     );
+    out
+}
+
+#[test]
+fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
+    let ep = s3_endpoint();
+    let b = bucket("enospc");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(81, 1536 * 1024));
+    seed_s3(&ep, &b, &objects);
+    // Slow replies, so the disk can be filled while the download runs.
+    let slow = stalling(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = in_a_small_tmpfs(&slow, tmp.path(), |mnt, bin| {
+        format!(
+            "{bin} --chunk-size 64KiB --concurrency 2 --retries 1000 --read-timeout 0.3 s3://{b}/m {mnt}/dest & pid=$!
+         for i in $(seq 1 200); do ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
+         sleep 0.3; dd if=/dev/zero of={mnt}/filler bs=64k 2>/dev/null
+         wait $pid; code=$?
+         ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && echo partial-kept
+         test -e {mnt}/dest/.model-loader/manifest.json && echo manifest-written
+         exit $code"
+        )
+    });
     assert_eq!(out.status.code(), Some(7));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -517,42 +536,19 @@ fn a_rerun_after_a_kill_resumes_on_a_volume_with_less_free_space_than_what_is_mi
     let body = data(82, 1280 * 1024);
     objects.insert("m/weights.bin".to_string(), body.clone());
     seed_s3(&ep, &b, &objects);
-    let slow = Proxy::with_fault(
-        &ep,
-        Fault::Stall {
-            bytes: 50_000,
-            first: usize::MAX,
-        },
-    );
+    let slow = stalling(&ep);
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o size=2m tmpfs {0} || exit 99
-         {1} --chunk-size 64KiB --concurrency 2 s3://{b}/m {0}/dest & pid=$!
-         for i in $(seq 1 200); do ls {0}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
+    let out = in_a_small_tmpfs(&slow, tmp.path(), |mnt, bin| {
+        format!(
+            "{bin} --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest & pid=$!
+         for i in $(seq 1 200); do ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
          sleep 0.5; kill -9 $pid; wait $pid
-         echo avail=$(df -B1 --output=avail {0} | tail -1)
-         AWS_ENDPOINT_URL={2} {1} s3://{b}/m {0}/dest; code=$?
-         echo sha=$(sha256sum {0}/dest/weights.bin | cut -d' ' -f1)
-         exit $code",
-        mnt.display(),
-        bin().display(),
-        ep
-    );
-    let cmd = loader(&slow.url(), tmp.path());
-    let out = run(std::process::Command::new("unshare")
-        .args(["--mount", "--map-root-user", "sh", "-c", &script])
-        .env_clear()
-        .envs(
-            cmd.get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
-        ));
-    assert_ne!(
-        out.status.code(),
-        Some(99),
-        "cannot mount a tmpfs (needs root or user namespaces)"
-    );
+         echo avail=$(df -B1 --output=avail {mnt} | tail -1)
+         AWS_ENDPOINT_URL={ep} {bin} s3://{b}/m {mnt}/dest; code=$?
+         echo sha=$(sha256sum {mnt}/dest/weights.bin | cut -d' ' -f1)
+         exit $code"
+        )
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let avail: u64 = stdout
