@@ -78,10 +78,14 @@ impl AlignedBuf {
     }
 
     /// Appends as much of `data` as fits; returns how much that was.
+    ///
+    /// The buffer is only ever read by the device (an `O_DIRECT` write) or the kernel, never by
+    /// us, so the copy streams past the CPU caches: see [`copy_streaming`].
     pub fn fill(&mut self, data: &[u8]) -> usize {
         let n = (self.cap - self.len).min(data.len());
-        // SAFETY: `n` bytes fit after `len` in the allocation; the regions cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(self.len), n) };
+        // SAFETY: `n` bytes fit after `len` in the allocation, which `data` cannot overlap
+        // (it is borrowed shared while `self` is borrowed exclusively).
+        unsafe { copy_streaming(data.as_ptr(), self.ptr.add(self.len), n) };
         self.len += n;
         n
     }
@@ -100,6 +104,54 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
+
+/// Copies `n` bytes with non-temporal stores where the CPU has them (every x86-64: SSE2), the
+/// rest with an ordinary copy.
+///
+/// Every received byte is copied once into an aligned write buffer, and nothing reads that
+/// buffer but the disk. An ordinary copy first reads each destination line into the cache and
+/// then evicts the hashing thread's and the socket's lines to make room; streaming stores write
+/// the lines straight to memory. Measured on the hf bench (8 alternating pairs): 1.72 → 1.56
+/// CPU-s/GiB, with the pair lower in 7 of 8 (BENCHMARKS.md).
+///
+/// # Safety
+/// `src` must be valid for reading and `dst` for writing `n` bytes, and they must not overlap.
+unsafe fn copy_streaming(src: *const u8, dst: *mut u8, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if n >= STREAMING_MIN {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        const LINE: usize = 64;
+        // SAFETY: the caller's contract covers every access below: `head + body + tail == n`;
+        // the stores go to 16-byte aligned addresses (`dst + head` is 64-byte aligned), which
+        // `_mm_stream_si128` requires; the loads may be unaligned.
+        unsafe {
+            let head = dst.align_offset(LINE).min(n);
+            std::ptr::copy_nonoverlapping(src, dst, head);
+            let body = (n - head) / LINE * LINE;
+            let (s, d) = (src.add(head), dst.add(head));
+            let mut i = 0;
+            while i < body {
+                for k in (0..LINE).step_by(16) {
+                    let v = _mm_loadu_si128(s.add(i + k).cast::<__m128i>());
+                    _mm_stream_si128(d.add(i + k).cast::<__m128i>(), v);
+                }
+                i += LINE;
+            }
+            // Streaming stores are weakly ordered: make them visible before the buffer is
+            // handed to the kernel.
+            _mm_sfence();
+            std::ptr::copy_nonoverlapping(s.add(body), d.add(body), n - head - body);
+        }
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+}
+
+/// Shorter copies (a socket read is usually tens to hundreds of KiB) keep the ordinary path:
+/// a few lines gain nothing from streaming.
+#[cfg(target_arch = "x86_64")]
+const STREAMING_MIN: usize = 4096;
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
@@ -255,6 +307,30 @@ impl PartFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The streaming copy's head, body and tail together are exactly the bytes given, at
+        /// any destination alignment and length, and nothing past them is touched.
+        #[test]
+        fn fill_copies_exactly_what_fits(
+            before in 0usize..200,
+            len in 0usize..20_000,
+            seed in any::<u8>(),
+        ) {
+            let mut buf = AlignedBuf::new(16 << 10);
+            let pre: Vec<u8> = (0..before).map(|i| i as u8 ^ 0x5a).collect();
+            prop_assert_eq!(buf.fill(&pre), before);
+            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+            let took = buf.fill(&data);
+            prop_assert_eq!(took, len.min(buf.capacity() - before));
+            prop_assert_eq!(&buf.as_slice()[..before], &pre[..]);
+            prop_assert_eq!(&buf.as_slice()[before..], &data[..took]);
+            // SAFETY: the allocation is `cap` bytes, zeroed at creation.
+            let all = unsafe { std::slice::from_raw_parts(buf.ptr, buf.cap) };
+            prop_assert!(all[before + took..].iter().all(|&b| b == 0));
+        }
+    }
 
     #[test]
     fn a_part_file_is_reserved_whole_when_opened() {
