@@ -363,12 +363,16 @@ fn auto_concurrency(fetch: &[plan::FilePlan]) -> usize {
 /// Room the volume must still find: each file's size, less what its part file already holds.
 /// A part file is reserved whole when created, and a rerun either resumes it or starts it
 /// afresh under the same name, so its blocks count either way (a run killed before its first
-/// record leaves a whole reserved part file and nothing to resume).
+/// record leaves a whole reserved part file and nothing to resume). Part files of files this
+/// run does not fetch are removed before its first byte, so the room they hold counts as free.
 fn space_needed(state: &StateDir, fetch: &[plan::FilePlan]) -> u64 {
-    fetch
+    let missing = fetch
         .iter()
         .map(|f| f.file.size.saturating_sub(state.part_allocated(&f.path)))
-        .fold(0, u64::saturating_add)
+        .fold(0, u64::saturating_add);
+    let mine: std::collections::HashSet<String> =
+        fetch.iter().map(|f| state.part_name(&f.path)).collect();
+    missing.saturating_sub(state.others_parts_allocated(&mine))
 }
 
 /// Fails fast, before any byte is fetched, when DEST's filesystem cannot hold what is left to

@@ -168,6 +168,20 @@ impl StateDir {
             .unwrap_or(0)
     }
 
+    /// Bytes held by part files whose names are not in `mine`: left by an earlier run for
+    /// files this run does not fetch (the source changed, or the patterns did), and removed
+    /// before the first byte is fetched, so their room counts as free.
+    pub fn others_parts_allocated(&self, mine: &std::collections::HashSet<String>) -> u64 {
+        self.parts
+            .entries()
+            .unwrap_or_default()
+            .iter()
+            .filter(|name| !mine.contains(*name))
+            .filter_map(|name| self.parts.stat(name).ok())
+            .map(|st| (st.st_blocks as u64).saturating_mul(512))
+            .fold(0, u64::saturating_add)
+    }
+
     fn sync_journal(&self) -> Result<()> {
         if let Some(j) = self
             .journal

@@ -527,6 +527,50 @@ fn running_out_of_space_mid_download_exits_7_and_keeps_the_partial_file() {
 }
 
 #[test]
+fn part_files_the_rerun_will_remove_count_as_free_room() {
+    // A load killed after reserving a.bin's part file, then rerun for b.bin only (the patterns
+    // changed): a.bin's part file is removed before the first byte, so its room is free for
+    // b.bin even though the volume shows less free space than b.bin needs.
+    let ep = s3_endpoint();
+    let b = bucket("stray-room");
+    let mut objects = BTreeMap::new();
+    let (a, bb) = (data(83, 1280 * 1024), data(84, 1280 * 1024));
+    objects.insert("m/a.bin".to_string(), a);
+    objects.insert("m/b.bin".to_string(), bb.clone());
+    seed_s3(&ep, &b, &objects);
+    let slow = stalling(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = in_a_small_tmpfs(&slow, tmp.path(), |mnt, bin| {
+        format!(
+            "{bin} --include a.bin --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest & pid=$!
+         for i in $(seq 1 200); do ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
+         sleep 0.5; kill -9 $pid; wait $pid
+         echo avail=$(df -B1 --output=avail {mnt} | tail -1)
+         AWS_ENDPOINT_URL={ep} {bin} --include b.bin s3://{b}/m {mnt}/dest; code=$?
+         echo sha=$(sha256sum {mnt}/dest/b.bin | cut -d' ' -f1)
+         echo parts=$(ls {mnt}/dest/.model-loader/parts | wc -l)
+         test -e {mnt}/dest/a.bin && echo a-present
+         exit $code"
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let avail: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("avail="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        avail < bb.len() as u64 - 200_000,
+        "the killed run should have left less room than b.bin needs: {avail} free; {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("sha={}", sha256(&bb))), "{stdout}");
+    assert!(stdout.contains("parts=0"), "a part file was left: {stdout}");
+    assert!(!stdout.contains("a-present"), "{stdout}");
+}
+
+#[test]
 fn a_rerun_after_a_kill_resumes_on_a_volume_with_less_free_space_than_what_is_missing() {
     // The part file is reserved whole when created, so after a kill the volume's free space is
     // less than the bytes still missing; the rerun needs no more room and must not refuse.
