@@ -35,10 +35,11 @@ pub const IN_ORDER_CHUNK: u64 = 4 << 20;
 
 /// Bytes gathered per worker before one positional write when a run hashes files in order:
 /// larger than the default (256 KiB) because such a run already holds up to [`hold_limit`] in
-/// memory, so four times fewer `O_DIRECT` writes (each a thread hand-over, a page pinning and
-/// a device kick) cost only 12 MiB more at the default concurrency. Measured on the hf bench:
-/// see BENCHMARKS.md.
-pub const WRITE_BUFFER: usize = 1 << 20;
+/// memory, so eight times fewer `O_DIRECT` writes (each a thread hand-over, a page pinning and
+/// a device kick) cost only 28 MiB more at the default concurrency. 2 MiB, one huge page (see
+/// [`crate::download::writer::AlignedBuf::new`]): 1 → 2 MiB with huge pages took the hf bench
+/// from 1.52 to 1.43 CPU-s/GiB (8 rounds, lower in 7; BENCHMARKS.md).
+pub const WRITE_BUFFER: usize = 2 << 20;
 
 /// Bytes held in memory ahead of the frontiers, over all files of a run: one in-order chunk
 /// per request in flight, so every stream can be a chunk ahead without waiting. Bounded by the
