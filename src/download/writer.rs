@@ -135,8 +135,9 @@ impl AlignedBuf {
 /// Every received byte is copied once into an aligned write buffer, and nothing reads that
 /// buffer but the disk. An ordinary copy first reads each destination line into the cache and
 /// then evicts the hashing thread's and the socket's lines to make room; streaming stores write
-/// the lines straight to memory. Measured on the hf bench (8 alternating pairs): 1.72 → 1.56
-/// CPU-s/GiB, with the pair lower in 7 of 8 (BENCHMARKS.md).
+/// the lines straight to memory. Measured on the hf bench (8 alternating pairs): 1.65 → 1.58
+/// CPU-s/GiB, lower in 6 pairs of 8; an AVX2 variant did no better than this SSE2 one
+/// (BENCHMARKS.md).
 ///
 /// # Safety
 /// `src` must be valid for reading and `dst` for writing `n` bytes, and they must not overlap.
