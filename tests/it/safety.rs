@@ -541,31 +541,20 @@ fn part_files_the_rerun_will_remove_count_as_free_room() {
     let slow = stalling(&ep);
     let tmp = tempfile::tempdir().unwrap();
     let out = in_a_small_tmpfs(&slow, tmp.path(), |mnt, bin| {
-        format!(
-            "{bin} --include a.bin --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest & pid=$!
-         for i in $(seq 1 200); do ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
-         sleep 0.5; kill -9 $pid; wait $pid
-         echo avail=$(df -B1 --output=avail {mnt} | tail -1)
-         AWS_ENDPOINT_URL={ep} {bin} --include b.bin s3://{b}/m {mnt}/dest; code=$?
-         echo sha=$(sha256sum {mnt}/dest/b.bin | cut -d' ' -f1)
+        killed_then_rerun(
+            &format!(
+                "{bin} --include a.bin --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest"
+            ),
+            &format!("AWS_ENDPOINT_URL={ep} {bin} --include b.bin s3://{b}/m {mnt}/dest"),
+            mnt,
+            &format!(
+                "sha256sum {mnt}/dest/b.bin | sed 's/^/sha=/'
          echo parts=$(ls {mnt}/dest/.model-loader/parts | wc -l)
-         test -e {mnt}/dest/a.bin && echo a-present
-         exit $code"
+         test -e {mnt}/dest/a.bin && echo a-present"
+            ),
         )
     });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let avail: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("avail="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert!(
-        avail < bb.len() as u64 - 200_000,
-        "the killed run should have left less room than b.bin needs: {avail} free; {stderr}"
-    );
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("sha={}", sha256(&bb))), "{stdout}");
+    let stdout = rerun_fitted(&out, &bb);
     assert!(stdout.contains("parts=0"), "a part file was left: {stdout}");
     assert!(!stdout.contains("a-present"), "{stdout}");
 }
@@ -583,17 +572,35 @@ fn a_rerun_after_a_kill_resumes_on_a_volume_with_less_free_space_than_what_is_mi
     let slow = stalling(&ep);
     let tmp = tempfile::tempdir().unwrap();
     let out = in_a_small_tmpfs(&slow, tmp.path(), |mnt, bin| {
-        format!(
-            "{bin} --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest & pid=$!
+        killed_then_rerun(
+            &format!("{bin} --chunk-size 64KiB --concurrency 2 s3://{b}/m {mnt}/dest"),
+            &format!("AWS_ENDPOINT_URL={ep} {bin} s3://{b}/m {mnt}/dest"),
+            mnt,
+            &format!("sha256sum {mnt}/dest/weights.bin | sed 's/^/sha=/'"),
+        )
+    });
+    rerun_fitted(&out, &body);
+}
+
+/// A script for [`in_a_small_tmpfs`]: `first` is killed -9 once its part file exists, the free
+/// space left is printed (`avail=`), then `rerun` runs, `after` prints what the test checks,
+/// and the script exits with the rerun's code.
+fn killed_then_rerun(first: &str, rerun: &str, mnt: &str, after: &str) -> String {
+    format!(
+        "{first} & pid=$!
          for i in $(seq 1 200); do ls {mnt}/dest/.model-loader/parts/*.part >/dev/null 2>&1 && break; sleep 0.05; done
          sleep 0.5; kill -9 $pid; wait $pid
          echo avail=$(df -B1 --output=avail {mnt} | tail -1)
-         AWS_ENDPOINT_URL={ep} {bin} s3://{b}/m {mnt}/dest; code=$?
-         echo sha=$(sha256sum {mnt}/dest/weights.bin | cut -d' ' -f1)
+         {rerun}; code=$?
+         {after}
          exit $code"
-        )
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    )
+}
+
+/// Checks a [`killed_then_rerun`] script: the kill left less room than `body` needs, yet the
+/// rerun succeeded with `body`'s exact bytes (printed as `sha=` by `after`). Returns stdout.
+fn rerun_fitted(out: &std::process::Output, body: &[u8]) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let avail: u64 = stdout
         .lines()
@@ -606,7 +613,8 @@ fn a_rerun_after_a_kill_resumes_on_a_volume_with_less_free_space_than_what_is_mi
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains(&format!("sha={}", sha256(&body))),
+        stdout.contains(&format!("sha={}", sha256(body))),
         "{stdout}"
     );
+    stdout
 }
