@@ -92,9 +92,9 @@ pub fn audit(cfg: &Config) -> Result<String, AuditFailure> {
     }
     if bad.is_empty() {
         return Ok(format!(
-            "{} matches its manifest: {} files, {hashed} re-hashed, {} by size only",
+            "{} matches its manifest: {}, {hashed} re-hashed, {} by size only",
             cfg.dest.display(),
-            m.files.len(),
+            crate::progress::count(m.files.len(), "file"),
             m.files.len() - hashed
         ));
     }
