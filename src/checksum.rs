@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::remote::{ByteRange, Checksum};
+use crate::remote::{ByteRange, Checksum, PartChecksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -66,6 +66,12 @@ impl Hasher {
                     InlineParts::at(kind, part_size, 0),
                 )))
             }
+            Checksum::UnevenParts { of, lengths, .. } => {
+                let kind = of.map_or(Checksum::Md5([0; 16]), PartChecksum::empty);
+                let mut parts = InlineParts::at(kind, u64::MAX, 0);
+                parts.lengths = Some(std::sync::Arc::clone(lengths));
+                Hasher::Parts(Box::new((want.clone(), parts)))
+            }
         }
     }
 
@@ -115,6 +121,9 @@ pub fn part_layout(c: &Checksum) -> Option<(u64, Checksum)> {
 /// start on a part boundary; a part the range ends in the middle of is dropped (read back later).
 pub struct InlineParts {
     part_size: u64,
+    /// Each part's length, for parts that are not equal (hashed whole and in order only);
+    /// bytes past the last listed part go into one more part, so they cannot match.
+    lengths: Option<std::sync::Arc<[u64]>>,
     kind: Checksum,
     index: u32,
     in_part: u64,
@@ -136,6 +145,7 @@ impl InlineParts {
     fn at(kind: Checksum, part_size: u64, index: u32) -> InlineParts {
         InlineParts {
             part_size: part_size.max(1),
+            lengths: None,
             index,
             in_part: 0,
             hasher: Box::new(Hasher::for_checksum(&kind, 0)),
@@ -146,13 +156,22 @@ impl InlineParts {
 
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let room = (self.part_size - self.in_part).min(data.len() as u64) as usize;
+            let len = self.part_len();
+            let room = (len - self.in_part).min(data.len() as u64) as usize;
             self.hasher.update(&data[..room]);
             self.in_part += room as u64;
             data = &data[room..];
-            if self.in_part == self.part_size {
+            if self.in_part == len {
                 self.close();
             }
+        }
+    }
+
+    /// The length of the part being hashed.
+    fn part_len(&self) -> u64 {
+        match &self.lengths {
+            Some(l) => l.get(self.index as usize).copied().unwrap_or(u64::MAX),
+            None => self.part_size,
         }
     }
 
@@ -206,6 +225,10 @@ pub fn combine_parts(
 /// The checksum of `want`'s kind over the given part checksums, in order.
 fn over_parts(want: &Checksum, digests: impl Iterator<Item = Vec<u8>>) -> Checksum {
     let (part_size, kind) = part_layout(want).unwrap_or((1, Checksum::Md5([0; 16])));
+    let kind = match want {
+        Checksum::UnevenParts { of: Some(of), .. } => of.empty(),
+        _ => kind,
+    };
     let mut outer = Hasher::for_checksum(&kind, 0);
     let mut parts = 0u32;
     for d in digests {
@@ -218,6 +241,11 @@ fn over_parts(want: &Checksum, digests: impl Iterator<Item = Vec<u8>>) -> Checks
             of: *of,
             part_size,
             parts,
+            value,
+        },
+        Checksum::UnevenParts { of, lengths, .. } => Checksum::UnevenParts {
+            of: *of,
+            lengths: std::sync::Arc::clone(lengths),
             value,
         },
         _ => Checksum::MultipartMd5 {
@@ -358,10 +386,18 @@ pub fn needs_in_order(c: &Checksum) -> bool {
 /// Compares what was computed with what the listing promised.
 pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
     if got != want {
+        // Parts are taken as equal but the last once the first and last parts' lengths fit;
+        // middle parts of other lengths cannot be told from corruption (the value repeats).
+        let layout = if part_layout(want).is_some() {
+            "; if every attempt gets the same value, the object's middle parts may differ in \
+             length (see `aws s3api head-object --part-number N`)"
+        } else {
+            ""
+        };
         return Err(Error::new(
             Kind::Corrupt,
             format!(
-                "{shown}: {} mismatch (expected {}, got {}); the partial file was discarded, rerun to fetch it again",
+                "{shown}: {} mismatch (expected {}, got {}); the partial file was discarded, rerun to fetch it again{layout}",
                 want.algorithm(),
                 want.hex(),
                 got.hex()
@@ -380,6 +416,15 @@ mod tests {
         let mut out = [0u8; N];
         hex::decode_to_slice(s, &mut out).unwrap();
         out
+    }
+
+    /// `data` hashed for `want`, fed in pieces of `split` bytes.
+    fn hashed(want: &Checksum, data: &[u8], split: usize) -> Checksum {
+        let mut h = Hasher::for_checksum(want, data.len() as u64);
+        for c in data.chunks(split) {
+            h.update(c);
+        }
+        h.finish()
     }
 
     #[test]
@@ -432,24 +477,55 @@ mod tests {
         };
         // However the bytes arrive, the parts are cut at the same places.
         for split in [1usize, 3, 5, 7, 12] {
-            let mut h = Hasher::for_checksum(&want, 12);
-            for c in b"hello world!".chunks(split) {
-                h.update(c);
-            }
-            assert_eq!(h.finish(), want, "split {split}");
+            assert_eq!(hashed(&want, b"hello world!", split), want, "split {split}");
         }
         assert_eq!(want.hex().rsplit_once('-').unwrap().1, "3/5");
     }
 
     #[test]
-    fn crc_check_values_and_composites() {
-        let hash = |want: &Checksum, data: &[u8]| {
-            let mut h = Hasher::for_checksum(want, data.len() as u64);
-            for c in data.chunks(4) {
-                h.update(c);
-            }
-            h.finish()
+    fn parts_of_unequal_lengths_are_cut_where_the_server_says() {
+        // "hello world!" as 3, 6 and 3 bytes: "hel", "lo wor", "ld!".
+        let md5s: Vec<[u8; 16]> = ["hel", "lo wor", "ld!"]
+            .iter()
+            .map(|p| Md5::digest(p.as_bytes()).into())
+            .collect();
+        let etag: [u8; 16] = Md5::digest(md5s.concat()).into();
+        let want = Checksum::UnevenParts {
+            of: None,
+            lengths: vec![3, 6, 3].into(),
+            value: etag.to_vec(),
         };
+        for split in [1usize, 2, 5, 12] {
+            assert_eq!(hashed(&want, b"hello world!", split), want, "split {split}");
+        }
+        // Taken as equal parts of 3 (what part 1 alone suggests), the same bytes do not match.
+        let equal = Checksum::MultipartMd5 {
+            part_size: 3,
+            parts: 3,
+            digest: etag,
+        };
+        assert_ne!(hashed(&equal, b"hello world!", 4), equal);
+        // A byte too many or too few changes the value.
+        assert_ne!(hashed(&want, b"hello world!!", 4), want);
+        assert_ne!(hashed(&want, b"hello world", 4), want);
+        // A composite CRC-32 over the same parts.
+        let part = |b: &[u8]| crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32IsoHdlc, b) as u32;
+        let joined: Vec<u8> = ["hel", "lo wor", "ld!"]
+            .iter()
+            .flat_map(|p| part(p.as_bytes()).to_be_bytes())
+            .collect();
+        let crc = Checksum::UnevenParts {
+            of: Some(PartChecksum::Crc32),
+            lengths: vec![3, 6, 3].into(),
+            value: part(&joined).to_be_bytes().to_vec(),
+        };
+        assert_eq!(hashed(&crc, b"hello world!", 5), crc);
+        assert_eq!(want.hex().rsplit_once('-').unwrap().1, "3/3,6,3");
+    }
+
+    #[test]
+    fn crc_check_values_and_composites() {
+        let hash = |want: &Checksum, data: &[u8]| hashed(want, data, 4);
         // The catalogue's check values (reveng CRC catalogue), input "123456789".
         assert_eq!(
             hash(&Checksum::Crc32(0), b"123456789"),

@@ -6,21 +6,12 @@ ALGORITHM: CRC32, SHA1, SHA256; `single` uploads it in one PUT instead (a single
 The bucket is created if missing. Prints the object's checksum headers."""
 import sys
 
-import boto3
 from boto3.s3.transfer import TransferConfig
 
+from s3_client import client
+
 endpoint, bucket, key, path, algorithm = sys.argv[1:6]
-s3 = boto3.client(
-    "s3",
-    endpoint_url=endpoint,
-    aws_access_key_id="test",
-    aws_secret_access_key="test",
-    region_name="us-east-1",
-)
-try:
-    s3.create_bucket(Bucket=bucket)
-except s3.exceptions.BucketAlreadyOwnedByYou:
-    pass
+s3 = client(endpoint, bucket)
 part = 8 * 1024 * 1024
 if sys.argv[6:] == ["single"]:
     part = 1 << 40

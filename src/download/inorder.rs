@@ -1,7 +1,7 @@
 //! In-order hashing of a file fetched in several ranges at once, for checksums that cannot be
 //! combined from pieces: the SHA-256 of a Hub LFS file, the MD5 ETag of a single-part S3 object,
-//! a SHA-1. (CRCs combine mathematically and per-part checksums are hashed part by part; they
-//! never come here.)
+//! a SHA-1, a multipart ETag over parts of unequal lengths. (CRCs combine mathematically and
+//! checksums over equal parts are hashed part by part; they never come here.)
 //!
 //! One hashing thread per file follows a frontier: everything before `pos` is hashed. The
 //! streams hand it what they receive, and it is kept in memory until hashed: bytes near the

@@ -101,7 +101,7 @@ fn size_only_reason(f: &RemoteFile) -> String {
     } else if f.size == 0 {
         "empty file".into()
     } else {
-        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose part layout the server would not tell)".into()
+        "the source gave no checksum for it (for S3: a multipart object without an additional checksum whose parts the server would not describe)".into()
     }
 }
 

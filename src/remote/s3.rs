@@ -576,8 +576,8 @@ impl S3 {
     /// Multipart objects: verified against their S3 additional checksum when they have one
     /// (`HEAD` with `x-amz-checksum-mode: ENABLED`: full-object CRC-64/NVME, CRC-32, CRC-32C,
     /// SHA-1, SHA-256, or composite per-part ones), else against their ETag, the MD5 of their
-    /// part MD5s. Per-part checksums need the part size, which `HEAD ?partNumber=1` tells.
-    /// Objects whose layout cannot be learnt (or is not equal parts) keep a size-only check.
+    /// part MD5s. Per-part checksums need the parts' lengths (see `layout`);
+    /// objects whose layout the server will not tell keep a size-only check.
     async fn learn_checksums(&self, files: &mut [RemoteFile]) -> Result<()> {
         use futures_util::StreamExt;
         let todo: Vec<(usize, [u8; 16], u32, RemoteFile)> = files
@@ -594,16 +594,19 @@ impl S3 {
             .collect();
         let learnt: Vec<_> =
             futures_util::stream::iter(todo.into_iter().map(|(i, digest, parts, f)| async move {
-                let extra = self.additional_checksum(&f, parts).await;
-                let size = self.part_size(&f, parts).await;
-                (i, digest, parts, extra, size)
+                let (extra, layout) = futures_util::future::join(
+                    self.additional_checksum(&f, parts),
+                    self.layout(&f, parts),
+                )
+                .await;
+                (i, digest, parts, extra, layout)
             }))
             .buffer_unordered(16)
             .collect()
             .await;
-        for (i, digest, parts, extra, part_size) in learnt {
+        for (i, digest, parts, extra, layout) in learnt {
             let f = &mut files[i];
-            let ((extra, etag), part_size) = (extra?, part_size?);
+            let ((extra, etag), layout) = (extra?, layout?);
             if parts == 0 {
                 // Single part: a whole-object CRC replaces the MD5 ETag; anything else keeps it.
                 // A listing without ETags (s3s-fs) takes the HEAD's, if it is a plain MD5.
@@ -625,9 +628,11 @@ impl S3 {
                         .is_some_and(|lo| lo < f.size)
                     && u64::from(n).checked_mul(p).is_some_and(|hi| f.size <= hi)
             };
-            f.checksum = match (extra, part_size) {
+            f.checksum = match (extra, layout) {
                 (Some(Additional::Whole(c)), _) => Some(c),
-                (Some(Additional::Composite { of, parts, value }), Some(p)) if fits(p, parts) => {
+                (Some(Additional::Composite { of, parts, value }), Some(Layout::Equal(p)))
+                    if fits(p, parts) =>
+                {
                     Some(Checksum::Composite {
                         of,
                         part_size: p,
@@ -635,10 +640,23 @@ impl S3 {
                         value,
                     })
                 }
-                (None, Some(p)) if fits(p, parts) => Some(Checksum::MultipartMd5 {
+                (None, Some(Layout::Equal(p))) if fits(p, parts) => Some(Checksum::MultipartMd5 {
                     part_size: p,
                     parts,
                     digest,
+                }),
+                (
+                    Some(Additional::Composite { of, parts, value }),
+                    Some(Layout::Uneven(lengths)),
+                ) if lengths.len() == parts as usize => Some(Checksum::UnevenParts {
+                    of: Some(of),
+                    lengths,
+                    value,
+                }),
+                (None, Some(Layout::Uneven(lengths))) => Some(Checksum::UnevenParts {
+                    of: None,
+                    lengths,
+                    value: digest.to_vec(),
                 }),
                 _ => None,
             };
@@ -668,19 +686,58 @@ impl S3 {
         Ok((parse_additional(resp.headers(), parts), etag))
     }
 
-    /// The size of part 1 of a multipart object (None: the server would not say).
-    async fn part_size(&self, f: &RemoteFile, parts: u32) -> Result<Option<u64>> {
+    /// How a multipart object is cut (None: the server would not say). Equal parts but the last
+    /// is what aws-cli, boto3, s5cmd, rclone and this tool upload: part 1's length gives the
+    /// size, the last part's length confirms it, and ranges are cut at part boundaries so each
+    /// part is hashed by the stream that fetched it. Other writers cut other layouts: then
+    /// every part's length is asked for (one `HEAD` each, only for such objects), and the
+    /// object is hashed in order, part by part, rather than failed as corrupt on every attempt.
+    async fn layout(&self, f: &RemoteFile, parts: u32) -> Result<Option<Layout>> {
+        use futures_util::StreamExt;
         if parts <= 1 {
-            return Ok(Some(f.size));
+            return Ok(Some(Layout::Equal(f.size)));
         }
-        let what = format!("HEAD {} (part 1)", self.display(&f.key));
+        let (first, last) = futures_util::future::join(
+            self.part_length(f, 1, parts),
+            self.part_length(f, parts, parts),
+        )
+        .await;
+        let (Some(first), Some(last)) = (first?, last?) else {
+            return Ok(None);
+        };
+        if last_part_fits(f.size, first, parts, last) {
+            return Ok(Some(Layout::Equal(first)));
+        }
+        let middle: Vec<Result<Option<u64>>> = futures_util::stream::iter(2..parts)
+            .map(|n| self.part_length(f, n, parts))
+            .buffered(16)
+            .collect()
+            .await;
+        let mut lengths = vec![first];
+        for len in middle {
+            match len? {
+                Some(len) => lengths.push(len),
+                None => return Ok(None),
+            }
+        }
+        lengths.push(last);
+        let total = lengths.iter().try_fold(0u64, |a, &n| a.checked_add(n));
+        Ok((lengths.iter().all(|&n| n > 0) && total == Some(f.size))
+            .then(|| Layout::Uneven(lengths.into())))
+    }
+
+    /// The length of part `n` of an object of `parts` parts (`HEAD ?partNumber=n`); None when
+    /// the reply does not describe such a part.
+    async fn part_length(&self, f: &RemoteFile, n: u32, parts: u32) -> Result<Option<u64>> {
+        let what = format!("HEAD {} (part {n})", self.display(&f.key));
+        let number = n.to_string();
         // No If-Match: some servers (moto) compare it with the part's own ETag. The ranged GETs
         // carry it, so an object replaced since the listing is still caught.
         let resp = self
             .send(
                 Method::HEAD,
                 &self.object_path(&f.key),
-                &[("partNumber", "1")],
+                &[("partNumber", number.as_str())],
                 &[],
                 &what,
             )
@@ -691,7 +748,7 @@ impl S3 {
         );
         let len = header_u64(resp.headers(), CONTENT_LENGTH);
         Ok(match (resp.status().is_success(), count, len) {
-            (true, Some(n), Some(len)) if n == u64::from(parts) => Some(len),
+            (true, Some(c), Some(len)) if c == u64::from(parts) => Some(len),
             _ => None,
         })
     }
@@ -1046,6 +1103,21 @@ fn header_str(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String
     h.get(name)?.to_str().ok().map(str::to_string)
 }
 
+/// How a multipart object's bytes are cut into parts.
+enum Layout {
+    /// Parts of this size but the last, which holds what remains.
+    Equal(u64),
+    /// Each part's length, in order.
+    Uneven(std::sync::Arc<[u64]>),
+}
+
+/// Whether `parts` parts of `part` bytes but the last, whose length the server gave as `last`,
+/// make up `size` bytes: the last part is what remains after the others, and not empty.
+fn last_part_fits(size: u64, part: u64, parts: u32, last: u64) -> bool {
+    let before = u64::from(parts.saturating_sub(1)).checked_mul(part);
+    last > 0 && last <= part && before.and_then(|b| b.checked_add(last)) == Some(size)
+}
+
 fn header_u64(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
@@ -1153,6 +1225,21 @@ struct ListedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_part_confirms_equal_parts() {
+        const M: u64 = 1 << 20;
+        // 6, 6, 6, 2 MiB: equal but the last.
+        assert!(last_part_fits(20 * M, 6 * M, 4, 2 * M));
+        // 6, 5, 6, 2 MiB (19 MiB): part 1 alone suggests 6, 6, 6, 1; the last part says no.
+        assert!(!last_part_fits(19 * M, 6 * M, 4, 2 * M));
+        // A last part as long as the others, and one longer than part 1.
+        assert!(last_part_fits(24 * M, 8 * M, 3, 8 * M));
+        assert!(!last_part_fits(25 * M, 8 * M, 3, 9 * M));
+        // An empty last part, and sizes that overflow.
+        assert!(!last_part_fits(16 * M, 8 * M, 3, 0));
+        assert!(!last_part_fits(u64::MAX, u64::MAX, 3, 1));
+    }
 
     #[test]
     fn additional_checksum_headers() {

@@ -58,6 +58,14 @@ pub enum Checksum {
         parts: u32,
         value: Vec<u8>,
     },
+    /// A multipart ETag (`of` None) or composite checksum over parts that are not equal but the
+    /// last, as some writers cut them: each part's length from `HEAD ?partNumber=n`. Hashed in
+    /// order, part by part (ranges cannot be cut at boundaries a part size does not give).
+    UnevenParts {
+        of: Option<PartChecksum>,
+        lengths: std::sync::Arc<[u64]>,
+        value: Vec<u8>,
+    },
 }
 
 /// What each part of a composite checksum is.
@@ -70,6 +78,16 @@ pub enum PartChecksum {
 }
 
 impl PartChecksum {
+    /// The algorithm's name in the manifest for a checksum over parts of this kind.
+    pub fn over_parts(self) -> &'static str {
+        match self {
+            PartChecksum::Crc32 => "crc32-of-parts",
+            PartChecksum::Crc32c => "crc32c-of-parts",
+            PartChecksum::Sha1 => "sha1-of-parts",
+            PartChecksum::Sha256 => "sha256-of-parts",
+        }
+    }
+
     /// A whole-object checksum of this kind with an empty value, to build a hasher from.
     pub fn empty(self) -> Checksum {
         match self {
@@ -93,12 +111,8 @@ impl Checksum {
             Checksum::Crc32(_) => "crc32",
             Checksum::Crc64Nvme(_) => "crc64nvme",
             Checksum::Sha1(_) => "sha1",
-            Checksum::Composite { of, .. } => match of {
-                PartChecksum::Crc32 => "crc32-of-parts",
-                PartChecksum::Crc32c => "crc32c-of-parts",
-                PartChecksum::Sha1 => "sha1-of-parts",
-                PartChecksum::Sha256 => "sha256-of-parts",
-            },
+            Checksum::Composite { of, .. } => of.over_parts(),
+            Checksum::UnevenParts { of, .. } => of.map_or("md5-of-parts", PartChecksum::over_parts),
         }
     }
 
@@ -123,6 +137,16 @@ impl Checksum {
                 value,
                 ..
             } => format!("{}-{parts}/{part_size}", hex::encode(value)),
+            // Every part's length where equal parts have the one size.
+            Checksum::UnevenParts { lengths, value, .. } => {
+                let lengths: Vec<String> = lengths.iter().map(u64::to_string).collect();
+                format!(
+                    "{}-{}/{}",
+                    hex::encode(value),
+                    lengths.len(),
+                    lengths.join(",")
+                )
+            }
         }
     }
 
@@ -139,22 +163,33 @@ impl Checksum {
             Some(out)
         }
         let (algo, value) = s.split_once(':')?;
-        let parts = |v: &str| -> Option<(Vec<u8>, u32, u64)> {
-            let (digest, rest) = v.split_once('-')?;
-            let (parts, size) = rest.split_once('/')?;
-            Some((
-                hex::decode(digest).ok()?,
-                parts.parse().ok()?,
-                size.parse().ok()?,
-            ))
-        };
-        let composite = |of: PartChecksum| {
-            let (value, parts, part_size) = parts(value)?;
-            Some(Checksum::Composite {
-                of,
-                part_size,
-                parts,
-                value,
+        // `hex-N/size` for equal parts, `hex-N/len1,…,lenN` for others.
+        let over_parts = |of: Option<PartChecksum>| -> Option<Checksum> {
+            let (digest, rest) = value.split_once('-')?;
+            let (parts, sizes) = rest.split_once('/')?;
+            let (value, parts) = (hex::decode(digest).ok()?, parts.parse::<u32>().ok()?);
+            let sizes: Vec<u64> = sizes
+                .split(',')
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            Some(match (of, sizes.as_slice()) {
+                (None, &[part_size]) => Checksum::MultipartMd5 {
+                    part_size,
+                    parts,
+                    digest: value.try_into().ok()?,
+                },
+                (Some(of), &[part_size]) => Checksum::Composite {
+                    of,
+                    part_size,
+                    parts,
+                    value,
+                },
+                _ if sizes.len() == parts as usize => Checksum::UnevenParts {
+                    of,
+                    lengths: sizes.into(),
+                    value,
+                },
+                _ => return None,
             })
         };
         Some(match algo {
@@ -166,18 +201,11 @@ impl Checksum {
             "crc32" => Checksum::Crc32(u32::from_str_radix(value, 16).ok()?),
             "crc64ecma" => Checksum::Crc64Ecma(u64::from_str_radix(value, 16).ok()?),
             "crc64nvme" => Checksum::Crc64Nvme(u64::from_str_radix(value, 16).ok()?),
-            "md5-of-parts" => {
-                let (digest, parts, part_size) = parts(value)?;
-                Checksum::MultipartMd5 {
-                    part_size,
-                    parts,
-                    digest: digest.try_into().ok()?,
-                }
-            }
-            "crc32-of-parts" => composite(PartChecksum::Crc32)?,
-            "crc32c-of-parts" => composite(PartChecksum::Crc32c)?,
-            "sha1-of-parts" => composite(PartChecksum::Sha1)?,
-            "sha256-of-parts" => composite(PartChecksum::Sha256)?,
+            "md5-of-parts" => over_parts(None)?,
+            "crc32-of-parts" => over_parts(Some(PartChecksum::Crc32))?,
+            "crc32c-of-parts" => over_parts(Some(PartChecksum::Crc32c))?,
+            "sha1-of-parts" => over_parts(Some(PartChecksum::Sha1))?,
+            "sha256-of-parts" => over_parts(Some(PartChecksum::Sha256))?,
             _ => return None,
         })
     }
@@ -278,6 +306,16 @@ mod tests {
                 parts: 1,
                 value: vec![7; 32],
             },
+            Checksum::UnevenParts {
+                of: None,
+                lengths: vec![6, 5, 6, 2].into(),
+                value: vec![8; 16],
+            },
+            Checksum::UnevenParts {
+                of: Some(PartChecksum::Crc32),
+                lengths: vec![5, 6].into(),
+                value: vec![1, 2, 3, 4],
+            },
         ];
         for c in all {
             assert_eq!(
@@ -293,6 +331,8 @@ mod tests {
             "md5:zz",
             "crc32:",
             "md5-of-parts:00-x/1",
+            "md5-of-parts:00-3/1,2",
+            "crc32-of-parts:00-2/1,x",
             "nope:00",
         ] {
             assert_eq!(Checksum::from_tagged(bad), None, "{bad}");

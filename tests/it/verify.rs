@@ -243,3 +243,104 @@ fn a_large_single_part_object_with_a_crc_is_verified_by_it() {
         }
     }
 }
+
+/// Parts that are not equal but the last, as some writers cut them: 6, 5, 6 and 2 MiB. Part 1
+/// alone suggests 6, 6, 6 and 1 MiB, against which the ETag (or composite checksum) would fail
+/// on every attempt: a valid object failed as corrupt. The last part's length shows the layout
+/// is something else, every part's length is asked for, and the object is verified against its
+/// ETag or checksum with them: exit 0 and the exact bytes, then a flipped bit refetched once,
+/// and one flipped on every reply caught (exit 6, nothing at the final path, no manifest).
+/// The same bytes in equal parts (6, 6, 6, 1 MiB) are verified as before.
+#[test]
+fn a_multipart_object_with_parts_of_unequal_sizes_is_verified_by_every_part() {
+    const M: usize = 1 << 20;
+    let python = required_env("MODEL_LOADER_TEST_PYTHON");
+    let ep = s3_endpoint();
+    let b = bucket("uneq");
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = data(161, 19 * M);
+    let path = tmp.path().join("w.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let unequal = "6291456,5242880,6291456,2097152";
+    let cases = [
+        ("md5-unequal", "6,5,6,2", None, "md5-of-parts:", unequal),
+        (
+            "crc32-unequal",
+            "6,5,6,2",
+            Some("CRC32"),
+            "crc32-of-parts:",
+            unequal,
+        ),
+        ("md5-equal", "6,6,6,1", None, "md5-of-parts:", "6291456"),
+        (
+            "crc32-equal",
+            "6,6,6,1",
+            Some("CRC32"),
+            "crc32-of-parts:",
+            "6291456",
+        ),
+    ];
+    for (name, mib, algorithm, tag, layout) in cases {
+        let sizes: Vec<String> = mib
+            .split(',')
+            .map(|n| (n.parse::<usize>().unwrap() * M).to_string())
+            .collect();
+        let out = run(std::process::Command::new(&python)
+            .arg("scripts/support/seed_parts.py")
+            .args([&ep, &b, &format!("m/{name}/w.bin")])
+            .arg(&path)
+            .arg(sizes.join(","))
+            .args(algorithm));
+        assert_eq!(out.status.code(), Some(0), "{name}: seeding");
+
+        // In 4 MiB ranges: several requests per file, parts hashed as they stream in. (A flip
+        // lands in whichever reply the proxy forwards first, so at an offset every reply has.)
+        let load = |dest: &Path, proxy: &str| {
+            run(loader(proxy, tmp.path())
+                .args(["--chunk-size", "4MiB"])
+                .arg(format!("s3://{b}/m/{name}"))
+                .arg(dest))
+        };
+        let dest = tmp.path().join(name);
+        let out = load(&dest, &ep);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert_eq!(tree(&dest)["w.bin"], sha256(&bytes), "{name}");
+        let recorded = manifest(&dest)["files"][0]["checksum"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            recorded.starts_with(tag) && recorded.ends_with(&format!("-4/{layout}")),
+            "{name}: {recorded}"
+        );
+        // The audit re-hashes DEST with the layout the manifest recorded.
+        let out = run(loader(&ep, tmp.path())
+            .env("MODEL_LOADER_VERIFY", "true")
+            .arg(format!("s3://{b}/m/{name}"))
+            .arg(&dest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(stderr.contains("1 file, 1 re-hashed"), "{name}: {stderr}");
+
+        let dest = tmp.path().join(format!("{name}-once"));
+        let out = load(&dest, &flipping(&ep, 1000, 1).url());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert!(
+            stderr.contains("fetching it again, once"),
+            "{name}: {stderr}"
+        );
+        assert_eq!(tree(&dest)["w.bin"], sha256(&bytes), "{name}");
+
+        let dest = tmp.path().join(format!("{name}-always"));
+        let out = load(&dest, &flipping(&ep, 1000, usize::MAX).url());
+        let line = error_line(&out, 6);
+        assert!(
+            line.contains(&format!("{} mismatch", &tag[..tag.len() - 1])),
+            "{name}: {line}"
+        );
+        assert!(!dest.join("w.bin").exists(), "{name}");
+        assert!(!dest.join(".model-loader/manifest.json").exists(), "{name}");
+    }
+}
