@@ -10,6 +10,9 @@ use futures_util::Stream;
 
 use crate::error::Result;
 
+/// S3 and OSS accept at most this many parts per object.
+pub const MAX_PARTS: u32 = 10_000;
+
 /// One file as the source lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFile {

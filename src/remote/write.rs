@@ -7,13 +7,12 @@
 use super::any::AnySource;
 use super::body::FileRange;
 use super::s3::S3;
+use super::types::MAX_PARTS;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 use crate::retry::{retrying, RetryPolicy};
 use crate::url::RelPath;
 
-/// S3 and OSS accept at most this many parts per object.
-const MAX_PARTS: u64 = 10_000;
 /// … each at least this large, but the last.
 const MIN_PART: u64 = 5 << 20;
 
@@ -56,7 +55,7 @@ impl AnySource {
 /// The part size for an object of `len` bytes: what was asked, grown so the object fits in
 /// 10,000 parts, and at least 5 MiB.
 pub fn s3_part_size(wanted: u64, len: u64) -> u64 {
-    wanted.max(len.div_ceil(MAX_PARTS)).max(MIN_PART)
+    wanted.max(len.div_ceil(u64::from(MAX_PARTS))).max(MIN_PART)
 }
 
 async fn put_single(
@@ -133,6 +132,6 @@ mod tests {
         // 1 TiB at 64 MiB would be 16,384 parts: grown to fit 10,000.
         let big = 1u64 << 40;
         let p = s3_part_size(64 << 20, big);
-        assert!(big.div_ceil(p) <= MAX_PARTS && p > 64 << 20);
+        assert!(big.div_ceil(p) <= u64::from(MAX_PARTS) && p > 64 << 20);
     }
 }
