@@ -622,35 +622,36 @@ impl S3 {
                 }
                 continue;
             }
-            let fits = |p: u64, n: u32| {
-                p > 0
-                    && n >= 1
-                    && u64::from(n - 1)
-                        .checked_mul(p)
-                        .is_some_and(|lo| lo < f.size)
-                    && u64::from(n).checked_mul(p).is_some_and(|hi| f.size <= hi)
-            };
+            // `layout` confirmed an equal layout for the ETag's part count; a composite checksum
+            // over another count cannot be checked with it.
             f.checksum = match (extra, layout) {
                 (Some(Additional::Whole(c)), _) => Some(c),
-                (Some(Additional::Composite { of, parts, value }), Some(Layout::Equal(p)))
-                    if fits(p, parts) =>
-                {
-                    Some(Checksum::Composite {
+                (
+                    Some(Additional::Composite {
                         of,
-                        part_size: p,
-                        parts,
+                        parts: n,
                         value,
-                    })
-                }
-                (None, Some(Layout::Equal(p))) if fits(p, parts) => Some(Checksum::MultipartMd5 {
+                    }),
+                    Some(Layout::Equal(p)),
+                ) if n == parts => Some(Checksum::Composite {
+                    of,
+                    part_size: p,
+                    parts,
+                    value,
+                }),
+                (None, Some(Layout::Equal(p))) => Some(Checksum::MultipartMd5 {
                     part_size: p,
                     parts,
                     digest,
                 }),
                 (
-                    Some(Additional::Composite { of, parts, value }),
+                    Some(Additional::Composite {
+                        of,
+                        parts: n,
+                        value,
+                    }),
                     Some(Layout::Uneven(lengths)),
-                ) if lengths.len() == parts as usize => Some(Checksum::UnevenParts {
+                ) if n == parts => Some(Checksum::UnevenParts {
                     of: Some(of),
                     lengths,
                     value,
@@ -697,7 +698,7 @@ impl S3 {
     async fn layout(&self, f: &RemoteFile, parts: u32) -> Result<Option<Layout>> {
         use futures_util::StreamExt;
         if parts <= 1 {
-            return Ok(Some(Layout::Equal(f.size)));
+            return Ok((f.size > 0).then_some(Layout::Equal(f.size)));
         }
         let (first, last) = futures_util::future::join(
             self.part_length(f, 1, parts),
