@@ -10,7 +10,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 
 use crate::error::{Error, Kind, Result};
-use crate::remote::{ByteRange, Checksum, PartChecksum};
+use crate::remote::{ByteRange, Checksum};
 
 /// An incremental hash of the kind a checksum needs.
 pub enum Hasher {
@@ -66,8 +66,8 @@ impl Hasher {
                     InlineParts::at(kind, part_size, 0),
                 )))
             }
-            Checksum::UnevenParts { of, lengths, .. } => {
-                let kind = of.map_or(Checksum::Md5([0; 16]), PartChecksum::empty);
+            Checksum::UnevenParts { lengths, .. } => {
+                let kind = part_kind(want).unwrap_or(Checksum::Md5([0; 16]));
                 let mut parts = InlineParts::at(kind, u64::MAX, 0);
                 parts.lengths = Some(std::sync::Arc::clone(lengths));
                 Hasher::Parts(Box::new((want.clone(), parts)))
@@ -111,8 +111,22 @@ impl Hasher {
 /// the kind of checksum each part has (an empty one, to build a hasher from).
 pub fn part_layout(c: &Checksum) -> Option<(u64, Checksum)> {
     match c {
-        Checksum::MultipartMd5 { part_size, .. } => Some((*part_size, Checksum::Md5([0; 16]))),
-        Checksum::Composite { of, part_size, .. } => Some((*part_size, of.empty())),
+        Checksum::MultipartMd5 { part_size, .. } | Checksum::Composite { part_size, .. } => {
+            Some((*part_size, part_kind(c)?))
+        }
+        _ => None,
+    }
+}
+
+/// For any checksum over parts, equal or not: the kind of checksum each part has (an empty one).
+fn part_kind(c: &Checksum) -> Option<Checksum> {
+    match c {
+        Checksum::MultipartMd5 { .. } | Checksum::UnevenParts { of: None, .. } => {
+            Some(Checksum::Md5([0; 16]))
+        }
+        Checksum::Composite { of, .. } | Checksum::UnevenParts { of: Some(of), .. } => {
+            Some(of.empty())
+        }
         _ => None,
     }
 }
@@ -224,11 +238,8 @@ pub fn combine_parts(
 
 /// The checksum of `want`'s kind over the given part checksums, in order.
 fn over_parts(want: &Checksum, digests: impl Iterator<Item = Vec<u8>>) -> Checksum {
-    let (part_size, kind) = part_layout(want).unwrap_or((1, Checksum::Md5([0; 16])));
-    let kind = match want {
-        Checksum::UnevenParts { of: Some(of), .. } => of.empty(),
-        _ => kind,
-    };
+    let part_size = part_layout(want).map_or(1, |(size, _)| size);
+    let kind = part_kind(want).unwrap_or(Checksum::Md5([0; 16]));
     let mut outer = Hasher::for_checksum(&kind, 0);
     let mut parts = 0u32;
     for d in digests {
