@@ -681,20 +681,13 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             job.plan.resume,
         )?),
     };
-    // A whole-object checksum the server sent with the bytes (OSS's CRC-64) is the authority;
-    // else what the listing (or HEAD) gave, unless a reply showed it does not describe the bytes.
     let from_reply = job
         .object_checksum
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let checksum = from_reply.or_else(|| {
-        job.plan
-            .file
-            .checksum
-            .clone()
-            .filter(|_| job.checksum_applies.load(Ordering::Relaxed))
-    });
+    let applies = job.checksum_applies.load(Ordering::Relaxed);
+    let checksum = verify::authority(job.plan.file.checksum.clone(), from_reply, applies);
     let inline = job
         .inline
         .lock()
@@ -708,6 +701,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(job.plan.path.clone(), checksum.clone());
+    let checked = super::manifest::Checked::of(&job.plan.file, checksum.as_ref());
     let state = Arc::clone(&ctx.state);
     let path = job.plan.path.clone();
     let crc_algo = job.crc;
@@ -764,7 +758,8 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .add(io.stats());
     }
-    ctx.state.record_file(&job.plan.path, &job.plan.file)?;
+    ctx.state
+        .record_file(&job.plan.path, &job.plan.file, checked)?;
     ctx.files_done.fetch_add(1, Ordering::Relaxed);
     if job.plan.chunk_count() == 0 {
         ctx.reporter

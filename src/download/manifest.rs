@@ -24,6 +24,36 @@ pub struct ManifestFile {
     pub size_only: Option<String>,
 }
 
+/// What a completed file was checked against: a tagged checksum, or why only its size. Kept in
+/// the manifest and in the journal's file records, so a file completed by an earlier (perhaps
+/// interrupted) run is described by what that run did, never by today's listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checked {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_only: Option<String>,
+}
+
+impl Checked {
+    /// What a run that fetched `f` and verified it against `verified` (None: size only) did.
+    pub fn of(f: &RemoteFile, verified: Option<&Checksum>) -> Checked {
+        Checked {
+            checksum: verified.map(Checksum::tagged),
+            size_only: verified.is_none().then(|| size_only_reason(f)),
+        }
+    }
+}
+
+impl From<&ManifestFile> for Checked {
+    fn from(e: &ManifestFile) -> Checked {
+        Checked {
+            checksum: e.checksum.clone(),
+            size_only: e.size_only.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -44,43 +74,36 @@ pub struct Outcome<'a> {
     pub selected: &'a [(RelPath, RemoteFile)],
     /// Files fetched by this run → what they were verified against (None: size only).
     pub verified: &'a HashMap<RelPath, Option<Checksum>>,
-    /// The manifest of the previous complete load, if any.
-    pub previous: Option<&'a Manifest>,
+    /// Files left in place → what the run that completed them recorded (previous manifest or
+    /// journal); None when that record predates this field.
+    pub earlier: &'a HashMap<RelPath, Option<Checked>>,
     pub completed_at: String,
 }
 
 /// The manifest for `o`. A file fetched now records what it was verified against; a file
-/// left in place keeps what the previous manifest recorded (the listing's checksum may never
-/// have applied to it), or the listing's when there was none; a file with no checksum says
-/// why only its size was checked.
+/// left in place keeps what the run that completed it recorded — never the listing's checksum,
+/// which may never have applied to it (an interrupted run's SSE-KMS file was checked by size
+/// only); a file with no checksum says why only its size was checked.
 pub fn build(o: Outcome<'_>) -> Manifest {
-    let previous: HashMap<&str, Option<String>> = o
-        .previous
-        .iter()
-        .flat_map(|m| {
-            m.files
-                .iter()
-                .map(|e| (e.path.as_str(), e.checksum.clone()))
-        })
-        .collect();
     let files = o
         .selected
         .iter()
         .map(|(p, f)| {
-            let checksum = match o.verified.get(p) {
-                Some(c) => c.as_ref().map(Checksum::tagged),
-                None => match previous.get(p.as_str()) {
-                    Some(c) => c.clone(),
-                    None => f.checksum.as_ref().map(Checksum::tagged),
-                },
+            let checked = match o.verified.get(p) {
+                Some(c) => Checked::of(f, c.as_ref()),
+                None => o.earlier.get(p).cloned().flatten().unwrap_or(Checked {
+                    checksum: None,
+                    size_only: Some(
+                        "completed by an earlier run that did not record what it checked".into(),
+                    ),
+                }),
             };
-            let size_only = checksum.is_none().then(|| size_only_reason(f));
             ManifestFile {
                 path: p.to_string(),
                 size: f.size,
                 version: f.version.clone(),
-                checksum,
-                size_only,
+                checksum: checked.checksum,
+                size_only: checked.size_only,
             }
         })
         .collect();
@@ -136,12 +159,17 @@ mod tests {
         verified: &'a HashMap<RelPath, Option<Checksum>>,
         previous: Option<&'a Manifest>,
     ) -> Manifest {
+        let earlier: HashMap<RelPath, Option<Checked>> = previous
+            .iter()
+            .flat_map(|m| &m.files)
+            .map(|e| (RelPath::new(&e.path).unwrap(), Some(Checked::from(e))))
+            .collect();
         build(Outcome {
             source: "s3://bkt/m".into(),
             revision: None,
             selected,
             verified,
-            previous,
+            earlier: &earlier,
             completed_at: "2026-12-01T00:00:00Z".into(),
         })
     }
@@ -172,10 +200,14 @@ mod tests {
             Some(Checksum::Crc64Nvme(9).tagged())
         );
         assert_eq!(
-            by["kept.bin"].checksum,
-            Some(Checksum::Crc32c(7).tagged()),
-            "listing's, no previous"
+            by["kept.bin"].checksum, None,
+            "never the listing's: nothing says it was checked against it"
         );
+        assert!(by["kept.bin"]
+            .size_only
+            .as_deref()
+            .unwrap()
+            .contains("did not record"));
         assert!(by["kms.bin"]
             .size_only
             .as_deref()

@@ -64,11 +64,8 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     };
     state.set_lease(lock.held());
     let previous = state.read_manifest();
-    let plan = plan(
-        selected.clone(),
-        &state.local_state(&selected)?,
-        plan_options,
-    );
+    let local = state.local_state(&selected)?;
+    let plan = plan(selected.clone(), &local, plan_options);
     let mut summary = report_plan(&plan, reporter.as_ref());
     let manifest_current = previous
         .as_ref()
@@ -99,7 +96,11 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         revision: listing.revision,
         selected: &selected,
         verified: &done.verified,
-        previous: previous.as_ref(),
+        earlier: &local
+            .recorded
+            .into_iter()
+            .map(|(p, r)| (p, r.checked))
+            .collect(),
         completed_at: manifest::now_rfc3339(),
     }))?;
     lock.release();

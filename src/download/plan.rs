@@ -11,6 +11,9 @@ use crate::url::RelPath;
 pub struct Recorded {
     pub size: u64,
     pub version: Option<String>,
+    /// What it was verified against when it was completed; `None` for records written before
+    /// this was kept (the manifest then says so rather than claim a check).
+    pub checked: Option<super::manifest::Checked>,
 }
 
 /// Bytes of a partial file that an earlier run made durable, for one object version.
@@ -107,13 +110,17 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         .collect();
 
     for (path, file) in files {
+        // A file without a version token cannot be told from another of its size: it is never
+        // taken as the one on disk, nor resumed (`None` is "unknown", not "the same").
+        let same = |size: u64, version: &Option<String>| {
+            file.version.is_some() && size == file.size && *version == file.version
+        };
         let up_to_date = !opts.force
             && local.on_disk.get(&path) == Some(&file.size)
-            && local.recorded.get(&path)
-                == Some(&Recorded {
-                    size: file.size,
-                    version: file.version.clone(),
-                });
+            && local
+                .recorded
+                .get(&path)
+                .is_some_and(|r| same(r.size, &r.version));
         if up_to_date {
             out.skip.push((path, file));
             continue;
@@ -121,7 +128,7 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         let partial = local
             .partial
             .get(&path)
-            .filter(|p| !opts.force && p.size == file.size && p.version == file.version);
+            .filter(|p| !opts.force && same(p.size, &p.version));
         let done = partial.map(|p| p.done.as_slice()).unwrap_or(&[]);
         let missing = missing_ranges(file.size, done);
         let missing_bytes: u64 = missing.iter().map(ByteRange::len).sum();
@@ -312,6 +319,7 @@ mod tests {
                 Recorded {
                     size,
                     version: Some(v.into()),
+                    checked: None,
                 },
             );
             local
@@ -342,6 +350,40 @@ mod tests {
     }
 
     #[test]
+    fn a_file_without_a_version_is_never_skipped_nor_resumed() {
+        // A server that lists no ETag (s3s-fs): two objects of one size are not "the same".
+        let mut local = LocalState::default();
+        let p = RelPath::new("w.bin").unwrap();
+        local.recorded.insert(
+            p.clone(),
+            Recorded {
+                size: 25,
+                version: None,
+                checked: None,
+            },
+        );
+        local.on_disk.insert(p.clone(), 25);
+        local.partial.insert(
+            p,
+            Partial {
+                size: 25,
+                version: None,
+                done: vec![r(0, 10)],
+            },
+        );
+        let mut file = rf("w.bin", 25, "x");
+        file.1.version = None;
+        let out = plan(vec![file], &local, OPTS);
+        assert!(out.skip.is_empty(), "None == None is not the same version");
+        assert_eq!(out.fetch.len(), 1);
+        assert!(
+            !out.fetch[0].resume,
+            "nor is a part file of no version resumed"
+        );
+        assert_eq!(out.fetch[0].chunk_count(), 3);
+    }
+
+    #[test]
     fn everything_recorded_and_present_is_a_noop() {
         let mut local = LocalState::default();
         let p = RelPath::new("a").unwrap();
@@ -350,6 +392,7 @@ mod tests {
             Recorded {
                 size: 5,
                 version: Some("v".into()),
+                checked: None,
             },
         );
         local.on_disk.insert(p, 5);
@@ -365,6 +408,7 @@ mod tests {
                 Recorded {
                     size: 1,
                     version: None,
+                    checked: None,
                 },
             );
         }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::lock::Held;
-pub use super::manifest::{Manifest, ManifestFile};
+pub use super::manifest::{Checked, Manifest, ManifestFile};
 use super::plan::{LocalState, Partial, Recorded};
 use super::writer::PartFile;
 use crate::confine::{split_parent, Dir};
@@ -43,6 +43,9 @@ enum Record {
         path: String,
         size: u64,
         version: Option<String>,
+        /// What it was verified against (absent in records of older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checked: Option<Checked>,
     },
     /// `[start, end)` of the part file for this version is synced.
     Range {
@@ -319,11 +322,12 @@ impl StateDir {
         })
     }
 
-    pub fn record_file(&self, path: &RelPath, file: &RemoteFile) -> Result<()> {
+    pub fn record_file(&self, path: &RelPath, file: &RemoteFile, checked: Checked) -> Result<()> {
         self.append(&Record::File {
             path: path.to_string(),
             size: file.size,
             version: file.version.clone(),
+            checked: Some(checked),
         })
     }
 
@@ -338,6 +342,7 @@ impl StateDir {
                     path: p.to_string(),
                     size: f.size,
                     version: f.version.clone(),
+                    checked: Some(Checked::from(f)),
                 })?;
             }
         }
@@ -481,10 +486,18 @@ fn parse_journal(
                 path,
                 size,
                 version,
+                checked,
             } => {
                 if let Ok(p) = RelPath::new(&path) {
                     partial.remove(&p);
-                    files.insert(p, Recorded { size, version });
+                    files.insert(
+                        p,
+                        Recorded {
+                            size,
+                            version,
+                            checked,
+                        },
+                    );
                 }
             }
             Record::Range {
@@ -571,6 +584,7 @@ fn read_local_state(
         if let Ok(p) = RelPath::new(&f.path) {
             let rec = Recorded {
                 size: f.size,
+                checked: Some(Checked::from(&f)),
                 version: f.version,
             };
             st.recorded.insert(p, rec);
@@ -624,6 +638,13 @@ mod tests {
         }
     }
 
+    fn checked() -> Checked {
+        Checked {
+            checksum: Some("crc32c:0000002a".into()),
+            size_only: None,
+        }
+    }
+
     #[test]
     fn journal_round_trip_and_torn_lines() {
         let tmp = tempfile::tempdir().unwrap();
@@ -634,7 +655,7 @@ mod tests {
             .unwrap();
         st.record_range(&a, &file(30, "v1"), ByteRange { start: 20, end: 30 })
             .unwrap();
-        st.record_file(&b, &file(5, "w")).unwrap();
+        st.record_file(&b, &file(5, "w"), checked()).unwrap();
         // A torn last line, as after a crash mid-write.
         let mut j = fs::OpenOptions::new()
             .append(true)
@@ -658,7 +679,8 @@ mod tests {
             ls.recorded[&b],
             Recorded {
                 size: 5,
-                version: Some("w".into())
+                version: Some("w".into()),
+                checked: Some(checked()),
             }
         );
         assert_eq!(ls.on_disk[&b], 5);
@@ -777,7 +799,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
         let a = RelPath::new("a").unwrap();
-        st.record_file(&a, &file(1, "v")).unwrap();
+        st.record_file(&a, &file(1, "v"), checked()).unwrap();
         let m = Manifest {
             format: 1,
             tool: "t".into(),

@@ -13,6 +13,7 @@ pub mod hf;
 pub mod http;
 pub mod oss;
 pub mod p2p;
+mod pin;
 pub mod s3;
 pub mod sigv4;
 pub mod types;

@@ -8,11 +8,12 @@
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{error::CredentialsError, ProvideCredentials};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, ETAG};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
 use super::http::{self, ClientOptions};
+use super::pin;
 use super::sigv4::{self, Credentials};
 use super::types::{
     ByteRange, Checksum, Fetched, Listing, PartChecksum, RemoteFile, Source, MAX_PARTS,
@@ -246,7 +247,12 @@ pub struct S3 {
     region_hint: &'static str,
     /// Object reads through a P2P proxy, as presigned URLs (`--p2p-proxy`).
     pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
+    /// [`S3::origin_facts`] by object key, asked once each.
+    origin_facts: std::sync::Mutex<OriginFacts>,
 }
+
+type OriginFacts =
+    std::collections::HashMap<String, std::sync::Arc<tokio::sync::OnceCell<ReplyFacts>>>;
 
 impl S3 {
     pub fn new(client: reqwest::Client, service: Service, bucket: &str, prefix: &str) -> Self {
@@ -261,6 +267,7 @@ impl S3 {
             credential_hint: service.credential_hint,
             region_hint: service.region_hint,
             p2p: None,
+            origin_facts: Default::default(),
         }
     }
 
@@ -542,7 +549,13 @@ impl S3 {
                     continue;
                 }
                 let path = super::bucket::below(folder, &key, &what)?;
-                files.push(self.remote_file(key, path, obj.size, obj.e_tag));
+                files.push(self.remote_file(
+                    key,
+                    path,
+                    obj.size,
+                    obj.e_tag,
+                    obj.last_modified.as_deref(),
+                ));
             }
             match (page.is_truncated, page.next_continuation_token) {
                 (true, Some(t)) => token = Some(t),
@@ -564,14 +577,16 @@ impl S3 {
         path: String,
         size: u64,
         etag: Option<String>,
+        modified: Option<&str>,
     ) -> RemoteFile {
         let checksum = etag.as_deref().and_then(md5_from_etag).map(Checksum::Md5);
+        let version = pin::token(etag, modified, &key);
         RemoteFile {
             path,
             key,
             size,
             checksum,
-            version: etag,
+            version,
         }
     }
 
@@ -611,7 +626,11 @@ impl S3 {
             let ((extra, etag), layout) = (extra?, layout?);
             if parts == 0 {
                 // Single part: a whole-object CRC replaces the MD5 ETag; anything else keeps it.
-                // A listing without ETags (s3s-fs) takes the HEAD's, if it is a plain MD5.
+                // A listing without ETags (s3s-fs) takes the HEAD's: as the version that pins
+                // every read, and as the checksum if it is a plain MD5.
+                if let Some(e) = etag.as_ref().filter(|_| !listed_etag(f)) {
+                    f.version = Some(e.clone());
+                }
                 if let Some(Additional::Whole(
                     c @ (Checksum::Crc32(_) | Checksum::Crc32c(_) | Checksum::Crc64Nvme(_)),
                 )) = extra
@@ -780,8 +799,15 @@ impl S3 {
             )
         })?;
         let etag = header_str(resp.headers(), ETAG);
+        let modified = header_str(resp.headers(), LAST_MODIFIED);
         let name = key.rsplit('/').next().unwrap_or(key).to_string();
-        Ok(Some(self.remote_file(key.to_string(), name, size, etag)))
+        Ok(Some(self.remote_file(
+            key.to_string(),
+            name,
+            size,
+            etag,
+            modified.as_deref(),
+        )))
     }
 
     /// Turns a non-success reply into a classified error with a remedy. Only the S3 error
@@ -867,6 +893,13 @@ impl S3 {
     }
 }
 
+/// Whether the listed version is an ETag (not a Last-Modified token, nor none).
+fn listed_etag(f: &RemoteFile) -> bool {
+    f.version
+        .as_deref()
+        .is_some_and(|v| !matches!(pin::pin(v), pin::Pin::Modified(_)))
+}
+
 impl super::bucket::BucketListing for S3 {
     fn prefix(&self) -> &str {
         &self.prefix
@@ -897,11 +930,11 @@ impl Source for S3 {
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         let what = format!("GET {} ({range})", self.display(&file.key));
         if let Some(resp) = self.fetch_p2p(file, range).await? {
-            return self.fetched(resp, file, range, &what).await;
+            return self.fetched(resp, file, range, &what, true).await;
         }
         let mut extra = vec![(reqwest::header::RANGE, range.header())];
-        if let Some(v) = &file.version {
-            extra.push((reqwest::header::IF_MATCH, v.clone()));
+        if let Some((name, value)) = file.version.as_deref().and_then(pin::precondition) {
+            extra.push((name, value.to_str().unwrap_or_default().to_string()));
         }
         let resp = self
             .send(
@@ -912,7 +945,7 @@ impl Source for S3 {
                 &what,
             )
             .await?;
-        self.fetched(resp, file, range, &what).await
+        self.fetched(resp, file, range, &what, false).await
     }
 }
 
@@ -924,6 +957,11 @@ impl S3 {
         let Some(p2p) = &self.p2p else {
             return Ok(None);
         };
+        // No version token, no task id that changes with the bytes: a daemon could serve an
+        // older version's cached pieces, so such objects go direct.
+        let Some(version) = &file.version else {
+            return Ok(None);
+        };
         let url = format!("{}{}", self.endpoint.base, self.object_path(&file.key));
         let url = match self.signer.credentials().await? {
             Some(creds) => {
@@ -933,64 +971,119 @@ impl S3 {
         };
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::RANGE, header_value(&range.header()));
-        if let Some(v) = &file.version {
-            headers.insert(reqwest::header::IF_MATCH, header_value(v));
+        if let Some((name, value)) = pin::precondition(version) {
+            headers.insert(name, value);
         }
-        let task = file.version.as_ref().map(|v| {
-            format!(
-                "{}://{}/{}@{}",
-                self.scheme,
-                self.bucket,
-                file.key,
-                v.trim_matches('"')
-            )
-        });
-        Ok(p2p.get(&url, headers, task.as_deref()).await)
+        let task = format!(
+            "{}://{}/{}@{}",
+            self.scheme,
+            self.bucket,
+            file.key,
+            version.trim_matches('"')
+        );
+        Ok(p2p.get(&url, headers, Some(&task)).await)
     }
 
-    /// Checks a reply to a ranged GET and turns it into the fetched body.
+    /// Checks a reply to a ranged GET and turns it into the fetched body. What the reply says of
+    /// the checksum (an ETag that is no MD5, OSS's CRC-64) is believed only from the origin:
+    /// through a P2P proxy it is asked of the origin with a direct HEAD, once per object, so a
+    /// proxy can neither switch verification off nor supply the value it is checked against.
     async fn fetched(
         &self,
         resp: Response,
         file: &RemoteFile,
         range: ByteRange,
         what: &str,
+        via_proxy: bool,
     ) -> Result<Fetched> {
         let what = what.to_string();
         if !resp.status().is_success() {
             return Err(self.status_error(resp, &what, Some(&file.key)).await);
         }
-        // A server that ignores If-Match must still not mix two versions.
-        if let (Some(want), Some(got)) = (&file.version, header_str(resp.headers(), ETAG)) {
-            if want.trim_matches('"') != got.trim_matches('"') {
-                return Err(Error::new(
-                    Kind::Network,
-                    format!("{what}: the object changed on the server during the download (ETag {got}, listed {want}); rerun to fetch the new version"),
-                ));
-            }
+        // A server that ignores the precondition must still not mix two versions.
+        if let Some(got) = file
+            .version
+            .as_deref()
+            .and_then(|v| pin::changed(v, resp.headers()))
+        {
+            return Err(Error::new(
+                Kind::Network,
+                format!("{what}: the object changed on the server during the download ({got}); rerun to fetch the new version"),
+            ));
         }
-        // SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes.
-        let checksum_applies = !resp
-            .headers()
-            .get("x-amz-server-side-encryption")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("aws:kms"))
-            && !resp
-                .headers()
-                .contains_key("x-amz-server-side-encryption-customer-algorithm");
-        let object_checksum = header_str(
-            resp.headers(),
-            "x-oss-hash-crc64ecma".parse().expect("valid name"),
-        )
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Checksum::Crc64Ecma);
+        let facts = if via_proxy {
+            self.origin_facts(file).await?
+        } else {
+            self.reply_facts(resp.headers())
+        };
         let body = http::ranged_body(resp, range, file.size, &what)?;
         Ok(Fetched {
             body,
-            checksum_applies,
-            object_checksum,
+            checksum_applies: facts.etag_is_md5,
+            object_checksum: facts.crc64,
         })
     }
+
+    /// What an origin's reply headers say of the bytes beyond the listing.
+    fn reply_facts(&self, h: &HeaderMap) -> ReplyFacts {
+        // SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes.
+        let etag_is_md5 = !h
+            .get("x-amz-server-side-encryption")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("aws:kms"))
+            && !h.contains_key("x-amz-server-side-encryption-customer-algorithm");
+        // OSS's whole-object CRC-64; no S3 server sends it, so `s3://` never reads it.
+        let crc64 = (self.scheme == "oss")
+            .then(|| header_str(h, "x-oss-hash-crc64ecma".parse().expect("valid name")))
+            .flatten()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Checksum::Crc64Ecma);
+        ReplyFacts { etag_is_md5, crc64 }
+    }
+
+    /// [`reply_facts`] from a direct HEAD to the origin (pinned to the listed version), asked
+    /// once per object: for replies that came through a P2P proxy.
+    async fn origin_facts(&self, file: &RemoteFile) -> Result<ReplyFacts> {
+        let cell = {
+            let mut cache = self.origin_facts.lock().unwrap_or_else(|p| p.into_inner());
+            std::sync::Arc::clone(cache.entry(file.key.clone()).or_default())
+        };
+        let facts = cell
+            .get_or_try_init(|| async {
+                let what = format!(
+                    "HEAD {} (direct, for its checksum)",
+                    self.display(&file.key)
+                );
+                let mut extra = Vec::new();
+                if let Some((name, value)) = file.version.as_deref().and_then(pin::precondition) {
+                    extra.push((name, value.to_str().unwrap_or_default().to_string()));
+                }
+                let resp = self
+                    .send(
+                        Method::HEAD,
+                        &self.object_path(&file.key),
+                        &[],
+                        &extra,
+                        &what,
+                    )
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(self.status_error(resp, &what, Some(&file.key)).await);
+                }
+                Ok(self.reply_facts(resp.headers()))
+            })
+            .await?;
+        Ok(facts.clone())
+    }
+}
+
+/// What an origin says of an object's bytes beyond the listing.
+#[derive(Debug, Clone)]
+struct ReplyFacts {
+    /// False for SSE-KMS and SSE-C objects: a checksum read from the ETag does not apply.
+    etag_is_md5: bool,
+    /// OSS's `x-oss-hash-crc64ecma`.
+    crc64: Option<Checksum>,
 }
 
 /// The region a bucket lives in, from an unauthenticated HEAD on the global endpoint (S3
@@ -1228,6 +1321,7 @@ struct ListedObject {
     size: u64,
     #[serde(rename = "ETag")]
     e_tag: Option<String>,
+    last_modified: Option<String>,
 }
 
 #[cfg(test)]

@@ -103,6 +103,18 @@ impl PartChecksum {
 }
 
 impl Checksum {
+    /// Read from an S3/OSS ETag (a single-part MD5, or MD5 over parts), which is no digest of
+    /// the bytes for SSE-KMS and SSE-C objects; every other checksum is valid whatever the
+    /// encryption (S3's additional checksums are of the plaintext).
+    pub fn from_etag(&self) -> bool {
+        matches!(
+            self,
+            Checksum::Md5(_)
+                | Checksum::MultipartMd5 { .. }
+                | Checksum::UnevenParts { of: None, .. }
+        )
+    }
+
     pub fn algorithm(&self) -> &'static str {
         match self {
             Checksum::Md5(_) => "md5",
