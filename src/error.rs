@@ -108,6 +108,9 @@ impl Error {
                 "; check that DEST is writable by this user (fsGroup / runAsUser in a pod)"
             }
             Some(libc::EROFS) => "; DEST is on a read-only filesystem: mount it read-write",
+            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                "; too many open files: raise the limit (ulimit -n) or lower --concurrency"
+            }
             _ => "",
         };
         Self::new(

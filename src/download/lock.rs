@@ -4,8 +4,9 @@
 //!
 //! `flock` does not work reliably on NFS-like filesystems, so the lock is a lease: a file
 //! `DEST/.model-loader/lock`, created with O_EXCL, that names its holder. Its content is written
-//! once; the holder's heartbeat is the file's mtime, refreshed through a descriptor whose
-//! content it has just checked, so a heartbeat can never overwrite another holder's lease.
+//! once; the holder's heartbeat is the file's mtime, refreshed (to the volume's own "now",
+//! `UTIME_NOW`) through a descriptor whose content it has just checked, so a heartbeat can never
+//! overwrite another holder's lease. The heartbeat runs on its own OS thread.
 //!
 //! - **Waiting.** A lease is stale when its file has not changed for the stale limit as *this*
 //!   waiter's monotonic clock measures it (immune to clock skew between hosts), or when its
@@ -16,11 +17,14 @@
 //! - **Take-over is atomic.** A waiter that judged a lease stale first creates, with O_EXCL, a
 //!   marker named after that exact lease (content, inode, mtime); only the waiter that creates
 //!   it may replace the lease, and only if the file is still byte-for-byte what it judged.
-//! - **Release removes only our own lease.** The file is renamed aside first and its content
-//!   read there; someone else's lease is linked back.
+//! - **Release removes only our own lease.** A holder that lost the lease leaves the file
+//!   alone; otherwise it is renamed aside first and its content read there; someone else's
+//!   lease (taken over since) is linked back.
 //! - **A holder that lost the lease stops.** [`Held::verify`] reads the file afresh; the
-//!   state folder calls it before every journal record, rename and removal, and at least once a
-//!   second while part files are written.
+//!   state folder calls it before every journal record, part-file creation, rename and
+//!   removal, and at least once a second while part files are written (the first write after
+//!   taking the lease included). A read error is retried, then reported as such: it is never
+//!   taken for a lost lease.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -84,19 +88,33 @@ pub struct Held {
     dir: Arc<Dir>,
     owner: String,
     lost: AtomicBool,
-    last_verified: Mutex<Instant>,
+    last_verified: Mutex<Option<Instant>>,
 }
 
+/// Retries of a lock read that failed with an I/O error (about 1.2 s in all).
+const LOCK_READ_RETRIES: u32 = 5;
+
 impl Held {
-    /// Reads the lock file now; fails (and stays failed) if it is no longer ours.
+    /// Reads the lock file now; fails (and stays failed) if it is no longer ours. An error
+    /// reading it (EMFILE, EIO, ESTALE, EINTR) is retried for about a second, then fails the
+    /// run as what it is — without taking the lease for lost, which it may well not be.
     pub fn verify(&self) -> Result<()> {
         if !self.lost.load(Ordering::SeqCst) {
-            let ours = read_lease(&self.dir).is_some_and(|(l, _)| l.owner == self.owner);
-            if ours {
-                *self.last_verified.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                return Ok(());
+            match self.look() {
+                Ok(true) => {
+                    *self.last_verified.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now());
+                    return Ok(());
+                }
+                Ok(false) => self.lost.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    return Err(Error::local(
+                        "read the lock file",
+                        &self.dir.path().join(LOCK),
+                        e,
+                    ))
+                }
             }
-            self.lost.store(true, Ordering::SeqCst);
         }
         Err(Error::new(
             Kind::Local,
@@ -107,15 +125,32 @@ impl Held {
         ))
     }
 
+    /// Whether the lock file, read afresh, holds our lease; read errors retried a few times.
+    fn look(&self) -> std::io::Result<bool> {
+        let mut tries = 0;
+        loop {
+            match Seen::try_read(&self.dir, LOCK) {
+                Ok(seen) => {
+                    return Ok(seen.is_some_and(|s| s.owner().as_deref() == Some(&*self.owner)))
+                }
+                Err(e) if tries >= LOCK_READ_RETRIES => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20 << tries));
+                }
+            }
+        }
+    }
+
     /// [`Held::verify`], unless it succeeded less than `within` ago: cheap enough to call per
     /// write, while a holder that was frozen past the stale limit still stops at its first write.
     pub fn verify_recent(&self, within: Duration) -> Result<()> {
+        // Never verified counts as stale: a lease just taken is read before the first write.
         let fresh = self
             .last_verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            < within;
+            .is_some_and(|t| t.elapsed() < within);
         if fresh && !self.lost.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -131,7 +166,7 @@ impl Held {
 /// lock file if it is still ours. Release only after every writer has stopped.
 pub struct DestLock {
     held: Arc<Held>,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    heartbeat: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
 }
 
 fn now() -> u64 {
@@ -139,13 +174,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The lease and the raw state it was read from (bytes, inode, mtime), which identifies this
-/// exact version of the file for a take-over.
-fn read_lease(dir: &Dir) -> Option<(Lease, Seen)> {
-    let seen = Seen::read(dir, LOCK)?;
-    Some((serde_json::from_slice(&seen.bytes).ok()?, seen))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,20 +184,37 @@ struct Seen {
 }
 
 impl Seen {
+    /// The file as it is now; None when it does not exist or cannot be read.
     fn read(dir: &Dir, name: &str) -> Option<Seen> {
+        Seen::try_read(dir, name).ok().flatten()
+    }
+
+    /// The file as it is now; `Ok(None)` only when it does not exist, so that a read error is
+    /// never mistaken for a lease that is gone.
+    fn try_read(dir: &Dir, name: &str) -> std::io::Result<Option<Seen>> {
         use std::io::Read;
-        let mut f = dir.open_file(name, OFlags::RDONLY, 0).ok()?;
-        let md = f.metadata().ok()?;
+        let mut f = match dir.open_file(name, OFlags::RDONLY, 0) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let md = f.metadata()?;
         let mut bytes = Vec::new();
         Read::by_ref(&mut f)
             .take(64 * 1024)
-            .read_to_end(&mut bytes)
-            .ok()?;
-        Some(Seen {
+            .read_to_end(&mut bytes)?;
+        Ok(Some(Seen {
             bytes,
             ino: md.ino(),
             mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-        })
+        }))
+    }
+
+    /// The owner its lease names, if it parses.
+    fn owner(&self) -> Option<String> {
+        serde_json::from_slice::<Lease>(&self.bytes)
+            .ok()
+            .map(|l| l.owner)
     }
 
     fn fingerprint(&self) -> String {
@@ -402,12 +447,19 @@ impl DestLock {
             dir: state,
             owner: me.owner,
             lost: AtomicBool::new(false),
-            last_verified: Mutex::new(Instant::now()),
+            last_verified: Mutex::new(None),
         });
-        let heartbeat = tokio::spawn(heartbeat(Arc::clone(&held), times.heartbeat));
+        let stop = Arc::new(AtomicBool::new(false));
+        let beat = {
+            let (held, stop) = (Arc::clone(&held), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("lock-heartbeat".into())
+                .spawn(move || heartbeat(held, times.heartbeat, stop))
+                .map_err(|e| Error::local("start the lock heartbeat for", &path, e))?
+        };
         Ok(DestLock {
             held,
-            heartbeat: Some(heartbeat),
+            heartbeat: Some((beat, stop)),
         })
     }
 
@@ -427,9 +479,15 @@ impl DestLock {
     }
 
     fn release_inner(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        } else {
+        let Some((beat, stop)) = self.heartbeat.take() else {
+            return;
+        };
+        stop.store(true, Ordering::SeqCst);
+        beat.thread().unpark();
+        let _ = beat.join();
+        // A holder that lost the lease never touches the lock file: it is the new holder's,
+        // and moving it aside even for a moment could eject that holder or let a third in.
+        if self.held.verify().is_err() {
             return;
         }
         let dir = &self.held.dir;
@@ -439,7 +497,7 @@ impl DestLock {
         }
         let ours = read_named(dir, &aside).is_some_and(|l| l.owner == self.held.owner);
         if !ours {
-            // Someone else's lease: put it back (fails only if yet another one was created).
+            // Taken over since the check: put it back (fails only if yet another was created).
             let _ = dir.link(&aside, LOCK);
         }
         let _ = dir.remove_file(&aside);
@@ -458,42 +516,62 @@ impl Drop for DestLock {
 }
 
 /// Refreshes the lease's mtime through a descriptor whose content was just checked to be ours;
-/// marks the lease lost the first time it is not.
-async fn heartbeat(held: Arc<Held>, every: Duration) {
+/// marks the lease lost the first time it is someone else's (or gone). On its own OS thread, so
+/// no blocking work on the async workers can delay a beat (a 1-vCPU pod has one worker).
+fn heartbeat(held: Arc<Held>, every: Duration, stop: Arc<AtomicBool>) {
     loop {
-        tokio::time::sleep(every).await;
-        let h = Arc::clone(&held);
-        let ok = tokio::task::spawn_blocking(move || touch_if_ours(&h))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            held.lost.store(true, Ordering::SeqCst);
+        std::thread::park_timeout(every);
+        if stop.load(Ordering::SeqCst) {
             return;
         }
-        *held.last_verified.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        match touch_if_ours(&held) {
+            Ok(true) => {
+                *held.last_verified.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now());
+            }
+            Ok(false) => {
+                held.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            // A read error (EMFILE, ESTALE, EIO) says nothing about who holds the lease: the
+            // beat is missed and the next one tries again; writes verify on their own.
+            Err(_) => {}
+        }
     }
 }
 
-fn touch_if_ours(held: &Held) -> bool {
+/// Whether the lease is ours, and if so its mtime refreshed to the volume's "now"
+/// (`UTIME_NOW`: an NFS server stamps its own time, so liveness never depends on this host's
+/// clock agreeing with a waiter's).
+fn touch_if_ours(held: &Held) -> std::io::Result<bool> {
     use std::io::Read;
-    let Ok(mut f) = held.dir.open_file(LOCK, OFlags::RDWR, 0) else {
-        return false;
+    let mut f = match held.dir.open_file(LOCK, OFlags::RDWR, 0) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     };
     let mut bytes = Vec::new();
-    if Read::by_ref(&mut f)
+    Read::by_ref(&mut f)
         .take(64 * 1024)
-        .read_to_end(&mut bytes)
-        .is_err()
-    {
-        return false;
-    }
+        .read_to_end(&mut bytes)?;
     match serde_json::from_slice::<Lease>(&bytes) {
         Ok(l) if l.owner == held.owner => {
+            use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+            let times = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
+                last_modification: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_NOW,
+                },
+            };
             // A failed touch only ages the lease; the next beat tries again.
-            let _ = f.set_modified(SystemTime::now());
-            true
+            let _ = rustix::fs::futimens(&f, &times);
+            Ok(true)
         }
-        _ => false,
+        _ => Ok(false),
     }
 }
 
@@ -687,12 +765,53 @@ mod tests {
         assert_eq!(lock.check().unwrap_err().kind(), Kind::Local);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(lock.held().is_lost());
+        // Dropping the lost lease must not even move the new holder's file aside for a moment
+        // (that ejects the new holder, or lets a third loader in): its ctime stays as it was.
+        let ctime = |p: &std::path::Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.ino(), m.ctime(), m.ctime_nsec())
+        };
+        let before = ctime(&path);
+        tokio::time::sleep(Duration::from_millis(20)).await;
         drop(lock);
+        assert_eq!(
+            ctime(&path),
+            before,
+            "the new holder's lease was not touched"
+        );
         assert!(
             read_named(&d, LOCK).is_some_and(|l| l.owner == "other"),
             "a lock that is no longer ours is not removed"
         );
         assert!(path.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_lock_file_is_an_error_not_a_lost_lease() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = dir(&tmp);
+        let path = tmp.path().join(LOCK);
+        let lock = DestLock::acquire(Arc::clone(&d), "s3://a", FAST, &QuietReporter)
+            .await
+            .unwrap();
+        lock.check().unwrap();
+        // Reading it fails (EISDIR here; EMFILE, EIO or ESTALE in the field) for a while.
+        let lease = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = lock.check().unwrap_err();
+        assert!(err.message().contains("cannot read the lock file"), "{err}");
+        assert!(!err.message().contains("took it over"), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !lock.held().is_lost(),
+            "a read error is no loss of the lease"
+        );
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, lease).unwrap();
+        lock.check().unwrap();
+        drop(lock);
+        assert!(!path.exists(), "released once readable again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,7 @@ async fn fetch_all(
     };
     let mut done = engine::Executed::default();
     for attempt in 0.. {
-        keep_only_resumed_parts(&parties.state, &fetch);
+        keep_only_resumed_parts(&parties.state, &fetch)?;
         match engine::execute(parties, fetch, exec, &mut done).await {
             Ok(()) => break,
             Err(e) if e.kind() == error::Kind::Corrupt && attempt == 0 => {
@@ -341,13 +341,13 @@ fn in_order_line(s: &inorder::Stats) -> String {
 }
 
 /// Part files that no planned resume will use are left by crashed or corrupt attempts.
-fn keep_only_resumed_parts(state: &StateDir, fetch: &[plan::FilePlan]) {
+fn keep_only_resumed_parts(state: &StateDir, fetch: &[plan::FilePlan]) -> Result<()> {
     let keep: Vec<_> = fetch
         .iter()
         .filter(|f| f.resume)
         .map(|f| state.part_name(&f.path))
         .collect();
-    state.remove_stray_parts(&keep);
+    state.remove_stray_parts(&keep)
 }
 
 /// Small files are latency-bound: twice the requests in flight took 2,000 × 64 KiB files from

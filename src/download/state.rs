@@ -148,6 +148,9 @@ impl StateDir {
     /// records first makes a synced Reset record, so a crash can never leave old records
     /// vouching for bytes of the new part file.
     pub fn open_part(&self, p: &RelPath, size: u64, resume: bool) -> Result<PartFile> {
+        // Creating a part file replaces whatever inode has its name: only while the lease,
+        // read afresh, is ours.
+        self.owned()?;
         let had_records = self
             .journaled
             .lock()
@@ -206,6 +209,22 @@ impl StateDir {
         }
         let (parent, base) = split_parent(p.as_str());
         self.owned()?;
+        // The name must still be the inode that was written and verified: a loader that lost
+        // the lease may have replaced it meanwhile.
+        let name = self.part_name(p);
+        let written = rustix::fs::fstat(part.file());
+        let named = self.parts.stat(&name);
+        let same = matches!((&written, &named), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+        if !same {
+            return Err(Error::new(
+                crate::error::Kind::Local,
+                format!(
+                    "{p}: its partial file {} was replaced while it was written (another loader \
+                     wrote to this DEST); not moved into place: rerun",
+                    self.parts.path().join(&name).display()
+                ),
+            ));
+        }
         let (dir, made) = self
             .root
             .subdir(parent, true)
@@ -219,9 +238,11 @@ impl StateDir {
             .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
     }
 
-    /// A part file that failed verification.
+    /// A part file that failed verification: removed, if the lease is still ours.
     pub fn discard_part(&self, p: &RelPath) {
-        let _ = self.parts.remove_file(&self.part_name(p));
+        if self.owned().is_ok() {
+            let _ = self.parts.remove_file(&self.part_name(p));
+        }
     }
 
     /// Makes the renames of `files` and the folders this run created durable: each folder
@@ -387,20 +408,21 @@ impl StateDir {
                 return Err(Error::local("remove", &self.dir.path().join(JOURNAL), e));
             }
         }
-        self.remove_stray_parts(&[]);
+        // The manifest is in place: a lease lost since only leaves the part files alone.
+        let _ = self.remove_stray_parts(&[]);
         Ok(())
     }
 
-    /// Deletes part files that no planned file will use (`keep`: part names).
-    pub fn remove_stray_parts(&self, keep: &[String]) {
-        if self.owned().is_err() {
-            return; // another loader's part files now
-        }
+    /// Deletes part files that no planned file will use (`keep`: part names). Fails when the
+    /// lease is no longer ours: the part files are another loader's now, and so is DEST.
+    pub fn remove_stray_parts(&self, keep: &[String]) -> Result<()> {
+        self.owned()?;
         for name in self.parts.entries().unwrap_or_default() {
             if !keep.contains(&name) {
                 let _ = self.parts.remove_file(&name);
             }
         }
+        Ok(())
     }
 
     /// Removes a file the loader wrote earlier, and the folders that become empty — through

@@ -202,21 +202,49 @@ fn preallocate(file: &File, size: u64) -> std::io::Result<()> {
 }
 
 impl PartFile {
-    /// Opens the part file `name` in the parts folder (never through a symlink); a fresh one
-    /// (not `resume`) is truncated and sized to `size` so chunks can land anywhere in it.
+    /// Opens the part file `name` in the parts folder (never through a symlink). A fresh one
+    /// (not `resume`) is a new inode — the old name unlinked, then created exclusively, never
+    /// truncated in place, so a loader that lost the lease cannot zero the inode another one
+    /// writes — and sized to `size` so chunks can land anywhere in it. A resumed one must still
+    /// be there with its length: its journal records vouch for its bytes.
     pub fn open(parts: &Dir, name: &str, size: u64, resume: bool, shown: &str) -> Result<Self> {
         let path = parts.path().join(name);
-        let mut flags = OFlags::RDWR | OFlags::CREATE;
-        if !resume {
-            flags |= OFlags::TRUNC;
-        }
-        let file = parts
-            .open_file(name, flags, 0o644)
-            .map_err(|e| Error::local("create the partial file", &path, e).context(shown))?;
-        file.set_len(size)
-            .map_err(|e| Error::local("size the partial file", &path, e).context(shown))?;
-        preallocate(&file, size)
-            .map_err(|e| Error::local("reserve space for", &path, e).context(shown))?;
+        let file = if resume {
+            let file = parts
+                .open_file(name, OFlags::RDWR, 0)
+                .map_err(|e| Error::local("reopen the partial file", &path, e).context(shown))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::local("stat the partial file", &path, e).context(shown))?
+                .len();
+            if len != size {
+                return Err(Error::new(
+                    crate::error::Kind::Corrupt,
+                    format!(
+                        "{shown}: the partial file {} holds {len} bytes, not {size}: it changed \
+                         since it was planned; it will be fetched again",
+                        path.display()
+                    ),
+                ));
+            }
+            file
+        } else {
+            match parts.remove_file(name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::local("remove the old partial file", &path, e).context(shown))
+                }
+            }
+            let file = parts
+                .open_file(name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o644)
+                .map_err(|e| Error::local("create the partial file", &path, e).context(shown))?;
+            file.set_len(size)
+                .map_err(|e| Error::local("size the partial file", &path, e).context(shown))?;
+            preallocate(&file, size)
+                .map_err(|e| Error::local("reserve space for", &path, e).context(shown))?;
+            file
+        };
         let direct = if std::env::var_os("MODEL_LOADER_NO_DIRECT_IO").is_some() {
             None
         } else {
@@ -286,12 +314,15 @@ impl PartFile {
                     None => buf.read_from(&self.file, off),
                 }
                 .map_err(|e| Error::local("read back", &self.path, e).context(&self.shown))?;
-                if n == 0 {
+                // Short of the range's start too: the file shrank under us (a read that would
+                // slice backwards), which is the same corruption as an early end.
+                if n == 0 || off + n as u64 <= range.start {
                     return Err(Error::new(
                         crate::error::Kind::Corrupt,
                         format!(
-                            "{} ended at byte {off}, before {}",
+                            "{} ended at byte {}, before {}",
                             self.path.display(),
+                            off + n as u64,
                             range.end
                         ),
                     ));

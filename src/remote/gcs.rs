@@ -131,6 +131,7 @@ impl Gcs {
         let what = format!("list {}", self.display(folder));
         let mut out = Vec::new();
         let mut page: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut url = format!(
                 "{}/storage/v1/b/{}/o?prefix={}&maxResults=1000&fields={}",
@@ -149,10 +150,7 @@ impl Gcs {
             if !resp.status().is_success() {
                 return Err(self.status_error(resp, &what, None).await);
             }
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| http::transport_error(&what, e))?;
+            let body = http::capped_text(resp, &what).await?;
             let list: ObjectList = serde_json::from_str(&body).map_err(|e| {
                 Error::new(
                     Kind::Network,
@@ -168,7 +166,9 @@ impl Gcs {
                 out.push(self.remote_file(o, path, &what)?);
             }
             match list.next_page_token {
-                Some(t) if !t.is_empty() => page = Some(t),
+                Some(t) if !t.is_empty() => {
+                    page = Some(super::types::next_page(&mut seen, t, &what)?)
+                }
                 _ => break,
             }
         }
@@ -222,10 +222,7 @@ impl Gcs {
         if !resp.status().is_success() {
             return Err(self.status_error(resp, &what, Some(name)).await);
         }
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| http::transport_error(&what, e))?;
+        let body = http::capped_text(resp, &what).await?;
         let o: Object = serde_json::from_str(&body).map_err(|e| {
             Error::new(
                 Kind::Network,
@@ -240,7 +237,7 @@ impl Gcs {
     async fn status_error(&self, resp: Response, what: &str, object: Option<&str>) -> Error {
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
+        let body = http::error_text(resp).await;
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
@@ -381,10 +378,7 @@ impl Gcs {
 
     /// The object GCS stored must have the file's size and CRC32C.
     async fn check_stored(&self, reply: Response, len: u64, crc: u32, what: &str) -> Result<()> {
-        let body = reply
-            .text()
-            .await
-            .map_err(|e| http::transport_error(what, e))?;
+        let body = http::capped_text(reply, what).await?;
         let obj: Object = serde_json::from_str(&body).map_err(|e| {
             Error::new(
                 Kind::Network,

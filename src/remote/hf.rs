@@ -191,10 +191,7 @@ impl Hf {
                 return Err(self.status_error(&resp, what));
             }
             let headers = resp.headers().clone();
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| http::transport_error(what, e))?;
+            let body = http::capped_text(resp, what).await?;
             return Ok((headers, body));
         }
         Err(Error::new(
@@ -286,6 +283,7 @@ impl Hf {
             }
         ))?;
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for page in 0.. {
             let (headers, body) = match self.api_get(url.clone(), &what).await {
                 Ok(r) => r,
@@ -315,6 +313,7 @@ impl Hf {
                             format!("{what}: the next page is on another host ({}); refusing to send the token there", next.host_str().unwrap_or("?")),
                         ));
                     }
+                    super::types::next_page(&mut seen, next.to_string(), &what)?;
                     url = next;
                 }
                 None => break,

@@ -125,6 +125,54 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Statuses that say "try again later" whatever the service.
+/// The most a listing page, API reply or upload reply may hold: a hostile or broken server
+/// (a captive portal, an endless body) must not grow memory without bound.
+pub const MAX_REPLY: usize = 16 << 20;
+/// The most of an error reply that is read; the rest is dropped (only its code and message
+/// are used).
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// A reply's body as text, failing (non-transient) past `MAX_REPLY` bytes.
+pub async fn capped_text(resp: Response, what: &str) -> Result<String> {
+    let (body, whole) = read_capped(resp, MAX_REPLY)
+        .await
+        .map_err(|e| transport_error(what, e))?;
+    if !whole {
+        return Err(Error::new(
+            Kind::Network,
+            format!(
+                "{what}: the server's reply is larger than {} MiB, which no listing page or API \
+                 reply is; check the endpoint (a proxy or captive portal may be answering)",
+                MAX_REPLY >> 20
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// At most the first `MAX_ERROR_BODY` bytes of an error reply, as text; empty when it
+/// cannot be read.
+pub async fn error_text(resp: Response) -> String {
+    read_capped(resp, MAX_ERROR_BODY)
+        .await
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Up to `cap` bytes of the body, and whether that was all of it.
+async fn read_capped(mut resp: Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
+}
+
 pub fn is_transient_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT

@@ -462,9 +462,7 @@ impl S3 {
         if !resp.status().is_success() {
             return Err(self.status_error(resp, what, None).await);
         }
-        resp.text()
-            .await
-            .map_err(|e| http::transport_error(what, e))
+        http::capped_text(resp, what).await
     }
 
     /// Best effort: a failed multipart upload should not leave billable parts behind.
@@ -505,6 +503,7 @@ impl S3 {
     async fn list_folder(&self, folder: &str) -> Result<Vec<RemoteFile>> {
         let mut files = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         let what = format!("list {}", self.display(folder));
         loop {
             let mut query = vec![
@@ -521,10 +520,7 @@ impl S3 {
             if !resp.status().is_success() {
                 return Err(self.status_error(resp, &what, None).await);
             }
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| http::transport_error(&what, e))?;
+            let body = http::capped_text(resp, &what).await?;
             let page: ListBucketResult = quick_xml::de::from_str(&body).map_err(|e| {
                 Error::new(
                     Kind::Network,
@@ -558,7 +554,7 @@ impl S3 {
                 ));
             }
             match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(t)) => token = Some(t),
+                (true, Some(t)) => token = Some(super::types::next_page(&mut seen, t, &what)?),
                 (true, None) => {
                     return Err(Error::new(
                         Kind::Network,
@@ -698,9 +694,7 @@ impl S3 {
             reqwest::header::HeaderName::from_static("x-amz-checksum-mode"),
             "ENABLED".to_string(),
         );
-        let resp = self
-            .send(Method::HEAD, &self.object_path(&f.key), &[], &[mode], &what)
-            .await?;
+        let resp = self.verification_head(&f.key, &[], &[mode], &what).await?;
         if !resp.status().is_success() {
             return Ok((None, None));
         }
@@ -719,6 +713,11 @@ impl S3 {
         if parts <= 1 {
             return Ok((f.size > 0).then_some(Layout::Equal(f.size)));
         }
+        // Every part holds a byte at least, and S3 allows 10,000: an ETag claiming more is no
+        // reason to send thousands of HEADs, nor to hash that many parts.
+        if parts > MAX_PARTS || u64::from(parts) > f.size {
+            return Err(self.impossible_layout(f, parts, None));
+        }
         let (first, last) = futures_util::future::join(
             self.part_length(f, 1, parts),
             self.part_length(f, parts, parts),
@@ -728,12 +727,12 @@ impl S3 {
             return Ok(None);
         };
         if last_part_fits(f.size, first, parts, last) {
+            // Each part is hashed on its own as it streams in: parts below what any S3 or OSS
+            // upload makes would cost a digest (and memory) per few bytes.
+            if first < MIN_PART_SIZE {
+                return Err(self.impossible_layout(f, parts, Some(first)));
+            }
             return Ok(Some(Layout::Equal(first)));
-        }
-        // Every part holds a byte at least, and S3 allows 10,000: an ETag claiming more is no
-        // reason to send thousands of HEADs.
-        if parts > MAX_PARTS || u64::from(parts) > f.size {
-            return Ok(None);
         }
         let middle: Vec<Result<Option<u64>>> = futures_util::stream::iter(2..parts)
             .map(|n| self.part_length(f, n, parts))
@@ -753,6 +752,25 @@ impl S3 {
             .then(|| Layout::Uneven(lengths.into())))
     }
 
+    /// A part layout no S3 or OSS upload can make: refused rather than hashed part by part.
+    fn impossible_layout(&self, f: &RemoteFile, parts: u32, part_size: Option<u64>) -> Error {
+        let parts_of = match part_size {
+            Some(p) => format!("{parts} parts of {p} bytes"),
+            None => format!("{parts} parts"),
+        };
+        Error::new(
+            Kind::Network,
+            format!(
+                "{}: the server describes this {}-byte object as {parts_of}, which no S3 or OSS \
+                 upload makes (at most {MAX_PARTS} parts, each at least {} KiB but the last); \
+                 refusing to verify against it: check that the endpoint is the storage service",
+                self.display(&f.key),
+                f.size,
+                MIN_PART_SIZE >> 10
+            ),
+        )
+    }
+
     /// The length of part `n` of an object of `parts` parts (`HEAD ?partNumber=n`); None when
     /// the reply does not describe such a part.
     async fn part_length(&self, f: &RemoteFile, n: u32, parts: u32) -> Result<Option<u64>> {
@@ -761,13 +779,7 @@ impl S3 {
         // No If-Match: some servers (moto) compare it with the part's own ETag. The ranged GETs
         // carry it, so an object replaced since the listing is still caught.
         let resp = self
-            .send(
-                Method::HEAD,
-                &self.object_path(&f.key),
-                &[("partNumber", number.as_str())],
-                &[],
-                &what,
-            )
+            .verification_head(&f.key, &[("partNumber", number.as_str())], &[], &what)
             .await?;
         let count = header_u64(
             resp.headers(),
@@ -778,6 +790,43 @@ impl S3 {
             (true, Some(c), Some(len)) if c == u64::from(parts) => Some(len),
             _ => None,
         })
+    }
+
+    /// A HEAD that decides how an object is verified. Only a definite answer counts: a
+    /// success, or a refusal that says the server will not tell (4xx, 501). Throttling and
+    /// server errors (5xx, 429, 408) and broken connections are retried here, a few times
+    /// with backoff, then end the listing with a transient error (itself retried, then exit 5)
+    /// — never read as "no checksum", which would switch verification off silently.
+    async fn verification_head(
+        &self,
+        key: &str,
+        query: &[(&str, &str)],
+        extra: &[(reqwest::header::HeaderName, String)],
+        what: &str,
+    ) -> Result<Response> {
+        let policy = crate::retry::RetryPolicy::default();
+        let mut failures = 0;
+        loop {
+            let err = match self
+                .send(Method::HEAD, &self.object_path(key), query, extra, what)
+                .await
+            {
+                Ok(r) if r.status() == StatusCode::NOT_IMPLEMENTED => return Ok(r),
+                Ok(r) if http::is_transient_status(r.status()) => {
+                    self.status_error(r, what, Some(key)).await
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let crate::error::Retry::After(server_wait) = err.retry() else {
+                return Err(err);
+            };
+            failures += 1;
+            if failures >= VERIFICATION_HEAD_TRIES {
+                return Err(err);
+            }
+            tokio::time::sleep(policy.wait(failures, server_wait, fastrand::f64())).await;
+        }
     }
 
     /// HEAD one object: the fallback when the URL names a single object.
@@ -817,7 +866,7 @@ impl S3 {
         let status = resp.status();
         let headers = resp.headers().clone();
         // A HEAD reply has no body; reading it returns empty at once.
-        let body = resp.text().await.unwrap_or_default();
+        let body = http::error_text(resp).await;
         let ErrorBody { code, message } = ErrorBody::parse(&body);
         let server_says = match (code.is_empty(), message.is_empty()) {
             (true, _) => format!("HTTP {status}"),
@@ -1103,6 +1152,12 @@ async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<Strin
 /// Single-part objects larger than this (the default chunk size: fetched in several ranges) are
 /// asked for an additional checksum too.
 const HEAD_CHECKSUM_ABOVE: u64 = 64 << 20;
+
+/// The smallest part but the last that an upload makes: OSS's minimum (S3's is 5 MiB).
+const MIN_PART_SIZE: u64 = 100 << 10;
+
+/// Tries of one verification HEAD before the listing as a whole fails (and is retried).
+const VERIFICATION_HEAD_TRIES: u32 = 4;
 
 /// An S3 additional checksum from `x-amz-checksum-*` headers.
 #[derive(Debug, PartialEq, Eq)]

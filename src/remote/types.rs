@@ -10,6 +10,25 @@ use futures_util::Stream;
 
 use crate::error::Result;
 
+/// Follows a listing's continuation: `token` is the next page's token (or link), refused when
+/// an earlier page already gave it — a server that repeats one would loop for ever.
+pub fn next_page(
+    seen: &mut std::collections::HashSet<String>,
+    token: String,
+    what: &str,
+) -> Result<String> {
+    if !seen.insert(token.clone()) {
+        return Err(crate::error::Error::new(
+            crate::error::Kind::Network,
+            format!(
+                "{what}: the server gave the same continuation token twice, so its listing \
+                 would never end; this is a server bug: retry later or report it to its operator"
+            ),
+        ));
+    }
+    Ok(token)
+}
+
 /// S3 and OSS accept at most this many parts per object.
 pub const MAX_PARTS: u32 = 10_000;
 
@@ -292,6 +311,15 @@ pub trait Source: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_continuation_token_ends_the_listing_with_an_error() {
+        let mut seen = std::collections::HashSet::new();
+        assert_eq!(next_page(&mut seen, "a".into(), "list").unwrap(), "a");
+        assert_eq!(next_page(&mut seen, "b".into(), "list").unwrap(), "b");
+        let e = next_page(&mut seen, "a".into(), "list x").unwrap_err();
+        assert!(e.message().contains("same continuation token"), "{e}");
+    }
 
     #[test]
     fn tagged_checksums_read_back() {
