@@ -68,7 +68,9 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let work = async {
             match cfg.mode {
-                Mode::Upload => model_loader::upload::upload(&cfg, reporter.clone()).await,
+                Mode::Upload => {
+                    model_loader::upload::upload(&cfg, reporter.clone(), cancel.clone()).await
+                }
                 _ => model_loader::run(&cfg, reporter.clone(), cancel.clone()).await,
             }
         };
@@ -77,17 +79,24 @@ fn main() -> ExitCode {
             r = &mut work => r.map(|_| ()),
             kind = interrupted() => {
                 // Workers stop at their next await, record what they wrote and are joined
-                // before the lock is released; a run that does not stop in time is abandoned
-                // (the process exit stops its writers just the same).
+                // before the lock is released (an upload aborts its open multipart uploads).
                 cancel.cancel(kind);
-                let stopped = match cfg.mode {
-                    Mode::Upload => None,
-                    _ => tokio::time::timeout(STOP_GRACE, &mut work).await.ok(),
-                };
-                Err(match stopped {
-                    Some(Err(e)) if e.kind() == kind => e,
+                let stopped = tokio::time::timeout(STOP_GRACE, &mut work).await;
+                let timed_out = stopped.is_err();
+                let e = match stopped {
+                    Ok(Err(e)) if e.kind() == kind => e,
                     _ => Error::new(kind, "stopped; what was written is kept and a rerun resumes"),
-                })
+                };
+                if timed_out {
+                    // Still not stopped: exit now, without dropping the run — dropping would
+                    // release the lock while a verify, rename or write may still be running on
+                    // a blocking thread. The exit stops every writer; the lease it leaves is
+                    // taken over at once by the next loader in this PID namespace, or once
+                    // stale elsewhere.
+                    reporter.stop();
+                    std::process::exit(i32::from(report(&e, json)));
+                }
+                Err(e)
             }
         }
     });

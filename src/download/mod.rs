@@ -223,6 +223,10 @@ async fn fetch_all(
                     "{}; fetching it again, once",
                     e.message().trim_end_matches('.')
                 ));
+                // Not from the same P2P cache that may have served the bad bytes.
+                parties
+                    .source
+                    .p2p_stop("a file failed verification; its refetch goes direct");
                 let local = parties.state.local_state(selected)?;
                 fetch = plan(selected.to_vec(), &local, plan_options).fetch;
             }

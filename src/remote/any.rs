@@ -48,6 +48,18 @@ impl AnySource {
         Ok(source)
     }
 
+    /// No more object reads through the P2P proxy in this run (when one is set).
+    pub fn p2p_stop(&self, why: &str) {
+        let p2p = match self {
+            AnySource::S3(s) | AnySource::Oss(s) => s.p2p.as_ref(),
+            AnySource::Gcs(s) => s.p2p.as_ref(),
+            AnySource::Hf(s) => s.p2p.as_ref(),
+        };
+        if let Some(p) = p2p {
+            p.stop(why);
+        }
+    }
+
     /// What went through the P2P proxy and what around it, when one is set.
     pub fn p2p_report(&self) -> Option<P2pReport> {
         let p2p = match self {

@@ -430,18 +430,12 @@ impl Source for Gcs {
         if let Some(g) = &file.version {
             url.push_str(&format!("&generation={}", uri_encode(g, false)));
         }
-        let resp = match self.fetch_p2p(&url, file, range).await? {
-            Some(resp) => resp,
-            None => self.get(url, Some(range), &what).await?,
-        };
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp, &what, Some(&file.key)).await);
+        if let Some((p2p, resp)) = self.fetch_p2p(&url, file, range).await? {
+            let fetched = self.fetched(resp, file, range, &what).await;
+            return p2p.watch(&file.key, fetched);
         }
-        Ok(Fetched {
-            body: http::ranged_body(resp, range, file.size, &what)?,
-            checksum_applies: true,
-            object_checksum: None,
-        })
+        let resp = self.get(url, Some(range), &what).await?;
+        self.fetched(resp, file, range, &what).await
     }
 }
 
@@ -454,7 +448,7 @@ impl Gcs {
         url: &str,
         file: &RemoteFile,
         range: ByteRange,
-    ) -> Result<Option<Response>> {
+    ) -> Result<Option<(&std::sync::Arc<super::p2p::P2p>, Response)>> {
         let Some(p2p) = &self.p2p else {
             return Ok(None);
         };
@@ -471,7 +465,26 @@ impl Gcs {
             .version
             .as_ref()
             .map(|g| format!("gs://{}/{}#{g}", self.bucket, file.key));
-        Ok(p2p.get(url, headers, task.as_deref()).await)
+        Ok(p2p
+            .get(url, headers, task.as_deref(), &file.key)
+            .await
+            .map(|r| (p2p, r)))
+    }
+
+    /// Checks a reply to a ranged GET and turns it into the fetched body.
+    async fn fetched(
+        &self,
+        resp: Response,
+        file: &RemoteFile,
+        range: ByteRange,
+        what: &str,
+    ) -> Result<Fetched> {
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, what, Some(&file.key)).await);
+        }
+        Ok(Fetched::plain(http::ranged_body(
+            resp, range, file.size, what,
+        )?))
     }
 }
 

@@ -477,32 +477,33 @@ impl Hf {
         file: &RemoteFile,
         range: ByteRange,
         what: &str,
-    ) -> Result<Option<Response>> {
-        let through_p2p = match &self.p2p {
-            Some(p2p) => {
-                let mut headers = HeaderMap::new();
-                if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
-                    headers.insert(RANGE, v);
-                }
-                // An LFS file is its sha256 on every node and in every repo that holds it.
-                let task = match &file.checksum {
-                    Some(Checksum::Sha256(d)) => Some(format!("hf-lfs:sha256:{}", hex::encode(d))),
-                    _ => None,
-                };
-                p2p.get(cdn.as_str(), headers, task.as_deref()).await
+    ) -> Result<Option<Fetched>> {
+        if let Some(p2p) = &self.p2p {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
+                headers.insert(RANGE, v);
             }
-            None => None,
-        };
-        let resp = match through_p2p {
-            Some(resp) => resp,
-            None => self
-                .client
-                .get(cdn.clone())
-                .header(RANGE, range.header())
-                .send()
+            // An LFS file is its sha256 on every node and in every repo that holds it.
+            let task = match &file.checksum {
+                Some(Checksum::Sha256(d)) => Some(format!("hf-lfs:sha256:{}", hex::encode(d))),
+                _ => None,
+            };
+            if let Some(resp) = p2p
+                .get(cdn.as_str(), headers, task.as_deref(), &file.key)
                 .await
-                .map_err(|e| http::transport_error(what, e))?,
-        };
+            {
+                // Only successes come through (anything else went direct).
+                let fetched = http::ranged_body(resp, range, file.size, what).map(Fetched::plain);
+                return p2p.watch(&file.key, fetched).map(Some);
+            }
+        }
+        let resp = self
+            .client
+            .get(cdn.clone())
+            .header(RANGE, range.header())
+            .send()
+            .await
+            .map_err(|e| http::transport_error(what, e))?;
         if matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
             self.cdn
                 .lock()
@@ -513,7 +514,9 @@ impl Hf {
         if !resp.status().is_success() {
             return Err(self.status_error(&resp, what));
         }
-        Ok(Some(resp))
+        Ok(Some(Fetched::plain(http::ranged_body(
+            resp, range, file.size, what,
+        )?)))
     }
 }
 
@@ -569,12 +572,8 @@ impl Source for Hf {
             .get(&file.key)
             .cloned();
         if let Some(cdn) = cached {
-            if let Some(resp) = self.fetch_cdn(&cdn, file, range, &what).await? {
-                return Ok(Fetched {
-                    body: http::ranged_body(resp, range, file.size, &what)?,
-                    checksum_applies: true,
-                    object_checksum: None,
-                });
+            if let Some(fetched) = self.fetch_cdn(&cdn, file, range, &what).await? {
+                return Ok(fetched);
             }
         }
         let mut url = self.resolve_url(&file.key)?;
@@ -593,11 +592,7 @@ impl Source for Hf {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(file.key.clone(), next.clone());
                 return match self.fetch_cdn(&next, file, range, &what).await? {
-                    Some(resp) => Ok(Fetched {
-                        body: http::ranged_body(resp, range, file.size, &what)?,
-                        checksum_applies: true,
-            object_checksum: None,
-                    }),
+                    Some(fetched) => Ok(fetched),
                     None => Err(Error::new(
                         Kind::Network,
                         format!("{what}: the CDN refused a freshly signed URL (check this machine's clock)"),
@@ -608,11 +603,9 @@ impl Source for Hf {
             if !resp.status().is_success() {
                 return Err(self.status_error(&resp, &what));
             }
-            return Ok(Fetched {
-                body: http::ranged_body(resp, range, file.size, &what)?,
-                checksum_applies: true,
-                object_checksum: None,
-            });
+            return Ok(Fetched::plain(http::ranged_body(
+                resp, range, file.size, &what,
+            )?));
         }
         Err(Error::new(
             Kind::Network,

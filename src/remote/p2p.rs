@@ -5,21 +5,29 @@
 //! presigned (query-authenticated) URLs, the signature parameters named as filtered, and a task
 //! identity from the object's content identity (bucket/key@ETag, generation, LFS sha256).
 //!
-//! Never worse than direct: a proxy that refuses the connection, or answers with an error it
-//! marks as its own (`X-Dragonfly-Error-Type`) or a 5xx, has that request sent direct, and after
-//! three such failures in a row the run stops asking it; the run reports how many went each
-//! way. Verification stays end to end (the daemon does not check upstream TLS), so a proxy can
+//! Never worse than direct: a proxy that refuses the connection or answers anything but a
+//! success (an error it marks as its own with `X-Dragonfly-Error-Type`, a 5xx, or a 4xx that
+//! may be its own rather than the origin's) has that request sent direct; a reply through it
+//! that fails its checks or whose body breaks sends that object direct for the rest of the run
+//! (retried at once); after three failures in a row the run stops asking it; and a file that
+//! fails verification is fetched again direct. The run reports how many requests went each
+//! way. Verification stays end to end: what a file is checked against comes from the listing
+//! and the origin's own replies (a proxied reply's headers are never believed), so a proxy can
 //! slow a load down but never make it wrong.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Response;
 
 use super::http::{self, ClientOptions};
-use crate::error::{Error, Result};
+use super::types::Fetched;
+use crate::error::{Error, Kind, Result};
 
 /// `--p2p-proxy` and `--p2p-ca`.
 #[derive(Debug, Clone)]
@@ -56,6 +64,11 @@ pub struct P2p {
     direct: AtomicU64,
     failures_in_a_row: AtomicU32,
     first_fallback: Mutex<Option<String>>,
+    /// Objects (by key) whose reply through the proxy failed: they go direct from now on.
+    avoid: Mutex<HashSet<String>>,
+    /// Set when a file failed verification: the refetch goes direct, so one poisoned cache
+    /// cannot fail every node on every run.
+    off: AtomicBool,
 }
 
 impl P2p {
@@ -80,19 +93,26 @@ impl P2p {
             direct: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
             first_fallback: Mutex::new(None),
+            avoid: Mutex::new(HashSet::new()),
+            off: AtomicBool::new(false),
         })
     }
 
     /// GETs `url` through the proxy with `headers` (Range, If-Match, a bearer) plus Dragonfly's:
     /// use P2P, the filtered signature parameters, and `task` as the task identity when given.
     /// `None`: send this request direct instead (counted, the first reason kept).
+    /// `key` names the object, for [`P2p::watch`].
     pub async fn get(
         &self,
         url: &str,
         mut headers: HeaderMap,
         task: Option<&str>,
+        key: &str,
     ) -> Option<Response> {
-        if self.failures_in_a_row.load(Ordering::Relaxed) >= GIVE_UP_AFTER {
+        if self.failures_in_a_row.load(Ordering::Relaxed) >= GIVE_UP_AFTER
+            || self.off.load(Ordering::Relaxed)
+            || self.avoided(key)
+        {
             self.direct.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -122,13 +142,63 @@ impl P2p {
             Err(e) => format!("the proxy is unreachable ({})", deepest_cause(&e)),
         };
         self.direct.fetch_add(1, Ordering::Relaxed);
+        self.failed(why);
+        None
+    }
+
+    fn failed(&self, why: String) {
         self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
         let mut first = self
             .first_fallback
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         first.get_or_insert(why);
-        None
+    }
+
+    fn avoided(&self, key: &str) -> bool {
+        self.avoid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// The object `key` goes direct from now on: its reply through the proxy failed.
+    fn avoid(&self, key: &str, why: String) {
+        self.avoid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string());
+        self.failed(why);
+    }
+
+    /// Turns a fetch made through the proxy into one that cannot fail the run on the proxy's
+    /// account: a reply that fails its checks (Content-Range, version) is retried direct at
+    /// once, and a body that breaks or stalls sends the object direct for its next request.
+    pub fn watch(self: &Arc<Self>, key: &str, fetched: Result<Fetched>) -> Result<Fetched> {
+        let mut fetched = match fetched {
+            Ok(f) => f,
+            Err(e) if e.kind() == Kind::Interrupted => return Err(e),
+            Err(e) => {
+                self.avoid(key, format!("a reply through the proxy failed: {}", e.message()));
+                return Err(e.transient(None));
+            }
+        };
+        let (me, key) = (Arc::clone(self), key.to_string());
+        fetched.body = Box::pin(fetched.body.map(move |item| {
+            if let Err(e) = &item {
+                me.avoid(&key, format!("a body through the proxy broke: {}", e.message()));
+            }
+            item
+        }));
+        Ok(fetched)
+    }
+
+    /// No more requests through the proxy in this run (a file failed verification: its
+    /// refetch must not come from the same cache).
+    pub fn stop(&self, why: &str) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            self.failed(why.to_string());
+        }
     }
 
     pub fn report(&self) -> P2pReport {
@@ -156,7 +226,9 @@ fn deepest_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Why a reply from the proxy should not be used: an error the proxy or daemon marks as its
 /// own (`X-Dragonfly-Error-Type`, also `backend` — a presigned URL the daemon replayed too late
-/// is refused there but fine direct), or a 5xx from a proxy that does not mark its errors.
+/// is refused there but fine direct), or any other answer but a success: a 5xx, or a 4xx that
+/// may be the proxy's own (407 from a corporate proxy at that address, a daemon's 404 or 403)
+/// — the origin is asked direct before such an answer is believed.
 fn fallback_reason(resp: &Response) -> Option<String> {
     let status = resp.status();
     if let Some(kind) = resp
@@ -166,9 +238,7 @@ fn fallback_reason(resp: &Response) -> Option<String> {
     {
         return Some(format!("the proxy answered HTTP {status} ({kind} error)"));
     }
-    status
-        .is_server_error()
-        .then(|| format!("the proxy answered HTTP {status}"))
+    (!status.is_success()).then(|| format!("the proxy answered HTTP {status}"))
 }
 
 #[cfg(test)]

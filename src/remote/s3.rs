@@ -978,8 +978,9 @@ impl Source for S3 {
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         let what = format!("GET {} ({range})", self.display(&file.key));
-        if let Some(resp) = self.fetch_p2p(file, range).await? {
-            return self.fetched(resp, file, range, &what, true).await;
+        if let Some((p2p, resp)) = self.fetch_p2p(file, range).await? {
+            let fetched = self.fetched(resp, file, range, &what, true).await;
+            return p2p.watch(&file.key, fetched);
         }
         let mut extra = vec![(reqwest::header::RANGE, range.header())];
         if let Some((name, value)) = file.version.as_deref().and_then(pin::precondition) {
@@ -1002,7 +1003,11 @@ impl S3 {
     /// The ranged GET through the P2P proxy, as a presigned URL (SignedHeaders=host) that the
     /// daemon can replay later with its own ranges; `None` when there is no proxy or it should
     /// go direct. The task is the object's content identity, the same on every node.
-    async fn fetch_p2p(&self, file: &RemoteFile, range: ByteRange) -> Result<Option<Response>> {
+    async fn fetch_p2p(
+        &self,
+        file: &RemoteFile,
+        range: ByteRange,
+    ) -> Result<Option<(&std::sync::Arc<super::p2p::P2p>, Response)>> {
         let Some(p2p) = &self.p2p else {
             return Ok(None);
         };
@@ -1030,7 +1035,10 @@ impl S3 {
             file.key,
             version.trim_matches('"')
         );
-        Ok(p2p.get(&url, headers, Some(&task)).await)
+        Ok(p2p
+            .get(&url, headers, Some(&task), &file.key)
+            .await
+            .map(|r| (p2p, r)))
     }
 
     /// Checks a reply to a ranged GET and turns it into the fetched body. What the reply says of

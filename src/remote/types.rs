@@ -275,15 +275,26 @@ impl fmt::Display for ByteRange {
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
-/// What a fetch returns: the body, and whether the listed checksum really describes these
-/// bytes (an S3 ETag looks like an MD5 but is not one for SSE-KMS objects; only the GET
-/// reply tells).
+/// What a fetch returns: the body, and what the origin said of its checksum.
 pub struct Fetched {
     pub body: ByteStream,
+    /// False when the origin says the ETag is no MD5 of the bytes (SSE-KMS, SSE-C): checksums
+    /// read from the ETag do not apply; every other one still does.
     pub checksum_applies: bool,
-    /// A whole-object checksum only the reply carries (OSS's CRC-64), used when the listing
-    /// has none.
+    /// A whole-object checksum only the origin's reply carries (OSS's CRC-64): it stands in
+    /// for an ETag reading, or for no checksum.
     pub object_checksum: Option<Checksum>,
+}
+
+impl Fetched {
+    /// A body with nothing to say about its checksum.
+    pub fn plain(body: ByteStream) -> Fetched {
+        Fetched {
+            body,
+            checksum_applies: true,
+            object_checksum: None,
+        }
+    }
 }
 
 /// What one listing found: every file, plus the resolved revision where the source has one.

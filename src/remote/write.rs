@@ -10,6 +10,7 @@ use super::s3::S3;
 use super::types::MAX_PARTS;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
+use crate::cancel::Cancel;
 use crate::retry::{retrying, RetryPolicy};
 use crate::url::RelPath;
 
@@ -26,6 +27,7 @@ impl AnySource {
         part_size: u64,
         retry: &RetryPolicy,
         reporter: &dyn Reporter,
+        cancel: &Cancel,
     ) -> Result<()> {
         let what = format!("upload {rel}");
         match self {
@@ -35,7 +37,7 @@ impl AnySource {
                 if whole.len <= part {
                     put_single(s3, &key, whole, retry, reporter, &what).await
                 } else {
-                    put_multipart(s3, &key, whole, part, retry, reporter, &what).await
+                    put_multipart(s3, &key, whole, part, (retry, reporter, cancel), &what).await
                 }
             }
             AnySource::Gcs(gcs) => {
@@ -80,12 +82,11 @@ async fn put_multipart(
     key: &str,
     whole: FileRange,
     part: u64,
-    retry: &RetryPolicy,
-    reporter: &dyn Reporter,
+    (retry, reporter, cancel): (&RetryPolicy, &dyn Reporter, &Cancel),
     what: &str,
 ) -> Result<()> {
     let id = retrying(retry, reporter, what, || s3.create_multipart(key)).await?;
-    let result: Result<()> = async {
+    let work = async {
         let mut etags = Vec::new();
         let mut offset = 0;
         while offset < whole.len {
@@ -104,8 +105,15 @@ async fn put_multipart(
             s3.complete_multipart(key, &id, &etags)
         })
         .await
-    }
-    .await;
+    };
+    // A stop request ends the parts in flight, so the abort below runs within the grace.
+    let result: Result<()> = tokio::select! {
+        r = work => r,
+        _ = cancel.cancelled() => Err(Error::new(
+            cancel.reason().unwrap_or(Kind::Interrupted),
+            format!("{what}: stopped; the multipart upload was aborted"),
+        )),
+    };
     // An upload left open would keep its parts (and their storage bill) until a lifecycle rule
     // removes them.
     if result.is_err() {

@@ -17,12 +17,14 @@ use crate::error::{Error, Kind, Result};
 use crate::progress::{PlanSummary, Reporter, Summary};
 use crate::remote::body::FileRange;
 use crate::remote::{self, AnySource, Source};
+use crate::cancel::Cancel;
 use crate::retry::retrying;
 use crate::url::{RelPath, SourceUrl};
 use walk::{open_range, walk};
 
 /// Uploads `cfg.dest` (a local directory) to `cfg.source` (a URL).
-pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary> {
+/// A stop request (`cancel`) starts no new file and aborts open multipart uploads.
+pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
     if matches!(cfg.source, SourceUrl::Hf(_)) {
         return Err(Error::usage(
@@ -77,17 +79,21 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>) -> Result<Summary
     let cfg = Arc::new(cfg.clone());
     let results =
         futures_util::stream::iter(send.into_iter().enumerate().map(|(id, (rel, len, _))| {
-            let (target, reporter, cfg, root) = (
+            let (target, reporter, cfg, root, cancel) = (
                 Arc::clone(&target),
                 Arc::clone(&reporter),
                 Arc::clone(&cfg),
                 Arc::clone(&root),
+                cancel.clone(),
             );
             async move {
+                if let Some(kind) = cancel.reason() {
+                    return Err(Error::new(kind, "stopped before this file was sent"));
+                }
                 reporter.file_started(id, rel.as_str(), len);
                 let whole = open_range(&root, &rel, len)?;
                 target
-                    .put_file(&rel, whole, cfg.chunk_size, &cfg.retry, reporter.as_ref())
+                    .put_file(&rel, whole, cfg.chunk_size, &cfg.retry, reporter.as_ref(), &cancel)
                     .await?;
                 reporter.bytes(id, len);
                 reporter.file_done(id, rel.as_str());
