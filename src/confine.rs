@@ -156,19 +156,29 @@ impl Dir {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
     }
 
-    /// Names in this folder.
+    /// Names in this folder that are UTF-8 (every name the loader itself creates is).
     pub fn entries(&self) -> io::Result<Vec<String>> {
+        Ok(self.entries_and_others()?.0)
+    }
+
+    /// Names in this folder: the UTF-8 ones, and the others shown lossily. A name that is not
+    /// UTF-8 cannot be opened again from its lossy form, so callers skip it (with a word).
+    pub fn entries_and_others(&self) -> io::Result<(Vec<String>, Vec<String>)> {
         let fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?;
         let mut dir = rustix::fs::Dir::read_from(fd)?;
-        let mut out = Vec::new();
+        let (mut names, mut others) = (Vec::new(), Vec::new());
         while let Some(e) = dir.read() {
             let e = e?;
-            let name = e.file_name().to_string_lossy();
-            if name != "." && name != ".." {
-                out.push(name.into_owned());
+            let raw = e.file_name().to_bytes();
+            if raw == b"." || raw == b".." {
+                continue;
+            }
+            match std::str::from_utf8(raw) {
+                Ok(name) => names.push(name.to_string()),
+                Err(_) => others.push(String::from_utf8_lossy(raw).into_owned()),
             }
         }
-        Ok(out)
+        Ok((names, others))
     }
 
     /// Makes renames and removals in this folder durable.

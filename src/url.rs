@@ -312,7 +312,13 @@ impl RelPath {
                 _ => {}
             }
         }
-        if path.split('/').next() == Some(STATE_DIR) {
+        // Case-insensitively: on a volume that folds case (SMB/Azure Files, CIFS, ext4
+        // casefold folders) `.Model-Loader/lock` is the loader's own lock file.
+        if path
+            .split('/')
+            .next()
+            .is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR))
+        {
             return Err(refuse(
                 "it is inside the loader's own state folder .model-loader",
             ));
@@ -547,6 +553,8 @@ mod tests {
             "a\\b",
             "nul\0x",
             ".model-loader/manifest.json",
+            ".Model-Loader/lock",
+            ".MODEL-LOADER/journal.jsonl",
             long.as_str(),
         ] {
             let e = RelPath::new(bad).unwrap_err();

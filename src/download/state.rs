@@ -265,6 +265,40 @@ impl StateDir {
         Ok(())
     }
 
+    /// Fails when two listed paths that differ only in case ended as one file: DEST's volume
+    /// folds case (SMB, CIFS, ext4 casefold), so one silently replaced the other.
+    pub fn check_case_distinct<'a>(&self, files: impl Iterator<Item = &'a RelPath>) -> Result<()> {
+        let mut by_folded: HashMap<String, Vec<&RelPath>> = HashMap::new();
+        for p in files {
+            by_folded
+                .entry(p.as_str().to_lowercase())
+                .or_default()
+                .push(p);
+        }
+        for group in by_folded.values().filter(|g| g.len() > 1) {
+            let mut seen: HashMap<(u64, u64), &RelPath> = HashMap::new();
+            for p in group {
+                let (parent, base) = split_parent(p.as_str());
+                let Ok(st) = self.root.subdir(parent, false).and_then(|(d, _)| {
+                    d.stat(base)
+                        .map_err(|e| Error::local("stat", &self.final_path(p), e))
+                }) else {
+                    continue;
+                };
+                if let Some(other) = seen.insert((st.st_dev as u64, st.st_ino as u64), p) {
+                    return Err(Error::new(
+                        crate::error::Kind::Local,
+                        format!(
+                            "{other} and {p} are one file on this volume (it ignores case): one \
+                             replaced the other; load into a case-sensitive volume, or --exclude one"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn read_manifest(&self) -> Option<Manifest> {
         serde_json::from_slice(&self.dir.read(MANIFEST).ok()?).ok()
     }
@@ -665,6 +699,30 @@ mod tests {
             checksum: Some("crc32c:0000002a".into()),
             size_only: None,
         }
+    }
+
+    #[test]
+    fn paths_differing_in_case_that_ended_as_one_file_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = StateDir::open(tmp.path()).unwrap();
+        std::fs::create_dir(tmp.path().join("m")).unwrap();
+        std::fs::write(tmp.path().join("m/README.md"), b"a").unwrap();
+        std::fs::write(tmp.path().join("m/Other.md"), b"b").unwrap();
+        std::fs::write(tmp.path().join("m/other.md"), b"c").unwrap();
+        let paths: Vec<RelPath> = ["m/README.md", "m/readme.md", "m/Other.md", "m/other.md"]
+            .iter()
+            .map(|p| RelPath::new(p).unwrap())
+            .collect();
+        // Distinct files (a case-sensitive volume): fine; readme.md not there yet is fine too.
+        st.check_case_distinct(paths.iter()).unwrap();
+        // A volume that folds case shows both names as one inode (a hard link stands in).
+        std::fs::hard_link(
+            tmp.path().join("m/README.md"),
+            tmp.path().join("m/readme.md"),
+        )
+        .unwrap();
+        let e = st.check_case_distinct(paths.iter()).unwrap_err();
+        assert!(e.message().contains("ignores case"), "{e}");
     }
 
     #[test]

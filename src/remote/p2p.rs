@@ -179,14 +179,20 @@ impl P2p {
             Ok(f) => f,
             Err(e) if e.kind() == Kind::Interrupted => return Err(e),
             Err(e) => {
-                self.avoid(key, format!("a reply through the proxy failed: {}", e.message()));
+                self.avoid(
+                    key,
+                    format!("a reply through the proxy failed: {}", e.message()),
+                );
                 return Err(e.transient(None));
             }
         };
         let (me, key) = (Arc::clone(self), key.to_string());
         fetched.body = Box::pin(fetched.body.map(move |item| {
             if let Err(e) = &item {
-                me.avoid(&key, format!("a body through the proxy broke: {}", e.message()));
+                me.avoid(
+                    &key,
+                    format!("a body through the proxy broke: {}", e.message()),
+                );
             }
             item
         }));

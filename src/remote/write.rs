@@ -8,9 +8,9 @@ use super::any::AnySource;
 use super::body::FileRange;
 use super::s3::S3;
 use super::types::MAX_PARTS;
+use crate::cancel::Cancel;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
-use crate::cancel::Cancel;
 use crate::retry::{retrying, RetryPolicy};
 use crate::url::RelPath;
 

@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use crate::cancel::Cancel;
 use crate::cli::Config;
 use crate::confine::Dir;
 use crate::error::{Error, Kind, Result};
 use crate::progress::{PlanSummary, Reporter, Summary};
 use crate::remote::body::FileRange;
 use crate::remote::{self, AnySource, Source};
-use crate::cancel::Cancel;
 use crate::retry::retrying;
 use crate::url::{RelPath, SourceUrl};
 use walk::{open_range, walk};
@@ -93,7 +93,14 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
                 reporter.file_started(id, rel.as_str(), len);
                 let whole = open_range(&root, &rel, len)?;
                 target
-                    .put_file(&rel, whole, cfg.chunk_size, &cfg.retry, reporter.as_ref(), &cancel)
+                    .put_file(
+                        &rel,
+                        whole,
+                        cfg.chunk_size,
+                        &cfg.retry,
+                        reporter.as_ref(),
+                        &cancel,
+                    )
                     .await?;
                 reporter.bytes(id, len);
                 reporter.file_done(id, rel.as_str());

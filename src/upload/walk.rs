@@ -15,8 +15,10 @@ pub(super) fn open_range(root: &Dir, rel: &RelPath, len: u64) -> Result<FileRang
     let path = root.path().join(rel.as_str());
     let (parent, base) = split_parent(rel.as_str());
     let (dir, _) = root.subdir(parent, false)?;
+    // O_NONBLOCK: a FIFO swapped in since the walk must not block the open for ever (it is
+    // then refused as no regular file below).
     let file = dir
-        .open_file(base, OFlags::RDONLY, 0)
+        .open_file(base, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY, 0)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => Error::new(
                 Kind::Local,
@@ -50,9 +52,15 @@ pub(super) fn walk(root: &Dir, reporter: &dyn Reporter) -> Result<Vec<(RelPath, 
     let mut stack = vec![String::new()];
     while let Some(rel_dir) = stack.pop() {
         let (dir, _) = root.subdir(&rel_dir, false)?;
-        let names = dir
-            .entries()
+        let (names, others) = dir
+            .entries_and_others()
             .map_err(|e| Error::local("read the folder", dir.path(), e))?;
+        for name in others {
+            reporter.warn(&format!(
+                "skipping {}: its name is not UTF-8, which no object key can hold",
+                dir.path().join(name).display()
+            ));
+        }
         for name in names {
             let rel = if rel_dir.is_empty() {
                 name.clone()
@@ -84,6 +92,40 @@ pub(super) fn walk(root: &Dir, reporter: &dyn Reporter) -> Result<Vec<(RelPath, 
 mod tests {
     use super::*;
     use crate::progress::QuietReporter;
+
+    #[test]
+    fn a_fifo_swapped_in_and_a_name_that_is_not_utf8_never_stop_the_upload() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("w.bin"), b"weights").unwrap();
+        std::fs::write(
+            tmp.path().join(std::ffi::OsStr::from_bytes(b"bad\xff.bin")),
+            b"x",
+        )
+        .unwrap();
+        let root = Dir::open(tmp.path()).unwrap();
+        let files = walk(&root, &QuietReporter).unwrap();
+        let names: Vec<&str> = files.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["w.bin"], "the non-UTF-8 name is skipped, not fatal");
+        // w.bin becomes a FIFO after the walk: refused at once, not blocked on for ever.
+        std::fs::remove_file(tmp.path().join("w.bin")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            tmp.path().join("w.bin").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root2 = Dir::open(tmp.path()).unwrap();
+        std::thread::spawn(move || {
+            let r = open_range(&root2, &RelPath::new("w.bin").unwrap(), 7);
+            tx.send(r.is_err()).unwrap();
+        });
+        let refused = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(refused, Ok(true), "opening a FIFO must not block");
+    }
 
     #[test]
     fn symlinks_in_src_dir_are_skipped_and_never_followed() {
