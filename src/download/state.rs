@@ -285,7 +285,7 @@ impl StateDir {
                 }) else {
                     continue;
                 };
-                if let Some(other) = seen.insert((st.st_dev as u64, st.st_ino as u64), p) {
+                if let Some(other) = seen.insert((st.st_dev, st.st_ino), p) {
                     return Err(Error::new(
                         crate::error::Kind::Local,
                         format!(
@@ -705,10 +705,10 @@ mod tests {
     fn paths_differing_in_case_that_ended_as_one_file_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let st = StateDir::open(tmp.path()).unwrap();
-        std::fs::create_dir(tmp.path().join("m")).unwrap();
-        std::fs::write(tmp.path().join("m/README.md"), b"a").unwrap();
-        std::fs::write(tmp.path().join("m/Other.md"), b"b").unwrap();
-        std::fs::write(tmp.path().join("m/other.md"), b"c").unwrap();
+        fs::create_dir(tmp.path().join("m")).unwrap();
+        fs::write(tmp.path().join("m/README.md"), b"a").unwrap();
+        fs::write(tmp.path().join("m/Other.md"), b"b").unwrap();
+        fs::write(tmp.path().join("m/other.md"), b"c").unwrap();
         let paths: Vec<RelPath> = ["m/README.md", "m/readme.md", "m/Other.md", "m/other.md"]
             .iter()
             .map(|p| RelPath::new(p).unwrap())
@@ -716,7 +716,7 @@ mod tests {
         // Distinct files (a case-sensitive volume): fine; readme.md not there yet is fine too.
         st.check_case_distinct(paths.iter()).unwrap();
         // A volume that folds case shows both names as one inode (a hard link stands in).
-        std::fs::hard_link(
+        fs::hard_link(
             tmp.path().join("m/README.md"),
             tmp.path().join("m/readme.md"),
         )
