@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         };
     }
     let reporter = model_loader::progress::reporter(cfg.progress, cfg.progress_interval);
+    raise_open_files_limit();
     // glibc gives every thread its own malloc arena (up to 8 per core); with the runtime's
     // worker and blocking threads that alone grew peak RSS from 28 to 52 MiB at 16 requests
     // (BENCHMARKS.md). One arena keeps memory flat; the hot path allocates little.
@@ -141,6 +142,24 @@ fn completions(shell: clap_complete::Shell) -> String {
                 "compdef _model-loader model-loader load",
             ),
         _ => script("model-loader") + &script("load"),
+    }
+}
+
+/// Up to 1,024 requests in flight, each with a socket and a part file (two descriptors with
+/// O_DIRECT), plus the pool's idle connections, exceed the soft limit of 1,024 that many
+/// runtimes still set: raise it to the hard limit, as Go's runtime does for every program.
+/// What remains of an EMFILE says so and names `ulimit -n` (see `Error::local`).
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed; no other state.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

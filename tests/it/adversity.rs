@@ -12,12 +12,15 @@ use crate::support::proxy::{Fault, Proxy};
 use crate::support::*;
 
 /// Runs the loader against a lying S3 server and checks that it fails cleanly and quickly.
-fn against_liar(name: &str, handler: Box<liar::Handler>) -> (i32, String) {
+pub(crate) fn against_liar(name: &str, handler: Box<liar::Handler>) -> (i32, String) {
     against_liar_requests(name, handler).0
 }
 
 /// Also returns the request lines the server saw.
-fn against_liar_requests(name: &str, handler: Box<liar::Handler>) -> ((i32, String), Vec<String>) {
+pub(crate) fn against_liar_requests(
+    name: &str,
+    handler: Box<liar::Handler>,
+) -> ((i32, String), Vec<String>) {
     let server = Liar::start(handler);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");

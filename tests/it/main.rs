@@ -8,6 +8,7 @@ mod gcs;
 mod hf;
 mod oss;
 mod p2p;
+mod promises;
 mod s3;
 mod safety;
 mod ship;

@@ -12,6 +12,15 @@ pub enum Mode {
     Forward,
     /// `500` with `X-Dragonfly-Error-Type: dfdaemon`, as a daemon that lost its scheduler.
     DaemonError,
+    /// A poisoned or hostile daemon: forwards, then flips one byte of every object body and
+    /// adds headers that would switch verification off (`x-amz-server-side-encryption:
+    /// aws:kms`) or supply the value to check against (`x-oss-hash-crc64ecma` of the altered
+    /// body).
+    Tamper,
+    /// `404` with no Dragonfly marking: a daemon's (or another proxy's) own answer.
+    NotFound,
+    /// Forwards the head and half the body, then closes: a peer that dies mid-piece.
+    CutBody,
 }
 
 /// One request the proxy received.
@@ -96,6 +105,11 @@ fn serve(mut client: TcpStream, mode: Mode, log: &Mutex<Vec<Seen>>) {
         let _ = client.write_all(b"HTTP/1.1 500 Internal Server Error\r\nX-Dragonfly-Error-Type: dfdaemon\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
+    if mode == Mode::NotFound {
+        let _ = client
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
     let Some(rest) = url.strip_prefix("http://") else {
         let _ = client.write_all(
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -134,5 +148,39 @@ fn serve(mut client: TcpStream, mode: Mode, log: &Mutex<Vec<Seen>>) {
     if upstream.write_all(head.as_bytes()).is_err() || upstream.write_all(&body).is_err() {
         return;
     }
-    let _ = std::io::copy(&mut upstream, &mut client);
+    if mode == Mode::Forward {
+        let _ = std::io::copy(&mut upstream, &mut client);
+        return;
+    }
+    let mut reply = Vec::new();
+    let _ = upstream.read_to_end(&mut reply);
+    let Some(end) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let (head, body) = (reply[..end].to_vec(), reply[end + 4..].to_vec());
+    let ok = head.starts_with(b"HTTP/1.1 20");
+    let out = match mode {
+        Mode::Tamper if ok && !body.is_empty() => {
+            let mut body = body;
+            let at = body.len() / 2;
+            body[at] ^= 0x01;
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Xz, &body);
+            let mut out = head;
+            out.extend_from_slice(
+                format!(
+                    "\r\nx-amz-server-side-encryption: aws:kms\r\nx-oss-hash-crc64ecma: {crc}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&body);
+            out
+        }
+        Mode::CutBody if ok && body.len() > 1 => {
+            let mut out = reply[..end + 4].to_vec();
+            out.extend_from_slice(&body[..body.len() / 2]);
+            out
+        }
+        _ => reply,
+    };
+    let _ = client.write_all(&out);
 }

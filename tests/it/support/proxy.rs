@@ -49,6 +49,14 @@ pub enum Fault {
         at: u64,
         first: usize,
     },
+    /// Answer the first `heads` HEAD requests with `503 SlowDown` (S3 throttling, which comes
+    /// without Retry-After), and flip the bit at body offset `flip_at` of the first `flips`
+    /// ranged replies.
+    SlowDownHeads {
+        heads: usize,
+        flip_at: u64,
+        flips: usize,
+    },
 }
 
 pub struct Proxy {
@@ -62,6 +70,8 @@ struct Shared {
     target: SocketAddr,
     fault: Fault,
     faulted: AtomicUsize,
+    /// HEADs faulted so far (`SlowDownHeads`).
+    heads_faulted: AtomicUsize,
     log: Arc<Mutex<Vec<String>>>,
     heads: Arc<Mutex<Vec<String>>>,
     down: Arc<std::sync::atomic::AtomicU64>,
@@ -99,6 +109,7 @@ impl Proxy {
             target,
             fault,
             faulted: AtomicUsize::new(0),
+            heads_faulted: AtomicUsize::new(0),
             log: Arc::clone(&log),
             heads: Arc::clone(&heads),
             down: Arc::clone(&down),
@@ -318,6 +329,23 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             Fault::Flip { at, first } if take(first) => {
                 *flip.lock().unwrap() = Some(FlipState {
                     at,
+                    head: Vec::new(),
+                    body_seen: None,
+                })
+            }
+            Fault::SlowDownHeads { heads, .. }
+                if first.starts_with("HEAD ")
+                    && sh.heads_faulted.fetch_add(1, Ordering::SeqCst) < heads =>
+            {
+                let reply = b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n";
+                if reply_direct(&cw, reply).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Fault::SlowDownHeads { flip_at, flips, .. } if take(flips) => {
+                *flip.lock().unwrap() = Some(FlipState {
+                    at: flip_at,
                     head: Vec::new(),
                     body_seen: None,
                 })
