@@ -118,6 +118,37 @@ pub fn part_layout(c: &Checksum) -> Option<(u64, Checksum)> {
     }
 }
 
+/// The same checksum over equal parts, spelt as one over parts of given lengths (hashed in
+/// order, part by part): for parts too large to be fetched one request each. None when `c` is
+/// not over equal parts or its parts do not add up to `size`.
+pub fn as_uneven(c: &Checksum, size: u64) -> Option<Checksum> {
+    let (of, part_size, parts, value) = match c {
+        Checksum::MultipartMd5 {
+            part_size,
+            parts,
+            digest,
+        } => (None, *part_size, *parts, digest.to_vec()),
+        Checksum::Composite {
+            of,
+            part_size,
+            parts,
+            value,
+        } => (Some(*of), *part_size, *parts, value.clone()),
+        _ => return None,
+    };
+    let full = u64::from(parts.checked_sub(1)?).checked_mul(part_size)?;
+    let last = size
+        .checked_sub(full)
+        .filter(|&l| l > 0 && l <= part_size)?;
+    let mut lengths = vec![part_size; parts as usize - 1];
+    lengths.push(last);
+    Some(Checksum::UnevenParts {
+        of,
+        lengths: lengths.into(),
+        value,
+    })
+}
+
 /// For any checksum over parts, equal or not: the kind of checksum each part has (an empty one).
 fn part_kind(c: &Checksum) -> Option<Checksum> {
     match c {
@@ -439,6 +470,33 @@ pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::remote::PartChecksum;
+
+    #[test]
+    fn equal_parts_respelt_as_lengths_keep_their_value_and_add_up() {
+        let mp = Checksum::MultipartMd5 {
+            part_size: 10,
+            parts: 3,
+            digest: [7; 16],
+        };
+        let Some(Checksum::UnevenParts { of, lengths, value }) = as_uneven(&mp, 25) else {
+            panic!("respelt")
+        };
+        assert_eq!(
+            (of, &lengths[..], value),
+            (None, &[10, 10, 5][..], vec![7; 16])
+        );
+        // A `-1` object: one part, the whole object.
+        let one = Checksum::MultipartMd5 {
+            part_size: 100,
+            parts: 1,
+            digest: [1; 16],
+        };
+        assert!(
+            matches!(as_uneven(&one, 100), Some(Checksum::UnevenParts { lengths, .. }) if lengths[..] == [100])
+        );
+        assert_eq!(as_uneven(&mp, 31), None, "parts that do not add up");
+        assert_eq!(as_uneven(&Checksum::Md5([0; 16]), 5), None);
+    }
 
     #[test]
     fn sse_kms_drops_only_the_etag_reading_and_a_reply_never_overrides_an_additional_checksum() {

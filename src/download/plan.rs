@@ -137,6 +137,20 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         out.resumed_bytes = out
             .resumed_bytes
             .saturating_add(file.size.saturating_sub(missing_bytes));
+        // A part larger than a chunk (a `-1` multipart object, 5 GiB parts) would be fetched as
+        // one request with nothing durable before its end and no parallelism: such parts are
+        // hashed in order instead, and the file fetched in ranges like any other.
+        let file = match file
+            .checksum
+            .as_ref()
+            .map(|c| (c, crate::checksum::part_layout(c)))
+        {
+            Some((c, Some((part, _)))) if part > chunk => RemoteFile {
+                checksum: crate::checksum::as_uneven(c, file.size).or(file.checksum.clone()),
+                ..file
+            },
+            _ => file,
+        };
         // Checksums over parts are computed part by part as the bytes stream in: chunks are cut
         // at part boundaries (a whole number of parts each).
         // A checksum that needs the bytes in order (SHA-256, single-part MD5): short requests,
@@ -347,6 +361,35 @@ mod tests {
             },
         );
         assert!(forced.skip.is_empty());
+    }
+
+    #[test]
+    fn parts_larger_than_a_chunk_are_hashed_in_order_in_ranges_not_fetched_whole() {
+        let mut f = rf("big", 100, "v");
+        f.1.checksum = Some(crate::remote::Checksum::MultipartMd5 {
+            part_size: 100,
+            parts: 1,
+            digest: [3; 16],
+        });
+        let out = plan(vec![f.clone()], &LocalState::default(), OPTS);
+        let fp = &out.fetch[0];
+        assert!(matches!(
+            fp.file.checksum,
+            Some(crate::remote::Checksum::UnevenParts { .. })
+        ));
+        assert_eq!(fp.chunk_count(), 10, "in chunks, not one request");
+        // Parts that fit a chunk keep their per-part hashing, chunks cut at part boundaries.
+        f.1.checksum = Some(crate::remote::Checksum::MultipartMd5 {
+            part_size: 4,
+            parts: 25,
+            digest: [3; 16],
+        });
+        let out = plan(vec![f], &LocalState::default(), OPTS);
+        assert!(matches!(
+            out.fetch[0].file.checksum,
+            Some(crate::remote::Checksum::MultipartMd5 { .. })
+        ));
+        assert_eq!(out.fetch[0].chunk_size, 8);
     }
 
     #[test]
