@@ -238,11 +238,40 @@ impl StateDir {
             .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
     }
 
-    /// A part file that failed verification: removed, if the lease is still ours.
+    /// A part file that failed verification: removed, if the lease is still ours, and its
+    /// journal records withdrawn (a Reset), so that even a part file that could not be removed
+    /// is never resumed as if its bytes were good.
     pub fn discard_part(&self, p: &RelPath) {
         if self.owned().is_ok() {
             let _ = self.parts.remove_file(&self.part_name(p));
+            let _ = self.append(&Record::Reset {
+                path: p.to_string(),
+            });
         }
+    }
+
+    /// Before the manifest: every selected file is at its final path with its size. The engine
+    /// already ensures it; this is the last line against a bug there or a writer beside us.
+    pub fn check_in_place<'a>(
+        &self,
+        files: impl Iterator<Item = &'a (RelPath, RemoteFile)>,
+    ) -> Result<()> {
+        for (p, f) in files {
+            let size = size_beneath(&self.root, p);
+            if size != Some(f.size) {
+                return Err(Error::new(
+                    crate::error::Kind::Local,
+                    format!(
+                        "{} is {} where {} bytes were just written; not writing the manifest \
+                         (another writer in DEST?): rerun",
+                        self.final_path(p).display(),
+                        size.map_or("missing".into(), |s| format!("{s} bytes")),
+                        f.size
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Makes the renames of `files` and the folders this run created durable: each folder

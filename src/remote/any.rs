@@ -34,7 +34,15 @@ impl AnySource {
     pub async fn open(url: &SourceUrl, opts: &Options, reporter: &dyn Reporter) -> Result<Self> {
         let mut source = Self::open_direct(url, opts, reporter).await?;
         if let Some(p) = &opts.p2p {
-            let p2p = Arc::new(P2p::new(p, &opts.http)?);
+            // A proxy that tunnels (CONNECT) to a private-CA endpoint needs the CA that the
+            // direct S3 client trusts too.
+            let mut http = opts.http.clone();
+            if matches!(source, AnySource::S3(_) | AnySource::Oss(_)) {
+                if let Some(ca) = crate::env::var("AWS_CA_BUNDLE") {
+                    http.ca_bundles.push(ca.into());
+                }
+            }
+            let p2p = Arc::new(P2p::new(p, &http)?);
             reporter.info(&format!(
                 "p2p: object reads go through {} (listings, tokens and API calls stay direct)",
                 p2p.report().proxy

@@ -519,3 +519,50 @@ fn a_weak_etag_is_not_sent_as_if_match() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&dest)["w.bin"], sha256(&body));
 }
+
+/// F11. SIGTERM during a multipart upload: the open upload is aborted, not left to be billed
+/// until a lifecycle rule removes its parts.
+#[test]
+fn a_stopped_upload_leaves_no_multipart_upload_open() {
+    let ep = s3_endpoint();
+    let b = bucket("upstop");
+    seed_s3(&ep, &b, &BTreeMap::new());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("w.bin"), data(211, 200 << 20)).unwrap();
+    let proxy = Proxy::start(&ep);
+    let child = loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "5MiB"])
+        .arg(&src)
+        .arg(format!("s3://{b}/m"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !proxy.requests().iter().any(|l| l.contains("partNumber=2")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no part sent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "stopped before the upload completed"
+    );
+    let listing = block_on(async {
+        reqwest::Client::new()
+            .get(format!("{ep}/{b}?uploads"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(listing.contains("ListMultipartUploadsResult"), "{listing}");
+    assert!(!listing.contains("<UploadId>"), "left open: {listing}");
+}
