@@ -746,15 +746,20 @@ mod tests {
         assert!(!tmp.path().join(LOCK).exists());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dead_holder_is_taken_over_and_the_old_holder_notices() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = dir(&tmp);
-        let path = tmp.path().join(LOCK);
+    /// A lease taken on a fresh state folder in `tmp`: the folder, the lock's path, the lock.
+    async fn held(tmp: &tempfile::TempDir) -> (Arc<Dir>, std::path::PathBuf, DestLock) {
+        let d = dir(tmp);
         let lock = DestLock::acquire(Arc::clone(&d), "s3://a", FAST, &QuietReporter)
             .await
             .unwrap();
         lock.check().unwrap();
+        (d, tmp.path().join(LOCK), lock)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_holder_is_taken_over_and_the_old_holder_notices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, path, lock) = held(&tmp).await;
         // Someone else replaces our lease: we notice at once when asked, and at the heartbeat.
         let other = Lease {
             owner: "other".into(),
@@ -789,12 +794,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreadable_lock_file_is_an_error_not_a_lost_lease() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = dir(&tmp);
-        let path = tmp.path().join(LOCK);
-        let lock = DestLock::acquire(Arc::clone(&d), "s3://a", FAST, &QuietReporter)
-            .await
-            .unwrap();
-        lock.check().unwrap();
+        let (_, path, lock) = held(&tmp).await;
         // Reading it fails (EISDIR here; EMFILE, EIO or ESTALE in the field) for a while.
         let lease = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

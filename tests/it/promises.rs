@@ -176,19 +176,7 @@ fn an_interrupted_run_never_lets_the_manifest_claim_a_check_it_did_not_make() {
     let mut objects = BTreeMap::new();
     objects.insert("m/small.bin".to_string(), data(206, 100));
     seed_s3(&ep, &b, &objects);
-    let secret = data(207, 3000);
-    let status = block_on(async {
-        reqwest::Client::new()
-            .put(format!("{ep}/{b}/m/secret.bin"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
-            .header("x-amz-server-side-encryption", "aws:kms")
-            .body(secret.clone())
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert!(status.is_success());
+    put_kms(&ep, &b, "m/secret.bin", data(207, 3000));
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
     // One request at a time, largest first: secret.bin lands, then small.bin fails for good.

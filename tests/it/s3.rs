@@ -586,19 +586,7 @@ fn an_sse_kms_object_is_not_checked_against_its_etag_and_the_manifest_says_so() 
     let ep = s3_endpoint();
     let b = bucket("kms");
     seed_s3(&ep, &b, &BTreeMap::new());
-    let status = block_on(async {
-        reqwest::Client::new()
-            .put(format!("{ep}/{b}/m/secret.bin"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
-            .header("content-type", "application/octet-stream")
-            .header("x-amz-server-side-encryption", "aws:kms")
-            .body(data(94, 3000))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert!(status.is_success());
+    put_kms(&ep, &b, "m/secret.bin", data(94, 3000));
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
     let out = run(loader(&ep, tmp.path())

@@ -47,6 +47,23 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Creates `bucket` on the open moto server and uploads `objects` (key → bytes).
+/// PUTs one object into moto as SSE-KMS (`x-amz-server-side-encryption: aws:kms`).
+pub fn put_kms(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>) {
+    let status = block_on(async {
+        reqwest::Client::new()
+            .put(format!("{endpoint}/{bucket}/{key}"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .header("content-type", "application/octet-stream")
+            .header("x-amz-server-side-encryption", "aws:kms")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "put {key}: {status}");
+}
+
 pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
     block_on(async {
         let client = reqwest::Client::new();
