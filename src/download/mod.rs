@@ -90,8 +90,8 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     if cfg.fsync {
         state.sync_folders(selected.iter().map(|(p, _)| p))?;
     }
-    state.check_in_place(selected.iter())?;
     state.check_case_distinct(selected.iter().map(|(p, _)| p))?;
+    state.check_in_place(selected.iter())?;
     lock.check()?;
     state.commit(&manifest::build(manifest::Outcome {
         source: source_text,

@@ -98,6 +98,9 @@ impl Plan {
     }
 }
 
+/// The longest single request a part of a multipart object may make (see `plan`).
+const LARGEST_PART_REQUEST: u64 = 256 << 20;
+
 pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOptions) -> Plan {
     let chunk = opts.chunk_size.max(1);
     let mut out = Plan::default();
@@ -137,15 +140,16 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         out.resumed_bytes = out
             .resumed_bytes
             .saturating_add(file.size.saturating_sub(missing_bytes));
-        // A part larger than a chunk (a `-1` multipart object, 5 GiB parts) would be fetched as
-        // one request with nothing durable before its end and no parallelism: such parts are
-        // hashed in order instead, and the file fetched in ranges like any other.
+        // A part larger than a chunk and than LARGEST_PART_REQUEST (a `-1` multipart object,
+        // 5 GiB parts) would be fetched as one request with nothing durable before its end and
+        // no parallelism: such parts are hashed in order instead, and the file fetched in
+        // ranges like any other. Smaller parts stay one request each, hashed as they stream.
         let file = match file
             .checksum
             .as_ref()
             .map(|c| (c, crate::checksum::part_layout(c)))
         {
-            Some((c, Some((part, _)))) if part > chunk => RemoteFile {
+            Some((c, Some((part, _)))) if part > chunk.max(LARGEST_PART_REQUEST) => RemoteFile {
                 checksum: crate::checksum::as_uneven(c, file.size).or(file.checksum.clone()),
                 ..file
             },
@@ -365,31 +369,37 @@ mod tests {
 
     #[test]
     fn parts_larger_than_a_chunk_are_hashed_in_order_in_ranges_not_fetched_whole() {
-        let mut f = rf("big", 100, "v");
+        const G: u64 = 1 << 30;
+        let opts = PlanOptions {
+            chunk_size: 64 << 20,
+            force: false,
+        };
+        let mut f = rf("big", 50 * G, "v");
         f.1.checksum = Some(crate::remote::Checksum::MultipartMd5 {
-            part_size: 100,
+            part_size: 50 * G,
             parts: 1,
             digest: [3; 16],
         });
-        let out = plan(vec![f.clone()], &LocalState::default(), OPTS);
+        let out = plan(vec![f.clone()], &LocalState::default(), opts);
         let fp = &out.fetch[0];
         assert!(matches!(
             fp.file.checksum,
             Some(crate::remote::Checksum::UnevenParts { .. })
         ));
-        assert_eq!(fp.chunk_count(), 10, "in chunks, not one request");
-        // Parts that fit a chunk keep their per-part hashing, chunks cut at part boundaries.
+        assert_eq!(fp.chunk_size, 4 << 20, "in-order ranges");
+        assert_eq!(fp.chunk_count(), 50 * 256, "in ranges, not one request");
+        // Parts up to LARGEST_PART_REQUEST keep their per-part hashing, one request per part.
         f.1.checksum = Some(crate::remote::Checksum::MultipartMd5 {
-            part_size: 4,
-            parts: 25,
+            part_size: 100 << 20,
+            parts: 512,
             digest: [3; 16],
         });
-        let out = plan(vec![f], &LocalState::default(), OPTS);
+        let out = plan(vec![f], &LocalState::default(), opts);
         assert!(matches!(
             out.fetch[0].file.checksum,
             Some(crate::remote::Checksum::MultipartMd5 { .. })
         ));
-        assert_eq!(out.fetch[0].chunk_size, 8);
+        assert_eq!(out.fetch[0].chunk_size, 100 << 20);
     }
 
     #[test]

@@ -216,6 +216,13 @@ impl StateDir {
         let named = self.parts.stat(&name);
         let same = matches!((&written, &named), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino);
         if !same {
+            // Whatever now has the name is nobody's good bytes, and this run's records for it
+            // describe the other inode: both go, so no later run resumes from them.
+            let _ = self.parts.remove_file(&name);
+            self.append(&Record::Reset {
+                path: p.to_string(),
+            })?;
+            self.sync_journal()?;
             return Err(Error::new(
                 crate::error::Kind::Local,
                 format!(

@@ -124,10 +124,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// Statuses that say "try again later" whatever the service.
 /// The most a listing page, API reply or upload reply may hold: a hostile or broken server
-/// (a captive portal, an endless body) must not grow memory without bound.
-pub const MAX_REPLY: usize = 16 << 20;
+/// (a captive portal, an endless body) must not grow memory without bound. Generous: the Hub's
+/// revision info names every file of a repository (a million-file dataset runs to ~100 MB).
+pub const MAX_REPLY: usize = 256 << 20;
 /// The most of an error reply that is read; the rest is dropped (only its code and message
 /// are used).
 pub const MAX_ERROR_BODY: usize = 64 << 10;
@@ -173,6 +173,7 @@ async fn read_capped(mut resp: Response, cap: usize) -> reqwest::Result<(Vec<u8>
     Ok((out, true))
 }
 
+/// Statuses that say "try again later" whatever the service.
 pub fn is_transient_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT

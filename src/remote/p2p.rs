@@ -130,7 +130,7 @@ impl P2p {
                 v,
             );
         }
-        let why = match self.client.get(url).headers(headers).send().await {
+        let (why, the_proxys) = match self.client.get(url).headers(headers).send().await {
             Ok(resp) => match fallback_reason(&resp) {
                 None => {
                     self.through.fetch_add(1, Ordering::Relaxed);
@@ -139,11 +139,30 @@ impl P2p {
                 }
                 Some(why) => why,
             },
-            Err(e) => format!("the proxy is unreachable ({})", deepest_cause(&e)),
+            Err(e) => (
+                format!("the proxy is unreachable ({})", deepest_cause(&e)),
+                true,
+            ),
         };
-        self.direct.fetch_add(1, Ordering::Relaxed);
-        self.failed(why);
+        if the_proxys {
+            self.direct.fetch_add(1, Ordering::Relaxed);
+            self.failed(why);
+        } else {
+            // Maybe the origin's own answer relayed (an object deleted meanwhile): asked
+            // direct, but no reason to stop using the proxy.
+            self.bypass(&why);
+        }
         None
+    }
+
+    /// A request sent direct by the caller's choice (not the proxy's failure), counted with why.
+    pub fn bypass(&self, why: &str) {
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        let mut first = self
+            .first_fallback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| why.to_string());
     }
 
     fn failed(&self, why: String) {
@@ -235,16 +254,26 @@ fn deepest_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// is refused there but fine direct), or any other answer but a success: a 5xx, or a 4xx that
 /// may be the proxy's own (407 from a corporate proxy at that address, a daemon's 404 or 403)
 /// — the origin is asked direct before such an answer is believed.
-fn fallback_reason(resp: &Response) -> Option<String> {
+/// Also says whether it is surely the proxy's failure (marked, or a 5xx), which counts toward
+/// giving up on the proxy, rather than perhaps the origin's answer relayed (a 4xx).
+fn fallback_reason(resp: &Response) -> Option<(String, bool)> {
     let status = resp.status();
     if let Some(kind) = resp
         .headers()
         .get("x-dragonfly-error-type")
         .and_then(|v| v.to_str().ok())
     {
-        return Some(format!("the proxy answered HTTP {status} ({kind} error)"));
+        return Some((
+            format!("the proxy answered HTTP {status} ({kind} error)"),
+            true,
+        ));
     }
-    (!status.is_success()).then(|| format!("the proxy answered HTTP {status}"))
+    (!status.is_success()).then(|| {
+        (
+            format!("the proxy answered HTTP {status}"),
+            status.is_server_error(),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 use aws_smithy_types::date_time::{DateTime, Format};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ETAG, IF_MATCH, LAST_MODIFIED};
 
-const MODIFIED: &str = "modified:";
+/// Tokens made from Last-Modified start with this. The space makes them impossible as ETags
+/// (an entity tag has no space, RFC 9110 §8.8.3), so no server's ETag is ever taken for one.
+const MODIFIED: &str = "last-modified ";
 
 /// The version token for an object listed with `etag` and `modified` (ISO 8601, as in
 /// ListObjectsV2, or an HTTP date, as in a HEAD reply).
@@ -19,7 +21,7 @@ pub fn token(etag: Option<String>, modified: Option<&str>, key: &str) -> Option<
         return Some(e);
     }
     let at = parse_time(modified?)?;
-    Some(format!("{MODIFIED}{}@{key}", at.to_millis().ok()?))
+    Some(format!("{MODIFIED}{} {key}", at.to_millis().ok()?))
 }
 
 /// How a version token pins a read.
@@ -36,9 +38,12 @@ pub enum Pin<'a> {
 }
 
 pub fn pin(version: &str) -> Pin<'_> {
-    if let Some(rest) = version.strip_prefix(MODIFIED) {
-        let ms = rest.split('@').next().and_then(|m| m.parse().ok());
-        return Pin::Modified(ms.unwrap_or(i64::MIN));
+    if let Some(ms) = version
+        .strip_prefix(MODIFIED)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|m| m.parse().ok())
+    {
+        return Pin::Modified(ms);
     }
     if version.starts_with("W/") {
         return Pin::WeakEtag(version);
@@ -77,7 +82,7 @@ pub fn changed(version: &str, h: &HeaderMap) -> Option<String> {
             let got = header(LAST_MODIFIED)?;
             let at = parse_time(&got)?.to_millis().ok()?;
             // HTTP dates drop the listing's milliseconds; servers round or truncate them.
-            ((at - ms).abs() > 1000).then(|| format!("Last-Modified {got}"))
+            (at.abs_diff(ms) > 1000).then(|| format!("Last-Modified {got}"))
         }
     }
 }
@@ -109,7 +114,7 @@ mod tests {
             Some("\"abc\"".into())
         );
         let t = token(None, Some("2026-01-01T00:00:01.500Z"), "m/a.bin").unwrap();
-        assert_eq!(t, "modified:1767225601500@m/a.bin");
+        assert_eq!(t, "last-modified 1767225601500 m/a.bin");
         assert_ne!(
             t,
             token(None, Some("2026-01-01T00:00:01.500Z"), "n/a.bin").unwrap(),
@@ -122,7 +127,7 @@ mod tests {
         );
         assert_eq!(
             token(None, Some("Thu, 01 Jan 2026 00:00:01 GMT"), "k"),
-            Some("modified:1767225601000@k".into())
+            Some("last-modified 1767225601000 k".into())
         );
         assert_eq!(token(Some("\"\"".into()), None, "k"), None);
         assert_eq!(token(None, Some("yesterday"), "k"), None);
@@ -136,7 +141,7 @@ mod tests {
             Some((IF_MATCH, "\"abc\"".into()))
         );
         assert_eq!(precondition("W/\"abc\""), None);
-        let (n, v) = precondition("modified:1767225601500@k").unwrap();
+        let (n, v) = precondition("last-modified 1767225601500 k").unwrap();
         assert_eq!(n, reqwest::header::IF_UNMODIFIED_SINCE);
         assert_eq!(v, "Thu, 01 Jan 2026 00:00:02 GMT", "rounded up");
     }
@@ -153,8 +158,15 @@ mod tests {
             LAST_MODIFIED,
             HeaderValue::from_static("Thu, 01 Jan 2026 00:00:01 GMT"),
         );
-        assert_eq!(changed("modified:1767225601500@k", &h), None);
-        assert!(changed("modified:1767225605000@k", &h).is_some());
-        assert_eq!(changed("modified:1767225601500@k", &HeaderMap::new()), None);
+        assert_eq!(changed("last-modified 1767225601500 k", &h), None);
+        assert!(changed("last-modified 1767225605000 k", &h).is_some());
+        assert_eq!(
+            changed("last-modified 1767225601500 k", &HeaderMap::new()),
+            None
+        );
+        // A server's ETag that looks like a token is an ETag: compared, never a panic.
+        assert_eq!(pin("modified:x"), Pin::Etag("modified:x"));
+        assert_eq!(pin("last-modified x"), Pin::Etag("last-modified x"));
+        assert!(changed("last-modified -9223372036854775808 k", &h).is_some());
     }
 }

@@ -619,7 +619,13 @@ impl S3 {
             .await;
         for (i, digest, parts, extra, layout) in learnt {
             let f = &mut files[i];
-            let ((extra, etag), layout) = (extra?, layout?);
+            let (extra, etag) = extra?;
+            // A whole-object checksum needs no layout: one the server describes impossibly
+            // (or not at all) does not matter then.
+            let layout = match (&extra, layout) {
+                (Some(Additional::Whole(_)), _) => None,
+                (_, layout) => layout?,
+            };
             if parts == 0 {
                 // Single part: a whole-object CRC replaces the MD5 ETag; anything else keeps it.
                 // A listing without ETags (s3s-fs) takes the HEAD's: as the version that pins
@@ -978,14 +984,12 @@ impl Source for S3 {
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         let what = format!("GET {} ({range})", self.display(&file.key));
-        if let Some((p2p, resp)) = self.fetch_p2p(file, range).await? {
-            let fetched = self.fetched(resp, file, range, &what, true).await;
+        if let Some((p2p, resp, facts)) = self.fetch_p2p(file, range).await? {
+            let fetched = self.fetched(resp, file, range, &what, Some(facts)).await;
             return p2p.watch(&file.key, fetched);
         }
         let mut extra = vec![(reqwest::header::RANGE, range.header())];
-        if let Some((name, value)) = file.version.as_deref().and_then(pin::precondition) {
-            extra.push((name, value.to_str().unwrap_or_default().to_string()));
-        }
+        extra.extend(precondition(file));
         let resp = self
             .send(
                 Method::GET,
@@ -995,27 +999,44 @@ impl Source for S3 {
                 &what,
             )
             .await?;
-        self.fetched(resp, file, range, &what, false).await
+        self.fetched(resp, file, range, &what, None).await
     }
+}
+
+/// The precondition header pinning a read of `file` to its listed version, as `send` takes it.
+fn precondition(file: &RemoteFile) -> Option<(reqwest::header::HeaderName, String)> {
+    let (name, value) = file.version.as_deref().and_then(pin::precondition)?;
+    Some((name, value.to_str().ok()?.to_string()))
 }
 
 impl S3 {
     /// The ranged GET through the P2P proxy, as a presigned URL (SignedHeaders=host) that the
     /// daemon can replay later with its own ranges; `None` when there is no proxy or it should
-    /// go direct. The task is the object's content identity, the same on every node.
+    /// go direct. The task is the object's content identity, the same on every node. Only
+    /// bytes that will be verified cross the proxy: an object with no version token (no task
+    /// id would change with its bytes) or nothing to check it against but its size goes direct.
     async fn fetch_p2p(
         &self,
         file: &RemoteFile,
         range: ByteRange,
-    ) -> Result<Option<(&std::sync::Arc<super::p2p::P2p>, Response)>> {
+    ) -> Result<Option<(&std::sync::Arc<super::p2p::P2p>, Response, ReplyFacts)>> {
         let Some(p2p) = &self.p2p else {
             return Ok(None);
         };
-        // No version token, no task id that changes with the bytes: a daemon could serve an
-        // older version's cached pieces, so such objects go direct.
         let Some(version) = &file.version else {
+            p2p.bypass("an object without a version token goes direct");
             return Ok(None);
         };
+        let facts = self.origin_facts_if_needed(file).await?;
+        let checked = crate::checksum::authority(
+            file.checksum.clone(),
+            facts.checksum.clone(),
+            facts.etag_is_md5,
+        );
+        if checked.is_none() {
+            p2p.bypass("an object with no checksum to verify it by goes direct");
+            return Ok(None);
+        }
         let url = format!("{}{}", self.endpoint.base, self.object_path(&file.key));
         let url = match self.signer.credentials().await? {
             Some(creds) => {
@@ -1038,20 +1059,21 @@ impl S3 {
         Ok(p2p
             .get(&url, headers, Some(&task), &file.key)
             .await
-            .map(|r| (p2p, r)))
+            .map(|r| (p2p, r, facts)))
     }
 
     /// Checks a reply to a ranged GET and turns it into the fetched body. What the reply says of
     /// the checksum (an ETag that is no MD5, OSS's CRC-64) is believed only from the origin:
-    /// through a P2P proxy it is asked of the origin with a direct HEAD, once per object, so a
-    /// proxy can neither switch verification off nor supply the value it is checked against.
+    /// a reply through a P2P proxy comes with `origin` (what the origin said, or nothing to
+    /// ask), and its own headers are ignored, so a proxy can neither switch verification off
+    /// nor supply the value it is checked against.
     async fn fetched(
         &self,
         resp: Response,
         file: &RemoteFile,
         range: ByteRange,
         what: &str,
-        via_proxy: bool,
+        origin: Option<ReplyFacts>,
     ) -> Result<Fetched> {
         let what = what.to_string();
         if !resp.status().is_success() {
@@ -1068,16 +1090,12 @@ impl S3 {
                 format!("{what}: the object changed on the server during the download ({got}); rerun to fetch the new version"),
             ));
         }
-        let facts = if via_proxy {
-            self.origin_facts(file).await?
-        } else {
-            self.reply_facts(resp.headers())
-        };
+        let facts = origin.unwrap_or_else(|| self.reply_facts(resp.headers()));
         let body = http::ranged_body(resp, range, file.size, &what)?;
         Ok(Fetched {
             body,
             checksum_applies: facts.etag_is_md5,
-            object_checksum: facts.crc64,
+            object_checksum: facts.checksum,
         })
     }
 
@@ -1095,11 +1113,29 @@ impl S3 {
             .flatten()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Checksum::Crc64Ecma);
-        ReplyFacts { etag_is_md5, crc64 }
+        ReplyFacts {
+            etag_is_md5,
+            checksum: crc64,
+        }
     }
 
-    /// [`reply_facts`] from a direct HEAD to the origin (pinned to the listed version), asked
-    /// once per object: for replies that came through a P2P proxy.
+    /// In P2P mode, before an object's bytes come through the proxy: what the origin says of
+    /// them, when the checksum to verify them by depends on it (one read from the ETag, none
+    /// at all, or OSS's CRC-64); else nothing to ask. Errors are the origin's, not the proxy's.
+    async fn origin_facts_if_needed(&self, file: &RemoteFile) -> Result<ReplyFacts> {
+        let depends =
+            self.scheme == "oss" || file.checksum.as_ref().is_none_or(Checksum::from_etag);
+        if !depends {
+            return Ok(ReplyFacts {
+                etag_is_md5: true,
+                checksum: None,
+            });
+        }
+        self.origin_facts(file).await
+    }
+
+    /// [`S3::reply_facts`] from a direct HEAD to the origin (pinned to the listed version, with
+    /// `x-amz-checksum-mode`), asked once per object: for bytes that come through a P2P proxy.
     async fn origin_facts(&self, file: &RemoteFile) -> Result<ReplyFacts> {
         let cell = {
             let mut cache = self.origin_facts.lock().unwrap_or_else(|p| p.into_inner());
@@ -1111,10 +1147,11 @@ impl S3 {
                     "HEAD {} (direct, for its checksum)",
                     self.display(&file.key)
                 );
-                let mut extra = Vec::new();
-                if let Some((name, value)) = file.version.as_deref().and_then(pin::precondition) {
-                    extra.push((name, value.to_str().unwrap_or_default().to_string()));
-                }
+                let mode = (
+                    reqwest::header::HeaderName::from_static("x-amz-checksum-mode"),
+                    "ENABLED".to_string(),
+                );
+                let extra: Vec<_> = precondition(file).into_iter().chain([mode]).collect();
                 let resp = self
                     .send(
                         Method::HEAD,
@@ -1127,7 +1164,18 @@ impl S3 {
                 if !resp.status().is_success() {
                     return Err(self.status_error(resp, &what, Some(&file.key)).await);
                 }
-                Ok(self.reply_facts(resp.headers()))
+                let mut facts = self.reply_facts(resp.headers());
+                // The whole-object additional checksum it was asked for: of the plaintext, so
+                // valid under SSE-KMS too (S3 adds CRC-64/NVME to new objects).
+                let parts = file
+                    .version
+                    .as_deref()
+                    .and_then(multipart_etag)
+                    .map_or(0, |(_, n)| n);
+                if let Some(Additional::Whole(c)) = parse_additional(resp.headers(), parts) {
+                    facts.checksum = facts.checksum.or(Some(c));
+                }
+                Ok(facts)
             })
             .await?;
         Ok(facts.clone())
@@ -1139,8 +1187,9 @@ impl S3 {
 struct ReplyFacts {
     /// False for SSE-KMS and SSE-C objects: a checksum read from the ETag does not apply.
     etag_is_md5: bool,
-    /// OSS's `x-oss-hash-crc64ecma`.
-    crc64: Option<Checksum>,
+    /// A whole-object checksum the origin sent: OSS's `x-oss-hash-crc64ecma`, or an S3
+    /// additional checksum when asked for (P2P mode's direct HEAD).
+    checksum: Option<Checksum>,
 }
 
 /// The region a bucket lives in, from an unauthenticated HEAD on the global endpoint (S3

@@ -222,6 +222,10 @@ fn a_p2p_proxy_can_neither_switch_verification_off_nor_supply_the_checksum() {
     let mut objects = BTreeMap::new();
     objects.insert("m/w.bin".to_string(), data(208, 1 << 20));
     seed_s3(&ep, &b, &objects);
+    // An SSE-KMS object has nothing to be checked by but its size: it must not come through.
+    let secret = data(212, 3000);
+    put_kms(&ep, &b, "m/secret.bin", secret.clone());
+    objects.insert("m/secret.bin".to_string(), secret);
     let proxy = FwdProxy::start(Mode::Tamper);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
@@ -231,17 +235,31 @@ fn a_p2p_proxy_can_neither_switch_verification_off_nor_supply_the_checksum() {
         .arg(&dest));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&dest), expected(&objects, "m/"));
-    let entry = &manifest(&dest)["files"][0];
-    assert!(
-        entry["checksum"].as_str().unwrap().starts_with("md5:"),
-        "{entry}"
-    );
+    let m = manifest(&dest);
+    let entry = |name: &str| {
+        m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == name)
+            .unwrap()
+            .clone()
+    };
+    let w = entry("w.bin");
+    assert!(w["checksum"].as_str().unwrap().starts_with("md5:"), "{w}");
+    assert!(entry("secret.bin").get("size_only").is_some());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("md5 mismatch"), "{stderr}");
-    assert_eq!(
-        proxy.seen().iter().filter(|s| s.method == "GET").count(),
-        1,
-        "the refetch did not go through the proxy again"
+    let gets: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET")
+        .map(|s| s.url.clone())
+        .collect();
+    assert_eq!(gets.len(), 1, "the refetch went direct: {gets:?}");
+    assert!(
+        gets[0].contains("w.bin"),
+        "secret.bin went direct: {gets:?}"
     );
 }
 
