@@ -425,23 +425,6 @@ pub fn needs_in_order(c: &Checksum) -> bool {
     crc_algorithm(c).is_none() && part_layout(c).is_none()
 }
 
-/// What a fetched file is verified against. The listing's (and the origin's HEADs') checksum is
-/// the authority; `etag_is_md5` false (an SSE-KMS or SSE-C object, as the origin says) drops
-/// only a checksum read from the ETag. A whole-object checksum the origin sent with the bytes
-/// (OSS's CRC-64) stands in for an ETag reading, which OSS does not promise to be an MD5, and
-/// for no checksum at all — never for an additional checksum from a HEAD.
-pub fn authority(
-    listed: Option<Checksum>,
-    from_reply: Option<Checksum>,
-    etag_is_md5: bool,
-) -> Option<Checksum> {
-    match listed {
-        Some(c) if !c.from_etag() => Some(c),
-        Some(c) => from_reply.or_else(|| etag_is_md5.then_some(c)),
-        None => from_reply,
-    }
-}
-
 /// Compares what was computed with what the listing promised.
 pub fn check(got: &Checksum, want: &Checksum, shown: &str) -> Result<()> {
     if got != want {
@@ -471,6 +454,21 @@ mod tests {
     use super::*;
     use crate::remote::PartChecksum;
 
+    fn hex_arr<const N: usize>(s: &str) -> [u8; N] {
+        let mut out = [0u8; N];
+        hex::decode_to_slice(s, &mut out).unwrap();
+        out
+    }
+
+    /// `data` hashed for `want`, fed in pieces of `split` bytes.
+    fn hashed(want: &Checksum, data: &[u8], split: usize) -> Checksum {
+        let mut h = Hasher::for_checksum(want, data.len() as u64);
+        for c in data.chunks(split) {
+            h.update(c);
+        }
+        h.finish()
+    }
+
     #[test]
     fn equal_parts_respelt_as_lengths_keep_their_value_and_add_up() {
         let mp = Checksum::MultipartMd5 {
@@ -496,52 +494,6 @@ mod tests {
         );
         assert_eq!(as_uneven(&mp, 31), None, "parts that do not add up");
         assert_eq!(as_uneven(&Checksum::Md5([0; 16]), 5), None);
-    }
-
-    #[test]
-    fn sse_kms_drops_only_the_etag_reading_and_a_reply_never_overrides_an_additional_checksum() {
-        let md5 = Checksum::Md5([1; 16]);
-        let nvme = Checksum::Crc64Nvme(7);
-        let oss = Checksum::Crc64Ecma(9);
-        // SSE-KMS: the ETag is no MD5, the CRC-64/NVME from the HEAD still holds.
-        assert_eq!(
-            authority(Some(nvme.clone()), None, false),
-            Some(nvme.clone())
-        );
-        assert_eq!(authority(Some(md5.clone()), None, false), None);
-        assert_eq!(authority(Some(md5.clone()), None, true), Some(md5.clone()));
-        // A reply's CRC-64 replaces an ETag reading, never an additional checksum.
-        assert_eq!(
-            authority(Some(md5), Some(oss.clone()), true),
-            Some(oss.clone())
-        );
-        assert_eq!(
-            authority(Some(nvme.clone()), Some(oss.clone()), true),
-            Some(nvme)
-        );
-        assert_eq!(authority(None, Some(oss.clone()), true), Some(oss));
-        let uneven = Checksum::UnevenParts {
-            of: Some(PartChecksum::Crc32),
-            lengths: vec![2, 1].into(),
-            value: vec![0; 4],
-        };
-        assert!(!uneven.from_etag(), "a composite CRC over parts is no ETag");
-        assert_eq!(authority(Some(uneven.clone()), None, false), Some(uneven));
-    }
-
-    fn hex_arr<const N: usize>(s: &str) -> [u8; N] {
-        let mut out = [0u8; N];
-        hex::decode_to_slice(s, &mut out).unwrap();
-        out
-    }
-
-    /// `data` hashed for `want`, fed in pieces of `split` bytes.
-    fn hashed(want: &Checksum, data: &[u8], split: usize) -> Checksum {
-        let mut h = Hasher::for_checksum(want, data.len() as u64);
-        for c in data.chunks(split) {
-            h.update(c);
-        }
-        h.finish()
     }
 
     #[test]

@@ -687,7 +687,8 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let applies = job.checksum_applies.load(Ordering::Relaxed);
-    let checksum = verify::authority(job.plan.file.checksum.clone(), from_reply, applies);
+    let checksum =
+        crate::remote::types::authority(job.plan.file.checksum.clone(), from_reply, applies);
     let inline = job
         .inline
         .lock()

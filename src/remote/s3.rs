@@ -1028,7 +1028,7 @@ impl S3 {
             return Ok(None);
         };
         let facts = self.origin_facts_if_needed(file).await?;
-        let checked = crate::checksum::authority(
+        let checked = super::types::authority(
             file.checksum.clone(),
             facts.checksum.clone(),
             facts.etag_is_md5,

@@ -10,6 +10,23 @@ use futures_util::Stream;
 
 use crate::error::Result;
 
+/// What a fetched file is verified against. The listing's (and the origin's HEADs') checksum is
+/// the authority; `etag_is_md5` false (an SSE-KMS or SSE-C object, as the origin says) drops
+/// only a checksum read from the ETag. A whole-object checksum the origin sent with the bytes
+/// (OSS's CRC-64) stands in for an ETag reading, which OSS does not promise to be an MD5, and
+/// for no checksum at all — never for an additional checksum from a HEAD.
+pub fn authority(
+    listed: Option<Checksum>,
+    from_reply: Option<Checksum>,
+    etag_is_md5: bool,
+) -> Option<Checksum> {
+    match listed {
+        Some(c) if !c.from_etag() => Some(c),
+        Some(c) => from_reply.or_else(|| etag_is_md5.then_some(c)),
+        None => from_reply,
+    }
+}
+
 /// Follows a listing's continuation: `token` is the next page's token (or link), refused when
 /// an earlier page already gave it — a server that repeats one would loop for ever.
 pub fn next_page(
@@ -322,6 +339,37 @@ pub trait Source: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_kms_drops_only_the_etag_reading_and_a_reply_never_overrides_an_additional_checksum() {
+        let md5 = Checksum::Md5([1; 16]);
+        let nvme = Checksum::Crc64Nvme(7);
+        let oss = Checksum::Crc64Ecma(9);
+        // SSE-KMS: the ETag is no MD5, the CRC-64/NVME from the HEAD still holds.
+        assert_eq!(
+            authority(Some(nvme.clone()), None, false),
+            Some(nvme.clone())
+        );
+        assert_eq!(authority(Some(md5.clone()), None, false), None);
+        assert_eq!(authority(Some(md5.clone()), None, true), Some(md5.clone()));
+        // A reply's CRC-64 replaces an ETag reading, never an additional checksum.
+        assert_eq!(
+            authority(Some(md5), Some(oss.clone()), true),
+            Some(oss.clone())
+        );
+        assert_eq!(
+            authority(Some(nvme.clone()), Some(oss.clone()), true),
+            Some(nvme)
+        );
+        assert_eq!(authority(None, Some(oss.clone()), true), Some(oss));
+        let uneven = Checksum::UnevenParts {
+            of: Some(PartChecksum::Crc32),
+            lengths: vec![2, 1].into(),
+            value: vec![0; 4],
+        };
+        assert!(!uneven.from_etag(), "a composite CRC over parts is no ETag");
+        assert_eq!(authority(Some(uneven.clone()), None, false), Some(uneven));
+    }
 
     #[test]
     fn a_repeated_continuation_token_ends_the_listing_with_an_error() {
