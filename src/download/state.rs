@@ -831,6 +831,73 @@ mod tests {
     }
 
     #[test]
+    fn a_part_file_replaced_under_the_writer_is_never_renamed_into_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = StateDir::open(tmp.path()).unwrap();
+        let a = RelPath::new("a.bin").unwrap();
+        let part = st.open_part(&a, 4, false).unwrap();
+        st.record_range(&a, &file(4, "v"), ByteRange { start: 0, end: 4 })
+            .unwrap();
+        // Another loader (one that lost the lease) made a new inode under the same name.
+        let name = st.parts.path().join(st.part_name(&a));
+        fs::remove_file(&name).unwrap();
+        fs::write(&name, [0u8; 4]).unwrap();
+        let e = st.persist(&part, &a, false).unwrap_err();
+        assert!(e.message().contains("was replaced"), "{e}");
+        assert!(
+            !tmp.path().join("a.bin").exists(),
+            "nothing renamed into place"
+        );
+        assert!(!name.exists(), "the stranger's part file is gone");
+        // The records for the other inode are withdrawn: nothing is resumed from them.
+        fs::write(&name, [0u8; 4]).unwrap();
+        let ls = st.local_state(&[(a.clone(), file(4, "v"))]).unwrap();
+        assert!(!ls.partial.contains_key(&a), "{:?}", ls.partial);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_that_lost_the_lease_creates_and_removes_no_part_file() {
+        use crate::download::lock::{DestLock, LockTimes};
+        let tmp = tempfile::tempdir().unwrap();
+        let st = StateDir::open(tmp.path()).unwrap();
+        let lock = DestLock::acquire(
+            st.dir(),
+            "s3://a",
+            LockTimes::default(),
+            &crate::progress::QuietReporter,
+        )
+        .await
+        .unwrap();
+        st.set_lease(lock.held());
+        let (a, b) = (
+            RelPath::new("a.bin").unwrap(),
+            RelPath::new("b.bin").unwrap(),
+        );
+        drop(st.open_part(&b, 4, false).unwrap());
+        // Taken over: the lock now names someone else.
+        let lock_path = st.dir.path().join("lock");
+        let other = fs::read_to_string(&lock_path).unwrap().replacen(
+            "\"owner\":\"",
+            "\"owner\":\"other-",
+            1,
+        );
+        fs::write(lock_path.with_extension("new"), other).unwrap();
+        fs::rename(lock_path.with_extension("new"), &lock_path).unwrap();
+        let Err(e) = st.open_part(&a, 4, false) else {
+            panic!("a part file created without the lease")
+        };
+        assert!(e.message().contains("no longer ours"), "{e}");
+        assert!(!st.parts.path().join(st.part_name(&a)).exists());
+        st.discard_part(&b);
+        assert!(st.remove_stray_parts(&[]).is_err());
+        assert!(
+            st.parts.path().join(st.part_name(&b)).exists(),
+            "the new holder's part file is left alone"
+        );
+        drop(lock);
+    }
+
+    #[test]
     fn a_part_file_started_afresh_drops_the_old_records_first() {
         let tmp = tempfile::tempdir().unwrap();
         let a = RelPath::new("a").unwrap();
