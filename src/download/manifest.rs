@@ -150,6 +150,7 @@ mod tests {
             size,
             checksum,
             version: Some("v1".into()),
+            archived: None,
         };
         (RelPath::new(path).unwrap(), f)
     }

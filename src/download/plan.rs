@@ -248,6 +248,7 @@ mod tests {
                 size,
                 checksum: None,
                 version: Some(version.into()),
+                archived: None,
             },
         )
     }
@@ -552,7 +553,7 @@ mod prop {
             let end = start.saturating_add(len);
             let fp = FilePlan {
                 path: RelPath::new("f").unwrap(),
-                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None },
+                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None, archived: None },
                 missing: vec![ByteRange { start, end }],
                 chunk_size: chunk,
                 resume: false,

@@ -20,6 +20,40 @@ pub struct Selection {
     pub filtered: Vec<(String, String)>,
 }
 
+/// Objects that must be restored before they can be read: one error naming them, before any
+/// byte is fetched (rather than a 403 per object after other files were fetched).
+fn refuse_archived(files: &[(RelPath, RemoteFile)], src: &url::SourceUrl) -> Result<()> {
+    let archived: Vec<String> = files
+        .iter()
+        .filter_map(|(p, f)| f.archived.as_ref().map(|class| format!("{p} ({class})")))
+        .collect();
+    if archived.is_empty() {
+        return Ok(());
+    }
+    let shown = archived
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = archived.len().saturating_sub(5);
+    Err(Error::new(
+        error::Kind::Denied,
+        format!(
+            "{src} has {} archived object{} that cannot be read until restored: {shown}{}; \
+             restore them first (aws s3api restore-object --restore-request Days=N), or leave \
+             them out with --exclude",
+            archived.len(),
+            if archived.len() == 1 { "" } else { "s" },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+        ),
+    ))
+}
+
 /// Applies --include/--exclude, then refuses any path that could escape DEST or collide: a
 /// file and a folder of the same name, or two files with one path.
 pub fn select(files: Vec<RemoteFile>, filter: &Filter, src: &url::SourceUrl) -> Result<Selection> {
@@ -55,6 +89,7 @@ pub fn select(files: Vec<RemoteFile>, filter: &Filter, src: &url::SourceUrl) -> 
         out.push((p, f));
     }
     refuse_file_folder_clash(&out, &seen, src)?;
+    refuse_archived(&out, src)?;
     if out.is_empty() {
         let remedy = match hint {
             Some(h) => format!("did you mean {h:?}? A folder pattern ends with '/'"),

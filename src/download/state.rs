@@ -727,6 +727,7 @@ mod tests {
             size,
             checksum: None,
             version: Some(v.into()),
+            archived: None,
         }
     }
 

@@ -204,6 +204,7 @@ impl Gcs {
             size,
             checksum,
             version: Some(o.generation),
+            archived: None,
         })
     }
 

@@ -404,6 +404,7 @@ impl Hf {
             size,
             checksum,
             version,
+            archived: None,
         }
     }
 

@@ -514,8 +514,13 @@ impl S3 {
             if let Some(t) = &token {
                 query.push(("continuation-token", t));
             }
+            // Archived objects show whether a restore completed only when asked.
+            let restore = (
+                reqwest::header::HeaderName::from_static("x-amz-optional-object-attributes"),
+                "RestoreStatus".to_string(),
+            );
             let resp = self
-                .send(Method::GET, &self.list_path(), &query, &[], &what)
+                .send(Method::GET, &self.list_path(), &query, &[restore], &what)
                 .await?;
             if !resp.status().is_success() {
                 return Err(self.status_error(resp, &what, None).await);
@@ -545,13 +550,11 @@ impl S3 {
                     continue;
                 }
                 let path = super::bucket::below(folder, &key, &what)?;
-                files.push(self.remote_file(
-                    key,
-                    path,
-                    obj.size,
-                    obj.e_tag,
-                    obj.last_modified.as_deref(),
-                ));
+                let restored = obj.restore_status.as_ref().is_some_and(RestoreStatus::done);
+                let mut f =
+                    self.remote_file(key, path, obj.size, obj.e_tag, obj.last_modified.as_deref());
+                f.archived = archived(obj.storage_class.as_deref(), restored);
+                files.push(f);
             }
             match (page.is_truncated, page.next_continuation_token) {
                 (true, Some(t)) => token = Some(super::types::next_page(&mut seen, t, &what)?),
@@ -583,6 +586,7 @@ impl S3 {
             size,
             checksum,
             version,
+            archived: None,
         }
     }
 
@@ -856,13 +860,16 @@ impl S3 {
         let etag = header_str(resp.headers(), ETAG);
         let modified = header_str(resp.headers(), LAST_MODIFIED);
         let name = key.rsplit('/').next().unwrap_or(key).to_string();
-        Ok(Some(self.remote_file(
-            key.to_string(),
-            name,
-            size,
-            etag,
-            modified.as_deref(),
-        )))
+        let mut f = self.remote_file(key.to_string(), name, size, etag, modified.as_deref());
+        // `x-amz-restore: ongoing-request="false", expiry-date="…"`: a restored copy to read.
+        let restored = header_str(resp.headers(), "x-amz-restore".parse().expect("valid"))
+            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+        let class = header_str(
+            resp.headers(),
+            "x-amz-storage-class".parse().expect("valid"),
+        );
+        f.archived = archived(class.as_deref(), restored);
+        Ok(Some(f))
     }
 
     /// Turns a non-success reply into a classified error with a remedy. Only the S3 error
@@ -904,6 +911,10 @@ impl S3 {
             (_, "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired") => (
                 Kind::Denied,
                 "the session token is expired or invalid: refresh the credentials".into(),
+            ),
+            (_, "InvalidObjectState") => (
+                Kind::Denied,
+                format!("{} is archived (an archive storage class or tier) and must be restored before it can be read: restore it (aws s3api restore-object) or leave it out with --exclude", key.map_or_else(|| "the object".into(), |k| self.display(k))),
             ),
             (_, "RequestTimeTooSkewed") => (
                 Kind::Denied,
@@ -1434,6 +1445,32 @@ struct ListedObject {
     #[serde(rename = "ETag")]
     e_tag: Option<String>,
     last_modified: Option<String>,
+    storage_class: Option<String>,
+    /// Only when asked for (`x-amz-optional-object-attributes: RestoreStatus`).
+    restore_status: Option<RestoreStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RestoreStatus {
+    #[serde(default)]
+    is_restore_in_progress: bool,
+    restore_expiry_date: Option<String>,
+}
+
+impl RestoreStatus {
+    /// A restored copy is there to read.
+    fn done(&self) -> bool {
+        !self.is_restore_in_progress && self.restore_expiry_date.is_some()
+    }
+}
+
+/// The storage class of an object that cannot be read until it is restored (S3 Glacier
+/// Flexible Retrieval and Deep Archive; Glacier Instant Retrieval reads at once), unless a
+/// restore has completed (`restored`). S3 answers a read of one with 403 InvalidObjectState.
+fn archived(class: Option<&str>, restored: bool) -> Option<String> {
+    let class = class?.trim();
+    (matches!(class, "GLACIER" | "DEEP_ARCHIVE") && !restored).then(|| class.to_string())
 }
 
 #[cfg(test)]
@@ -1530,6 +1567,37 @@ mod tests {
         assert!(md5_from_etag("\"9e107d9d372bb6826bd81d3542a419d6\"").is_some());
         assert!(md5_from_etag("\"9e107d9d372bb6826bd81d3542a419d6-3\"").is_none());
         assert!(md5_from_etag("W/\"abc\"").is_none());
+    }
+
+    #[test]
+    fn archived_objects_are_told_from_the_listing_unless_restored() {
+        let xml = r#"<ListBucketResult><IsTruncated>false</IsTruncated>
+<Contents><Key>m/a</Key><Size>1</Size><StorageClass>DEEP_ARCHIVE</StorageClass></Contents>
+<Contents><Key>m/b</Key><Size>1</Size><StorageClass>GLACIER</StorageClass><RestoreStatus><IsRestoreInProgress>false</IsRestoreInProgress><RestoreExpiryDate>2026-12-12T00:00:00.000Z</RestoreExpiryDate></RestoreStatus></Contents>
+<Contents><Key>m/c</Key><Size>1</Size><StorageClass>GLACIER</StorageClass><RestoreStatus><IsRestoreInProgress>true</IsRestoreInProgress></RestoreStatus></Contents>
+<Contents><Key>m/d</Key><Size>1</Size><StorageClass>GLACIER_IR</StorageClass></Contents>
+</ListBucketResult>"#;
+        let page: ListBucketResult = quick_xml::de::from_str(xml).unwrap();
+        let got: Vec<Option<String>> = page
+            .contents
+            .iter()
+            .map(|o| {
+                let restored = o.restore_status.as_ref().is_some_and(RestoreStatus::done);
+                archived(o.storage_class.as_deref(), restored)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some("DEEP_ARCHIVE".into()),
+                None,
+                Some("GLACIER".into()),
+                None
+            ],
+            "restored, and instant retrieval, read at once; a restore in progress does not"
+        );
+        assert_eq!(archived(Some("STANDARD"), false), None);
+        assert_eq!(archived(None, false), None);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct RemoteFile {
     pub checksum: Option<Checksum>,
     /// Pins every ranged read to the listed bytes: the S3 ETag, a GCS generation, a commit.
     pub version: Option<String>,
+    /// The storage class of an object that must be restored before it can be read (S3
+    /// `GLACIER`, `DEEP_ARCHIVE`, not restored); None when it can be read now.
+    pub archived: Option<String>,
 }
 
 /// A checksum the listing gives for free, used to verify the bytes on disk.

@@ -572,3 +572,56 @@ fn a_stopped_upload_leaves_no_multipart_upload_open() {
     assert!(listing.contains("ListMultipartUploadsResult"), "{listing}");
     assert!(!listing.contains("<UploadId>"), "left open: {listing}");
 }
+
+/// Issue 24: archived objects (S3 Glacier Flexible Retrieval, Deep Archive) are found from the
+/// listing's `StorageClass` and refused before any byte is fetched, naming them and the remedy;
+/// excluded, the rest loads. S3 answers a read of one with 403 `InvalidObjectState`, which was
+/// reported as a credentials problem after other files were fetched (aws/aws-cli#748, #4039;
+/// s5cmd#734). moto stores the storage class it is given and lists it.
+#[test]
+fn archived_objects_are_refused_before_any_byte_with_the_remedy() {
+    let ep = s3_endpoint();
+    let b = bucket("glacier");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let status = block_on(async {
+        reqwest::Client::new()
+            .put(format!("{ep}/{b}/m/old/w.bin"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .header("x-amz-storage-class", "DEEP_ARCHIVE")
+            .body(data(213, 5000))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success());
+    let proxy = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&proxy.url(), tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    let line = error_line(&out, 3);
+    assert!(line.contains("old/w.bin (DEEP_ARCHIVE)"), "{line}");
+    assert!(
+        line.contains("restore") && line.contains("--exclude"),
+        "{line}"
+    );
+    assert!(!line.contains("credentials"), "{line}");
+    assert_eq!(proxy.object_requests(&b), 0, "no object was read");
+    assert!(!dest.join("config.json").exists());
+    let out = run(loader(&ep, tmp.path())
+        .args(["--exclude", "old/"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    // Named directly, the object's HEAD says the same.
+    let out = run(loader(&ep, tmp.path())
+        .arg(format!("s3://{b}/m/old/w.bin"))
+        .arg(tmp.path().join("one")));
+    let line = error_line(&out, 3);
+    assert!(line.contains("DEEP_ARCHIVE"), "{line}");
+}
