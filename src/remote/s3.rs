@@ -337,12 +337,18 @@ impl S3 {
             req = req.body(b);
         }
         if let Some(creds) = self.signer.credentials().await? {
-            let signed = sigv4::sign(
+            let amz: Vec<(&str, &str)> = extra
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("x-amz-"))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let signed = sigv4::sign_headers(
                 &creds,
                 method.as_str(),
                 &url,
                 &self.region,
                 unsigned_body,
+                &amz,
                 SystemTime::now(),
             )?;
             for (k, v) in signed {
