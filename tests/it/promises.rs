@@ -561,7 +561,7 @@ fn a_stopped_upload_leaves_no_multipart_upload_open() {
     let listing = block_on(async {
         reqwest::Client::new()
             .get(format!("{ep}/{b}?uploads"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .header("authorization", MOTO_AUTH)
             .send()
             .await
             .unwrap()
@@ -585,18 +585,13 @@ fn archived_objects_are_refused_before_any_byte_with_the_remedy() {
     let mut objects = BTreeMap::new();
     objects.insert("m/config.json".to_string(), b"{}".to_vec());
     seed_s3(&ep, &b, &objects);
-    let status = block_on(async {
-        reqwest::Client::new()
-            .put(format!("{ep}/{b}/m/old/w.bin"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
-            .header("x-amz-storage-class", "DEEP_ARCHIVE")
-            .body(data(213, 5000))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert!(status.is_success());
+    put_with(
+        &ep,
+        &b,
+        "m/old/w.bin",
+        data(213, 5000),
+        ("x-amz-storage-class", "DEEP_ARCHIVE"),
+    );
     let proxy = Proxy::start(&ep);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");

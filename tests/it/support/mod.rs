@@ -47,14 +47,17 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Creates `bucket` on the open moto server and uploads `objects` (key → bytes).
-/// PUTs one object into moto as SSE-KMS (`x-amz-server-side-encryption: aws:kms`).
-pub fn put_kms(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>) {
+/// An Authorization header moto takes as S3 (the open server does not check the signature).
+pub const MOTO_AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+
+/// PUTs one object into moto with one extra header (an encryption, a storage class).
+pub fn put_with(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>, header: (&str, &str)) {
     let status = block_on(async {
         reqwest::Client::new()
             .put(format!("{endpoint}/{bucket}/{key}"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0")
+            .header("authorization", MOTO_AUTH)
             .header("content-type", "application/octet-stream")
-            .header("x-amz-server-side-encryption", "aws:kms")
+            .header(header.0, header.1)
             .body(body)
             .send()
             .await
@@ -62,6 +65,17 @@ pub fn put_kms(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>) {
             .status()
     });
     assert!(status.is_success(), "put {key}: {status}");
+}
+
+/// PUTs one object into moto as SSE-KMS (`x-amz-server-side-encryption: aws:kms`).
+pub fn put_kms(endpoint: &str, bucket: &str, key: &str, body: Vec<u8>) {
+    put_with(
+        endpoint,
+        bucket,
+        key,
+        body,
+        ("x-amz-server-side-encryption", "aws:kms"),
+    );
 }
 
 pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
