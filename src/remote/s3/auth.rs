@@ -1,0 +1,150 @@
+//! Who signs S3 requests: aws-config's credential chain (cached here), fixed keys, or nobody.
+
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{error::CredentialsError, ProvideCredentials};
+
+use super::endpoint::Endpoint;
+use crate::error::{Error, Kind, Result};
+use crate::progress::Reporter;
+use crate::remote::sigv4::Credentials;
+
+/// How requests are signed.
+pub enum Signer {
+    /// No Authorization header: public buckets.
+    Anonymous,
+    /// A provider from aws-config, cached here because aws-config's own providers are not
+    /// (one STS/IMDS call per request otherwise).
+    Aws {
+        provider: aws_credential_types::provider::SharedCredentialsProvider,
+        cache: tokio::sync::Mutex<Option<(Credentials, Option<SystemTime>)>>,
+    },
+    /// Fixed keys (OSS, tests).
+    Static(Credentials),
+}
+
+/// A refresh that timed out or met a failing STS/IMDS/SSO endpoint is transient (retried with
+/// backoff like any request, exit 5 if it outlasts them); missing or invalid configuration is
+/// access denied (exit 3).
+fn credentials_error(e: CredentialsError) -> Error {
+    use aws_credential_types::provider::error::CredentialsError as E;
+    match &e {
+        E::ProviderTimedOut(_) | E::ProviderError(_) | E::Unhandled(_) => Error::new(
+            Kind::Network,
+            "cannot refresh AWS credentials (aws-config chain): the credential provider failed; retrying",
+        )
+        .with_source(e)
+        .transient(None),
+        _ => Error::new(
+            Kind::Denied,
+            "cannot refresh AWS credentials (aws-config chain): check the credential configuration",
+        )
+        .with_source(e),
+    }
+}
+
+impl Signer {
+    pub(super) async fn credentials(&self) -> Result<Option<Credentials>> {
+        match self {
+            Signer::Anonymous => Ok(None),
+            Signer::Static(c) => Ok(Some(c.clone())),
+            Signer::Aws { provider, cache } => {
+                let mut guard = cache.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    let fresh =
+                        c.1.is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300));
+                    if fresh {
+                        return Ok(Some(c.0.clone()));
+                    }
+                }
+                let c = provider
+                    .provide_credentials()
+                    .await
+                    .map_err(credentials_error)?;
+                *guard = Some((c.clone(), c.expiry()));
+                Ok(Some(c))
+            }
+        }
+    }
+}
+
+/// Credentials from aws-config's default chain (env, profile, web identity, container, IMDS),
+/// or anonymous requests when no source is configured at all.
+pub(super) async fn aws_signer(
+    region: &str,
+    endpoint: &Endpoint,
+    reporter: &dyn Reporter,
+) -> Result<Signer> {
+    let provider = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build()
+        .await;
+    match provider.provide_credentials().await {
+        Ok(c) => {
+            reporter.info(&format!(
+                "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
+                crate::redact::secret(c.access_key_id(), 4),
+                provider_name(&c),
+                endpoint.base
+            ));
+            Ok(Signer::Aws {
+                provider: aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+                cache: tokio::sync::Mutex::new(None),
+            })
+        }
+        Err(CredentialsError::CredentialsNotLoaded(_)) => {
+            reporter.info(&format!(
+                "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
+                 sending anonymous requests, region {region}, endpoint {}",
+                endpoint.base
+            ));
+            Ok(Signer::Anonymous)
+        }
+        Err(e) => Err(Error::new(
+            Kind::Denied,
+            "cannot load AWS credentials: a source in the chain is configured but \
+             failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, or the \
+             container credentials endpoint)",
+        )
+        .with_source(e)),
+    }
+}
+
+/// The provider that produced the credentials, e.g. `Environment`, `ProfileFile`,
+/// `WebIdentityToken`, `EcsContainer`, `Ec2InstanceMetadata`. aws-config has no getter, but
+/// its redacting Debug prints the name first.
+fn provider_name(c: &aws_credential_types::Credentials) -> String {
+    let d = format!("{c:?}");
+    d.split("provider_name: \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("the default chain")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_key_is_shown_redacted() {
+        assert_eq!(crate::redact::secret("AKIAIOSFODNN7EXAMPLE", 4), "AKIA…LE");
+    }
+
+    #[test]
+    fn a_failing_credential_refresh_is_retried_but_bad_configuration_is_denied() {
+        use aws_credential_types::provider::error::CredentialsError as E;
+        let e = credentials_error(E::provider_timed_out(Duration::from_secs(5)));
+        assert_eq!(
+            (e.kind(), e.retry()),
+            (Kind::Network, crate::error::Retry::After(None))
+        );
+        let e = credentials_error(E::provider_error("sts unreachable"));
+        assert_eq!(e.kind(), Kind::Network);
+        let e = credentials_error(E::not_loaded("no profile"));
+        assert_eq!(
+            (e.kind(), e.retry()),
+            (Kind::Denied, crate::error::Retry::Never)
+        );
+    }
+}
