@@ -72,6 +72,15 @@ pub enum Retry {
 
 type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A condition the download as a whole answers differently from a plain failure, named where
+/// it is found so nobody has to guess it from a message later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// A ranged GET was answered 200 with the whole object: something on the way (a CDN, a
+    /// corporate proxy) ignores `Range`. The run switches to one whole-body stream per file.
+    RangeIgnored,
+}
+
 /// An error with its kind, a one-line message that names the file or URL and the remedy,
 /// and the underlying causes (rendered as `caused by:` lines).
 pub struct Error {
@@ -79,6 +88,7 @@ pub struct Error {
     retry: Retry,
     message: String,
     source: Option<Cause>,
+    condition: Option<Condition>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,6 +100,7 @@ impl Error {
             retry: Retry::Never,
             message: message.into(),
             source: None,
+            condition: None,
         }
     }
 
@@ -124,6 +135,15 @@ impl Error {
     pub fn transient(mut self, after: Option<Duration>) -> Self {
         self.retry = Retry::After(after);
         self
+    }
+
+    pub fn with_condition(mut self, condition: Condition) -> Self {
+        self.condition = Some(condition);
+        self
+    }
+
+    pub fn condition(&self) -> Option<Condition> {
+        self.condition
     }
 
     pub fn with_source(mut self, source: impl Into<Cause>) -> Self {

@@ -45,6 +45,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     let selection = select(listing.files, &cfg.filter, &cfg.source)?;
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
+        whole_files: false,
         force: cfg.force,
     };
     if cfg.dry_run {
@@ -202,12 +203,14 @@ fn prepare_dest(
 
 /// Runs the engine over `fetch`. A checksum mismatch is usually corruption in transit: what
 /// is missing (the failed file included) is planned and fetched once more before exit 6.
+/// Something on the way that ignores `Range` (a CDN, a corporate proxy) switches the run to one
+/// whole-body stream per file, once, instead of failing every ranged request.
 async fn fetch_all(
     cfg: &Config,
     parties: &engine::Parties,
     mut fetch: Vec<plan::FilePlan>,
     selected: &[(RelPath, RemoteFile)],
-    plan_options: PlanOptions,
+    mut plan_options: PlanOptions,
 ) -> Result<engine::Executed> {
     let exec = ExecOptions {
         concurrency: cfg.concurrency.unwrap_or_else(|| auto_concurrency(&fetch)),
@@ -216,11 +219,24 @@ async fn fetch_all(
         fsync: cfg.fsync,
     };
     let mut done = engine::Executed::default();
-    for attempt in 0.. {
+    let mut refetched = false;
+    loop {
         keep_only_resumed_parts(&parties.state, &fetch)?;
         match engine::execute(parties, fetch, exec, &mut done).await {
             Ok(()) => break,
-            Err(e) if e.kind() == error::Kind::Corrupt && attempt == 0 => {
+            Err(e)
+                if e.condition() == Some(error::Condition::RangeIgnored)
+                    && !plan_options.whole_files =>
+            {
+                parties.reporter.warn(&format!(
+                    "{} (a CDN, or a proxy from HTTP(S)_PROXY); fetching each file whole, in \
+                     one verified stream, from its first byte",
+                    e.message().trim_end_matches('.')
+                ));
+                source::http::accept_whole_bodies();
+                plan_options.whole_files = true;
+            }
+            Err(e) if e.kind() == error::Kind::Corrupt && !refetched => {
                 parties.reporter.warn(&format!(
                     "{}; fetching it again, once",
                     e.message().trim_end_matches('.')
@@ -229,11 +245,12 @@ async fn fetch_all(
                 parties
                     .source
                     .p2p_stop("a file failed verification; its refetch goes direct");
-                let local = parties.state.local_state(selected)?;
-                fetch = plan(selected.to_vec(), &local, plan_options).fetch;
+                refetched = true;
             }
             Err(e) => return Err(e),
         }
+        let local = parties.state.local_state(selected)?;
+        fetch = plan(selected.to_vec(), &local, plan_options).fetch;
     }
     if done.in_order.total() > 0 {
         parties.reporter.info(&in_order_line(&done.in_order));
@@ -308,6 +325,7 @@ fn complete_without_lock(
     }
     let options = PlanOptions {
         chunk_size: cfg.chunk_size,
+        whole_files: false,
         force: false,
     };
     let p = plan(selected.to_vec(), &local, options);

@@ -38,6 +38,9 @@ pub struct LocalState {
 #[derive(Debug, Clone, Copy)]
 pub struct PlanOptions {
     pub chunk_size: u64,
+    /// One request per file, from its first byte: something on the way ignores `Range`, so
+    /// ranges would each cost the whole object, and resuming would too.
+    pub whole_files: bool,
     /// Fetch everything again, trusting nothing on disk.
     pub force: bool,
 }
@@ -131,7 +134,7 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         let partial = local
             .partial
             .get(&path)
-            .filter(|p| !opts.force && same(p.size, &p.version));
+            .filter(|p| !opts.force && !opts.whole_files && same(p.size, &p.version));
         let done = partial.map(|p| p.done.as_slice()).unwrap_or(&[]);
         let missing = missing_ranges(file.size, done);
         let missing_bytes: u64 = missing.iter().map(ByteRange::len).sum();
@@ -168,6 +171,11 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
                 _ => chunk,
             },
             None => chunk,
+        };
+        let chunk_size = if opts.whole_files {
+            file.size.max(1)
+        } else {
+            chunk_size
         };
         out.fetch.push(FilePlan {
             path,
@@ -259,6 +267,7 @@ mod tests {
 
     const OPTS: PlanOptions = PlanOptions {
         chunk_size: 10,
+        whole_files: false,
         force: false,
     };
 
@@ -373,6 +382,7 @@ mod tests {
         const G: u64 = 1 << 30;
         let opts = PlanOptions {
             chunk_size: 64 << 20,
+            whole_files: false,
             force: false,
         };
         let mut f = rf("big", 50 * G, "v");

@@ -483,7 +483,9 @@ impl Gcs {
         if !resp.status().is_success() {
             return Err(self.status_error(resp, what, Some(&file.key)).await);
         }
-        Ok(Fetched::plain(http::ranged_body(
+        // Asked with `Accept-Encoding: gzip`: a stored-gzip object's reply says gzip, and
+        // its bytes are the stored ones, which the listing's size and checksums describe.
+        Ok(Fetched::plain(http::ranged_body_as_stored(
             resp, range, file.size, what,
         )?))
     }

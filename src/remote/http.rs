@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, CONTENT_RANGE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 
 use super::types::{ByteRange, ByteStream};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Condition, Error, Kind, Result};
 
 /// Client settings that do not depend on the scheme.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl Default for ClientOptions {
 
 /// One reqwest client: rustls, system proxies (HTTPS_PROXY/NO_PROXY), no automatic redirects
 /// (S3 answers a wrong region with 301, which must be seen, not followed), no decompression
-/// (Content-Length must stay the object's size).
+/// (Content-Length must stay the object's size), `Accept-Encoding: identity`.
 pub fn client(opts: &ClientOptions) -> Result<reqwest::Client> {
     client_builder(opts)?.build().map_err(|e| {
         Error::new(
@@ -53,6 +53,13 @@ pub fn client_builder(opts: &ClientOptions) -> Result<reqwest::ClientBuilder> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("model-loader/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        // Said outright: CloudFront (the Hub's CDN) ignores Range when a client accepts gzip,
+        // and a proxy that adds compression must see that none is wanted. GCS asks for its
+        // stored bytes per request.
+        .default_headers(HeaderMap::from_iter([(
+            reqwest::header::ACCEPT_ENCODING,
+            reqwest::header::HeaderValue::from_static("identity"),
+        )]))
         .connect_timeout(opts.connect_timeout)
         .read_timeout(opts.read_timeout)
         .pool_max_idle_per_host(opts.max_idle_per_host)
@@ -180,12 +187,56 @@ pub fn is_transient_status(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// Set once something on the way has been seen to ignore `Range` (see
+/// [`accept_whole_bodies`]). Process-wide: the CDN or proxy in front of a service is the same
+/// for every file of the run.
+static WHOLE_BODIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, a 200 with the whole object to a ranged GET is read as the object: the bytes
+/// before the range are skipped and the range's own taken (the download plans one request
+/// per file from then on, so this costs at most a retry's prefix).
+pub fn accept_whole_bodies() {
+    WHOLE_BODIES.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Checks a reply to `Range: bytes=a-b` and turns its body into a stream that fails unless
 /// exactly `range.len()` bytes arrive. A server (or proxy) that ignores Range answers 200 with
-/// the whole object; writing that at the chunk's offset would corrupt the file.
+/// the whole object; writing that at the chunk's offset would corrupt the file, so the reply
+/// is refused with [`Condition::RangeIgnored`] (the download switches to whole-body streams),
+/// or, once it has, read past the bytes before the range. A reply whose bytes were encoded on
+/// the way (`Content-Encoding`) is refused: they are not the object's.
 pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> Result<ByteStream> {
+    if let Some(enc) = resp
+        .headers()
+        .get(reqwest::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
+    {
+        return Err(Error::new(
+            Kind::Network,
+            format!(
+                "{what}: the reply is {enc}-encoded although none was asked for (a proxy or \
+                 CDN compressed it on the way); its bytes are not the object's, so it was \
+                 discarded: exempt the storage host from the proxy's compression"
+            ),
+        )
+        .transient(None));
+    }
+    ranged_body_as_stored(resp, range, total, what)
+}
+
+/// [`ranged_body`] for a service whose objects may be stored encoded (GCS with
+/// `Accept-Encoding: gzip`): the reply's bytes are the stored ones whatever its
+/// `Content-Encoding` says.
+pub fn ranged_body_as_stored(
+    resp: Response,
+    range: ByteRange,
+    total: u64,
+    what: &str,
+) -> Result<ByteStream> {
     let status = resp.status();
     let whole_file = range.start == 0 && range.end == total;
+    let mut skip = 0;
     let ok = if status == StatusCode::PARTIAL_CONTENT {
         let cr = resp
             .headers()
@@ -196,9 +247,24 @@ pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> 
             Some((s, e, t)) => s == range.start && e == range.end && t.is_none_or(|t| t == total),
             None => false,
         }
-    } else {
+    } else if status == StatusCode::OK && whole_file {
         // Some servers answer a range covering the whole object with 200: fine, same bytes.
-        status == StatusCode::OK && whole_file
+        true
+    } else if status == StatusCode::OK && resp.content_length().is_none_or(|n| n == total) {
+        if !WHOLE_BODIES.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::new(
+                Kind::Network,
+                format!(
+                    "{what}: asked for {range} of {total} bytes but the reply is the whole \
+                     object (200): something on the way ignores Range"
+                ),
+            )
+            .with_condition(Condition::RangeIgnored));
+        }
+        skip = range.start;
+        true
+    } else {
+        false
     };
     if !ok {
         let got = resp
@@ -222,6 +288,8 @@ pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> 
         body: Box::pin(resp.bytes_stream()),
         what: what.to_string(),
         seen: 0,
+        skip,
+        whole_left: (status == StatusCode::OK && !whole_file).then_some(expected),
         done: false,
     };
     Ok(Box::pin(futures_util::stream::unfold(
@@ -230,7 +298,7 @@ pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> 
             if st.done {
                 return None;
             }
-            let item: std::result::Result<(), String> = match st.body.next().await {
+            let item: std::result::Result<(), String> = match st.next().await {
                 Some(Ok(b)) => {
                     st.seen += b.len() as u64;
                     if st.seen > expected {
@@ -260,10 +328,44 @@ pub fn ranged_body(resp: Response, range: ByteRange, total: u64, what: &str) -> 
     )))
 }
 
+impl BodyState {
+    /// The next piece of the body within the range: a whole-object reply's bytes before the
+    /// range are passed over, and its bytes after it cut off (the connection is dropped).
+    async fn next(&mut self) -> Option<reqwest::Result<bytes::Bytes>> {
+        loop {
+            let mut b = match self.body.next().await? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e)),
+            };
+            if self.skip > 0 {
+                let n = self.skip.min(b.len() as u64);
+                self.skip -= n;
+                b = b.slice(n as usize..);
+                if b.is_empty() {
+                    continue;
+                }
+            }
+            if let Some(left) = self.whole_left.as_mut() {
+                let keep = (*left).min(b.len() as u64);
+                *left -= keep;
+                b.truncate(keep as usize);
+                if keep == 0 {
+                    return None;
+                }
+            }
+            return Some(Ok(b));
+        }
+    }
+}
+
 struct BodyState {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     what: String,
     seen: u64,
+    /// Bytes of a whole-object reply still to pass over before the range begins.
+    skip: u64,
+    /// For a whole-object reply: the range's bytes still to take.
+    whole_left: Option<u64>,
     done: bool,
 }
 
@@ -302,6 +404,51 @@ pub fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(status: u16, headers: &[(&str, &str)], body: &'static [u8]) -> Response {
+        let mut b = ::http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        Response::from(b.body(body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn replies_to_a_range_are_the_range_or_refused() {
+        let r = ByteRange { start: 2, end: 4 };
+        let ok = reply(206, &[("content-range", "bytes 2-3/8")], b"cd");
+        let mut body = ranged_body(ok, r, 8, "GET x").unwrap();
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b"cd");
+        // The whole object to a ranged GET: the download is told, not a silent retry.
+        let whole = reply(200, &[("content-length", "8")], b"abcdefgh");
+        let e = ranged_body(whole, r, 8, "GET x").err().unwrap();
+        assert_eq!(e.condition(), Some(Condition::RangeIgnored));
+        // Bytes encoded on the way are not the object's, whatever the status.
+        let gz = reply(
+            206,
+            &[
+                ("content-range", "bytes 2-3/8"),
+                ("content-encoding", "gzip"),
+            ],
+            b"cd",
+        );
+        let e = ranged_body(gz, r, 8, "GET x").err().unwrap();
+        assert!(e.message().contains("gzip-encoded"), "{}", e.message());
+        let gz = reply(
+            206,
+            &[
+                ("content-range", "bytes 2-3/8"),
+                ("content-encoding", "gzip"),
+            ],
+            b"cd",
+        );
+        assert!(ranged_body_as_stored(gz, r, 8, "GET x").is_ok());
+        // Another length altogether is no whole object.
+        let short = reply(200, &[("content-length", "5")], b"abcde");
+        let e = ranged_body(short, r, 8, "GET x").err().unwrap();
+        assert_eq!(e.condition(), None);
+        assert!(matches!(e.retry(), crate::error::Retry::After(_)));
+    }
 
     #[test]
     fn content_range_parsing() {

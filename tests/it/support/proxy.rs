@@ -17,6 +17,12 @@ pub enum Fault {
     None,
     /// Forward without the Range header, as a broken proxy would: the server answers 200.
     StripRange,
+    /// `StripRange`, and close the connection after `bytes` bytes of the first `first` ranged
+    /// replies: a whole-body stream that breaks must resume without Range too.
+    StripRangeCut {
+        bytes: usize,
+        first: usize,
+    },
     /// Answer the first `first` ranged GETs with `code` (and `Retry-After: 0` if asked).
     Status {
         code: u16,
@@ -297,6 +303,12 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
         match sh.fault {
             Fault::StripRange if ranged => {
                 lines.retain(|l| !l.to_ascii_lowercase().starts_with("range:"))
+            }
+            Fault::StripRangeCut { bytes, first } if ranged => {
+                lines.retain(|l| !l.to_ascii_lowercase().starts_with("range:"));
+                if take(first) {
+                    budget.store(bytes, Ordering::SeqCst);
+                }
             }
             Fault::Status {
                 code,
