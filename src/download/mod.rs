@@ -41,7 +41,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
-    let (source, listing) = open_and_list(cfg, reporter.as_ref()).await?;
+    let (source, listing) = open_and_list(cfg, &reporter).await?;
     let selection = select(listing.files, &cfg.filter, &cfg.source)?;
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
@@ -142,7 +142,7 @@ fn report_p2p(source: &AnySource, reporter: &dyn Reporter, summary: &mut Summary
 /// Opens the source (credentials, endpoint, revision) and lists it once, both retried.
 async fn open_and_list(
     cfg: &Config,
-    reporter: &dyn Reporter,
+    reporter: &Arc<dyn Reporter>,
 ) -> Result<(Arc<AnySource>, source::Listing)> {
     let client_opts = source::Options {
         p2p: cfg.p2p.clone(),
@@ -155,12 +155,12 @@ async fn open_and_list(
         write: false,
     };
     let source = Arc::new(
-        retrying(&cfg.retry, reporter, "opening the source", || {
+        retrying(&cfg.retry, reporter.as_ref(), "opening the source", || {
             AnySource::open(&cfg.source, &client_opts, reporter)
         })
         .await?,
     );
-    let listing = retrying(&cfg.retry, reporter, "listing", || source.list()).await?;
+    let listing = retrying(&cfg.retry, reporter.as_ref(), "listing", || source.list()).await?;
     Ok((source, listing))
 }
 

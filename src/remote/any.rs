@@ -31,8 +31,17 @@ pub enum AnySource {
 
 impl AnySource {
     /// Builds the client and resolves credentials once, logging which identity is used.
-    pub async fn open(url: &SourceUrl, opts: &Options, reporter: &dyn Reporter) -> Result<Self> {
-        let mut source = Self::open_direct(url, opts, reporter).await?;
+    /// `reporter` also receives the notices of a running client (a region learnt, a clock
+    /// corrected, throttling).
+    pub async fn open(
+        url: &SourceUrl,
+        opts: &Options,
+        reporter: &Arc<dyn Reporter>,
+    ) -> Result<Self> {
+        let mut source = Self::open_direct(url, opts, reporter.as_ref()).await?;
+        if let AnySource::S3(s) | AnySource::Oss(s) = &mut source {
+            s.set_reporter(Arc::clone(reporter));
+        }
         if let Some(p) = &opts.p2p {
             // A proxy that tunnels (CONNECT) to a private-CA endpoint needs the CA that the
             // direct S3 client trusts too.

@@ -140,6 +140,7 @@ pub async fn open(
         scheme: "oss",
         endpoint,
         region,
+        aws_hosted: false,
         signer,
         credential_hint: "OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET",
         region_hint: "OSS_REGION",

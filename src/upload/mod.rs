@@ -57,7 +57,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
         oss_internal: cfg.oss_internal,
         write: true,
     };
-    let target = Arc::new(AnySource::open(&cfg.source, &opts, reporter.as_ref()).await?);
+    let target = Arc::new(AnySource::open(&cfg.source, &opts, &reporter).await?);
     let classified = classify(&target, &root, cfg, reporter.as_ref(), files).await?;
     if cfg.dry_run {
         print_dry_run(cfg, &classified);

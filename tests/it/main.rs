@@ -4,6 +4,7 @@
 mod adversity;
 mod edges;
 mod faults;
+mod field;
 mod gcs;
 mod hf;
 mod oss;

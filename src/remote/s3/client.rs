@@ -1,13 +1,14 @@
 //! One S3-compatible service: the client, where it sends, and how a request is signed.
 
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Response};
 
 use super::auth::{aws_signer, Signer};
-use super::endpoint::{aws_endpoint, Endpoint};
-use crate::error::Result;
+use super::endpoint::{aws_endpoint, Endpoint, Redirect};
+use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 use crate::remote::http::{self, ClientOptions};
 use crate::remote::sigv4;
@@ -19,6 +20,9 @@ pub struct Service {
     pub scheme: &'static str,
     pub endpoint: Endpoint,
     pub region: String,
+    /// The endpoint is AWS's own for the region (`Endpoint::aws`): a region learnt from a
+    /// redirect moves it too. Custom endpoints stay; only the signing region changes.
+    pub aws_hosted: bool,
     pub signer: Signer,
     /// The environment variables that hold the credentials, for error hints.
     pub credential_hint: &'static str,
@@ -26,10 +30,22 @@ pub struct Service {
     pub region_hint: &'static str,
 }
 
+/// Where requests go and the region they are signed for. Replaced whole when S3 says the
+/// bucket lives in another region.
+pub struct Place {
+    pub endpoint: Endpoint,
+    pub region: String,
+}
+
 pub struct S3 {
     pub(super) client: reqwest::Client,
-    pub(super) endpoint: Endpoint,
-    pub(super) region: String,
+    pub(super) place: RwLock<Arc<Place>>,
+    pub(super) aws_hosted: bool,
+    /// Seconds to add to this machine's clock when signing, learnt from a server that
+    /// answered `RequestTimeTooSkewed` (its `Date`), as the AWS SDKs do.
+    pub(super) skew: std::sync::atomic::AtomicI64,
+    /// Where one-line notices go (a region learnt, a clock corrected).
+    pub(super) reporter: Option<Arc<dyn Reporter>>,
     pub(super) signer: Signer,
     pub(super) bucket: String,
     /// The URL's path after the bucket, as given (may name a folder or one object).
@@ -38,20 +54,24 @@ pub struct S3 {
     pub(super) credential_hint: &'static str,
     pub(super) region_hint: &'static str,
     /// Object reads through a P2P proxy, as presigned URLs (`--p2p-proxy`).
-    pub(crate) p2p: Option<std::sync::Arc<crate::remote::p2p::P2p>>,
+    pub(crate) p2p: Option<Arc<crate::remote::p2p::P2p>>,
     /// [`S3::origin_facts`] by object key, asked once each.
     pub(super) origin_facts: std::sync::Mutex<OriginFacts>,
 }
 
-type OriginFacts =
-    std::collections::HashMap<String, std::sync::Arc<tokio::sync::OnceCell<ReplyFacts>>>;
+type OriginFacts = std::collections::HashMap<String, Arc<tokio::sync::OnceCell<ReplyFacts>>>;
 
 impl S3 {
     pub fn new(client: reqwest::Client, service: Service, bucket: &str, prefix: &str) -> Self {
         S3 {
             client,
-            endpoint: service.endpoint,
-            region: service.region,
+            place: RwLock::new(Arc::new(Place {
+                endpoint: service.endpoint,
+                region: service.region,
+            })),
+            aws_hosted: service.aws_hosted,
+            skew: Default::default(),
+            reporter: None,
             signer: service.signer,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
@@ -75,12 +95,13 @@ impl S3 {
             opts.ca_bundles.push(ca.into());
         }
         let client = http::client(&opts)?;
-        let (endpoint, region) = aws_endpoint(&client, bucket).await?;
+        let (endpoint, region, aws_hosted) = aws_endpoint(bucket).await?;
         let signer = aws_signer(&region, &endpoint, reporter).await?;
         let service = Service {
             scheme: "s3",
             endpoint,
             region,
+            aws_hosted,
             signer,
             credential_hint: "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
             region_hint: "AWS_REGION",
@@ -104,7 +125,22 @@ impl S3 {
         self.send_body(method, path, query, extra, None, what).await
     }
 
+    /// Where notices go (`AnySource::open` sets it).
+    pub fn set_reporter(&mut self, reporter: Arc<dyn Reporter>) {
+        self.reporter = Some(reporter);
+    }
+
+    /// Where requests go now, and the region they are signed for.
+    pub(super) fn place(&self) -> Arc<Place> {
+        Arc::clone(&self.place.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Sends one signed request; a body (uploads) goes unsigned, protected by Content-MD5.
+    /// Like the AWS CLI and boto3 (the Rust SDK does not), a reply that names another region
+    /// for the bucket (301 without Location, 400 AuthorizationHeaderMalformed) moves every
+    /// later request there, and one that says the clock is off corrects it from the server's
+    /// `Date`; the request is then sent once more (one with a body fails transiently instead,
+    /// and its caller's retry sends it).
     pub(super) async fn send_body(
         &self,
         method: Method,
@@ -114,11 +150,113 @@ impl S3 {
         body: Option<reqwest::Body>,
         what: &str,
     ) -> Result<Response> {
+        let has_body = body.is_some();
+        let mut body = body;
+        for attempt in 0..3 {
+            let place = self.place();
+            let resp = self
+                .send_once(
+                    &place,
+                    method.clone(),
+                    path,
+                    query,
+                    extra,
+                    body.take(),
+                    what,
+                )
+                .await?;
+            if attempt == 2 || !matches!(resp.status().as_u16(), 301 | 307 | 400 | 403) {
+                return Ok(resp);
+            }
+            let (resp, redirect) = super::endpoint::redirect(resp, self.scheme).await;
+            let learnt = match redirect {
+                Some(Redirect::Region(r)) if r != place.region => self.learn_region(&place, r),
+                Some(Redirect::Skew(secs)) => self.learn_skew(secs),
+                _ => false,
+            };
+            if !learnt {
+                return Ok(resp);
+            }
+            if has_body {
+                return Err(Error::new(
+                    Kind::Network,
+                    format!(
+                        "{what}: sent to the wrong region or with a skewed clock; sending it again"
+                    ),
+                )
+                .transient(Some(std::time::Duration::ZERO)));
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Moves every later request to `region`, once: true if this call moved it (or another
+    /// request already did, so this one is sent again).
+    fn learn_region(&self, seen: &Arc<Place>, region: String) -> bool {
+        let mut place = self.place.write().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&place, seen) {
+            return true;
+        }
+        let endpoint = if self.aws_hosted {
+            Endpoint::aws(&self.bucket, &region)
+        } else {
+            place.endpoint.clone()
+        };
+        if let Some(r) = &self.reporter {
+            r.info(&format!(
+                "s3: bucket {} is in {region}, not {} (the server says so): sending every request there ({})",
+                self.bucket, place.region, endpoint.base
+            ));
+        }
+        *place = Arc::new(Place { endpoint, region });
+        true
+    }
+
+    /// Signs with the server's clock from now on, `secs` ahead of (or behind) this machine's.
+    fn learn_skew(&self, secs: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.skew.swap(secs, Ordering::SeqCst);
+        if (before - secs).abs() < 60 {
+            // Already corrected (by a concurrent request): one more try is all it gets.
+            return before != 0;
+        }
+        if let Some(r) = &self.reporter {
+            r.warn(&format!(
+                "s3: this machine's clock is {}s {} the server's (RequestTimeTooSkewed): signing with the server's time; fix the clock (NTP)",
+                secs.abs(),
+                if secs > 0 { "behind" } else { "ahead of" }
+            ));
+        }
+        true
+    }
+
+    /// The time requests are signed at: this machine's clock, corrected by a learnt skew.
+    pub(super) fn now(&self) -> SystemTime {
+        let skew = self.skew.load(std::sync::atomic::Ordering::SeqCst);
+        let by = std::time::Duration::from_secs(skew.unsigned_abs());
+        if skew >= 0 {
+            SystemTime::now() + by
+        } else {
+            SystemTime::now() - by
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_once(
+        &self,
+        place: &Place,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        extra: &[(reqwest::header::HeaderName, String)],
+        body: Option<reqwest::Body>,
+        what: &str,
+    ) -> Result<Response> {
         let q = sigv4::canonical_query(query);
         let url = if q.is_empty() {
-            format!("{}{path}", self.endpoint.base)
+            format!("{}{path}", place.endpoint.base)
         } else {
-            format!("{}{path}?{q}", self.endpoint.base)
+            format!("{}{path}?{q}", place.endpoint.base)
         };
         let mut req = self.client.request(method.clone(), &url);
         for (k, v) in extra {
@@ -138,10 +276,10 @@ impl S3 {
                 &creds,
                 method.as_str(),
                 &url,
-                &self.region,
+                &place.region,
                 unsigned_body,
                 &amz,
-                SystemTime::now(),
+                self.now(),
             )?;
             for (k, v) in signed {
                 req = req.header(k, v);
@@ -155,18 +293,21 @@ impl S3 {
         join_key(&self.prefix, rel)
     }
 
+    /// The path in front of every key does not change with the region: AWS hosts a bucket
+    /// virtual-hosted (or path-style for dotted names) in every region alike.
     pub(super) fn list_path(&self) -> String {
-        if self.endpoint.base_path.is_empty() {
+        let place = self.place();
+        if place.endpoint.base_path.is_empty() {
             "/".into()
         } else {
-            self.endpoint.base_path.clone()
+            place.endpoint.base_path.clone()
         }
     }
 
     pub(super) fn object_path(&self, key: &str) -> String {
         format!(
             "{}/{}",
-            self.endpoint.base_path,
+            self.place().endpoint.base_path,
             sigv4::uri_encode(key, true)
         )
     }

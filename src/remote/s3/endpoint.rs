@@ -1,15 +1,17 @@
 //! Where S3 requests go: the endpoint and region as the AWS CLI picks them.
 
+use reqwest::Response;
+use serde::Deserialize;
+
 use crate::error::{Error, Result};
-use crate::remote::sigv4;
+use crate::remote::{http, sigv4};
 
 /// The endpoint and region, as the AWS CLI picks them: `AWS_ENDPOINT_URL_S3` /
 /// `AWS_ENDPOINT_URL` (path-style, unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`), the region
-/// from the environment or profile, else (on AWS only) from instance metadata or the bucket.
-pub(super) async fn aws_endpoint(
-    client: &reqwest::Client,
-    bucket: &str,
-) -> Result<(Endpoint, String)> {
+/// from the environment or profile, else (on AWS only) from instance metadata, else
+/// us-east-1. A bucket elsewhere is followed there from S3's first reply (`S3::send_body`).
+/// The flag says whether the endpoint is AWS's own (moved with the region).
+pub(super) async fn aws_endpoint(bucket: &str) -> Result<(Endpoint, String, bool)> {
     let endpoint_var = if crate::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
@@ -36,25 +38,16 @@ pub(super) async fn aws_endpoint(
             .await
             .map(|r| r.to_string()),
     };
+    let region = configured_region.unwrap_or_else(|| "us-east-1".into());
     Ok(match &endpoint_var {
-        Some((name, url)) => (
-            Endpoint::path_style(url, bucket, name)?,
-            configured_region.unwrap_or_else(|| "us-east-1".into()),
-        ),
-        None => {
-            let region = match configured_region {
-                Some(r) => r,
-                None => discover_region(client, bucket)
-                    .await
-                    .unwrap_or_else(|| "us-east-1".into()),
-            };
-            (Endpoint::aws(bucket, &region), region)
-        }
+        Some((name, url)) => (Endpoint::path_style(url, bucket, name)?, region, false),
+        None => (Endpoint::aws(bucket, &region), region, true),
     })
 }
 
 /// Where requests go: `base` is `scheme://host[:port]`, `base_path` the encoded path in front
 /// of every key (`/bucket` for path-style, empty for virtual-hosted).
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub base: String,
     pub host: String,
@@ -109,22 +102,129 @@ impl Endpoint {
     }
 }
 
-/// The region a bucket lives in, from an unauthenticated HEAD on the global endpoint (S3
-/// answers with `x-amz-bucket-region` even on 403/301). Only used when nothing configures a
-/// region, so a pod without AWS_REGION still reaches a bucket outside us-east-1.
-async fn discover_region(client: &reqwest::Client, bucket: &str) -> Option<String> {
-    let url = format!("https://{bucket}.s3.amazonaws.com/");
-    let resp = client.head(url).send().await.ok()?;
-    resp.headers()
-        .get("x-amz-bucket-region")?
-        .to_str()
-        .ok()
+/// What a refusal says to do differently before sending again.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Redirect {
+    /// The bucket lives in this region.
+    Region(String),
+    /// The server's clock is this many seconds ahead of this machine's.
+    Skew(i64),
+}
+
+/// S3 rejects a signature more than 15 minutes off its clock; a HEAD's refusal has no body to
+/// say so, so a 403 whose `Date` is this far off counts as that refusal.
+const SKEW_SUSPECT: i64 = 5 * 60;
+
+/// Reads a refusal (301, 307, 400, 403) for what to do differently: S3 names the bucket's
+/// region in `x-amz-bucket-region` (301 PermanentRedirect has no Location) or in the body of
+/// a 400 AuthorizationHeaderMalformed (MinIO with `MINIO_REGION` too); a clock too far off is
+/// `RequestTimeTooSkewed`, corrected from the reply's `Date` as the AWS SDKs do. Returns the
+/// reply unchanged for the caller (its body is read here and put back).
+pub(super) async fn redirect(resp: Response, scheme: &str) -> (Response, Option<Redirect>) {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let version = resp.version();
+    let body = http::error_text(resp).await;
+    let said: Refusal = quick_xml::de::from_str(&body).unwrap_or_default();
+    let mut rebuilt = ::http::Response::new(body.clone());
+    *rebuilt.status_mut() = status;
+    *rebuilt.headers_mut() = headers.clone();
+    *rebuilt.version_mut() = version;
+    let resp = Response::from(rebuilt);
+    let named_region = headers
+        .get("x-amz-bucket-region")
+        .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+        .or(said.region)
+        .filter(|r| valid_region(r));
+    let found = match (status.as_u16(), said.code.as_deref()) {
+        (301 | 307, _) | (400, Some("AuthorizationHeaderMalformed")) if scheme == "s3" => {
+            named_region.map(Redirect::Region)
+        }
+        (400, None) if scheme == "s3" => named_region.map(Redirect::Region),
+        (403, Some("RequestTimeTooSkewed")) => skew(&headers).map(Redirect::Skew),
+        (403, None) => skew(&headers)
+            .filter(|s| s.abs() > SKEW_SUSPECT)
+            .map(Redirect::Skew),
+        _ => None,
+    };
+    (resp, found)
+}
+
+/// The server's clock minus this machine's, in seconds, from the reply's `Date`.
+fn skew(headers: &reqwest::header::HeaderMap) -> Option<i64> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let server = httpdate::parse_http_date(date).ok()?;
+    let now = std::time::SystemTime::now();
+    Some(match server.duration_since(now) {
+        Ok(ahead) => ahead.as_secs() as i64,
+        Err(behind) => -(behind.duration().as_secs() as i64),
+    })
+}
+
+/// A region name as AWS and S3-compatible servers spell them (`eu-central-1`): it goes into
+/// a host name and a signature, so nothing else is taken from a reply.
+fn valid_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 64
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The fields of an S3 error body that say what to change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Refusal {
+    code: Option<String>,
+    region: Option<String>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        let mut b = ::http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        Response::from(b.body(body.to_string()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_region_or_the_skew() {
+        let region = |r: &str| Some(Redirect::Region(r.into()));
+        let moved = reply(301, &[("x-amz-bucket-region", "eu-west-1")], "");
+        let (back, found) = redirect(moved, "s3").await;
+        assert_eq!((back.status().as_u16(), found), (301, region("eu-west-1")));
+        let body =
+            "<Error><Code>AuthorizationHeaderMalformed</Code><Region>ap-south-1</Region></Error>";
+        let (back, found) = redirect(reply(400, &[], body), "s3").await;
+        assert_eq!(found, region("ap-south-1"));
+        assert_eq!(back.text().await.unwrap(), body, "the body is put back");
+        // Other 400s, OSS (no such redirects), and region names that are not names.
+        let other = "<Error><Code>InvalidArgument</Code><Region>x</Region></Error>";
+        assert_eq!(redirect(reply(400, &[], other), "s3").await.1, None);
+        let moved = reply(301, &[("x-amz-bucket-region", "eu-west-1")], "");
+        assert_eq!(redirect(moved, "oss").await.1, None);
+        let evil = reply(301, &[("x-amz-bucket-region", "evil.com/x")], "");
+        assert_eq!(redirect(evil, "s3").await.1, None);
+        // A clock 20 minutes behind: from the body's code, or from a HEAD's Date alone.
+        let later = httpdate::fmt_http_date(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(1200),
+        );
+        let skewed = "<Error><Code>RequestTimeTooSkewed</Code></Error>";
+        let (_, found) = redirect(reply(403, &[("date", &later)], skewed), "oss").await;
+        assert!(matches!(found, Some(Redirect::Skew(s)) if (1190..=1210).contains(&s)));
+        let (_, found) = redirect(reply(403, &[("date", &later)], ""), "s3").await;
+        assert!(matches!(found, Some(Redirect::Skew(_))));
+        // A plain 403 from a server whose clock agrees is a refusal, nothing to correct.
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        assert_eq!(
+            redirect(reply(403, &[("date", &now)], ""), "s3").await.1,
+            None
+        );
+    }
 
     #[test]
     fn endpoints() {

@@ -39,7 +39,7 @@ impl S3 {
                     .unwrap_or("another region");
                 (
                     Kind::Usage,
-                    format!("bucket {bucket} is in {region}, not {}: set {}={region}", self.region, self.region_hint),
+                    format!("bucket {bucket} is in {region}, not {}, and following it did not help: check the endpoint, or set {}={region}", self.place().region, self.region_hint),
                 )
             }
             (_, "InvalidAccessKeyId") => (

@@ -1,6 +1,6 @@
 //! Ranged reads: direct, or through the P2P proxy with the origin's facts asked directly.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Response};
@@ -81,11 +81,10 @@ impl S3 {
             p2p.bypass("an object with no checksum to verify it by goes direct");
             return Ok(None);
         }
-        let url = format!("{}{}", self.endpoint.base, self.object_path(&file.key));
+        let place = self.place();
+        let url = format!("{}{}", place.endpoint.base, self.object_path(&file.key));
         let url = match self.signer.credentials().await? {
-            Some(creds) => {
-                sigv4::presign(&creds, &url, &self.region, PRESIGNED_FOR, SystemTime::now())?
-            }
+            Some(creds) => sigv4::presign(&creds, &url, &place.region, PRESIGNED_FOR, self.now())?,
             None => url,
         };
         let mut headers = HeaderMap::new();

@@ -63,6 +63,73 @@ pub enum Fault {
         flip_at: u64,
         flips: usize,
     },
+    /// The bucket lives in `bucket_region`: a request signed for another region is refused
+    /// as AWS (301) or, with `malformed`, MinIO (400) does (see `wrong_region_reply`).
+    Region {
+        bucket_region: &'static str,
+        malformed: bool,
+    },
+    /// The server's clock runs `server_ahead_secs` ahead of this machine's: a request signed
+    /// more than 15 minutes off it gets 403 RequestTimeTooSkewed with the server's `Date`, as
+    /// S3 answers (the body as boto printed it: gist.github.com/ryanmr/57ab14bd87ab4be7079f;
+    /// OSS and Huawei OBS use the same code and 15 minutes).
+    Skew {
+        server_ahead_secs: i64,
+    },
+}
+
+/// The region in a SigV4 `Authorization` header's credential scope.
+fn signed_region(lines: &[String]) -> Option<String> {
+    let auth = lines
+        .iter()
+        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))?;
+    let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(2).map(str::to_string)
+}
+
+/// The time in a request's `x-amz-date` (`20261205T101500Z`), as seconds since the epoch.
+fn amz_date(lines: &[String]) -> Option<i64> {
+    let v = lines.iter().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("x-amz-date:")
+            .map(|v| v.trim().to_string())
+    })?;
+    let n = |a: usize, b: usize| v.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0, 4)?, n(4, 6)?, n(6, 8)?);
+    let (hh, mm, ss) = (n(9, 11)?, n(11, 13)?, n(13, 15)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// What AWS S3 answers a request signed for the wrong region: 301 PermanentRedirect without a
+/// Location but with `x-amz-bucket-region` (yanganto/s3rs#18, apache/arrow-rs#2795), or, with
+/// `malformed`, 400 AuthorizationHeaderMalformed naming the region in the body only (as MinIO
+/// with MINIO_REGION does, minio/minio#12886; AWS adds the header too, minio/minio-go#677).
+fn wrong_region_reply(head: bool, bucket_region: &str, signed: &str, malformed: bool) -> String {
+    let (status, header, body) = if malformed {
+        (
+            "400 Bad Request",
+            String::new(),
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region '{signed}' is wrong; expecting '{bucket_region}'</Message><Region>{bucket_region}</Region><RequestId>0</RequestId></Error>"),
+        )
+    } else {
+        (
+            "301 Moved Permanently",
+            format!("x-amz-bucket-region: {bucket_region}\r\n"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint. Please send all future requests to this endpoint.</Message><Endpoint>s3.amazonaws.com</Endpoint></Error>".to_string(),
+        )
+    };
+    let body = if head { String::new() } else { body };
+    format!(
+        "HTTP/1.1 {status}\r\n{header}Content-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 pub struct Proxy {
@@ -300,6 +367,45 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             }
         }
         let take = |first_n: usize| ranged && sh.faulted.fetch_add(1, Ordering::SeqCst) < first_n;
+        let refusal = match sh.fault {
+            Fault::Region {
+                bucket_region,
+                malformed,
+            } => signed_region(&lines)
+                .filter(|r| r != bucket_region)
+                .map(|r| {
+                    wrong_region_reply(first.starts_with("HEAD "), bucket_region, &r, malformed)
+                }),
+            Fault::Skew { server_ahead_secs } => {
+                let server = std::time::SystemTime::now()
+                    + Duration::from_secs(server_ahead_secs.unsigned_abs());
+                let server_secs = server
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                amz_date(&lines)
+                    .filter(|t| (server_secs - t).abs() > 15 * 60)
+                    .map(|_| {
+                        let body = if first.starts_with("HEAD ") {
+                            String::new()
+                        } else {
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request time and the current time is too large.</Message><MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds></Error>".to_string()
+                        };
+                        format!(
+                            "HTTP/1.1 403 Forbidden\r\nDate: {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                            httpdate::fmt_http_date(server),
+                            body.len()
+                        )
+                    })
+            }
+            _ => None,
+        };
+        if let Some(reply) = refusal {
+            if reply_direct(&cw, reply.as_bytes()).await.is_err() {
+                break;
+            }
+            continue;
+        }
         match sh.fault {
             Fault::StripRange if ranged => {
                 lines.retain(|l| !l.to_ascii_lowercase().starts_with("range:"))
