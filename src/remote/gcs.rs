@@ -71,7 +71,7 @@ impl Gcs {
             }
         });
         let scope = if write { SCOPE_WRITE } else { SCOPE };
-        let auth = gcs_auth::discover(&client, emulator.is_some(), scope, reporter).await?;
+        let auth = gcs_auth::discover(emulator.is_some(), scope, reporter).await?;
         // gcloud's override for private endpoints (Private Service Connect, restricted VIPs):
         // e.g. `https://storage-myendpoint.p.googleapis.com/storage/v1/`. Credentials still apply.
         let override_base = crate::env::var("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE").map(|u| {

@@ -68,7 +68,6 @@ mod http_ext {
 /// emulator; else the credentials file (`GOOGLE_APPLICATION_CREDENTIALS`, or gcloud's
 /// well-known file); else the metadata server when one answers; else anonymous.
 pub async fn discover(
-    client: &reqwest::Client,
     emulator: bool,
     scope: &'static str,
     reporter: &dyn Reporter,
@@ -82,7 +81,7 @@ pub async fn discover(
     }
     let host =
         crate::env::var("GCE_METADATA_HOST").unwrap_or_else(|| "metadata.google.internal".into());
-    if !metadata_available(client, &host).await {
+    if !metadata_available(&host, reporter).await? {
         return Ok(Auth::Anonymous);
     }
     let creds = mds::Builder::default()
@@ -169,13 +168,91 @@ fn from_file(path: &Path, scope: &'static str) -> Result<Auth> {
     })
 }
 
-/// Is a metadata server answering? Short timeouts: off Google Cloud this must not stall.
-async fn metadata_available(client: &reqwest::Client, host: &str) -> bool {
-    let req = client
-        .get(format!(
-            "http://{host}/computeMetadata/v1/instance/service-accounts/default/email"
-        ))
-        .header("Metadata-Flavor", "Google")
-        .timeout(std::time::Duration::from_secs(2));
-    matches!(req.send().await, Ok(r) if r.status().is_success())
+/// How long a metadata server that does not answer yet is waited for on Google Cloud: GKE's
+/// takes "a few seconds" in a new pod (Google says to retry), 5–10 s typically
+/// (googleapis/google-cloud-go#14349), and an init container is the first thing that runs.
+const METADATA_WARMUP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Is a metadata server answering? Asked directly, never through `HTTP(S)_PROXY` (as the
+/// SDKs and google-cloud-auth's own client do). On Google Cloud (the metadata host resolves, or
+/// the machine says it is a Google Compute Engine one) a server that does not answer yet is
+/// retried with backoff for [`METADATA_WARMUP`] (`MODEL_LOADER_METADATA_WAIT` seconds), so a
+/// new pod does not go anonymous; elsewhere one short try, so nothing stalls off Google Cloud.
+async fn metadata_available(host: &str, reporter: &dyn Reporter) -> Result<bool> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .map_err(|e| Error::usage("cannot set up the metadata client").with_source(e))?;
+    let wait = match crate::env::var("MODEL_LOADER_METADATA_WAIT") {
+        Some(v) => std::time::Duration::from_secs(v.trim().parse().map_err(|_| {
+            Error::usage(format!(
+                "MODEL_LOADER_METADATA_WAIT={v:?} is not a number of seconds"
+            ))
+        })?),
+        None if on_google_cloud(host).await => METADATA_WARMUP,
+        None => std::time::Duration::ZERO,
+    };
+    let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/email");
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut told = false;
+    loop {
+        let why = match client
+            .get(&url)
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return Ok(true),
+            // The server answers, and the pod has no service account bound: a definite no.
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(false),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) if e.is_timeout() => "timed out".to_string(),
+            Err(e) if e.is_connect() => "could not connect".to_string(),
+            Err(_) => "connection failed".to_string(),
+        };
+        if started.elapsed() + pause > wait {
+            if told {
+                reporter.warn(&format!(
+                    "gs: the metadata server at {host} did not answer within {}s ({why}): going on without credentials",
+                    wait.as_secs()
+                ));
+            }
+            return Ok(false);
+        }
+        if !told {
+            reporter.info(&format!(
+                "gs: the metadata server at {host} does not answer yet ({why}; GKE's takes a few seconds in a new pod): retrying for up to {}s",
+                wait.as_secs()
+            ));
+            told = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
+/// Whether this runs on Google Cloud: the machine's DMI product name says Google Compute
+/// Engine (what Google's client libraries check), the metadata host is the link-local
+/// address, or its name resolves (only Google's DNS knows `metadata.google.internal`). An
+/// address given as another IP (a test's loopback server) is no evidence.
+async fn on_google_cloud(host: &str) -> bool {
+    let dmi = std::fs::read_to_string("/sys/class/dmi/id/product_name")
+        .is_ok_and(|p| p.contains("Google"));
+    if dmi {
+        return true;
+    }
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return matches!(ip, std::net::IpAddr::V4(v4) if v4.is_link_local());
+    }
+    let lookup = tokio::net::lookup_host((name.to_string(), 80));
+    match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
+        Ok(Ok(addrs)) => addrs.count() > 0,
+        _ => false,
+    }
 }
