@@ -91,3 +91,94 @@ fn a_skewed_clock_is_corrected_from_the_servers_date() {
     );
     assert!(stderr.contains("behind the server's"), "{stderr}");
 }
+
+/// A fake EC2 instance metadata service behind the EC2 default hop limit of 1 ("Default: 1",
+/// Auto Scaling `InstanceMetadataOptions`): inside a container the reply to the IMDSv2 token
+/// `PUT` never arrives (smithy-lang/smithy-rs#1449; aws/elastic-beanstalk-roadmap#242), while
+/// IMDSv1 `GET`s answer. Returns its URL and the requests seen.
+fn hop_limited_imds() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                }
+                let line = line.trim().to_string();
+                log.lock().unwrap().push(line.clone());
+                if line.starts_with("PUT ") {
+                    // The reply is dropped on its second hop: nothing comes back.
+                    std::thread::sleep(std::time::Duration::from_secs(30));
+                    return;
+                }
+                let body = if line.contains("/security-credentials/loader-role") {
+                    r#"{"Code":"Success","LastUpdated":"2026-12-05T09:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIAV1FALLBACKKEY","SecretAccessKey":"v1secret","Token":"v1token","Expiration":"2099-01-01T00:00:00Z"}"#.to_string()
+                } else if line.contains("/security-credentials/") {
+                    "loader-role".to_string()
+                } else {
+                    String::new()
+                };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// On EC2 with the default hop limit, the IMDSv2 token never reaches a container; aws-config
+/// does not fall back to IMDSv1 (its ImdsCredentialsProvider says so), aws-cli does. The loader
+/// falls back, warns once naming the hop limit, and signs as the instance role.
+#[test]
+fn a_dropped_imdsv2_token_falls_back_to_imdsv1_with_a_warning() {
+    let (ep, b, objects) = small_model("imds");
+    let (imds, seen) = hop_limited_imds();
+    let front = Proxy::start(&ep);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&front.url(), tmp.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("hop limit").count(), 1, "{stderr}");
+    assert!(stderr.contains("through IMDSv1"), "{stderr}");
+    let heads = front.heads();
+    assert!(
+        !heads.is_empty()
+            && heads
+                .iter()
+                .all(|h| h.contains("Credential=ASIAV1FALLBACKKEY/") && h.contains("v1token")),
+        "{heads:?}"
+    );
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("PUT /latest/api/token")));
+}

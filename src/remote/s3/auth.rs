@@ -93,6 +93,10 @@ pub(super) async fn aws_signer(
             })
         }
         Err(CredentialsError::CredentialsNotLoaded(_)) => {
+            // aws-config reads a token request that timed out as "no IMDS here".
+            if let Some(signer) = imds_v1_fallback(region, endpoint, reporter).await {
+                return Ok(signer);
+            }
             reporter.info(&format!(
                 "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
                  sending anonymous requests, region {region}, endpoint {}",
@@ -100,14 +104,57 @@ pub(super) async fn aws_signer(
             ));
             Ok(Signer::Anonymous)
         }
-        Err(e) => Err(Error::new(
-            Kind::Denied,
-            "cannot load AWS credentials: a source in the chain is configured but \
-             failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, or the \
-             container credentials endpoint)",
-        )
-        .with_source(e)),
+        Err(e) => {
+            if let Some(signer) = imds_v1_fallback(region, endpoint, reporter).await {
+                return Ok(signer);
+            }
+            Err(Error::new(
+                Kind::Denied,
+                "cannot load AWS credentials: a source in the chain is configured but \
+                 failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, the \
+                 container credentials endpoint, or, on EC2, the instance metadata hop limit: \
+                 containers need HttpPutResponseHopLimit 2 for IMDSv2)",
+            )
+            .with_source(e))
+        }
     }
+}
+
+/// When the chain failed and nothing but instance metadata can be the source (no keys,
+/// profile, web identity or container endpoint configured), the instance role through
+/// IMDSv1: what a dropped IMDSv2 token reply (hop limit 1) leaves (see `imds`). Warned once.
+async fn imds_v1_fallback(
+    region: &str,
+    endpoint: &Endpoint,
+    reporter: &dyn Reporter,
+) -> Option<Signer> {
+    let other_source = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|n| crate::env::var(n).is_some());
+    if other_source {
+        return None;
+    }
+    let v1 = super::imds::Imdsv1::configured()?;
+    let c = v1.fetch().await.ok()?;
+    reporter.warn(&format!(
+        "s3: instance metadata at {} gave no IMDSv2 token (in a container, the EC2 default hop \
+         limit of 1 drops its reply: set HttpPutResponseHopLimit to 2); using the instance role \
+         through IMDSv1 (access key {}), region {region}, endpoint {} \
+         (AWS_EC2_METADATA_V1_DISABLED=true turns this off)",
+        v1.base(),
+        crate::redact::secret(c.access_key_id(), 4),
+        endpoint.base
+    ));
+    Some(Signer::Aws {
+        provider: aws_credential_types::provider::SharedCredentialsProvider::new(v1),
+        cache: tokio::sync::Mutex::new(None),
+    })
 }
 
 /// The provider that produced the credentials, e.g. `Environment`, `ProfileFile`,

@@ -10,6 +10,7 @@ mod checksums;
 mod client;
 mod endpoint;
 mod errors;
+mod imds;
 mod listing;
 mod read;
 mod write;
