@@ -109,6 +109,16 @@ pub struct Args {
     )]
     pub retry_base_ms: u64,
 
+    /// How long a server that keeps asking to slow down (429, 503 SlowDown) is waited for
+    /// before the run gives up, in seconds; such replies do not count against --retries.
+    #[arg(
+        long,
+        env = "MODEL_LOADER_THROTTLE_PATIENCE",
+        default_value_t = 600,
+        value_name = "SECS"
+    )]
+    pub throttle_patience: u64,
+
     /// Seconds after which another loader's lock on DEST, without a heartbeat, counts as dead.
     #[arg(
         long,
@@ -503,6 +513,7 @@ impl Args {
             retry: RetryPolicy {
                 max_attempts: self.retries,
                 base: Duration::from_millis(self.retry_base_ms),
+                throttle_patience: Duration::from_secs(self.throttle_patience),
                 ..RetryPolicy::default()
             },
             read_timeout: secs(self.read_timeout, "read_timeout")?,

@@ -79,6 +79,9 @@ pub enum Condition {
     /// A ranged GET was answered 200 with the whole object: something on the way (a CDN, a
     /// corporate proxy) ignores `Range`. The run switches to one whole-body stream per file.
     RangeIgnored,
+    /// The server asks to slow down (429, 503, S3's SlowDown): retried with patience measured
+    /// in time, not attempts, and fewer requests in flight (`retry::Throttle`).
+    Throttled,
 }
 
 /// An error with its kind, a one-line message that names the file or URL and the remedy,

@@ -136,6 +136,8 @@ struct Ctx {
     in_order: Mutex<inorder::Stats>,
     /// Memory for bytes that arrive ahead of an in-order hash, shared by every file.
     budget: Arc<inorder::Budget>,
+    /// Requests in flight, fewer while the server asks to slow down.
+    throttle: crate::retry::Throttle,
 }
 
 impl Ctx {
@@ -314,6 +316,7 @@ pub async fn execute(
         shown: with.shown.clone(),
         in_order: Mutex::new(inorder::Stats::default()),
         budget,
+        throttle: crate::retry::Throttle::new(opts.concurrency, opts.retry),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -487,7 +490,13 @@ async fn fetch_chunk(
 ) -> Result<bool> {
     let mut c = ChunkProgress::new(job, range);
     let mut failures = 0u32;
+    let mut pushed_back = crate::retry::Patience::default();
     loop {
+        let slot = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Ok(false),
+            s = ctx.throttle.enter() => s,
+        };
         let fetch = ctx.source.fetch(
             &job.plan.file,
             ByteRange {
@@ -503,6 +512,7 @@ async fn fetch_chunk(
         let err = match reply {
             Err(e) => e,
             Ok(fetched) => {
+                ctx.throttle.succeeded();
                 note_reply_checksums(job, &fetched);
                 let before = c.pos;
                 let end = stream_body(ctx, job, part, buf, fetched.body, &mut c).await?;
@@ -529,12 +539,38 @@ async fn fetch_chunk(
                 })
             }
         };
+        drop(slot);
         if ctx.stopping() {
             return Ok(false);
         }
         let Retry::After(server_wait) = err.retry() else {
             return Err(err);
         };
+        if err.condition() == Some(crate::error::Condition::Throttled) {
+            // The shared throttle holds every request back; this one waits its turn there.
+            if pushed_back
+                .again(ctx.opts.retry.throttle_patience)
+                .is_none()
+            {
+                let patience = ctx.opts.retry.throttle_patience;
+                return Err(pushed_back.gave_up(err, &ctx.shown(job), patience));
+            }
+            if let Some(cut) = ctx.throttle.pushed_back(server_wait) {
+                if cut.first {
+                    ctx.reporter.warn(&format!(
+                        "{}; the server asks to slow down: {} → {} requests in flight, backing off (waiting up to {} s for it to pass)",
+                        err.message(),
+                        cut.from,
+                        cut.to,
+                        ctx.opts.retry.throttle_patience.as_secs()
+                    ));
+                }
+                ctx.reporter
+                    .retry(job.plan.path.as_str(), pushed_back.count(), &err, cut.pause);
+            }
+            ctx.retries.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         failures += 1;
         if failures >= ctx.opts.retry.max_attempts {
             return Err(err.context(format!(

@@ -264,7 +264,7 @@ impl Gcs {
             404 => (Kind::NotFound, "the object (or this generation of it) no longer exists: it changed during the download; rerun".into()),
             412 => (Kind::Network, "the object changed during the download; rerun".into()),
             _ if http::is_transient_status(status) => {
-                return Error::new(Kind::Network, format!("{what}: {says}")).transient(http::retry_after(&headers));
+                return http::busy(format!("{what}: {says}"), status, http::retry_after(&headers));
             }
             _ => (Kind::Network, "unexpected answer from the server".into()),
         };

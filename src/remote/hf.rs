@@ -456,14 +456,14 @@ impl Hf {
             ),
             (429, _) => {
                 let after = http::retry_after(h).or_else(|| rate_limit_reset(h));
-                return Error::new(
-                    Kind::Network,
+                return http::busy(
                     format!("{what}: {server_says}; rate limited by the Hub (a token raises the limit)"),
-                )
-                .transient(after);
+                    status,
+                    after,
+                );
             }
             _ if http::is_transient_status(status) => {
-                return Error::new(Kind::Network, format!("{what}: {server_says}")).transient(http::retry_after(h));
+                return http::busy(format!("{what}: {server_says}"), status, http::retry_after(h));
             }
             _ => (Kind::Network, "unexpected answer from the Hub".into()),
         };

@@ -180,6 +180,17 @@ async fn read_capped(mut resp: Response, cap: usize) -> reqwest::Result<(Vec<u8>
     Ok((out, true))
 }
 
+/// The error for a reply that says "try again later": transient, and [`Condition::Throttled`]
+/// when the server asks to slow down (429, 503) rather than failed (500, 502, 504).
+pub fn busy(message: String, status: StatusCode, after: Option<Duration>) -> Error {
+    let e = Error::new(Kind::Network, message).transient(after);
+    if matches!(status.as_u16(), 429 | 503) {
+        e.with_condition(Condition::Throttled)
+    } else {
+        e
+    }
+}
+
 /// Statuses that say "try again later" whatever the service.
 pub fn is_transient_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS

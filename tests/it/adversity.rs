@@ -163,8 +163,11 @@ fn bodies_that_lie_about_their_length_or_range_never_land() {
             against_liar_requests(name, liar_with(&[("m/a.bin", "1000")], get));
         assert_eq!(code, 5, "{name}: {line}");
         let reads = requests.iter().filter(|r| !is_list(r)).count();
+        // A 200 to `bytes=10-999` is a server that ignores Range: the run switches to
+        // whole-body streams once (two reads before, --retries after).
+        let expected = if name == "cut on every try" { 2 + 3 } else { 3 };
         assert_eq!(
-            reads, 3,
+            reads, expected,
             "{name}: retried up to --retries, then gave up: {requests:?}"
         );
     }

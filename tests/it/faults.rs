@@ -55,7 +55,16 @@ fn server_errors_and_429_are_retried_until_they_pass() {
         assert_eq!(out.status.code(), Some(0), "{code}");
         assert_eq!(tree(&dest), expected(&objects, "m/"));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.matches("retry ").count(), 3, "{code}: {stderr}");
+        if matches!(code, 429 | 503) {
+            // Asked to slow down: one wave of refusals is one cut, said once.
+            assert_eq!(stderr.matches("asks to slow down").count(), 1, "{stderr}");
+            assert!(
+                (1..=3).contains(&stderr.matches("retry ").count()),
+                "{stderr}"
+            );
+        } else {
+            assert_eq!(stderr.matches("retry ").count(), 3, "{code}: {stderr}");
+        }
         assert!(
             stderr.contains(", 3 retries"),
             "the summary counts retries: {stderr}"
@@ -184,29 +193,40 @@ fn a_proxy_that_ignores_range_gets_whole_body_streams_verified() {
 
 #[test]
 fn retries_that_run_out_exit_5_with_the_last_cause_and_no_manifest() {
-    let (ep, b, _) = seeded("giveup");
-    let proxy = Proxy::with_fault(
-        &ep,
-        Fault::Status {
-            code: 503,
-            retry_after: true,
-            first: usize::MAX,
-        },
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join("d");
-    let out = load_via(&proxy, &b, &dest, tmp.path(), &["--retries", "3"]);
-    assert_eq!(out.status.code(), Some(5));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
-    assert!(
-        first.contains("giving up on")
-            && first.contains("after 3 attempts")
-            && first.contains("503"),
-        "{first}"
-    );
-    assert!(!dest.join(".model-loader/manifest.json").exists());
-    assert!(tree(&dest).is_empty(), "nothing at a final path");
+    // A failing server counts attempts (--retries); one that asks to slow down is waited for
+    // by the clock (--throttle-patience), and then given up on the same way.
+    for (code, flags, says) in [
+        (500, ["--retries", "3"], "after 3 attempts"),
+        (
+            503,
+            ["--throttle-patience", "2"],
+            "kept asking to slow down for over 2 s",
+        ),
+    ] {
+        let (ep, b, _) = seeded("giveup");
+        let proxy = Proxy::with_fault(
+            &ep,
+            Fault::Status {
+                code,
+                retry_after: true,
+                first: usize::MAX,
+            },
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = load_via(&proxy, &b, &dest, tmp.path(), &flags);
+        assert_eq!(out.status.code(), Some(5));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().find(|l| l.starts_with("error: ")).unwrap();
+        assert!(
+            first.contains("giving up on")
+                && first.contains(says)
+                && first.contains(&code.to_string()),
+            "{first}"
+        );
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+        assert!(tree(&dest).is_empty(), "nothing at a final path");
+    }
 }
 
 #[test]

@@ -182,3 +182,42 @@ fn a_dropped_imdsv2_token_falls_back_to_imdsv1_with_a_warning() {
         .iter()
         .any(|l| l.starts_with("PUT /latest/api/token")));
 }
+
+/// S3 answers `503 SlowDown` — no Retry-After — to every request while it re-partitions a
+/// prefix, for seconds at a time, and to a whole fleet at once (pingcap/tiflash#10538;
+/// peak/s5cmd#507 made it retryable). A count of attempts runs out in well under a second with
+/// fast retries; the loader holds on by the clock, cuts the requests in flight (like the SDKs'
+/// adaptive mode), says so once, and loads everything exact once the burst passes.
+#[test]
+fn a_long_slowdown_burst_is_waited_out_with_fewer_requests_in_flight() {
+    let ep = s3_endpoint();
+    let b = bucket("slowdown");
+    let mut objects = BTreeMap::new();
+    for i in 0..4 {
+        objects.insert(format!("m/w{i}.bin"), data(40 + i, 1 << 20));
+    }
+    seed_s3(&ep, &b, &objects);
+    let proxy = Proxy::with_fault(&ep, Fault::SlowDownFor { ms: 3000 });
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&proxy.url(), tmp.path())
+        .args(["--chunk-size", "256KiB", "--concurrency", "16"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("the server asks to slow down").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("16 → 8 requests in flight"), "{stderr}");
+    // Sixteen workers retrying on their own every few milliseconds would send thousands.
+    let refused = proxy.refused();
+    eprintln!("{refused} requests refused in the burst");
+    assert!(
+        (16..=120).contains(&refused),
+        "{refused} requests refused in the burst"
+    );
+}

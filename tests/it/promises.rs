@@ -159,6 +159,7 @@ fn throttled_checksum_heads_never_switch_verification_off() {
     let dest = tmp.path().join("d2");
     let out = run(loader(&proxy.url(), tmp.path())
         .args(["--chunk-size", "5MiB", "--retries", "2"])
+        .args(["--throttle-patience", "2"])
         .arg(format!("s3://{b}/m"))
         .arg(&dest));
     let line = error_line(&out, 5);

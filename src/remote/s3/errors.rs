@@ -1,6 +1,6 @@
 //! S3 and OSS error replies → classified errors with a remedy.
 
-use reqwest::Response;
+use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 
 use super::auth::Signer;
@@ -89,11 +89,11 @@ impl S3 {
                 Kind::Network,
                 "the object is shorter than the listing said: it changed during the download; rerun".into(),
             ),
-            (s, c) if http::is_transient_status(status) || c == "SlowDown" || c == "InternalError" => {
+            (_, c) if http::is_transient_status(status) || c == "SlowDown" || c == "InternalError" => {
                 let after = http::retry_after(&headers);
-                let _ = s;
-                return Error::new(Kind::Network, format!("{what}: {server_says}"))
-                    .transient(after);
+                // SlowDown comes as 503 (S3) or 400/429 elsewhere: it is a request to slow down.
+                let as_status = if c == "SlowDown" { StatusCode::SERVICE_UNAVAILABLE } else { status };
+                return http::busy(format!("{what}: {server_says}"), as_status, after);
             }
             _ => (Kind::Network, "unexpected answer from the server".into()),
         };

@@ -76,6 +76,12 @@ pub enum Fault {
     Skew {
         server_ahead_secs: i64,
     },
+    /// Every request, of any kind, answered `503 SlowDown` (S3's throttling: no Retry-After,
+    /// to every request while it re-partitions; pingcap/tiflash#10538 shows the headers) for
+    /// `ms` milliseconds from the first ranged GET on.
+    SlowDownFor {
+        ms: u64,
+    },
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -137,6 +143,7 @@ pub struct Proxy {
     log: Arc<Mutex<Vec<String>>>,
     heads: Arc<Mutex<Vec<String>>>,
     down: Arc<std::sync::atomic::AtomicU64>,
+    refused: Arc<AtomicUsize>,
 }
 
 struct Shared {
@@ -144,10 +151,12 @@ struct Shared {
     fault: Fault,
     faulted: AtomicUsize,
     /// HEADs faulted so far (`SlowDownHeads`).
-    heads_faulted: AtomicUsize,
+    heads_faulted: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<String>>>,
     heads: Arc<Mutex<Vec<String>>>,
     down: Arc<std::sync::atomic::AtomicU64>,
+    /// When `SlowDownFor`'s burst began (the first ranged GET).
+    burst_from: std::sync::OnceLock<std::time::Instant>,
     /// Runs once, just before the first ranged GET is forwarded.
     before_first_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     started: std::time::Instant,
@@ -178,15 +187,17 @@ impl Proxy {
         let log = Arc::new(Mutex::new(Vec::new()));
         let heads = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             target,
             fault,
             faulted: AtomicUsize::new(0),
-            heads_faulted: AtomicUsize::new(0),
+            heads_faulted: Arc::clone(&refused),
             log: Arc::clone(&log),
             heads: Arc::clone(&heads),
             down: Arc::clone(&down),
             before_first_read: Mutex::new(hook),
+            burst_from: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -212,12 +223,18 @@ impl Proxy {
             log,
             heads,
             down,
+            refused,
         }
     }
 
     /// Bytes the server sent through this proxy (headers included).
     pub fn bytes_down(&self) -> u64 {
         self.down.load(Ordering::SeqCst)
+    }
+
+    /// Requests refused by `SlowDownFor` (for `SlowDownHeads`: HEADs seen).
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Every request head as received (request line and headers).
@@ -397,6 +414,24 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                             body.len()
                         )
                     })
+            }
+            Fault::SlowDownFor { ms }
+                if {
+                    if ranged {
+                        sh.burst_from.get_or_init(std::time::Instant::now);
+                    }
+                    sh.burst_from
+                        .get()
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(ms))
+                } =>
+            {
+                sh.heads_faulted.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let body = if first.starts_with("HEAD ") { "" } else { body };
+                Some(format!(
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
             }
             _ => None,
         };
