@@ -221,3 +221,40 @@ fn a_long_slowdown_burst_is_waited_out_with_fewer_requests_in_flight() {
         "{refused} requests refused in the burst"
     );
 }
+
+/// Some S3-compatible servers implement only ListObjects V1 (scality/cloudserver#1191,
+/// s3fs-fuse#1583): they ignore `list-type=2`, answer V1 pages, and never send a continuation
+/// token. The loader pages them by marker (the last key) and lists every object once.
+#[test]
+fn a_listobjects_v1_only_server_is_paged_by_marker() {
+    let ep = s3_endpoint();
+    let b = bucket("listv1");
+    let mut objects = BTreeMap::new();
+    for i in 0..7 {
+        objects.insert(
+            format!("m/d{}/f{i}.bin", i % 3),
+            data(60 + i, 1000 + i as usize),
+        );
+    }
+    seed_s3(&ep, &b, &objects);
+    let front = Proxy::with_fault(&ep, Fault::ListV1 { max_keys: 2 });
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&front.url(), tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let listings: Vec<String> = front
+        .requests()
+        .into_iter()
+        .filter(|l| l.contains("prefix=m"))
+        .collect();
+    // Seven keys, at most two a page: more than one page, every one after the first by marker.
+    assert!(listings.len() >= 2, "{listings:?}");
+    assert!(
+        listings[1..].iter().all(|l| l.contains("marker=")),
+        "{listings:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ListObjects V1"));
+}

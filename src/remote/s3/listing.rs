@@ -11,20 +11,20 @@ use crate::remote::types::{Checksum, RemoteFile};
 use crate::remote::{http, pin};
 
 impl S3 {
-    /// Every object under `prefix` (a folder), following continuation tokens.
+    /// Every object under `prefix` (a folder), following continuation tokens — or, from a
+    /// server that answers ListObjects V1 whatever `list-type=2` says (Scality
+    /// scality/cloudserver#1191, s3fs-fuse#1583; rclone lists V1 for unknown providers), markers.
     pub(super) async fn list_folder(&self, folder: &str) -> Result<Vec<RemoteFile>> {
         let mut files = Vec::new();
-        let mut token: Option<String> = None;
+        let mut next = Page::First;
         let mut seen = std::collections::HashSet::new();
         let what = format!("list {}", self.display(folder));
         loop {
-            let mut query = vec![
-                ("list-type", "2"),
-                ("prefix", folder),
-                ("encoding-type", "url"),
-            ];
-            if let Some(t) = &token {
-                query.push(("continuation-token", t));
+            let mut query = vec![("prefix", folder), ("encoding-type", "url")];
+            match &next {
+                Page::First => query.push(("list-type", "2")),
+                Page::Token(t) => query.extend([("list-type", "2"), ("continuation-token", t)]),
+                Page::Marker(m) => query.push(("marker", m)),
             }
             // Archived objects show whether a restore completed only when asked.
             let restore = (
@@ -46,17 +46,21 @@ impl S3 {
                 .with_source(e)
             })?;
             let encoded = page.encoding_type.as_deref() == Some("url");
+            let decode = |k: String| -> Result<String> {
+                if !encoded {
+                    return Ok(k);
+                }
+                percent_decode(&k).ok_or_else(|| {
+                    Error::new(
+                        Kind::Network,
+                        format!("{what}: key {k:?} is not valid URL-encoded UTF-8"),
+                    )
+                })
+            };
+            let mut last_key = None;
             for obj in page.contents {
-                let key = if encoded {
-                    percent_decode(&obj.key).ok_or_else(|| {
-                        Error::new(
-                            Kind::Network,
-                            format!("{what}: key {:?} is not valid URL-encoded UTF-8", obj.key),
-                        )
-                    })?
-                } else {
-                    obj.key
-                };
+                let key = decode(obj.key)?;
+                last_key = Some(key.clone());
                 // Folder markers created by consoles: zero bytes, name ending in '/'.
                 if key.ends_with('/') && obj.size == 0 {
                     continue;
@@ -68,16 +72,30 @@ impl S3 {
                 f.archived = archived(obj.storage_class.as_deref(), restored);
                 files.push(f);
             }
-            match (page.is_truncated, page.next_continuation_token) {
-                (true, Some(t)) => token = Some(crate::remote::types::next_page(&mut seen, t, &what)?),
-                (true, None) => {
-                    return Err(Error::new(
-                        Kind::Network,
-                        format!("{what}: the server says the listing is truncated but gives no continuation token"),
-                    ))
-                }
-                _ => break,
+            if !page.is_truncated {
+                break;
             }
+            next = match (page.next_continuation_token, page.next_marker, last_key) {
+                (Some(t), _, _) if !matches!(next, Page::Marker(_)) => {
+                    Page::Token(crate::remote::types::next_page(&mut seen, t, &what)?)
+                }
+                // V1: the next marker, or the last key listed (NextMarker comes only with a
+                // delimiter).
+                (_, marker, last) => {
+                    let Some(m) = marker.map(decode).transpose()?.or(last) else {
+                        return Err(Error::new(
+                            Kind::Network,
+                            format!("{what}: the server says the listing is truncated but gives neither a continuation token nor a key to go on from"),
+                        ));
+                    };
+                    if !matches!(next, Page::Marker(_)) {
+                        if let Some(r) = &self.reporter {
+                            r.info(&format!("s3: the server lists with ListObjects V1 (no continuation token): paging {what} by marker"));
+                        }
+                    }
+                    Page::Marker(crate::remote::types::next_page(&mut seen, m, &what)?)
+                }
+            };
         }
         Ok(files)
     }
@@ -164,12 +182,23 @@ fn percent_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// Where the next page of a listing starts.
+enum Page {
+    First,
+    /// ListObjectsV2's continuation token.
+    Token(String),
+    /// ListObjects V1's marker: the key to list after.
+    Marker(String),
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ListBucketResult {
     #[serde(default)]
     is_truncated: bool,
     next_continuation_token: Option<String>,
+    /// V1 only, and only with a delimiter.
+    next_marker: Option<String>,
     #[serde(default)]
     contents: Vec<ListedObject>,
     encoding_type: Option<String>,

@@ -82,6 +82,12 @@ pub enum Fault {
     SlowDownFor {
         ms: u64,
     },
+    /// A server that only knows ListObjects V1 (scality/cloudserver#1191): `list-type=2` and
+    /// `continuation-token` are dropped from listings, which then page by `marker`, at most
+    /// `max_keys` keys a page.
+    ListV1 {
+        max_keys: usize,
+    },
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -358,6 +364,24 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             if let Some(rest) = target.strip_prefix("http://") {
                 let origin = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
                 lines[0] = format!("{m} {origin} {v}");
+            }
+        }
+        if let Fault::ListV1 { max_keys } = sh.fault {
+            let mut parts = lines[0].splitn(3, ' ');
+            if let (Some(m), Some(target), Some(v)) = (parts.next(), parts.next(), parts.next()) {
+                if let Some((path, query)) = target.split_once('?') {
+                    if query.split('&').any(|p| p == "list-type=2") {
+                        let mut kept: Vec<String> = query
+                            .split('&')
+                            .filter(|p| {
+                                *p != "list-type=2" && !p.starts_with("continuation-token=")
+                            })
+                            .map(str::to_string)
+                            .collect();
+                        kept.push(format!("max-keys={max_keys}"));
+                        lines[0] = format!("{m} {path}?{} {v}", kept.join("&"));
+                    }
+                }
             }
         }
         let body_len: usize = lines
