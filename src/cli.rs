@@ -138,6 +138,15 @@ pub struct Args {
     #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]
     pub oss_internal: bool,
 
+    /// The bucket is requester-pays: this account pays for the reads (S3
+    /// `x-amz-request-payer`, OSS `x-oss-request-payer`; gs:// needs --billing-project).
+    #[arg(long, env = "MODEL_LOADER_REQUESTER_PAYS")]
+    pub requester_pays: bool,
+
+    /// gs:// with --requester-pays: the Google Cloud project billed (`userProject`).
+    #[arg(long, env = "MODEL_LOADER_BILLING_PROJECT", value_name = "PROJECT")]
+    pub billing_project: Option<String>,
+
     /// Send object reads (S3/OSS presigned GETs, GCS media reads, the Hub's CDN) through this
     /// P2P proxy, a node's Dragonfly dfdaemon (e.g. http://$(HOST_IP):4001). Listings, tokens
     /// and API calls stay direct; a proxy that fails has its requests sent direct.
@@ -424,6 +433,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub read_timeout: Duration,
     pub oss_internal: bool,
+    /// Requester-pays: `Some(None)` for S3/OSS, `Some(Some(project))` for GCS.
+    pub requester_pays: Option<Option<String>>,
     pub lock_stale: Duration,
     pub fsync: bool,
     pub p2p: Option<crate::remote::p2p::P2pOptions>,
@@ -437,6 +448,46 @@ impl Args {
             format!("MODEL_LOADER_{}", id.to_ascii_uppercase())
         } else {
             format!("--{}", id.replace('_', "-"))
+        }
+    }
+
+    /// `--requester-pays` for the source's scheme: GCS bills a named project; the Hub has no
+    /// such thing.
+    fn requester_pays(&self, source: &SourceUrl) -> Result<Option<Option<String>>> {
+        use crate::url::BucketScheme;
+        let project = self
+            .billing_project
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        if !self.requester_pays {
+            if project.is_some() {
+                return Err(Error::usage(format!(
+                    "{} is set but {} is not: set both for a requester-pays gs:// bucket",
+                    self.named("billing_project"),
+                    self.named("requester_pays")
+                )));
+            }
+            return Ok(None);
+        }
+        match source {
+            SourceUrl::Bucket {
+                scheme: BucketScheme::Gs,
+                ..
+            } => match project {
+                Some(p) => Ok(Some(Some(p))),
+                None => Err(Error::usage(format!(
+                    "{} on gs:// needs the project to bill: set --billing-project \
+                     (MODEL_LOADER_BILLING_PROJECT), e.g. my-project",
+                    self.named("requester_pays"),
+                ))),
+            },
+            SourceUrl::Bucket { .. } => Ok(Some(None)),
+            SourceUrl::Hf(_) => Err(Error::usage(format!(
+                "{} applies to s3://, oss:// and gs:// buckets, not to the Hub",
+                self.named("requester_pays")
+            ))),
         }
     }
 
@@ -485,6 +536,7 @@ impl Args {
         };
         let source = SourceUrl::parse_as(&remote, role)?;
         self.check_ranges()?;
+        let requester_pays = self.requester_pays(&source)?;
         let secs = |v: f64, id: &str| {
             if v.is_finite() && v > 0.0 && v < 86_400.0 {
                 Ok(Duration::from_secs_f64(v))
@@ -518,6 +570,7 @@ impl Args {
             },
             read_timeout: secs(self.read_timeout, "read_timeout")?,
             oss_internal: self.oss_internal,
+            requester_pays,
             lock_stale: secs(self.lock_stale, "lock_stale")?,
             fsync: self.fsync,
             p2p: self.p2p_options()?,

@@ -152,6 +152,7 @@ async fn open_and_list(
             ..Default::default()
         },
         oss_internal: cfg.oss_internal,
+        requester_pays: cfg.requester_pays.clone(),
         write: false,
     };
     let source = Arc::new(

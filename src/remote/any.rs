@@ -15,6 +15,8 @@ pub struct Options {
     pub http: http::ClientOptions,
     /// Use OSS's `-internal` (VPC) endpoint when deriving it from the region.
     pub oss_internal: bool,
+    /// The bucket is requester-pays (GCS: the project billed).
+    pub requester_pays: Option<Option<String>>,
     /// The client will write (upload): ask for write credentials where scopes exist (GCS).
     pub write: bool,
     /// Send object reads through this P2P proxy (`--p2p-proxy`).
@@ -39,8 +41,13 @@ impl AnySource {
         reporter: &Arc<dyn Reporter>,
     ) -> Result<Self> {
         let mut source = Self::open_direct(url, opts, reporter.as_ref()).await?;
-        if let AnySource::S3(s) | AnySource::Oss(s) = &mut source {
-            s.set_reporter(Arc::clone(reporter));
+        match &mut source {
+            AnySource::S3(s) | AnySource::Oss(s) => {
+                s.set_reporter(Arc::clone(reporter));
+                s.requester_pays = opts.requester_pays.is_some();
+            }
+            AnySource::Gcs(g) => g.user_project = opts.requester_pays.clone().flatten(),
+            AnySource::Hf(_) => {}
         }
         if let Some(p) = &opts.p2p {
             // A proxy that tunnels (CONNECT) to a private-CA endpoint needs the CA that the

@@ -51,6 +51,9 @@ pub struct Gcs {
     prefix: String,
     /// Object reads through a P2P proxy (`--p2p-proxy`).
     pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
+    /// Requester-pays bucket: the project billed, sent as `userProject` on every request
+    /// (googleapis/google-cloud-python#4674).
+    pub(crate) user_project: Option<String>,
 }
 
 impl Gcs {
@@ -101,6 +104,7 @@ impl Gcs {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             p2p: None,
+            user_project: None,
         })
     }
 
@@ -108,8 +112,20 @@ impl Gcs {
         format!("gs://{}/{name}", self.bucket)
     }
 
+    /// `url` with `userProject` for a requester-pays bucket.
+    fn billed(&self, url: String) -> String {
+        match &self.user_project {
+            Some(p) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}userProject={}", uri_encode(p, false))
+            }
+            None => url,
+        }
+    }
+
     async fn get(&self, url: String, range: Option<ByteRange>, what: &str) -> Result<Response> {
         // Stored gzip objects would otherwise be decompressed on the fly, ignoring Range.
+        let url = self.billed(url);
         let mut req = self.client.get(url).header(ACCEPT_ENCODING, "gzip");
         req = req.headers(self.auth.headers().await?);
         if let Some(r) = range {
@@ -250,7 +266,14 @@ impl Gcs {
         };
         let bucket = &self.bucket;
         let who = self.auth.describe();
+        // "Bucket is a requester pays bucket but no user project provided." (400, reason
+        // `required`: googleapis/google-cloud-python#4674).
+        let requester_pays = message.to_ascii_lowercase().contains("requester pays");
         let (kind, remedy) = match status.as_u16() {
+            400 | 403 if requester_pays && self.user_project.is_none() => (
+                Kind::Usage,
+                format!("bucket {bucket} is requester-pays: add --requester-pays --billing-project PROJECT (MODEL_LOADER_REQUESTER_PAYS, MODEL_LOADER_BILLING_PROJECT) naming the project to bill"),
+            ),
             401 => (Kind::Denied, format!("the credentials were rejected ({who}): check GOOGLE_APPLICATION_CREDENTIALS")),
             403 if matches!(self.auth, Auth::Anonymous) => (
                 Kind::Denied,
@@ -283,12 +306,12 @@ impl Gcs {
     /// upload fails (exit 6).
     pub async fn upload(&self, name: &str, file: &FileRange, crc: u32, chunk: u64) -> Result<()> {
         let what = format!("upload {}", self.display(name));
-        let base = format!(
+        let base = self.billed(format!(
             "{}/upload/storage/v1/b/{}/o?name={}",
             self.base,
             uri_encode(&self.bucket, false),
             uri_encode(name, false)
-        );
+        ));
         let auth = self.auth.headers().await?;
         let reply = if file.len <= chunk {
             self.authorized(self.client.post(format!("{base}&uploadType=media")), &auth)
@@ -431,7 +454,10 @@ impl Source for Gcs {
         if let Some(g) = &file.version {
             url.push_str(&format!("&generation={}", uri_encode(g, false)));
         }
-        if let Some((p2p, resp)) = self.fetch_p2p(&url, file, range).await? {
+        if let Some((p2p, resp)) = self
+            .fetch_p2p(&self.billed(url.clone()), file, range)
+            .await?
+        {
             let fetched = self.fetched(resp, file, range, &what).await;
             return p2p.watch(&file.key, fetched);
         }

@@ -55,6 +55,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
             ..Default::default()
         },
         oss_internal: cfg.oss_internal,
+        requester_pays: cfg.requester_pays.clone(),
         write: true,
     };
     let target = Arc::new(AnySource::open(&cfg.source, &opts, &reporter).await?);

@@ -258,3 +258,37 @@ fn a_listobjects_v1_only_server_is_paged_by_marker() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("ListObjects V1"));
 }
+
+/// A requester-pays S3 bucket refuses every request that does not say who pays, with a bare
+/// 403 AccessDenied. Without the flag the error names it; with it every request says so.
+#[test]
+fn a_requester_pays_bucket_is_read_with_the_flag_and_named_without() {
+    let (ep, b, objects) = small_model("payer");
+    let front = Proxy::with_fault(&ep, Fault::RequesterPays);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&front.url(), tmp.path())
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    let line = error_line(&out, 3);
+    assert!(line.contains("--requester-pays"), "{line}");
+    front.clear();
+    let out = run(loader(&front.url(), tmp.path())
+        .env("MODEL_LOADER_REQUESTER_PAYS", "true")
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let heads = front.heads();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.contains("x-amz-request-payer: requester")
+                && h.split("SignedHeaders=").nth(1).is_some_and(|s| s
+                    .split(',')
+                    .next()
+                    .unwrap_or("")
+                    .contains("x-amz-request-payer"))),
+        "every request says it, signed: {heads:?}"
+    );
+}

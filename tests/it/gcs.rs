@@ -643,3 +643,45 @@ fn a_metadata_server_warming_up_is_waited_for_and_never_proxied() {
     assert!(seen.lock().unwrap().len() >= 3, "retried");
     assert_eq!(tree(&dest), expected(&objects, "m/"));
 }
+
+/// A requester-pays GCS bucket answers 400 "Bucket is a requester pays bucket but no user
+/// project provided." (googleapis/google-cloud-python#4674) to any request without
+/// `userProject`: without the flags the loader says which to set (exit 2); with them every
+/// request names the billed project.
+#[test]
+fn a_requester_pays_gcs_bucket_bills_the_named_project() {
+    use crate::support::proxy::Fault;
+    let b = bucket("gpayer");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.bin".to_string(), data(77, 300_000));
+    seed_gcs(&b, &objects);
+    let front = Proxy::with_fault(&gcs(), Fault::GcsRequesterPays);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(gs_loader(&front.url(), tmp.path())
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    let line = error_line(&out, 2);
+    assert!(line.contains("--billing-project"), "{line}");
+    let out = run(gs_loader(&front.url(), tmp.path())
+        .env("MODEL_LOADER_REQUESTER_PAYS", "true")
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    let line = error_line(&out, 2);
+    assert!(line.contains("MODEL_LOADER_BILLING_PROJECT"), "{line}");
+    front.clear();
+    let out = run(gs_loader(&front.url(), tmp.path())
+        .args(["--requester-pays", "--billing-project", "billed-proj"])
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let requests = front.requests();
+    assert!(
+        !requests.is_empty()
+            && requests
+                .iter()
+                .all(|r| r.contains("userProject=billed-proj")),
+        "{requests:?}"
+    );
+}

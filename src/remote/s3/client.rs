@@ -44,6 +44,8 @@ pub struct S3 {
     /// Seconds to add to this machine's clock when signing, learnt from a server that
     /// answered `RequestTimeTooSkewed` (its `Date`), as the AWS SDKs do.
     pub(super) skew: std::sync::atomic::AtomicI64,
+    /// Requester-pays bucket: every request says this account pays (`--requester-pays`).
+    pub(crate) requester_pays: bool,
     /// Where one-line notices go (a region learnt, a clock corrected).
     pub(super) reporter: Option<Arc<dyn Reporter>>,
     pub(super) signer: Signer,
@@ -71,6 +73,7 @@ impl S3 {
             })),
             aws_hosted: service.aws_hosted,
             skew: Default::default(),
+            requester_pays: false,
             reporter: None,
             signer: service.signer,
             bucket: bucket.to_string(),
@@ -230,6 +233,22 @@ impl S3 {
         true
     }
 
+    /// `x-amz-request-payer: requester` (OSS: `x-oss-request-payer`) for a requester-pays
+    /// bucket; S3 wants it on GET, HEAD and LIST alike (s3tools/s3cmd#849).
+    pub(super) fn payer_header(&self) -> Option<(reqwest::header::HeaderName, String)> {
+        let name = if self.scheme == "oss" {
+            "x-oss-request-payer"
+        } else {
+            "x-amz-request-payer"
+        };
+        self.requester_pays.then(|| {
+            (
+                reqwest::header::HeaderName::from_static(name),
+                "requester".into(),
+            )
+        })
+    }
+
     /// The time requests are signed at: this machine's clock, corrected by a learnt skew.
     pub(super) fn now(&self) -> SystemTime {
         let skew = self.skew.load(std::sync::atomic::Ordering::SeqCst);
@@ -258,8 +277,11 @@ impl S3 {
         } else {
             format!("{}{path}?{q}", place.endpoint.base)
         };
+        let payer = self.payer_header();
+        let extra: Vec<&(reqwest::header::HeaderName, String)> =
+            extra.iter().chain(payer.iter()).collect();
         let mut req = self.client.request(method.clone(), &url);
-        for (k, v) in extra {
+        for (k, v) in &extra {
             req = req.header(k, v);
         }
         let unsigned_body = body.is_some();

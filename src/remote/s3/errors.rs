@@ -68,7 +68,14 @@ impl S3 {
             ),
             (401 | 403, _) => (
                 Kind::Denied,
-                format!("these credentials may not read bucket {bucket}: grant s3:ListBucket and s3:GetObject, or use other credentials"),
+                format!(
+                    "these credentials may not read bucket {bucket}: grant s3:ListBucket and s3:GetObject, or use other credentials{}",
+                    if self.requester_pays {
+                        ""
+                    } else {
+                        "; if the bucket is requester-pays, add --requester-pays (MODEL_LOADER_REQUESTER_PAYS=true)"
+                    }
+                ),
             ),
             (404, "NoSuchBucket") => (
                 Kind::NotFound,

@@ -82,7 +82,11 @@ impl S3 {
             return Ok(None);
         }
         let place = self.place();
-        let url = format!("{}{}", place.endpoint.base, self.object_path(&file.key));
+        let mut url = format!("{}{}", place.endpoint.base, self.object_path(&file.key));
+        // A presigned URL carries the requester-pays header as a signed query parameter.
+        if let Some((name, value)) = self.payer_header() {
+            url.push_str(&format!("?{name}={value}"));
+        }
         let url = match self.signer.credentials().await? {
             Some(creds) => sigv4::presign(&creds, &url, &place.region, PRESIGNED_FOR, self.now())?,
             None => url,

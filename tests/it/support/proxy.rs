@@ -88,6 +88,13 @@ pub enum Fault {
     ListV1 {
         max_keys: usize,
     },
+    /// A requester-pays S3 bucket: a request without `x-amz-request-payer: requester` (GET,
+    /// HEAD and LIST alike: aws/aws-cli#2557, s3tools/s3cmd#849) gets 403 AccessDenied, with
+    /// no hint.
+    RequesterPays,
+    /// A requester-pays GCS bucket: without `userProject` the JSON API answers 400 "Bucket is
+    /// a requester pays bucket but no user project provided." (googleapis/google-cloud-python#4674).
+    GcsRequesterPays,
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -258,6 +265,7 @@ impl Proxy {
 
     pub fn clear(&self) {
         self.log.lock().unwrap().clear();
+        self.heads.lock().unwrap().clear();
     }
 
     /// GET or HEAD requests for objects (path-style `/bucket/key`), as opposed to listings.
@@ -454,6 +462,28 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 let body = if first.starts_with("HEAD ") { "" } else { body };
                 Some(format!(
                     "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+            Fault::RequesterPays
+                if !lines
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case("x-amz-request-payer: requester")) =>
+            {
+                let body = if first.starts_with("HEAD ") {
+                    ""
+                } else {
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                };
+                Some(format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+            Fault::GcsRequesterPays if !first.contains("userProject=") => {
+                let body = r#"{"error":{"code":400,"message":"Bucket is a requester pays bucket but no user project provided.","errors":[{"message":"Bucket is a requester pays bucket but no user project provided.","domain":"global","reason":"required"}]}}"#;
+                Some(format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 ))
             }
