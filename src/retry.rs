@@ -148,6 +148,8 @@ struct ThrottleState {
     streak: u32,
     successes: usize,
     told: bool,
+    /// The run is stopping: nobody waits any more.
+    closed: bool,
 }
 
 /// What one "slow down" reply changed: requests in flight `from` → `to`, everyone paused for
@@ -183,6 +185,7 @@ impl Throttle {
                 streak: 0,
                 successes: 0,
                 told: false,
+                closed: false,
             }),
             changed: tokio::sync::Notify::new(),
         }
@@ -192,27 +195,41 @@ impl Throttle {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until a request may be sent: the backoff has passed and a place is free.
-    pub async fn enter(&self) -> Slot<'_> {
+    /// Waits until a request may be sent: the backoff has passed and a place is free. None
+    /// once the run is stopping ([`Throttle::close`]).
+    pub async fn enter(&self) -> Option<Slot<'_>> {
         loop {
             let notified = self.changed.notified();
             let pause = {
                 let mut st = self.lock();
                 let now = std::time::Instant::now();
-                if now < st.resume_at {
+                if st.closed {
+                    return None;
+                } else if now < st.resume_at {
                     Some(st.resume_at - now)
                 } else if st.in_flight < st.limit {
                     st.in_flight += 1;
-                    return Slot(self);
+                    return Some(Slot(self));
                 } else {
                     None
                 }
             };
             match pause {
-                Some(d) => tokio::time::sleep(d).await,
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = notified => {}
+                    }
+                }
                 None => notified.await,
             }
         }
+    }
+
+    /// The run is stopping: every waiter returns at once.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_waiters();
     }
 
     /// A "slow down" reply: fewer in flight, and a pause for everyone, longer each time the
@@ -278,6 +295,7 @@ mod tests {
         assert_eq!(t.lock().limit, 8);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let slots: Vec<_> = futures_util::future::join_all((0..8).map(|_| t.enter())).await;
+        assert!(slots.iter().all(Option::is_some));
         let ninth = tokio::time::timeout(Duration::from_millis(50), t.enter()).await;
         assert!(ninth.is_err(), "no ninth request while eight are in flight");
         drop(slots);
@@ -286,6 +304,14 @@ mod tests {
         }
         assert_eq!(t.lock().limit, 9);
         assert_eq!(t.lock().in_flight, 0);
+        // A pause in progress ends for everyone when the run stops.
+        t.pushed_back(Some(Duration::from_secs(60)));
+        let waiting = t.enter();
+        t.close();
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -147,8 +147,10 @@ impl Ctx {
             *first = Some(e);
         }
         self.abort.store(true, Ordering::SeqCst);
-        // Streams waiting for in-order hashing room must see the stop.
+        // Streams waiting for in-order hashing room, and requests waiting out a pushback,
+        // must see the stop.
         self.budget.freed.notify_waiters();
+        self.throttle.close();
     }
 
     fn stopping(&self) -> bool {
@@ -497,6 +499,9 @@ async fn fetch_chunk(
             _ = ctx.cancel.cancelled() => return Ok(false),
             s = ctx.throttle.enter() => s,
         };
+        let Some(slot) = slot else {
+            return Ok(false);
+        };
         let fetch = ctx.source.fetch(
             &job.plan.file,
             ByteRange {
@@ -509,6 +514,9 @@ async fn fetch_chunk(
             _ = ctx.cancel.cancelled() => return Ok(false),
             r = fetch => r,
         };
+        // The throttle paces how requests are asked, not how bodies are read: a body that waits
+        // for in-order hashing must not hold a place the frontier's request needs.
+        drop(slot);
         let err = match reply {
             Err(e) => e,
             Ok(fetched) => {
@@ -518,6 +526,7 @@ async fn fetch_chunk(
                 let end = stream_body(ctx, job, part, buf, fetched.body, &mut c).await?;
                 if c.pos > before {
                     failures = 0;
+                    pushed_back = crate::retry::Patience::default();
                 }
                 if c.pos == range.end {
                     c.complete(job);
@@ -539,7 +548,6 @@ async fn fetch_chunk(
                 })
             }
         };
-        drop(slot);
         if ctx.stopping() {
             return Ok(false);
         }

@@ -261,7 +261,7 @@ pub fn ranged_body_as_stored(
     } else if status == StatusCode::OK && whole_file {
         // Some servers answer a range covering the whole object with 200: fine, same bytes.
         true
-    } else if status == StatusCode::OK && resp.content_length().is_none_or(|n| n == total) {
+    } else if status == StatusCode::OK && resp.content_length() == Some(total) {
         if !WHOLE_BODIES.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::new(
                 Kind::Network,

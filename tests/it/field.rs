@@ -292,3 +292,33 @@ fn a_requester_pays_bucket_is_read_with_the_flag_and_named_without() {
         "every request says it, signed: {heads:?}"
     );
 }
+
+/// An S3 object uploaded with `--content-encoding gzip` is served with that header, as stored
+/// (S3 keeps the metadata and never transcodes): its bytes are what the listing describes and
+/// land as they are, verified by its ETag — a reply is refused for its encoding only where no
+/// encoding can be stored (the Hub's CDN).
+#[test]
+fn an_s3_object_stored_with_a_content_encoding_lands_as_stored() {
+    let ep = s3_endpoint();
+    let b = bucket("stored-gz");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/keep.bin".to_string(), b"{\"x\": 1}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let stored = data(81, 200_000);
+    put_with(
+        &ep,
+        &b,
+        "m/tokenizer.json.gz",
+        stored.clone(),
+        ("content-encoding", "gzip"),
+    );
+    objects.insert("m/tokenizer.json.gz".to_string(), stored);
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader(&ep, tmp.path())
+        .args(["--chunk-size", "64KiB"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), expected(&objects, "m/"));
+}

@@ -104,24 +104,20 @@ pub(super) async fn aws_signer(
             ));
             Ok(Signer::Anonymous)
         }
-        Err(e) => {
-            if let Some(signer) = imds_v1_fallback(region, endpoint, reporter).await {
-                return Ok(signer);
-            }
-            Err(Error::new(
-                Kind::Denied,
-                "cannot load AWS credentials: a source in the chain is configured but \
+        Err(e) => Err(Error::new(
+            Kind::Denied,
+            "cannot load AWS credentials: a source in the chain is configured but \
                  failed (check AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE/AWS_ROLE_ARN, the \
                  container credentials endpoint, or, on EC2, the instance metadata hop limit: \
                  containers need HttpPutResponseHopLimit 2 for IMDSv2)",
-            )
-            .with_source(e))
-        }
+        )
+        .with_source(e)),
     }
 }
 
-/// When the chain failed and nothing but instance metadata can be the source (no keys,
-/// profile, web identity or container endpoint configured), the instance role through
+/// When the chain found nothing and nothing but instance metadata can be the source (no
+/// keys, profile, web identity or container endpoint configured; a source that is configured
+/// and fails is an error, never replaced by another identity), the instance role through
 /// IMDSv1: what a dropped IMDSv2 token reply (hop limit 1) leaves (see `imds`). Warned once.
 async fn imds_v1_fallback(
     region: &str,

@@ -138,7 +138,10 @@ impl S3 {
             ));
         }
         let facts = origin.unwrap_or_else(|| self.reply_facts(resp.headers()));
-        let body = http::ranged_body(resp, range, file.size, &what)?;
+        // An object stored with a Content-Encoding (uploaded with --content-encoding gzip) is
+        // served as stored: its bytes are what the listing's size and ETag describe. Anything
+        // compressed on the way fails the exact length and Content-Range checks.
+        let body = http::ranged_body_as_stored(resp, range, file.size, &what)?;
         Ok(Fetched {
             body,
             checksum_applies: facts.etag_is_md5,
