@@ -145,6 +145,13 @@ impl Error {
         self
     }
 
+    /// The same failure, with no condition: what a proxy says of itself (it is busy, it
+    /// strips Range) is no reason for the whole run to change course.
+    pub fn without_condition(mut self) -> Self {
+        self.condition = None;
+        self
+    }
+
     pub fn condition(&self) -> Option<Condition> {
         self.condition
     }

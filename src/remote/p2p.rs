@@ -202,7 +202,9 @@ impl P2p {
                     key,
                     format!("a reply through the proxy failed: {}", e.message()),
                 );
-                return Err(e.transient(None));
+                // The object goes direct next: a busy proxy (503) must not slow the whole run
+                // down, nor its stripping Range switch it to whole-body streams.
+                return Err(e.without_condition().transient(None));
             }
         };
         let (me, key) = (Arc::clone(self), key.to_string());
