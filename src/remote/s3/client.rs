@@ -155,18 +155,17 @@ impl S3 {
     ) -> Result<Response> {
         let has_body = body.is_some();
         let mut body = body;
+        // The path and query stay whatever the region: only the host and signature move.
+        let q = sigv4::canonical_query(query);
+        let target = if q.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{q}")
+        };
         for attempt in 0..3 {
             let place = self.place();
             let resp = self
-                .send_once(
-                    &place,
-                    method.clone(),
-                    path,
-                    query,
-                    extra,
-                    body.take(),
-                    what,
-                )
+                .send_once(&place, &method, &target, extra, body.take(), what)
                 .await?;
             if attempt == 2 || !matches!(resp.status().as_u16(), 301 | 307 | 400 | 403) {
                 return Ok(resp);
@@ -260,23 +259,17 @@ impl S3 {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One signed request to `place`; `target` is the encoded path and canonical query.
     async fn send_once(
         &self,
         place: &Place,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
+        method: &Method,
+        target: &str,
         extra: &[(reqwest::header::HeaderName, String)],
         body: Option<reqwest::Body>,
         what: &str,
     ) -> Result<Response> {
-        let q = sigv4::canonical_query(query);
-        let url = if q.is_empty() {
-            format!("{}{path}", place.endpoint.base)
-        } else {
-            format!("{}{path}?{q}", place.endpoint.base)
-        };
+        let url = format!("{}{target}", place.endpoint.base);
         let payer = self.payer_header();
         let extra: Vec<&(reqwest::header::HeaderName, String)> =
             extra.iter().chain(payer.iter()).collect();
