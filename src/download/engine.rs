@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::inorder;
+use super::manifest::Checked;
 use super::plan::{self, FilePlan};
+use super::reread::Verdict;
 use super::state::StateDir;
 use super::writer::{self, PartFile};
 use crate::cancel::Cancel;
@@ -49,6 +51,8 @@ pub struct Parties {
     pub cancel: Cancel,
     /// The source URL, to name files in messages.
     pub shown: String,
+    /// Checksum mismatches seen by earlier passes, and what they taught (see `reread`).
+    pub rereads: Arc<super::reread::Rereads>,
 }
 
 /// What `execute` did.
@@ -57,10 +61,10 @@ pub struct Executed {
     pub files: usize,
     pub bytes: u64,
     pub retries: u64,
-    /// What each fetched file was really verified against (`None`: size only), for the
-    /// manifest — not always the listed checksum (an SSE-KMS ETag is no MD5; OSS gives a
-    /// CRC-64 only in replies).
-    pub verified: std::collections::HashMap<crate::url::RelPath, Option<crate::remote::Checksum>>,
+    /// What each fetched file was really checked against, for the manifest — not always the
+    /// listed checksum (an SSE-KMS ETag is no MD5; OSS gives a CRC-64 only in replies; a
+    /// server's multipart ETags may mean something else).
+    pub verified: std::collections::HashMap<crate::url::RelPath, Checked>,
     /// Where the bytes of files hashed in order came from (logged: how much was read back).
     pub in_order: inorder::Stats,
 }
@@ -98,6 +102,20 @@ struct FileJob {
 }
 
 impl FileJob {
+    /// What was hashed of the file as it streamed in, to check it against `want`.
+    fn take_hashed(&self, want: Option<&crate::remote::Checksum>) -> Hashed {
+        let listed = self.plan.file.checksum.as_ref().map(|c| c.algorithm());
+        Hashed {
+            inline: take(&self.inline).map(verify::Hasher::finish),
+            crc_algo: self.crc,
+            range_crcs: take(&self.range_crcs),
+            // The parts hashed are the listed checksum's; a reply's may be another kind.
+            by_parts: self.hashes_parts && want.map(|w| w.algorithm()) == listed,
+            part_digests: take(&self.part_digests),
+            in_order: self.in_order.clone(),
+        }
+    }
+
     /// A chunk ending at `end` is synced before its record: at the file's end, and once per
     /// [`DURABLE_EVERY`] (every chunk when chunks are at least that long).
     fn durable_end(&self, end: u64) -> bool {
@@ -125,8 +143,8 @@ struct Ctx {
     abort: AtomicBool,
     cancel: Cancel,
     first_error: Mutex<Option<Error>>,
-    verified:
-        Mutex<std::collections::HashMap<crate::url::RelPath, Option<crate::remote::Checksum>>>,
+    verified: Mutex<std::collections::HashMap<crate::url::RelPath, Checked>>,
+    rereads: Arc<super::reread::Rereads>,
     bytes: AtomicU64,
     retries: AtomicU64,
     files_done: AtomicU64,
@@ -174,9 +192,7 @@ impl Ctx {
                 continue;
             };
             let start = c.pos.unwrap_or(r.start);
-            let Some(chunk) =
-                plan::split_aligned(ByteRange { start, end: r.end }, job.plan.chunk_size).next()
-            else {
+            let Some(chunk) = job.plan.first_chunk(ByteRange { start, end: r.end }) else {
                 c.range += 1;
                 c.pos = None;
                 continue;
@@ -312,6 +328,7 @@ pub async fn execute(
         cancel: with.cancel.clone(),
         first_error: Mutex::new(None),
         verified: Mutex::new(std::collections::HashMap::new()),
+        rereads: Arc::clone(&with.rereads),
         bytes: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         files_done: AtomicU64::new(0),
@@ -714,6 +731,61 @@ async fn hand_in_order(ctx: &Ctx, job: &FileJob, at: u64, bytes: &bytes::Bytes) 
     }
 }
 
+/// Takes what `m` holds, poisoned or not.
+fn take<T: Default>(m: &Mutex<T>) -> T {
+    std::mem::take(&mut *m.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// What was hashed of a file while it streamed in.
+struct Hashed {
+    /// The whole file's checksum, when it came in one request.
+    inline: Option<crate::remote::Checksum>,
+    /// CRCs of its ranges, when the checksum is a CRC of this algorithm.
+    crc_algo: Option<crc_fast::CrcAlgorithm>,
+    range_crcs: Vec<(ByteRange, u64)>,
+    /// Its parts' digests were computed as they streamed in (the listed checksum's parts).
+    by_parts: bool,
+    part_digests: std::collections::HashMap<u32, Vec<u8>>,
+    in_order: Option<Arc<inorder::InOrder>>,
+}
+
+/// The finished file's checksum of `want`'s kind, from what was hashed as it streamed in, and
+/// what is missing read back from the part file.
+fn computed(
+    want: &crate::remote::Checksum,
+    h: Hashed,
+    part: &PartFile,
+    size: u64,
+) -> Result<crate::remote::Checksum> {
+    // The inline hash is of the listed kind; a reply's checksum may be another kind.
+    let combine_crcs = h
+        .crc_algo
+        .filter(|a| Some(*a) == verify::crc_algorithm(want));
+    let (f, p) = (part.file(), part.path());
+    if let Some(got) = h.inline.filter(|g| g.algorithm() == want.algorithm()) {
+        Ok(got)
+    } else if let Some(algo) = combine_crcs {
+        verify::combine_ranges(want, size, h.range_crcs, |r| {
+            verify::crc_of_range(f, p, algo, r)
+        })
+        .map(|(got, _)| got)
+    } else if h.by_parts {
+        verify::combine_parts(want, size, h.part_digests, |r, kind| {
+            verify::digest_of_range(f, p, kind, r)
+        })
+        .map(|(got, _)| got)
+    } else if let Some(got) = h
+        .in_order
+        .as_deref()
+        .and_then(inorder::InOrder::finish)
+        .filter(|g| g.algorithm() == want.algorithm())
+    {
+        Ok(got)
+    } else {
+        verify::hash_file(f, p, want, size)
+    }
+}
+
 /// Verifies (when the listing gave a checksum that applies), syncs and renames a finished file,
 /// then records it in the journal.
 async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
@@ -733,70 +805,48 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let applies = job.checksum_applies.load(Ordering::Relaxed);
     let checksum =
         crate::remote::types::authority(job.plan.file.checksum.clone(), from_reply, applies);
-    let inline = job
-        .inline
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .map(verify::Hasher::finish);
+    let hashed = job.take_hashed(checksum.as_ref());
     let shown = ctx.shown(job);
     let size = job.plan.file.size;
     let fsync = ctx.opts.fsync;
-    ctx.verified
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(job.plan.path.clone(), checksum.clone());
-    let checked = super::manifest::Checked::of(&job.plan.file, checksum.as_ref());
+    let file = job.plan.file.clone();
+    let rereads = Arc::clone(&ctx.rereads);
     let state = Arc::clone(&ctx.state);
     let path = job.plan.path.clone();
-    let crc_algo = job.crc;
-    let range_crcs = std::mem::take(&mut *job.range_crcs.lock().unwrap_or_else(|p| p.into_inner()));
-    let hashes_parts = job.hashes_parts;
-    let planned = job
-        .plan
-        .file
-        .checksum
-        .clone()
-        .unwrap_or(crate::remote::Checksum::Md5([0; 16]));
-    let part_digests =
-        std::mem::take(&mut *job.part_digests.lock().unwrap_or_else(|p| p.into_inner()));
-    let in_order = job.in_order.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Some(want) = checksum {
-            // The inline hash is of the listed kind; a reply's checksum may be another kind.
-            let combine_crcs = crc_algo.filter(|a| Some(*a) == verify::crc_algorithm(&want));
-            let by_parts = hashes_parts && want.algorithm() == planned.algorithm();
-            let (f, p) = (part.file(), part.path());
-            let got = if let Some(got) = inline.filter(|g| g.algorithm() == want.algorithm()) {
-                Ok(got)
-            } else if let Some(algo) = combine_crcs {
-                verify::combine_ranges(&want, size, range_crcs, |r| {
-                    verify::crc_of_range(f, p, algo, r)
-                })
-                .map(|(got, _)| got)
-            } else if by_parts {
-                verify::combine_parts(&want, size, part_digests, |r, kind| {
-                    verify::digest_of_range(f, p, kind, r)
-                })
-                .map(|(got, _)| got)
-            } else if let Some(got) = in_order
-                .as_deref()
-                .and_then(inorder::InOrder::finish)
-                .filter(|g| g.algorithm() == want.algorithm())
-            {
-                Ok(got)
-            } else {
-                verify::hash_file(f, p, &want, size)
-            };
-            if let Err(e) = got.and_then(|got| verify::check(&got, &want, &shown)) {
+    let (checked, distrusted) = tokio::task::spawn_blocking(move || {
+        let Some(want) = checksum else {
+            state.persist(&part, &path, fsync)?;
+            return Ok((Checked::of(&file, None), false));
+        };
+        let got = computed(&want, hashed, &part, size);
+        let judged = got.map(|got| rereads.judge(&path, &got, &want, &shown));
+        match judged {
+            Ok((Verdict::Keep(checked), distrusted)) => {
+                state.persist(&part, &path, fsync)?;
+                Ok((checked, distrusted))
+            }
+            Ok((Verdict::Corrupt(e), _)) | Err(e) => {
                 state.discard_part(&path);
-                return Err(e);
+                Err(e)
             }
         }
-        state.persist(&part, &path, fsync)
     })
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;
+    if distrusted {
+        ctx.reporter.warn(&format!(
+            "{}: two reads, cut into different ranges, agreed with each other but not with its \
+             multipart ETag: this server's multipart ETags are not MD5s of the parts as the \
+             loader cuts them (Cloudflare R2 objects from before mid-2023, Apache Ozone, some \
+             gateways; or parts of unequal lengths the server would not describe); files with \
+             one are checked by size only from now on, and the manifest says so",
+            ctx.shown(job)
+        ));
+    }
+    ctx.verified
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(job.plan.path.clone(), checked.clone());
     if let Some(io) = &job.in_order {
         ctx.in_order
             .lock()

@@ -43,6 +43,22 @@ impl Checked {
             size_only: verified.is_none().then(|| size_only_reason(f)),
         }
     }
+
+    /// Verified against `c`.
+    pub fn verified(c: &Checksum) -> Checked {
+        Checked {
+            checksum: Some(c.tagged()),
+            size_only: None,
+        }
+    }
+
+    /// Checked by size only, for the reason given.
+    pub fn size_only(why: &str) -> Checked {
+        Checked {
+            checksum: None,
+            size_only: Some(why.to_string()),
+        }
+    }
 }
 
 impl From<&ManifestFile> for Checked {
@@ -72,8 +88,8 @@ pub struct Outcome<'a> {
     pub revision: Option<String>,
     /// Every selected file, fetched now or already in place.
     pub selected: &'a [(RelPath, RemoteFile)],
-    /// Files fetched by this run → what they were verified against (None: size only).
-    pub verified: &'a HashMap<RelPath, Option<Checksum>>,
+    /// Files fetched by this run → what they were checked against.
+    pub verified: &'a HashMap<RelPath, Checked>,
     /// Files left in place → what the run that completed them recorded (previous manifest or
     /// journal); None when that record predates this field.
     pub earlier: &'a HashMap<RelPath, Option<Checked>>,
@@ -90,7 +106,7 @@ pub fn build(o: Outcome<'_>) -> Manifest {
         .iter()
         .map(|(p, f)| {
             let checked = match o.verified.get(p) {
-                Some(c) => Checked::of(f, c.as_ref()),
+                Some(c) => c.clone(),
                 None => o.earlier.get(p).cloned().flatten().unwrap_or(Checked {
                     checksum: None,
                     size_only: Some(
@@ -165,11 +181,15 @@ mod tests {
             .flat_map(|m| &m.files)
             .map(|e| (RelPath::new(&e.path).unwrap(), Some(Checked::from(e))))
             .collect();
+        let verified: HashMap<RelPath, Checked> = selected
+            .iter()
+            .filter_map(|(p, f)| Some((p.clone(), Checked::of(f, verified.get(p)?.as_ref()))))
+            .collect();
         build(Outcome {
             source: "s3://bkt/m".into(),
             revision: None,
             selected,
-            verified,
+            verified: &verified,
             earlier: &earlier,
             completed_at: "2026-12-01T00:00:00Z".into(),
         })

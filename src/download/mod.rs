@@ -11,6 +11,7 @@ pub mod inorder;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
+pub mod reread;
 pub mod select;
 pub mod state;
 pub mod writer;
@@ -83,6 +84,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         reporter: Arc::clone(&reporter),
         cancel: cancel.clone(),
         shown: source_text.clone(),
+        rereads: Default::default(),
     };
     let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await;
     report_p2p(&source, reporter.as_ref(), &mut summary);
@@ -202,10 +204,11 @@ fn prepare_dest(
     Ok(())
 }
 
-/// Runs the engine over `fetch`. A checksum mismatch is usually corruption in transit: what
-/// is missing (the failed file included) is planned and fetched once more before exit 6.
-/// Something on the way that ignores `Range` (a CDN, a corporate proxy) switches the run to one
-/// whole-body stream per file, once, instead of failing every ranged request.
+/// Runs the engine over `fetch`. A checksum mismatch is usually corruption in transit: the
+/// failed file is planned and fetched once more, with what else is missing, before exit 6 (a
+/// multipart-ETag mismatch is fetched in other ranges and judged by the two reads, see
+/// `reread`). Something on the way that ignores `Range` (a CDN, a corporate proxy) switches
+/// the run to one whole-body stream per file, once, instead of failing every ranged request.
 async fn fetch_all(
     cfg: &Config,
     parties: &engine::Parties,
@@ -220,7 +223,7 @@ async fn fetch_all(
         fsync: cfg.fsync,
     };
     let mut done = engine::Executed::default();
-    let mut refetched = false;
+    let mut refetched_unattributed = false;
     loop {
         keep_only_resumed_parts(&parties.state, &fetch)?;
         match engine::execute(parties, fetch, exec, &mut done).await {
@@ -237,7 +240,16 @@ async fn fetch_all(
                 source::http::accept_whole_bodies();
                 plan_options.whole_files = true;
             }
-            Err(e) if e.kind() == error::Kind::Corrupt && !refetched => {
+            Err(e) if e.kind() == error::Kind::Corrupt => {
+                // Every file that failed a check gets one more read; a second failure is final.
+                // Corruption found elsewhere (a part file that changed) gets one more pass.
+                let again = match parties.rereads.take_failed() {
+                    Some(again) => again,
+                    None => !std::mem::replace(&mut refetched_unattributed, true),
+                };
+                if !again {
+                    return Err(e);
+                }
                 parties.reporter.warn(&format!(
                     "{}; fetching it again, once",
                     e.message().trim_end_matches('.')
@@ -246,12 +258,21 @@ async fn fetch_all(
                 parties
                     .source
                     .p2p_stop("a file failed verification; its refetch goes direct");
-                refetched = true;
             }
             Err(e) => return Err(e),
         }
         let local = parties.state.local_state(selected)?;
         fetch = plan(selected.to_vec(), &local, plan_options).fetch;
+        // Second reads of multipart-ETag mismatches first: what they find decides how every
+        // other file with a multipart ETag is checked.
+        if !plan_options.whole_files {
+            for f in fetch.iter_mut() {
+                if parties.rereads.cut_differently(&f.path) {
+                    f.reread();
+                }
+            }
+        }
+        fetch.sort_by_key(|f| !parties.rereads.cut_differently(&f.path));
     }
     if done.in_order.total() > 0 {
         parties.reporter.info(&in_order_line(&done.in_order));

@@ -56,23 +56,55 @@ pub struct FilePlan {
     pub chunk_size: u64,
     /// Keep the existing part file and its journal records.
     pub resume: bool,
+    /// Chunks are cut at `shift + k × chunk_size` (0 but for a second read, see [`FilePlan::reread`]).
+    pub shift: u64,
 }
 
 impl FilePlan {
     /// The requests this file needs, in order.
     pub fn chunks(&self) -> impl Iterator<Item = ByteRange> + '_ {
-        self.missing
-            .iter()
-            .flat_map(|r| split_aligned(*r, self.chunk_size))
+        let t = self.translation();
+        self.missing.iter().flat_map(move |r| {
+            split_aligned(moved(*r, t, true), self.chunk_size).map(move |c| moved(c, t, false))
+        })
     }
 
     /// How many chunks, without generating them.
     pub fn chunk_count(&self) -> u64 {
+        let t = self.translation();
         self.missing
             .iter()
             .filter(|r| !r.is_empty())
+            .map(|r| moved(*r, t, true))
             .map(|r| (r.end - 1) / self.chunk_size - r.start / self.chunk_size + 1)
             .sum()
+    }
+
+    /// The first chunk of `r` (a missing range, or what is left of one) as this plan cuts it.
+    pub fn first_chunk(&self, r: ByteRange) -> Option<ByteRange> {
+        let t = self.translation();
+        split_aligned(moved(r, t, true), self.chunk_size)
+            .next()
+            .map(|c| moved(c, t, false))
+    }
+
+    /// How far ranges move so that `shift` lands on a multiple of the chunk size.
+    fn translation(&self) -> u64 {
+        let c = self.chunk_size.max(1);
+        (c - self.shift % c) % c
+    }
+
+    /// Plans a second read of the whole file, cut into ranges that start at offsets other than
+    /// the first read's: a first range of half a chunk, then whole chunks (a file fetched in one
+    /// request is cut in about two). Damage tied to a body offset of each reply then lands
+    /// elsewhere in the file, so two damaged reads cannot agree (see `reread`).
+    pub fn reread(&mut self) {
+        let size = self.file.size;
+        let chunk = self.chunk_size.min(size.div_ceil(2)).max(2);
+        self.chunk_size = chunk;
+        self.shift = chunk / 2;
+        self.missing = missing_ranges(size, &[]);
+        self.resume = false;
     }
 
     /// Fetched whole in one request (its hash can be computed as it streams in).
@@ -183,6 +215,7 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
             missing,
             chunk_size,
             resume: partial.is_some(),
+            shift: 0,
         });
     }
     // Largest first; ties by path so plans are deterministic.
@@ -193,6 +226,21 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
             .then_with(|| a.path.cmp(&b.path))
     });
     out
+}
+
+/// `r` moved up (or back down) by `t` bytes.
+fn moved(r: ByteRange, t: u64, up: bool) -> ByteRange {
+    if up {
+        ByteRange {
+            start: r.start.saturating_add(t),
+            end: r.end.saturating_add(t),
+        }
+    } else {
+        ByteRange {
+            start: r.start.saturating_sub(t),
+            end: r.end.saturating_sub(t),
+        }
+    }
 }
 
 /// `[0, size)` minus the union of `done`, in order.
@@ -567,6 +615,7 @@ mod prop {
                 missing: vec![ByteRange { start, end }],
                 chunk_size: chunk,
                 resume: false,
+                shift: 0,
             };
             let chunks: Vec<_> = fp.chunks().collect();
             prop_assert_eq!(chunks.len() as u64, fp.chunk_count());
@@ -577,6 +626,45 @@ mod prop {
                 pos = c.end;
             }
             prop_assert_eq!(pos, end);
+        }
+
+        /// A second read tiles the whole file, and a proxy that damages body byte `k` of every
+        /// reply long enough to have it damages other file offsets in it than in the first read
+        /// (so the two reads cannot agree), whatever the chunk size and `k`.
+        #[test]
+        fn a_reread_is_damaged_elsewhere(size in 4u64..1_000_000, chunk in 2u64..100_000, k in any::<u64>()) {
+            let mut fp = FilePlan {
+                path: RelPath::new("f").unwrap(),
+                file: RemoteFile { path: "f".into(), key: "f".into(), size, checksum: None, version: None, archived: None },
+                missing: vec![ByteRange { start: 0, end: size }],
+                chunk_size: chunk,
+                resume: false,
+                shift: 0,
+            };
+            let k = k % size;
+            let damaged = |fp: &FilePlan| -> std::collections::BTreeSet<u64> {
+                fp.chunks().filter(|c| c.len() > k).map(|c| c.start + k).collect()
+            };
+            let first = damaged(&fp);
+            fp.reread();
+            let chunks: Vec<_> = fp.chunks().collect();
+            prop_assert_eq!(chunks.len() as u64, fp.chunk_count());
+            let mut pos = 0;
+            for c in &chunks {
+                prop_assert_eq!(c.start, pos);
+                prop_assert!(c.end > c.start);
+                pos = c.end;
+            }
+            prop_assert_eq!(pos, size);
+            prop_assert!(first.is_empty() || damaged(&fp) != first, "{:?}", chunks);
+            // The engine cuts them one at a time, the same way.
+            let mut one_by_one = Vec::new();
+            let mut start = 0;
+            while let Some(c) = fp.first_chunk(ByteRange { start, end: size }) {
+                one_by_one.push(c);
+                start = c.end;
+            }
+            prop_assert_eq!(one_by_one, chunks);
         }
     }
 }

@@ -8,22 +8,6 @@ use std::path::Path;
 use crate::support::proxy::{Fault, Proxy};
 use crate::support::*;
 
-/// Uploads `files` (name → bytes) under `s3://b/m/` with the loader's own upload, whose part size
-/// is `--chunk-size` (at least 5 MiB): a file larger than that becomes a multipart object.
-fn upload(ep: &str, b: &str, files: &BTreeMap<String, Vec<u8>>, part: &str, home: &Path) {
-    seed_s3(ep, b, &BTreeMap::new());
-    let src = home.join("src");
-    for (k, v) in files {
-        std::fs::create_dir_all(src.join(k).parent().unwrap()).unwrap();
-        std::fs::write(src.join(k), v).unwrap();
-    }
-    let out = run(loader(ep, home)
-        .args(["--chunk-size", part])
-        .arg(&src)
-        .arg(format!("s3://{b}/m")));
-    assert_eq!(out.status.code(), Some(0));
-}
-
 fn flipping(ep: &str, at: u64, first: usize) -> Proxy {
     Proxy::with_fault(ep, Fault::Flip { at, first })
 }
@@ -38,7 +22,7 @@ fn multipart_case(name: &str, size: usize, part: &str, chunk: &str, parts: u32, 
     let tmp = tempfile::tempdir().unwrap();
     let mut files = BTreeMap::new();
     files.insert("w.bin".to_string(), data(131, size));
-    upload(&ep, &b, &files, part, tmp.path());
+    upload_multipart(&ep, &b, &files, part, tmp.path());
 
     let dest = tmp.path().join("once");
     let proxy = flipping(&ep, flip_at, 1);
@@ -170,7 +154,7 @@ fn verify_re_hashes_dest_and_names_every_file_that_changed() {
     let mut files = BTreeMap::new();
     files.insert("w.bin".to_string(), data(181, (10 << 20) + 1));
     files.insert("sub/config.json".to_string(), b"{\"a\":1}".to_vec());
-    upload(&ep, &b, &files, "5MiB", tmp.path());
+    upload_multipart(&ep, &b, &files, "5MiB", tmp.path());
     let dest = tmp.path().join("d");
     let out = run(loader(&ep, tmp.path())
         .arg(format!("s3://{b}/m"))

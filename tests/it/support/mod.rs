@@ -2,6 +2,7 @@
 //! missing one fails the test loudly, never skips it), S3 seeding, a request-counting proxy,
 //! running the real binary, and hashing trees.
 
+pub mod etags;
 pub mod fwdproxy;
 pub mod liar;
 pub mod proxy;
@@ -121,6 +122,28 @@ pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>
 }
 
 /// Uploads (or overwrites) objects in an existing bucket.
+/// Uploads `files` (name → bytes) under `s3://b/m/` with the loader's own upload, whose part size
+/// is `--chunk-size` (at least 5 MiB): a file larger than that becomes a multipart object.
+pub fn upload_multipart(
+    ep: &str,
+    b: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+    part: &str,
+    home: &Path,
+) {
+    seed_s3(ep, b, &BTreeMap::new());
+    let src = home.join("src");
+    for (k, v) in files {
+        std::fs::create_dir_all(src.join(k).parent().unwrap()).unwrap();
+        std::fs::write(src.join(k), v).unwrap();
+    }
+    let out = run(loader(ep, home)
+        .args(["--chunk-size", part])
+        .arg(&src)
+        .arg(format!("s3://{b}/m")));
+    assert_eq!(out.status.code(), Some(0));
+}
+
 pub fn seed_s3_objects(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
     for (k, v) in objects {
         let status = block_on(async {

@@ -95,6 +95,8 @@ pub enum Fault {
     /// A requester-pays GCS bucket: without `userProject` the JSON API answers 400 "Bucket is
     /// a requester pays bucket but no user project provided." (googleapis/google-cloud-python#4674).
     GcsRequesterPays,
+    /// Multipart ETags that are not MD5s of the parts (see `etags`).
+    ForeignEtags,
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -298,7 +300,16 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
     let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Body offset to corrupt in the next reply, and where in that reply the copy loop is.
     let flip: Arc<Mutex<Option<FlipState>>> = Arc::new(Mutex::new(None));
-    {
+    // Per request forwarded, in order: whether it was a HEAD (`ForeignEtags` frames replies).
+    let methods = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    if let Fault::ForeignEtags = sh.fault {
+        tokio::spawn(super::etags::copy_replies(
+            sr,
+            Arc::clone(&cw),
+            Arc::clone(&methods),
+            Arc::clone(&sh.down),
+        ));
+    } else {
         let (cw, budget, stall, flip) = (
             Arc::clone(&cw),
             Arc::clone(&budget),
@@ -563,6 +574,17 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             }
             _ => {}
         }
+        if let Fault::ForeignEtags = sh.fault {
+            for l in lines.iter_mut() {
+                if l.to_ascii_lowercase().starts_with("if-match:") {
+                    *l = String::from_utf8(super::etags::foreign(l.as_bytes())).unwrap();
+                }
+            }
+        }
+        methods
+            .lock()
+            .unwrap()
+            .push_back(first.starts_with("HEAD "));
         let mut out = lines.join("\r\n").into_bytes();
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&body);
