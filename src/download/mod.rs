@@ -65,6 +65,13 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         Err(e) => return Err(e),
     };
     state.set_lease(lock.held());
+    if state.group_shared() {
+        reporter.info(&format!(
+            "{} is shared with its group (group-writable or setgid, as on OpenShift): what this \
+             run creates is group-writable, so another user of the group can rerun it",
+            cfg.dest.display()
+        ));
+    }
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;
     let plan = plan(selected.clone(), &local, plan_options);

@@ -78,11 +78,39 @@ pub struct StateDir {
     /// Folders this run created under DEST, whose parents must be synced before the manifest
     /// vouches for the files in them.
     created: Mutex<BTreeSet<String>>,
+    group_shared: bool,
+}
+
+/// Whether DEST (or, before it exists, its parent) is shared with a group: group-writable or
+/// setgid, as OpenShift volumes are (fsGroup; the pod runs as an arbitrary UID in group 0, and
+/// the next pod is another UID of the same group). Then the process umask stops masking the
+/// group's write bit, so every folder, part file, journal, lock and file this run creates can
+/// be resumed, taken over or replaced by another UID of the group (files are created 0666 and
+/// folders 0777 less the umask, as `cp` and `mkdir` do). The umask is the process's: set before
+/// any file is created, and it only ever widens to the group.
+fn share_with_group(dest: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let existing = if dest.exists() {
+        dest
+    } else {
+        dest.parent().unwrap_or(dest)
+    };
+    let Ok(meta) = fs::metadata(existing) else {
+        return false;
+    };
+    let mode = meta.permissions().mode();
+    let shared = mode & 0o2000 != 0 || mode & 0o020 != 0;
+    if shared {
+        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        rustix::process::umask(old & !rustix::fs::Mode::WGRP);
+    }
+    shared
 }
 
 impl StateDir {
     /// Creates DEST and its state folder; fails with exit 7 when DEST cannot be written.
     pub fn open(dest: &Path) -> Result<Self> {
+        let group_shared = share_with_group(dest);
         fs::create_dir_all(dest).map_err(|e| Error::local("create", dest, e))?;
         let root = Dir::open(dest).map_err(|e| Error::local("open", dest, e))?;
         let (dir, _) = root.subdir(STATE_DIR, true)?;
@@ -96,7 +124,13 @@ impl StateDir {
             journaled: Mutex::new(Default::default()),
             lease: OnceLock::new(),
             created: Mutex::new(BTreeSet::new()),
+            group_shared,
         })
+    }
+
+    /// DEST is shared with the group (see [`share_with_group`]).
+    pub fn group_shared(&self) -> bool {
+        self.group_shared
     }
 
     /// `DEST/.model-loader`, for the lock.
@@ -359,7 +393,7 @@ impl StateDir {
                 .open_file(
                     JOURNAL,
                     OFlags::RDWR | OFlags::CREATE | OFlags::APPEND,
-                    0o644,
+                    0o666,
                 )
                 .map_err(|e| Error::local("open the journal", &path, e))?;
             // A line torn by a crash must not swallow the first record appended after it.
@@ -462,7 +496,7 @@ impl StateDir {
             let _ = self.dir.remove_file(tmp);
             let mut f =
                 self.dir
-                    .open_file(tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o644)?;
+                    .open_file(tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o666)?;
             f.write_all(&body)?;
             f.sync_all()
         };

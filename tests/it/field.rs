@@ -437,3 +437,110 @@ fn foreign_multipart_etags_never_let_damage_through() {
         }
     }
 }
+
+/// OpenShift runs a pod as an arbitrary UID in group 0, with `HOME=/` (not writable), on a
+/// volume that is group-writable and setgid (fsGroup); the next pod (a restart, a rollout) is
+/// another UID of the same group, and must resume, take over the lock and replace files the
+/// first one wrote (OpenShift docs, "Support arbitrary user ids"; opendatahub-io/kserve#780 (`HOME=/`, "Permission denied")).
+/// Before, everything was created 0644/0755: the second UID failed with permission denied.
+#[test]
+fn another_uid_of_the_group_resumes_and_reruns_an_openshift_volume() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let ep = s3_endpoint();
+    let b = bucket("openshift");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(61, 64 << 20));
+    objects.insert("m/sub/config.json".to_string(), b"{\"layers\": 2}".to_vec());
+    seed_s3(&ep, &b, &objects);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let dest = vol.join("model");
+    let as_uid = |uid: u32, via: &str| {
+        let mut c = loader(via, tmp.path());
+        c.env("HOME", "/")
+            .env(
+                "MODEL_LOADER_TERMINATION_LOG",
+                vol.join(format!("log-{uid}")),
+            )
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest)
+            .uid(uid)
+            .gid(0);
+        c
+    };
+
+    // The first pod is killed part-way through.
+    let slow = Proxy::with_fault(
+        &ep,
+        Fault::Throttle {
+            bytes_per_sec: 8 << 20,
+        },
+    );
+    let mut child = as_uid(1000660000, &slow.url())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while slow.bytes_down() < 32 << 20 {
+        assert!(t.elapsed().as_secs() < 60, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The next pod is another UID: it resumes, takes over the lock, completes.
+    let direct = Proxy::start(&ep);
+    let out = run(&mut as_uid(1000670000, &direct.url()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("shared with its group"), "{stderr}");
+    assert_eq!(
+        tree(&dest)["weights.bin"],
+        sha256(&objects["m/weights.bin"])
+    );
+    assert!(stderr.contains("already on disk"), "resumed: {stderr}");
+    assert!(
+        direct.bytes_down() < 64 << 20,
+        "resumed: {} bytes fetched again",
+        direct.bytes_down()
+    );
+    // Everything it or the first pod created is the group's to change, in the volume's group.
+    for p in [
+        "",
+        ".model-loader",
+        "sub",
+        "sub/config.json",
+        "weights.bin",
+        ".model-loader/manifest.json",
+        ".model-loader/parts",
+    ] {
+        let meta = std::fs::metadata(dest.join(p)).unwrap();
+        assert_eq!(
+            meta.mode() & 0o020,
+            0o020,
+            "{p} is group-writable: {:o}",
+            meta.mode()
+        );
+        assert_eq!(meta.gid(), 0, "{p}");
+    }
+
+    // A third UID replaces a file the object of which changed.
+    let mut changed = BTreeMap::new();
+    changed.insert("m/weights.bin".to_string(), data(62, 1 << 20));
+    seed_s3(&ep, &b, &changed);
+    let out = run(&mut as_uid(1000680000, &ep));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        tree(&dest)["weights.bin"],
+        sha256(&changed["m/weights.bin"])
+    );
+}
