@@ -350,7 +350,10 @@ class Handler(BaseHTTPRequestHandler):
         if cursor + PAGE_SIZE < len(entries):
             q = urllib.parse.urlencode({"recursive": "true" if recursive else "false", "cursor": cursor + PAGE_SIZE})
             u = urllib.parse.urlsplit(self.path)
-            headers["Link"] = f'<{HUB}{u.path}?{q}>; rel="next"'
+            # As the Hub does, the next page on the host the client asked (a front may stand
+            # before this server).
+            host = self.headers.get("Host") or HUB.removeprefix("http://")
+            headers["Link"] = f'<http://{host}{u.path}?{q}>; rel="next"'
         self.send(200, json.dumps(page).encode(), headers)
 
     def resolve(self, kind, rid, rev, path):

@@ -48,6 +48,10 @@ pub struct Hf {
     commit: String,
     /// Signed CDN URL per repo path, reused by every chunk of that file until it expires.
     cdn: Mutex<HashMap<String, Url>>,
+    /// Per repo path: held while one range resolves the file, so the ranges that start with
+    /// it wait for its CDN URL instead of each resolving (every `/resolve` counts against the
+    /// Hub's per-IP quota).
+    resolving: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// CDN reads through a P2P proxy (`--p2p-proxy`); the token never goes there.
     pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
 }
@@ -112,6 +116,7 @@ impl Hf {
             url: url.clone(),
             commit: String::new(),
             cdn: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(HashMap::new()),
             p2p: None,
         };
         hf.commit = hf.resolve_revision().await?;
@@ -504,12 +509,13 @@ impl Hf {
             .header(RANGE, range.header())
             .send()
             .await
-            .map_err(|e| http::transport_error(what, e))?;
+            .map_err(|e| http::transport_error(what, e).note(unreachable_cdn(cdn)))?;
         if matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
-            self.cdn
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&file.key);
+            // Only this URL: another range may already have put a fresh one there.
+            let mut cached = self.cdn.lock().unwrap_or_else(|p| p.into_inner());
+            if cached.get(&file.key) == Some(cdn) {
+                cached.remove(&file.key);
+            }
             return Ok(None);
         }
         if !resp.status().is_success() {
@@ -566,16 +572,32 @@ impl Source for Hf {
 
     async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
         let what = format!("GET {} ({range})", self.display(&file.key));
-        let cached = self
-            .cdn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&file.key)
-            .cloned();
-        if let Some(cdn) = cached {
+        let mut expired = None;
+        if let Some(cdn) = self.cached_cdn(&file.key) {
+            match self.fetch_cdn(&cdn, file, range, &what).await? {
+                Some(fetched) => return Ok(fetched),
+                None => expired = Some(cdn),
+            }
+        }
+        // One range at a time resolves a file; the others then use the URL it learnt.
+        let gate = std::sync::Arc::clone(
+            self.resolving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(file.key.clone())
+                .or_default(),
+        );
+        let held = gate.lock().await;
+        // A URL another range resolved while this one waited (not the one that just expired).
+        if let Some(cdn) = self
+            .cached_cdn(&file.key)
+            .filter(|c| Some(c) != expired.as_ref())
+        {
+            drop(held);
             if let Some(fetched) = self.fetch_cdn(&cdn, file, range, &what).await? {
                 return Ok(fetched);
             }
+            return Err(expired_at_once(&what));
         }
         let mut url = self.resolve_url(&file.key)?;
         for _ in 0..=MAX_REDIRECTS {
@@ -592,13 +614,10 @@ impl Source for Hf {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(file.key.clone(), next.clone());
+                drop(held);
                 return match self.fetch_cdn(&next, file, range, &what).await? {
                     Some(fetched) => Ok(fetched),
-                    None => Err(Error::new(
-                        Kind::Network,
-                        format!("{what}: the CDN refused a freshly signed URL (check this machine's clock)"),
-                    )
-                    .transient(Some(Duration::from_secs(1)))),
+                    None => Err(expired_at_once(&what)),
                 };
             }
             if !resp.status().is_success() {
@@ -613,6 +632,41 @@ impl Source for Hf {
             format!("{what}: too many redirects"),
         ))
     }
+}
+
+impl Hf {
+    fn cached_cdn(&self, key: &str) -> Option<Url> {
+        self.cdn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+}
+
+/// A CDN URL refused on its first use (it was just signed): retried after a second.
+fn expired_at_once(what: &str) -> Error {
+    Error::new(
+        Kind::Network,
+        format!("{what}: the CDN refused a freshly signed URL (check this machine's clock)"),
+    )
+    .transient(Some(Duration::from_secs(1)))
+}
+
+/// What to do when the CDN a file was redirected to cannot be reached: often a firewall or
+/// proxy that lets the Hub (or a mirror) through but not the CDN it redirects to. Names the
+/// CDN's host and port only: the rest of the URL is a signature.
+fn unreachable_cdn(cdn: &Url) -> String {
+    let host = cdn.host_str().unwrap_or("?");
+    let host = match cdn.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    format!(
+        "the Hub redirected this file to its CDN at {host}, which did not answer: allow {host} \
+         through the firewall or proxy (HTTPS_PROXY) this pod uses, or use an HF_ENDPOINT that \
+         serves the files itself"
+    )
 }
 
 /// The token, from the same places huggingface_hub looks, in its order.

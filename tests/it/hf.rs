@@ -486,3 +486,134 @@ fn a_killed_download_resumes_and_its_sha256_covers_the_bytes_of_both_runs() {
     );
     assert!(proxy.object_requests("lfs") > 0);
 }
+
+/// A Hub mirror whose LFS redirects point at a CDN host the pod cannot reach (a firewall that
+/// allows the mirror but not `cas-bridge.xethub.hf.co` or `cdn-lfs.hf.co`; padeoe/hf-mirror-site#50
+/// shows mirrors redirecting there): connection refused, or a host that accepts and never
+/// answers. Either way the run must end within bounded time with exit 5, naming the CDN host
+/// and what to do — never hang, never blame the Hub.
+#[test]
+fn an_unreachable_cdn_host_ends_in_a_bounded_clear_error() {
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    // Accepts and keeps every connection open, never answering.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    for port in [refused_port, silent_port] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let repo = format!("cdn-{port}/{}", unique("unreachable"));
+        let started = std::time::Instant::now();
+        let out = run(hf_loader(tmp.path())
+            .args(["--read-timeout", "1"])
+            .arg(format!("hf://{repo}"))
+            .arg(&dest));
+        let took = started.elapsed();
+        let line = error_line(&out, 5);
+        assert!(
+            took < std::time::Duration::from_secs(60),
+            "bounded: {took:?}"
+        );
+        assert!(
+            line.contains(&format!("127.0.0.1:{port}")),
+            "names the CDN host: {line}"
+        );
+        assert!(line.contains("CDN"), "says it is the CDN: {line}");
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+    }
+}
+
+/// The Hub counts every `/resolve` against a per-IP quota (anonymous: 3,000 per 5 minutes,
+/// huggingface.co/docs/hub/rate-limits; 429s for repos of many files: huggingface/huggingface_hub#3342),
+/// shared by every pod behind one NAT. So each LFS file is resolved once, however many ranges
+/// fetch it at once, and once more per expiry of its signed URL — never once per range.
+#[test]
+fn each_lfs_file_is_resolved_once_plus_once_per_expiry() {
+    for (org, expiring) in [("gen", false), ("gen-expiring", true)] {
+        let repo = format!("{org}/{}", unique("resolves"));
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = run(hf_loader(tmp.path())
+            .args(["--chunk-size", "256KiB", "--concurrency", "16"])
+            .arg(format!("hf://{repo}"))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{org}");
+        let (_, files) = truth("model", &repo, "main");
+        let mut got = tree(&dest);
+        got.retain(|k, _| !k.starts_with(".model-loader"));
+        assert_eq!(got, files, "{org}");
+        let log = get_json(&format!("{}/_log", hub()));
+        let log = log.as_array().unwrap();
+        for (path, digest) in files.iter().filter(|(p, _)| p.ends_with(".safetensors")) {
+            let resolves = log
+                .iter()
+                .filter(|e| e["server"] == "hub")
+                .filter(|e| {
+                    let p = e["path"].as_str().unwrap();
+                    p.contains(&repo) && p.contains("/resolve/") && p.ends_with(path.as_str())
+                })
+                .count();
+            // Each signed URL (its `id`) serves two requests when expiring; more are refused.
+            let mut per_url: BTreeMap<String, usize> = BTreeMap::new();
+            for e in log
+                .iter()
+                .filter(|e| e["server"] == "cdn" && e["path"] == format!("/lfs/{digest}"))
+            {
+                *per_url
+                    .entry(e["query"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            let expiries: usize = if expiring {
+                per_url.values().map(|n| n.saturating_sub(2)).sum()
+            } else {
+                0
+            };
+            assert!(
+                resolves >= 1 && resolves <= 1 + expiries,
+                "{org}: {path} resolved {resolves} times with {expiries} expiries ({} ranges)",
+                per_url.values().sum::<usize>()
+            );
+        }
+    }
+}
+
+/// The Hub's resolve quota runs out (429 with `RateLimit: "resolvers";r=0;t=…`, see
+/// `Fault::HubRateLimit`): the run waits as the header says and completes, without hammering
+/// the Hub meanwhile.
+#[test]
+fn a_hub_rate_limit_is_waited_out_as_its_header_says() {
+    let front = proxy::Proxy::with_fault(&hub(), proxy::Fault::HubRateLimit { ms: 2500 });
+    let repo = format!("gen/{}", unique("ratelimit"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let started = std::time::Instant::now();
+    let out = run(hf_loader(tmp.path())
+        .env("HF_ENDPOINT", front.url())
+        .args(["--concurrency", "16"])
+        .arg(format!("hf://{repo}"))
+        .arg(&dest));
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (_, files) = truth("model", &repo, "main");
+    let mut got = tree(&dest);
+    got.retain(|k, _| !k.starts_with(".model-loader"));
+    assert_eq!(got, files);
+    assert!(stderr.contains("rate limited by the Hub"), "said: {stderr}");
+    assert!(
+        took >= std::time::Duration::from_secs(2),
+        "waited: {took:?}"
+    );
+    assert!(
+        front.refused() <= 12,
+        "{} requests refused during a 2.5 s window: hammering",
+        front.refused()
+    );
+}

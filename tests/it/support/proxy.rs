@@ -97,6 +97,13 @@ pub enum Fault {
     GcsRequesterPays,
     /// Multipart ETags that are not MD5s of the parts (see `etags`).
     ForeignEtags,
+    /// The Hub's per-IP quota on `/resolve` running out: every `/resolve` request for `ms`
+    /// milliseconds from the first one gets 429 with `RateLimit: "resolvers";r=0;t=<seconds
+    /// left>` and its `RateLimit-Policy` (huggingface.co/docs/hub/rate-limits: fixed 5-minute
+    /// windows, anonymous 3,000 resolves per IP; huggingface_hub >= 1.2 waits for `t`).
+    HubRateLimit {
+        ms: u64,
+    },
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -488,6 +495,22 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 };
                 Some(format!(
                     "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+            Fault::HubRateLimit { ms }
+                if first.contains("/resolve/")
+                    && sh.burst_from.get_or_init(std::time::Instant::now).elapsed()
+                        < Duration::from_millis(ms) =>
+            {
+                sh.heads_faulted.fetch_add(1, Ordering::SeqCst);
+                let left = Duration::from_millis(ms)
+                    .saturating_sub(sh.burst_from.get().unwrap().elapsed())
+                    .as_secs_f64()
+                    .ceil() as u64;
+                let body = r#"{"error":"You have been rate-limited; you can retry this action in about 5 minutes."}"#;
+                Some(format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nRateLimit: \"resolvers\";r=0;t={left}\r\nRateLimit-Policy: \"fixed window\";\"resolvers\";q=3000;w=300\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 ))
             }
