@@ -544,3 +544,83 @@ fn another_uid_of_the_group_resumes_and_reruns_an_openshift_volume() {
         sha256(&changed["m/weights.bin"])
     );
 }
+
+/// Session credentials from the container credentials endpoint (what EKS Pod Identity and ECS
+/// give; IRSA's STS sessions behave the same), each access key refused 2 s after it was issued
+/// (`Fault::ExpiringKeys`), during a download that lasts several times that. Stated expiry =
+/// the real one: refreshed ahead of it, nothing refused. Stated expiry an hour away (a revoked
+/// session, a skewed clock): refused with ExpiredToken, refreshed, sent again. Before, the
+/// first case refreshed only within 5 minutes of expiry and both ended in errors.
+#[test]
+fn expiring_session_credentials_are_refreshed_mid_download() {
+    use crate::support::liar::Liar;
+    let ep = s3_endpoint();
+    let b = bucket("expiring");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/a.bin".to_string(), data(71, 20 << 20));
+    objects.insert("m/b.bin".to_string(), data(72, 20 << 20));
+    seed_s3(&ep, &b, &objects);
+    for stated_secs in [2u64, 3600] {
+        let creds = Liar::start(Box::new(move |_, _| {
+            let now = std::time::SystemTime::now();
+            let ms = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
+            let expiry =
+                aws_smithy_types::DateTime::from_secs((ms / 1000) as i64 + stated_secs as i64)
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .unwrap();
+            let body = format!(
+                r#"{{"AccessKeyId":"ASIA{ms}","SecretAccessKey":"secret{ms}","Token":"token{ms}","Expiration":"{expiry}"}}"#
+            );
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }));
+        let slow = Proxy::with_fault(
+            &ep,
+            Fault::Throttle {
+                bytes_per_sec: 6 << 20,
+            },
+        );
+        let front = Proxy::with_fault(&slow.url(), Fault::ExpiringKeys { valid_ms: 2000 });
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let out = run(loader(&front.url(), tmp.path())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("{}/creds", creds.url),
+            )
+            .args(["--chunk-size", "2MiB"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stated {stated_secs}s: {stderr}"
+        );
+        for (k, v) in &objects {
+            assert_eq!(tree(&dest)[&k[2..]], sha256(v), "{k}");
+        }
+        let fetched = creds.requests().len();
+        assert!(
+            fetched >= 3,
+            "stated {stated_secs}s: credentials fetched {fetched} times"
+        );
+        let gets = front.requests().iter().filter(|r| r.starts_with("GET ")).count();
+        eprintln!("stated {stated_secs}s: credentials fetched {fetched} times for {gets} GETs");
+        if stated_secs == 2 {
+            assert_eq!(front.refused(), 0, "refreshed ahead of expiry: {stderr}");
+            assert!(fetched < gets / 2, "not once per request: {fetched} for {gets} GETs");
+        } else {
+            assert!(front.refused() > 0, "the server refused expired keys");
+            assert!(stderr.contains("expired"), "said: {stderr}");
+        }
+    }
+}

@@ -17,10 +17,21 @@ pub enum Signer {
     /// (one STS/IMDS call per request otherwise).
     Aws {
         provider: aws_credential_types::provider::SharedCredentialsProvider,
+        /// The credentials, and when to refresh them.
         cache: tokio::sync::Mutex<Option<(Credentials, Option<SystemTime>)>>,
     },
     /// Fixed keys (OSS, tests).
     Static(Credentials),
+}
+
+/// When to refresh credentials that expire at `expiry`: 5 minutes before, as the SDKs do, or
+/// halfway through what is left of a shorter life (so short-lived sessions are not fetched
+/// again for every request).
+fn refresh_at(expiry: SystemTime) -> SystemTime {
+    let left = expiry
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    expiry - left.div_f64(2.0).min(Duration::from_secs(300))
 }
 
 /// A refresh that timed out or met a failing STS/IMDS/SSO endpoint is transient (retried with
@@ -50,21 +61,42 @@ impl Signer {
             Signer::Static(c) => Ok(Some(c.clone())),
             Signer::Aws { provider, cache } => {
                 let mut guard = cache.lock().await;
-                if let Some(c) = guard.as_ref() {
-                    let fresh =
-                        c.1.is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300));
-                    if fresh {
-                        return Ok(Some(c.0.clone()));
+                if let Some((c, refresh_at)) = guard.as_ref() {
+                    if refresh_at.is_none_or(|at| SystemTime::now() < at) {
+                        return Ok(Some(c.clone()));
                     }
                 }
                 let c = provider
                     .provide_credentials()
                     .await
                     .map_err(credentials_error)?;
-                *guard = Some((c.clone(), c.expiry()));
+                *guard = Some((c.clone(), c.expiry().map(refresh_at)));
                 Ok(Some(c))
             }
         }
+    }
+}
+
+impl Signer {
+    /// The server refused `key` as expired: drop it from the cache (unless a concurrent
+    /// refusal already replaced it) so the next request gets fresh credentials. True when a
+    /// request signed with `key` is worth sending again.
+    pub(super) async fn expired(&self, key: &str, reporter: Option<&dyn Reporter>) -> bool {
+        let Signer::Aws { cache, .. } = self else {
+            return false;
+        };
+        let mut guard = cache.lock().await;
+        if guard.as_ref().is_some_and(|c| c.0.access_key_id() == key) {
+            *guard = None;
+            if let Some(r) = reporter {
+                r.info(&format!(
+                    "s3: the server says the credentials of access key {} expired (before \
+                     the expiry their source stated): refreshing them",
+                    crate::redact::secret(key, 4)
+                ));
+            }
+        }
+        true
     }
 }
 

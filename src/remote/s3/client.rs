@@ -164,7 +164,7 @@ impl S3 {
         };
         for attempt in 0..3 {
             let place = self.place();
-            let resp = self
+            let (resp, key) = self
                 .send_once(&place, &method, &target, extra, body.take(), what)
                 .await?;
             if attempt == 2 || !matches!(resp.status().as_u16(), 301 | 307 | 400 | 403) {
@@ -174,6 +174,10 @@ impl S3 {
             let learnt = match redirect {
                 Some(Redirect::Region(r)) if r != place.region => self.learn_region(&place, r),
                 Some(Redirect::Skew(secs)) => self.learn_skew(secs),
+                Some(Redirect::Expired) => match &key {
+                    Some(key) => self.signer.expired(key, self.reporter.as_deref()).await,
+                    None => false,
+                },
                 _ => false,
             };
             if !learnt {
@@ -183,7 +187,8 @@ impl S3 {
                 return Err(Error::new(
                     Kind::Network,
                     format!(
-                        "{what}: sent to the wrong region or with a skewed clock; sending it again"
+                        "{what}: sent to the wrong region, with a skewed clock or with expired \
+                         credentials; sending it again"
                     ),
                 )
                 .transient(Some(std::time::Duration::ZERO)));
@@ -268,7 +273,7 @@ impl S3 {
         extra: &[(reqwest::header::HeaderName, String)],
         body: Option<reqwest::Body>,
         what: &str,
-    ) -> Result<Response> {
+    ) -> Result<(Response, Option<String>)> {
         let url = format!("{}{target}", place.endpoint.base);
         let payer = self.payer_header();
         let extra: Vec<&(reqwest::header::HeaderName, String)> =
@@ -281,14 +286,15 @@ impl S3 {
         if let Some(b) = body {
             req = req.body(b);
         }
-        if let Some(creds) = self.signer.credentials().await? {
+        let creds = self.signer.credentials().await?;
+        if let Some(creds) = &creds {
             let amz: Vec<(&str, &str)> = extra
                 .iter()
                 .filter(|(k, _)| k.as_str().starts_with("x-amz-"))
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             let signed = sigv4::sign_headers(
-                &creds,
+                creds,
                 method.as_str(),
                 &url,
                 &place.region,
@@ -300,7 +306,11 @@ impl S3 {
                 req = req.header(k, v);
             }
         }
-        req.send().await.map_err(|e| http::transport_error(what, e))
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http::transport_error(what, e))?;
+        Ok((resp, creds.map(|c| c.access_key_id().to_string())))
     }
 
     /// The object key for a file `rel` uploaded under the URL's prefix.

@@ -109,6 +109,9 @@ pub(super) enum Redirect {
     Region(String),
     /// The server's clock is this many seconds ahead of this machine's.
     Skew(i64),
+    /// The session credentials the request was signed with have expired (before the expiry
+    /// their provider stated: a revoked session, a skewed clock): refresh them.
+    Expired,
 }
 
 /// S3 rejects a signature more than 15 minutes off its clock; a HEAD's refusal has no body to
@@ -143,6 +146,17 @@ pub(super) async fn redirect(resp: Response, scheme: &str) -> (Response, Option<
         }
         (400, None) if scheme == "s3" => named_region.map(Redirect::Region),
         (403, Some("RequestTimeTooSkewed")) => skew(&headers).map(Redirect::Skew),
+        // S3 says 400 ExpiredToken ("The provided token has expired.") or TokenRefreshRequired
+        // (the codes the SDKs refresh on: aws/aws-sdk-go#253); OSS 403 SecurityTokenExpired.
+        (
+            400 | 403,
+            Some(
+                "ExpiredToken"
+                | "ExpiredTokenException"
+                | "TokenRefreshRequired"
+                | "SecurityTokenExpired",
+            ),
+        ) => Some(Redirect::Expired),
         (403, None) => skew(&headers)
             .filter(|s| s.abs() > SKEW_SUSPECT)
             .map(Redirect::Skew),

@@ -104,6 +104,23 @@ pub enum Fault {
     HubRateLimit {
         ms: u64,
     },
+    /// Session credentials that expire: an access key id `ASIA<unix millis when issued>` is
+    /// refused `valid_ms` after it was issued, with S3's 400 `ExpiredToken` ("The provided
+    /// token has expired."): IRSA sessions last an hour, and clients that do not refresh fail
+    /// on long transfers (secureCodeBox/secureCodeBox#2255, dragonflydb/dragonfly#7666; the
+    /// SDKs refresh on that code: aws/aws-sdk-go#253, romange/helio#616).
+    ExpiringKeys {
+        valid_ms: u64,
+    },
+}
+
+/// Milliseconds since the epoch when the `ASIA<millis>` key that signed the request was issued.
+fn key_issued_ms(lines: &[String]) -> Option<u64> {
+    let auth = lines
+        .iter()
+        .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))?;
+    let key = auth.split("Credential=").nth(1)?.split('/').next()?;
+    key.strip_prefix("ASIA")?.parse().ok()
 }
 
 /// The region in a SigV4 `Authorization` header's credential scope.
@@ -511,6 +528,26 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 let body = r#"{"error":"You have been rate-limited; you can retry this action in about 5 minutes."}"#;
                 Some(format!(
                     "HTTP/1.1 429 Too Many Requests\r\nRateLimit: \"resolvers\";r=0;t={left}\r\nRateLimit-Policy: \"fixed window\";\"resolvers\";q=3000;w=300\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+            Fault::ExpiringKeys { valid_ms }
+                if key_issued_ms(&lines).is_some_and(|issued| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as u64;
+                    now.saturating_sub(issued) > valid_ms
+                }) =>
+            {
+                sh.heads_faulted.fetch_add(1, Ordering::SeqCst);
+                let body = if first.starts_with("HEAD ") {
+                    ""
+                } else {
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>"
+                };
+                Some(format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 ))
             }
