@@ -87,7 +87,7 @@ impl Dir {
             let fd = match rustix::fs::openat(&cur.fd, comp, DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(rustix::io::Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&cur.fd, comp, Mode::from_raw_mode(0o777)) {
+                    match rustix::fs::mkdirat(&cur.fd, comp, Mode::from_raw_mode(0o775)) {
                         Ok(()) => made.push(walked.clone()),
                         Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(Error::local("create the folder", &path, e.into())),

@@ -811,6 +811,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let fsync = ctx.opts.fsync;
     let file = job.plan.file.clone();
     let rereads = Arc::clone(&ctx.rereads);
+    let recut = job.plan.shift != 0;
     let state = Arc::clone(&ctx.state);
     let path = job.plan.path.clone();
     let (checked, distrusted) = tokio::task::spawn_blocking(move || {
@@ -819,7 +820,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             return Ok((Checked::of(&file, None), false));
         };
         let got = computed(&want, hashed, &part, size);
-        let judged = got.map(|got| rereads.judge(&path, &got, &want, &shown));
+        let judged = got.map(|got| rereads.judge(&path, &got, &want, &shown, recut));
         match judged {
             Ok((Verdict::Keep(checked), distrusted)) => {
                 state.persist(&part, &path, fsync)?;

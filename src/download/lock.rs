@@ -234,7 +234,7 @@ impl Seen {
 }
 
 fn write_new(dir: &Dir, name: &str, lease: &Lease) -> std::io::Result<()> {
-    let mut f = dir.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o666)?;
+    let mut f = dir.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o664)?;
     f.write_all(&serde_json::to_vec(lease).map_err(std::io::Error::other)?)?;
     f.sync_all()
 }

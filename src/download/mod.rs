@@ -91,7 +91,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         reporter: Arc::clone(&reporter),
         cancel: cancel.clone(),
         shown: source_text.clone(),
-        rereads: Default::default(),
+        rereads: Arc::new(reread::Rereads::new(source.multipart_etags_are_md5s())),
     };
     let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await;
     report_p2p(&source, reporter.as_ref(), &mut summary);
@@ -250,12 +250,16 @@ async fn fetch_all(
             Err(e) if e.kind() == error::Kind::Corrupt => {
                 // Every file that failed a check gets one more read; a second failure is final.
                 // Corruption found elsewhere (a part file that changed) gets one more pass.
-                let again = match parties.rereads.take_failed() {
-                    Some(again) => again,
-                    None => !std::mem::replace(&mut refetched_unattributed, true),
-                };
-                if !again {
-                    return Err(e);
+                match parties.rereads.take_failed() {
+                    reread::Failed::Again => {}
+                    reread::Failed::Final(message) => {
+                        return Err(Error::new(error::Kind::Corrupt, message))
+                    }
+                    reread::Failed::Elsewhere => {
+                        if std::mem::replace(&mut refetched_unattributed, true) {
+                            return Err(e);
+                        }
+                    }
                 }
                 parties.reporter.warn(&format!(
                     "{}; fetching it again, once",

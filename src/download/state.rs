@@ -81,27 +81,25 @@ pub struct StateDir {
     group_shared: bool,
 }
 
-/// Whether DEST (or, before it exists, its parent) is shared with a group: group-writable or
-/// setgid, as OpenShift volumes are (fsGroup; the pod runs as an arbitrary UID in group 0, and
-/// the next pod is another UID of the same group). Then the process umask stops masking the
+/// Whether DEST (or, before it exists, the nearest folder above it that does) is shared with a
+/// group: group-writable or setgid, as OpenShift volumes are (fsGroup; each pod runs as an
+/// arbitrary UID in group 0, and the next pod is another UID of the same group). A sticky
+/// folder (`/tmp`) is not a shared volume. When shared, the process umask stops masking the
 /// group's write bit, so every folder, part file, journal, lock and file this run creates can
-/// be resumed, taken over or replaced by another UID of the group (files are created 0666 and
-/// folders 0777 less the umask, as `cp` and `mkdir` do). The umask is the process's: set before
-/// any file is created, and it only ever widens to the group.
+/// be resumed, taken over or replaced by another UID of the group. Files are created 0664 and
+/// folders 0775 (less the umask): never writable by others, whatever the umask.
 fn share_with_group(dest: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let existing = if dest.exists() {
-        dest
-    } else {
-        dest.parent().unwrap_or(dest)
-    };
-    let Ok(meta) = fs::metadata(existing) else {
+    let dest = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let Some(meta) = dest.ancestors().find_map(|p| fs::metadata(p).ok()) else {
         return false;
     };
     let mode = meta.permissions().mode();
-    let shared = mode & 0o2000 != 0 || mode & 0o020 != 0;
+    let shared = mode & 0o1000 == 0 && (mode & 0o2000 != 0 || mode & 0o020 != 0);
     if shared {
-        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        // Read by setting a restrictive one: files created meanwhile by another thread get
+        // fewer permissions, never more.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
         rustix::process::umask(old & !rustix::fs::Mode::WGRP);
     }
     shared
@@ -111,7 +109,14 @@ impl StateDir {
     /// Creates DEST and its state folder; fails with exit 7 when DEST cannot be written.
     pub fn open(dest: &Path) -> Result<Self> {
         let group_shared = share_with_group(dest);
-        fs::create_dir_all(dest).map_err(|e| Error::local("create", dest, e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o775)
+                .create(dest)
+                .map_err(|e| Error::local("create", dest, e))?;
+        }
         let root = Dir::open(dest).map_err(|e| Error::local("open", dest, e))?;
         let (dir, _) = root.subdir(STATE_DIR, true)?;
         let (parts, _) = dir.subdir(PARTS, true)?;
@@ -393,7 +398,7 @@ impl StateDir {
                 .open_file(
                     JOURNAL,
                     OFlags::RDWR | OFlags::CREATE | OFlags::APPEND,
-                    0o666,
+                    0o664,
                 )
                 .map_err(|e| Error::local("open the journal", &path, e))?;
             // A line torn by a crash must not swallow the first record appended after it.
@@ -496,7 +501,7 @@ impl StateDir {
             let _ = self.dir.remove_file(tmp);
             let mut f =
                 self.dir
-                    .open_file(tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o666)?;
+                    .open_file(tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o664)?;
             f.write_all(&body)?;
             f.sync_all()
         };

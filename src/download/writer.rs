@@ -237,7 +237,7 @@ impl PartFile {
                 }
             }
             let file = parts
-                .open_file(name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o666)
+                .open_file(name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, 0o664)
                 .map_err(|e| Error::local("create the partial file", &path, e).context(shown))?;
             file.set_len(size)
                 .map_err(|e| Error::local("size the partial file", &path, e).context(shown))?;

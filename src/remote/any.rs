@@ -73,6 +73,12 @@ impl AnySource {
     }
 
     /// No more object reads through the P2P proxy in this run (when one is set).
+    /// Whether a multipart ETag from this source is known to be the MD5 of the parts' MD5s
+    /// (AWS itself), so that a mismatch can only be damage (see `download::reread`).
+    pub fn multipart_etags_are_md5s(&self) -> bool {
+        matches!(self, AnySource::S3(s) if s.aws_hosted())
+    }
+
     pub fn p2p_stop(&self, why: &str) {
         let p2p = match self {
             AnySource::S3(s) | AnySource::Oss(s) => s.p2p.as_ref(),

@@ -52,6 +52,9 @@ pub struct Hf {
     /// it wait for its CDN URL instead of each resolving (every `/resolve` counts against the
     /// Hub's per-IP quota).
     resolving: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Repo paths the Hub (or a mirror) serves itself, without a redirect: every range must
+    /// ask it, so they do not wait for one another.
+    served: Mutex<std::collections::HashSet<String>>,
     /// CDN reads through a P2P proxy (`--p2p-proxy`); the token never goes there.
     pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
 }
@@ -117,6 +120,7 @@ impl Hf {
             commit: String::new(),
             cdn: Mutex::new(HashMap::new()),
             resolving: Mutex::new(HashMap::new()),
+            served: Mutex::new(Default::default()),
             p2p: None,
         };
         hf.commit = hf.resolve_revision().await?;
@@ -509,7 +513,15 @@ impl Hf {
             .header(RANGE, range.header())
             .send()
             .await
-            .map_err(|e| http::transport_error(what, e).note(unreachable_cdn(cdn)))?;
+            .map_err(|e| {
+                let unreachable = e.is_connect() || e.is_timeout();
+                let err = http::transport_error(what, e);
+                if unreachable {
+                    err.note(unreachable_cdn(cdn))
+                } else {
+                    err
+                }
+            })?;
         if matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
             // Only this URL: another range may already have put a fresh one there.
             let mut cached = self.cdn.lock().unwrap_or_else(|p| p.into_inner());
@@ -587,7 +599,16 @@ impl Source for Hf {
                 .entry(file.key.clone())
                 .or_default(),
         );
-        let held = gate.lock().await;
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&file.key);
+        let held = if served {
+            None
+        } else {
+            Some(gate.lock().await)
+        };
         // A URL another range resolved while this one waited (not the one that just expired).
         if let Some(cdn) = self
             .cached_cdn(&file.key)
@@ -623,6 +644,11 @@ impl Source for Hf {
             if !resp.status().is_success() {
                 return Err(self.status_error(&resp, &what));
             }
+            self.served
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(file.key.clone());
+            drop(held);
             return Ok(Fetched::plain(http::ranged_body(
                 resp, range, file.size, &what,
             )?));

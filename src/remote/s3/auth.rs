@@ -80,21 +80,29 @@ impl Signer {
 impl Signer {
     /// The server refused `key` as expired: drop it from the cache (unless a concurrent
     /// refusal already replaced it) so the next request gets fresh credentials. True when a
-    /// request signed with `key` is worth sending again.
+    /// request signed with `key` is worth sending again: credentials with no expiry (keys
+    /// from the environment) are not refreshed.
     pub(super) async fn expired(&self, key: &str, reporter: Option<&dyn Reporter>) -> bool {
         let Signer::Aws { cache, .. } = self else {
             return false;
         };
         let mut guard = cache.lock().await;
-        if guard.as_ref().is_some_and(|c| c.0.access_key_id() == key) {
-            *guard = None;
-            if let Some(r) = reporter {
-                r.info(&format!(
-                    "s3: the server says the credentials of access key {} expired (before \
-                     the expiry their source stated): refreshing them",
-                    crate::redact::secret(key, 4)
-                ));
-            }
+        let Some((cached, refresh_at)) = guard.as_ref() else {
+            return true;
+        };
+        if cached.access_key_id() != key {
+            return true;
+        }
+        if refresh_at.is_none() {
+            return false;
+        }
+        *guard = None;
+        if let Some(r) = reporter {
+            r.info(&format!(
+                "s3: the server says the credentials of access key {} expired (before the \
+                 expiry their source stated): refreshing them",
+                crate::redact::secret(key, 4)
+            ));
         }
         true
     }

@@ -197,6 +197,12 @@ impl S3 {
         unreachable!("the loop returns on its last attempt")
     }
 
+    /// AWS itself: a multipart ETag there is always the MD5 of the parts' MD5s (unless SSE-KMS
+    /// or SSE-C, which the replies say), so a mismatch is never a foreign ETag scheme.
+    pub fn aws_hosted(&self) -> bool {
+        self.aws_hosted
+    }
+
     /// Moves every later request to `region`, once: true if this call moved it (or another
     /// request already did, so this one is sent again).
     fn learn_region(&self, seen: &Arc<Place>, region: String) -> bool {

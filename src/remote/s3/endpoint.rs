@@ -144,7 +144,12 @@ pub(super) async fn redirect(resp: Response, scheme: &str) -> (Response, Option<
         (301 | 307, _) | (400, Some("AuthorizationHeaderMalformed")) if scheme == "s3" => {
             named_region.map(Redirect::Region)
         }
-        (400, None) if scheme == "s3" => named_region.map(Redirect::Region),
+        (400, None) if scheme == "s3" && named_region.is_some() => {
+            named_region.map(Redirect::Region)
+        }
+        // A HEAD's refusal has no body: S3's 400 for an expired session token is bare there.
+        // Only session credentials are refreshed on it (see `Signer::expired`).
+        (400, None) if body.is_empty() => Some(Redirect::Expired),
         (403, Some("RequestTimeTooSkewed")) => skew(&headers).map(Redirect::Skew),
         // S3 says 400 ExpiredToken ("The provided token has expired.") or TokenRefreshRequired
         // (the codes the SDKs refresh on: aws/aws-sdk-go#253); OSS 403 SecurityTokenExpired.
@@ -238,6 +243,18 @@ mod tests {
             redirect(reply(403, &[("date", &now)], ""), "s3").await.1,
             None
         );
+        // Expired session tokens: by code, and a HEAD's bare 400 (no region named).
+        let expired = "<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message></Error>";
+        assert_eq!(
+            redirect(reply(400, &[], expired), "s3").await.1,
+            Some(Redirect::Expired)
+        );
+        assert_eq!(
+            redirect(reply(400, &[], ""), "s3").await.1,
+            Some(Redirect::Expired)
+        );
+        let head_moved = reply(400, &[("x-amz-bucket-region", "eu-west-1")], "");
+        assert_eq!(redirect(head_moved, "s3").await.1, region("eu-west-1"));
     }
 
     #[test]

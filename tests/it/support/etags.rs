@@ -81,10 +81,11 @@ pub async fn copy_replies(
         let len: usize = if was_head || status == "204" || status == "304" {
             0
         } else {
-            assert!(
-                header("transfer-encoding").is_none(),
-                "the ETag-rewriting proxy needs Content-Length framing: {text}"
-            );
+            if header("transfer-encoding").is_some() {
+                // Not framed here: the client sees the connection close and the test fails.
+                eprintln!("the ETag-rewriting proxy needs Content-Length framing: {text}");
+                return;
+            }
             header("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)

@@ -121,7 +121,6 @@ pub fn seed_s3(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>
     });
 }
 
-/// Uploads (or overwrites) objects in an existing bucket.
 /// Uploads `files` (name → bytes) under `s3://b/m/` with the loader's own upload, whose part size
 /// is `--chunk-size` (at least 5 MiB): a file larger than that becomes a multipart object.
 pub fn upload_multipart(
@@ -144,6 +143,7 @@ pub fn upload_multipart(
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// Uploads (or overwrites) objects in an existing bucket.
 pub fn seed_s3_objects(endpoint: &str, bucket: &str, objects: &BTreeMap<String, Vec<u8>>) {
     for (k, v) in objects {
         let status = block_on(async {

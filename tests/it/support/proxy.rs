@@ -641,10 +641,12 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 }
             }
         }
-        methods
-            .lock()
-            .unwrap()
-            .push_back(first.starts_with("HEAD "));
+        if let Fault::ForeignEtags = sh.fault {
+            methods
+                .lock()
+                .unwrap()
+                .push_back(first.starts_with("HEAD "));
+        }
         let mut out = lines.join("\r\n").into_bytes();
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&body);
