@@ -22,8 +22,13 @@ pub fn check(cfg: &Config) -> Result<String, String> {
             return Err(format!("the manifest names an unsafe path {:?}", f.path));
         };
         match state::size_beneath(&root, &p) {
-            Some(len) if len == f.size => {}
-            Some(len) => return Err(format!("{p} is {len} bytes, the manifest says {}", f.size)),
+            Some(len) if len == f.landed_size() => {}
+            Some(len) => {
+                return Err(format!(
+                    "{p} is {len} bytes, the manifest says {}",
+                    f.landed_size()
+                ))
+            }
             None => return Err(format!("{p} is missing (or not a regular file below DEST)")),
         }
     }
@@ -66,20 +71,25 @@ pub fn audit(cfg: &Config) -> Result<String, AuditFailure> {
             continue;
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len != f.size {
-            bad.push(format!("{p}: {len} bytes, the manifest says {}", f.size));
+        if len != f.landed_size() {
+            bad.push(format!(
+                "{p}: {len} bytes, the manifest says {}",
+                f.landed_size()
+            ));
             continue;
         }
-        let Some(want) = f
-            .checksum
-            .as_deref()
-            .and_then(source::Checksum::from_tagged)
-        else {
+        // A decoded file is re-hashed against what it was when it landed; the listed
+        // checksum is of the stored (encoded) bytes.
+        let want = match &f.decoded {
+            Some(d) => format!("sha256:{}", d.sha256),
+            None => f.checksum.clone().unwrap_or_default(),
+        };
+        let Some(want) = source::Checksum::from_tagged(&want) else {
             continue; // size only, as when it was loaded
         };
         hashed += 1;
         let path = cfg.dest.join(p.as_str());
-        match crate::checksum::hash_file(&file, &path, &want, f.size) {
+        match crate::checksum::hash_file(&file, &path, &want, f.landed_size()) {
             Ok(got) if got == want => {}
             Ok(got) => bad.push(format!(
                 "{p}: {} {} expected, {} found",

@@ -786,6 +786,27 @@ fn computed(
     }
 }
 
+/// Moves a verified part file into place, decoded first when the source stores it encoded.
+fn land(
+    state: &StateDir,
+    part: &PartFile,
+    file: &crate::remote::RemoteFile,
+    path: &crate::url::RelPath,
+    shown: &str,
+    fsync: bool,
+    (mut checked, distrusted): (Checked, bool),
+) -> Result<(Checked, bool)> {
+    if !file.stored_gzip {
+        state.persist(part, path, fsync)?;
+        return Ok((checked, distrusted));
+    }
+    let decoded = state.decode_part(part, path, shown, fsync);
+    let (landed, decoded) = decoded.inspect_err(|_| state.discard_part(path))?;
+    state.persist(&landed, path, fsync)?;
+    checked.decoded = Some(decoded);
+    Ok((checked, distrusted))
+}
+
 /// Verifies (when the listing gave a checksum that applies), syncs and renames a finished file,
 /// then records it in the journal.
 async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
@@ -815,22 +836,19 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     let state = Arc::clone(&ctx.state);
     let path = job.plan.path.clone();
     let (checked, distrusted) = tokio::task::spawn_blocking(move || {
-        let Some(want) = checksum else {
-            state.persist(&part, &path, fsync)?;
-            return Ok((Checked::of(&file, None), false));
+        let judged = match checksum {
+            None => Ok((Verdict::Keep(Checked::of(&file, None)), false)),
+            Some(want) => computed(&want, hashed, &part, size)
+                .map(|got| rereads.judge(&path, &got, &want, &shown, recut)),
         };
-        let got = computed(&want, hashed, &part, size);
-        let judged = got.map(|got| rereads.judge(&path, &got, &want, &shown, recut));
-        match judged {
-            Ok((Verdict::Keep(checked), distrusted)) => {
-                state.persist(&part, &path, fsync)?;
-                Ok((checked, distrusted))
-            }
+        let kept = match judged {
+            Ok((Verdict::Keep(checked), distrusted)) => (checked, distrusted),
             Ok((Verdict::Corrupt(e), _)) | Err(e) => {
                 state.discard_part(&path);
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        land(&state, &part, &file, &path, &shown, fsync, kept)
     })
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;

@@ -22,6 +22,28 @@ pub struct ManifestFile {
     /// When there is no checksum: why only the size was checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_only: Option<String>,
+    /// The file landed decoded from what the source stores: `size` and `checksum` are of the
+    /// stored bytes (what was fetched and verified), this says what is on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Decoded>,
+}
+
+impl ManifestFile {
+    /// The size of the file on disk.
+    pub fn landed_size(&self) -> u64 {
+        self.decoded.as_ref().map_or(self.size, |d| d.size)
+    }
+}
+
+/// A file decoded after its stored bytes were verified (GCS `contentEncoding: gzip`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Decoded {
+    /// The stored encoding: `gzip`.
+    pub from: String,
+    /// Size of the decoded file, as it landed.
+    pub size: u64,
+    /// Its sha256 (hex), computed as it was written: what `--verify` re-hashes it against.
+    pub sha256: String,
 }
 
 /// What a completed file was checked against: a tagged checksum, or why only its size. Kept in
@@ -33,14 +55,22 @@ pub struct Checked {
     pub checksum: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_only: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<Decoded>,
 }
 
 impl Checked {
+    /// The size on disk of a file whose source lists `listed` bytes.
+    pub fn landed_size(&self, listed: u64) -> u64 {
+        self.decoded.as_ref().map_or(listed, |d| d.size)
+    }
+
     /// What a run that fetched `f` and verified it against `verified` (None: size only) did.
     pub fn of(f: &RemoteFile, verified: Option<&Checksum>) -> Checked {
         Checked {
             checksum: verified.map(Checksum::tagged),
             size_only: verified.is_none().then(|| size_only_reason(f)),
+            decoded: None,
         }
     }
 
@@ -49,6 +79,7 @@ impl Checked {
         Checked {
             checksum: Some(c.tagged()),
             size_only: None,
+            decoded: None,
         }
     }
 
@@ -57,6 +88,7 @@ impl Checked {
         Checked {
             checksum: None,
             size_only: Some(why.to_string()),
+            decoded: None,
         }
     }
 }
@@ -66,6 +98,7 @@ impl From<&ManifestFile> for Checked {
         Checked {
             checksum: e.checksum.clone(),
             size_only: e.size_only.clone(),
+            decoded: e.decoded.clone(),
         }
     }
 }
@@ -107,11 +140,10 @@ pub fn build(o: Outcome<'_>) -> Manifest {
         .map(|(p, f)| {
             let checked = match o.verified.get(p) {
                 Some(c) => c.clone(),
-                None => o.earlier.get(p).cloned().flatten().unwrap_or(Checked {
-                    checksum: None,
-                    size_only: Some(
-                        "completed by an earlier run that did not record what it checked".into(),
-                    ),
+                None => o.earlier.get(p).cloned().flatten().unwrap_or_else(|| {
+                    Checked::size_only(
+                        "completed by an earlier run that did not record what it checked",
+                    )
                 }),
             };
             ManifestFile {
@@ -120,6 +152,7 @@ pub fn build(o: Outcome<'_>) -> Manifest {
                 version: f.version.clone(),
                 checksum: checked.checksum,
                 size_only: checked.size_only,
+                decoded: checked.decoded,
             }
         })
         .collect();
@@ -167,6 +200,7 @@ mod tests {
             checksum,
             version: Some("v1".into()),
             archived: None,
+            stored_gzip: false,
         };
         (RelPath::new(path).unwrap(), f)
     }
@@ -264,6 +298,7 @@ mod tests {
                     version: Some("v1".into()),
                     checksum: None,
                     size_only: Some("an SSE-KMS ETag".into()),
+                    decoded: None,
                 },
                 ManifestFile {
                     path: "b".into(),
@@ -271,6 +306,7 @@ mod tests {
                     version: Some("v1".into()),
                     checksum: Some("sha256:00".into()),
                     size_only: None,
+                    decoded: None,
                 },
             ],
         };

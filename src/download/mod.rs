@@ -5,6 +5,7 @@
 //! and synced; the manifest, written last, exists only when every selected file is in place.
 
 pub mod audit;
+mod decode;
 mod dry_run;
 pub mod engine;
 pub mod inorder;
@@ -101,9 +102,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         state.sync_folders(selected.iter().map(|(p, _)| p))?;
     }
     state.check_case_distinct(selected.iter().map(|(p, _)| p))?;
-    state.check_in_place(selected.iter())?;
-    lock.check()?;
-    state.commit(&manifest::build(manifest::Outcome {
+    let manifest = manifest::build(manifest::Outcome {
         source: source_text,
         revision: listing.revision,
         selected: &selected,
@@ -114,7 +113,16 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
             .map(|(p, r)| (p, r.checked))
             .collect(),
         completed_at: manifest::now_rfc3339(),
-    }))?;
+    });
+    // The manifest lists the selected files in order, each with the size it landed at.
+    state.check_in_place(
+        selected
+            .iter()
+            .zip(&manifest.files)
+            .map(|((p, _), m)| (p, m.landed_size())),
+    )?;
+    lock.check()?;
+    state.commit(&manifest)?;
     lock.release();
     summary.files_fetched = done.files;
     summary.bytes_fetched = done.bytes;

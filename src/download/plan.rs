@@ -155,12 +155,16 @@ pub fn plan(files: Vec<(RelPath, RemoteFile)>, local: &LocalState, opts: PlanOpt
         let same = |size: u64, version: &Option<String>| {
             file.version.is_some() && size == file.size && *version == file.version
         };
+        // A file that landed decoded (stored gzip) is on disk at its decoded size; one that
+        // landed as stored when the source now says it is encoded (or the reverse) is not it.
         let up_to_date = !opts.force
-            && local.on_disk.get(&path) == Some(&file.size)
-            && local
-                .recorded
-                .get(&path)
-                .is_some_and(|r| same(r.size, &r.version));
+            && local.recorded.get(&path).is_some_and(|r| {
+                let decoded = r.checked.as_ref().and_then(|c| c.decoded.as_ref());
+                let landed = decoded.map_or(r.size, |d| d.size);
+                same(r.size, &r.version)
+                    && decoded.is_some() == file.stored_gzip
+                    && local.on_disk.get(&path) == Some(&landed)
+            });
         if up_to_date {
             out.skip.push((path, file));
             continue;
@@ -307,6 +311,7 @@ mod tests {
                 checksum: None,
                 version: Some(version.into()),
                 archived: None,
+                stored_gzip: false,
             },
         )
     }
@@ -613,7 +618,7 @@ mod prop {
             let end = start.saturating_add(len);
             let fp = FilePlan {
                 path: RelPath::new("f").unwrap(),
-                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None, archived: None },
+                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None, archived: None, stored_gzip: false },
                 missing: vec![ByteRange { start, end }],
                 chunk_size: chunk,
                 resume: false,
@@ -637,7 +642,7 @@ mod prop {
         fn a_reread_is_damaged_elsewhere(size in 2u64..1_000_000, chunk in 2u64..100_000, k in any::<u64>(), period_log in 1u32..21) {
             let mut fp = FilePlan {
                 path: RelPath::new("f").unwrap(),
-                file: RemoteFile { path: "f".into(), key: "f".into(), size, checksum: None, version: None, archived: None },
+                file: RemoteFile { path: "f".into(), key: "f".into(), size, checksum: None, version: None, archived: None, stored_gzip: false },
                 missing: vec![ByteRange { start: 0, end: size }],
                 chunk_size: chunk,
                 resume: false,

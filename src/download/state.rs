@@ -284,6 +284,31 @@ impl StateDir {
             .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
     }
 
+    /// Decodes the verified part file of `p` (stored gzip-encoded, see `decode`) and puts the
+    /// decoded file under the part file's name, ready for [`StateDir::persist`]. The journal's
+    /// range records describe the stored bytes, so they are withdrawn first.
+    pub fn decode_part(
+        &self,
+        part: &PartFile,
+        p: &RelPath,
+        shown: &str,
+        fsync: bool,
+    ) -> Result<(PartFile, super::manifest::Decoded)> {
+        let name = self.part_name(p);
+        let decoded_name = format!("{name}.decoded");
+        let decoded = super::decode::gunzip(part, &self.parts, &decoded_name, shown, fsync)?;
+        self.append(&Record::Reset {
+            path: p.to_string(),
+        })?;
+        self.sync_journal()?;
+        self.owned()?;
+        self.parts
+            .rename(&decoded_name, &self.parts, &name)
+            .map_err(|e| Error::local("rename", &self.parts.path().join(&decoded_name), e))?;
+        let landed = PartFile::open(&self.parts, &name, decoded.size, true, shown)?;
+        Ok((landed, decoded))
+    }
+
     /// A part file that failed verification: removed, if the lease is still ours, and its
     /// journal records withdrawn (a Reset), so that even a part file that could not be removed
     /// is never resumed as if its bytes were good.
@@ -296,23 +321,23 @@ impl StateDir {
         }
     }
 
-    /// Before the manifest: every selected file is at its final path with its size. The engine
-    /// already ensures it; this is the last line against a bug there or a writer beside us.
+    /// Before the manifest: every selected file is at its final path with its size (as it
+    /// landed: decoded files at their decoded size). The engine already ensures it; this is
+    /// the last line against a bug there or a writer beside us.
     pub fn check_in_place<'a>(
         &self,
-        files: impl Iterator<Item = &'a (RelPath, RemoteFile)>,
+        files: impl Iterator<Item = (&'a RelPath, u64)>,
     ) -> Result<()> {
-        for (p, f) in files {
+        for (p, want) in files {
             let size = size_beneath(&self.root, p);
-            if size != Some(f.size) {
+            if size != Some(want) {
                 return Err(Error::new(
                     crate::error::Kind::Local,
                     format!(
-                        "{} is {} where {} bytes were just written; not writing the manifest \
+                        "{} is {} where {want} bytes were just written; not writing the manifest \
                          (another writer in DEST?): rerun",
                         self.final_path(p).display(),
                         size.map_or("missing".into(), |s| format!("{s} bytes")),
-                        f.size
                     ),
                 ));
             }
@@ -767,6 +792,7 @@ mod tests {
             checksum: None,
             version: Some(v.into()),
             archived: None,
+            stored_gzip: false,
         }
     }
 
@@ -774,6 +800,7 @@ mod tests {
         Checked {
             checksum: Some("crc32c:0000002a".into()),
             size_only: None,
+            decoded: None,
         }
     }
 
@@ -1035,6 +1062,7 @@ mod tests {
                 version: Some("v".into()),
                 checksum: None,
                 size_only: None,
+                decoded: None,
             }],
         };
         st.commit(&m).unwrap();

@@ -39,6 +39,8 @@ struct Object {
     generation: String,
     md5_hash: Option<String>,
     crc32c: Option<String>,
+    /// `gzip` for an object stored compressed (`gsutil cp -Z`).
+    content_encoding: Option<String>,
 }
 
 pub struct Gcs {
@@ -155,7 +157,7 @@ impl Gcs {
                 uri_encode(&self.bucket, false),
                 uri_encode(folder, false),
                 uri_encode(
-                    "items(name,size,generation,md5Hash,crc32c),nextPageToken",
+                    "items(name,size,generation,md5Hash,crc32c,contentEncoding),nextPageToken",
                     false
                 )
             );
@@ -221,6 +223,10 @@ impl Gcs {
             checksum,
             version: Some(o.generation),
             archived: None,
+            // Fetched as stored (`Accept-Encoding: gzip`), verified, then decompressed.
+            stored_gzip: o
+                .content_encoding
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip")),
         })
     }
 

@@ -414,6 +414,7 @@ impl Hf {
             checksum,
             version,
             archived: None,
+            stored_gzip: false,
         }
     }
 

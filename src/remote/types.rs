@@ -64,6 +64,10 @@ pub struct RemoteFile {
     /// The storage class of an object that must be restored before it can be read (S3
     /// `GLACIER`, `DEEP_ARCHIVE`, not restored); None when it can be read now.
     pub archived: Option<String>,
+    /// The source stores it gzip-encoded (GCS `contentEncoding: gzip`, `gsutil cp -Z`): its
+    /// size and checksum are of the stored bytes, which are fetched and verified as they are,
+    /// then decompressed into the file that lands, as gsutil and gcloud do.
+    pub stored_gzip: bool,
 }
 
 /// A checksum the listing gives for free, used to verify the bytes on disk.

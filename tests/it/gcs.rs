@@ -687,3 +687,110 @@ fn a_requester_pays_gcs_bucket_bills_the_named_project() {
         "{requests:?}"
     );
 }
+
+/// An object uploaded gzip-encoded (`gsutil cp -Z`: `contentEncoding: gzip`). Its listed size
+/// and CRC32C are of the stored bytes; GCS decompresses it on the fly (ignoring Range) unless
+/// asked `Accept-Encoding: gzip` (cloud.google.com/storage/docs/transcoding; fake-gcs-server
+/// does the same since v1.40.3). gsutil and `gcloud storage` fetch the stored bytes, check
+/// them, then decompress. So must the loader: before, the gzip bytes landed.
+#[test]
+fn a_gzip_encoded_object_lands_decompressed_after_its_stored_bytes_are_verified() {
+    use crate::support::proxy::Fault;
+    use std::io::Write;
+    let b = bucket("ggzip");
+    let plain: Vec<u8> = (0..120_000u32)
+        .flat_map(|i| {
+            format!(
+                "{{\"token{i}\": {}}},\n",
+                i.wrapping_mul(2654435761) % 100_003
+            )
+            .into_bytes()
+        })
+        .collect();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&plain).unwrap();
+    let stored = enc.finish().unwrap();
+    assert!(stored.len() > 3 * 65536, "several ranges: {}", stored.len());
+    let mut objects = BTreeMap::new();
+    objects.insert("m/w.bin".to_string(), data(171, 200_000));
+    seed_gcs(&b, &objects);
+    block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/upload/storage/v1/b/{b}/o?uploadType=media&name=m/tokenizer.json&contentEncoding=gzip",
+                gcs()
+            ))
+            .header("content-type", "application/json")
+            .body(stored.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "upload: {}", r.status());
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |dest: &Path, via: &str| {
+        run(gs_loader(via, tmp.path())
+            .args(["--chunk-size", "64KiB"])
+            .arg(format!("gs://{b}/m"))
+            .arg(dest))
+    };
+    let proxy = Proxy::start(&gcs());
+    let dest = tmp.path().join("d");
+    let out = load(&dest, &proxy.url());
+    assert_eq!(out.status.code(), Some(0));
+    let t = tree(&dest);
+    assert_eq!(t["tokenizer.json"], sha256(&plain), "lands decompressed");
+    assert_eq!(t["w.bin"], sha256(&objects["m/w.bin"]));
+    let ranged = proxy
+        .heads()
+        .iter()
+        .filter(|h| h.contains("tokenizer.json") && h.to_ascii_lowercase().contains("range:"))
+        .count();
+    assert!(ranged > 1, "the stored bytes come in ranges: {ranged}");
+    let m = manifest(&dest);
+    let e = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "tokenizer.json")
+        .unwrap()
+        .clone();
+    assert_eq!(e["size"], stored.len() as u64, "the stored size, as listed");
+    assert!(
+        e["checksum"].as_str().unwrap().starts_with("crc32c:"),
+        "{e}"
+    );
+    assert_eq!(e["decoded"]["from"], "gzip");
+    assert_eq!(e["decoded"]["size"], plain.len() as u64);
+    assert_eq!(e["decoded"]["sha256"], sha256(&plain));
+
+    // A rerun fetches nothing; --verify re-hashes what landed.
+    proxy.clear();
+    let out = load(&dest, &proxy.url());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !proxy.requests().iter().any(|l| l.contains("alt=media")),
+        "{:?}",
+        proxy.requests()
+    );
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .env("MODEL_LOADER_VERIFY", "true")
+        .arg(format!("gs://{b}/m"))
+        .arg(&dest));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 re-hashed"), "{stderr}");
+
+    // The stored bytes are what is verified: a bit flipped on every reply is caught.
+    let flipping = Proxy::with_fault(
+        &gcs(),
+        Fault::Flip {
+            at: 1000,
+            first: usize::MAX,
+        },
+    );
+    let dest = tmp.path().join("flipped");
+    let line = error_line(&load(&dest, &flipping.url()), 6);
+    assert!(line.contains("crc32c mismatch"), "{line}");
+    assert!(!dest.join("tokenizer.json").exists());
+}

@@ -117,6 +117,7 @@ impl S3 {
             checksum,
             version,
             archived: None,
+            stored_gzip: false,
         }
     }
 
