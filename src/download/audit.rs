@@ -85,6 +85,11 @@ pub fn audit(cfg: &Config) -> Result<String, AuditFailure> {
             None => f.checksum.clone().unwrap_or_default(),
         };
         let Some(want) = source::Checksum::from_tagged(&want) else {
+            if f.decoded.is_some() {
+                bad.push(format!(
+                    "{p}: the manifest's sha256 of the decoded file is unreadable"
+                ));
+            }
             continue; // size only, as when it was loaded
         };
         hashed += 1;

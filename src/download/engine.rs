@@ -800,8 +800,14 @@ fn land(
         state.persist(part, path, fsync)?;
         return Ok((checked, distrusted));
     }
-    let decoded = state.decode_part(part, path, shown, fsync);
-    let (landed, decoded) = decoded.inspect_err(|_| state.discard_part(path))?;
+    // Bytes that do not decode are discarded; on a full volume or a lost lease the verified
+    // stored bytes stay, with their journal records, so a rerun only decodes.
+    let decoded = state.decode_part(part, path, file.size, shown, fsync);
+    let (landed, decoded) = decoded.inspect_err(|e| {
+        if e.kind() != Kind::Local {
+            state.discard_part(path)
+        }
+    })?;
     state.persist(&landed, path, fsync)?;
     checked.decoded = Some(decoded);
     Ok((checked, distrusted))

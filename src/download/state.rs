@@ -284,28 +284,63 @@ impl StateDir {
             .map_err(|e| Error::local("move the finished file to", &self.final_path(p), e))
     }
 
-    /// Decodes the verified part file of `p` (stored gzip-encoded, see `decode`) and puts the
-    /// decoded file under the part file's name, ready for [`StateDir::persist`]. The journal's
-    /// range records describe the stored bytes, so they are withdrawn first.
+    /// Decodes the verified part file of `p` (`size` bytes stored gzip-encoded, see `decode`)
+    /// and puts the decoded file under the part file's name, ready for [`StateDir::persist`].
+    /// Fenced like every write: the lease is read before the temporary file is made, while it
+    /// is written and before the rename; the journal's range records describe the stored
+    /// bytes, so they are withdrawn before the name holds others.
     pub fn decode_part(
         &self,
         part: &PartFile,
         p: &RelPath,
+        size: u64,
         shown: &str,
         fsync: bool,
     ) -> Result<(PartFile, super::manifest::Decoded)> {
+        self.owned()?;
         let name = self.part_name(p);
-        let decoded_name = format!("{name}.decoded");
-        let decoded = super::decode::gunzip(part, &self.parts, &decoded_name, shown, fsync)?;
+        // Unpredictable, so no other loader (one that lost the lease) makes or writes it.
+        let tmp = format!("{name}.{:016x}.decoded", fastrand::u64(..));
+        let tmp_path = self.parts.path().join(&tmp);
+        let mut out = self
+            .parts
+            .open_file(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o664)
+            .map_err(|e| Error::local("create the decoded file", &tmp_path, e).context(shown))?;
+        let room = rustix::fs::fstatvfs(&out)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .unwrap_or(u64::MAX);
+        let fenced = || self.owned_recently();
+        let decoded =
+            super::decode::gunzip(part, size, &mut out, room, shown, &fenced).and_then(|d| {
+                if fsync {
+                    out.sync_all()
+                        .map_err(|e| Error::local("sync", &tmp_path, e).context(shown))?;
+                }
+                Ok(d)
+            });
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.parts.remove_file(&tmp);
+                return Err(e);
+            }
+        };
         self.append(&Record::Reset {
             path: p.to_string(),
         })?;
         self.sync_journal()?;
         self.owned()?;
         self.parts
-            .rename(&decoded_name, &self.parts, &name)
-            .map_err(|e| Error::local("rename", &self.parts.path().join(&decoded_name), e))?;
+            .rename(&tmp, &self.parts, &name)
+            .map_err(|e| Error::local("rename", &tmp_path, e))?;
         let landed = PartFile::open(&self.parts, &name, decoded.size, true, shown)?;
+        let (a, b) = (rustix::fs::fstat(&out), rustix::fs::fstat(landed.file()));
+        if !matches!((&a, &b), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+            return Err(Error::new(
+                crate::error::Kind::Local,
+                format!("{p}: its decoded file was replaced before it was moved into place (another loader wrote to this DEST): rerun"),
+            ));
+        }
         Ok((landed, decoded))
     }
 

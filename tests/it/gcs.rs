@@ -714,19 +714,8 @@ fn a_gzip_encoded_object_lands_decompressed_after_its_stored_bytes_are_verified(
     let mut objects = BTreeMap::new();
     objects.insert("m/w.bin".to_string(), data(171, 200_000));
     seed_gcs(&b, &objects);
-    block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!(
-                "{}/upload/storage/v1/b/{b}/o?uploadType=media&name=m/tokenizer.json&contentEncoding=gzip",
-                gcs()
-            ))
-            .header("content-type", "application/json")
-            .body(stored.clone())
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "upload: {}", r.status());
-    });
+    upload_gzip_encoded(&b, "m/tokenizer.json", stored.clone());
+    upload_gzip_encoded(&b, "m/empty.json", Vec::new());
     let tmp = tempfile::tempdir().unwrap();
     let load = |dest: &Path, via: &str| {
         run(gs_loader(via, tmp.path())
@@ -740,6 +729,11 @@ fn a_gzip_encoded_object_lands_decompressed_after_its_stored_bytes_are_verified(
     assert_eq!(out.status.code(), Some(0));
     let t = tree(&dest);
     assert_eq!(t["tokenizer.json"], sha256(&plain), "lands decompressed");
+    assert_eq!(
+        t["empty.json"],
+        sha256(b""),
+        "an empty object is an empty file"
+    );
     assert_eq!(t["w.bin"], sha256(&objects["m/w.bin"]));
     let ranged = proxy
         .heads()
@@ -779,7 +773,7 @@ fn a_gzip_encoded_object_lands_decompressed_after_its_stored_bytes_are_verified(
         .arg(&dest));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("2 re-hashed"), "{stderr}");
+    assert!(stderr.contains("3 re-hashed"), "{stderr}");
 
     // The stored bytes are what is verified: a bit flipped on every reply is caught.
     let flipping = Proxy::with_fault(
@@ -793,4 +787,38 @@ fn a_gzip_encoded_object_lands_decompressed_after_its_stored_bytes_are_verified(
     let line = error_line(&load(&dest, &flipping.url()), 6);
     assert!(line.contains("crc32c mismatch"), "{line}");
     assert!(!dest.join("tokenizer.json").exists());
+
+    // Marked gzip over bytes that are not: refused (exit 2), not fetched again.
+    let bad = bucket("ggzipbad");
+    seed_gcs(&bad, &BTreeMap::new());
+    upload_gzip_encoded(&bad, "m/config.json", b"{\"plain\": true}".to_vec());
+    let dest = tmp.path().join("bad");
+    let out = run(gs_loader(&gcs(), tmp.path())
+        .arg(format!("gs://{bad}/m"))
+        .arg(&dest));
+    let line = error_line(&out, 2);
+    assert!(
+        line.contains("config.json") && line.contains("do not decode as gzip"),
+        "{line}"
+    );
+    assert!(!dest.join("config.json").exists());
+}
+
+/// Uploads `stored` as an object GCS keeps gzip-encoded (`contentEncoding=gzip`, as
+/// `gsutil cp -Z` does; never a `Content-Encoding` request header, which the emulator would
+/// decode before storing).
+fn upload_gzip_encoded(b: &str, name: &str, stored: Vec<u8>) {
+    block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/upload/storage/v1/b/{b}/o?uploadType=media&name={name}&contentEncoding=gzip",
+                gcs()
+            ))
+            .header("content-type", "application/json")
+            .body(stored)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "upload {name}: {}", r.status());
+    });
 }
