@@ -212,6 +212,16 @@ fn parse_hf(rest: &str) -> std::result::Result<HfUrl, String> {
     let (org, rest) = rest
         .split_once('/')
         .ok_or("expected hf://ORG/REPO (the repository id has two parts)")?;
+    // KServe's spelling, `hf://ORG/REPO:REVISION` (its storage initializer splits the name
+    // at ':'), is `@REVISION`: neither repository names nor git refs may contain ':'.
+    let respelt;
+    let rest = match rest.split_once(':') {
+        Some((name, rev)) if !name.contains(['/', '@']) && !rest.contains('@') => {
+            respelt = format!("{name}@{rev}");
+            respelt.as_str()
+        }
+        _ => rest,
+    };
     let (name_and_rev, mut path) = match rest.split_once('@') {
         // The revision may itself contain '/', so split off the name first.
         Some((name, rev_and_path)) if !name.contains('/') => {
@@ -522,6 +532,20 @@ mod tests {
             ("main", "config.json")
         );
         assert_eq!(hf("hf://spaces/o/s").repo_type, HfRepoType::Space);
+        // KServe's `:REVISION`, the same URL as `@REVISION` (printed canonically).
+        let h = hf("hf://org/repo:v1.0");
+        assert_eq!((h.repo.as_str(), h.revision.as_str()), ("org/repo", "v1.0"));
+        assert_eq!(h, hf("hf://org/repo@v1.0"));
+        let h = hf("hf://org/repo:refs/pr/3/adapter");
+        assert_eq!(
+            (h.revision.as_str(), h.path.as_str()),
+            ("refs/pr/3", "adapter")
+        );
+        assert!(
+            SourceUrl::parse("hf://org/repo:").is_err(),
+            "empty revision"
+        );
+        assert!(SourceUrl::parse("hf://org/repo:a@b").is_err());
     }
 
     #[test]

@@ -617,3 +617,33 @@ fn a_hub_rate_limit_is_waited_out_as_its_header_says() {
         front.refused()
     );
 }
+
+/// KServe spells a revision `hf://ORG/REPO:REVISION` (kserve `storage.py` `_download_hf`
+/// splits the model name at ':'); the loader takes it as `@REVISION` and records the canonical
+/// spelling, so either spelling reruns as a no-op.
+#[test]
+fn kserves_colon_revision_is_the_at_revision() {
+    let repo = format!("gen/{}", unique("colon"));
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(hf_loader(tmp.path())
+        .arg(format!("hf://{repo}:v1.0"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let (sha, files) = truth("model", &repo, "v1.0");
+    let mut got = tree(&dest);
+    got.retain(|k, _| !k.starts_with(".model-loader"));
+    assert_eq!(got, files);
+    let m = manifest(&dest);
+    assert_eq!(m["source"], format!("hf://{repo}@v1.0"));
+    assert_eq!(m["revision"], sha);
+    let out = run(hf_loader(tmp.path())
+        .arg(format!("hf://{repo}@v1.0"))
+        .arg(&dest));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("fetch 0 files"),
+        "the other spelling is the same load: {stderr}"
+    );
+}
