@@ -22,6 +22,8 @@ pub struct ClientOptions {
     /// Extra PEM roots (AWS_CA_BUNDLE), merged with the system's (which honour SSL_CERT_FILE).
     pub ca_bundles: Vec<PathBuf>,
     pub max_idle_per_host: usize,
+    /// TLS certificates are not checked (KServe's `S3_VERIFY_SSL=0`, said with a warning).
+    pub accept_invalid_certs: bool,
 }
 
 impl Default for ClientOptions {
@@ -31,6 +33,7 @@ impl Default for ClientOptions {
             read_timeout: Duration::from_secs(30),
             ca_bundles: Vec::new(),
             max_idle_per_host: 64,
+            accept_invalid_certs: false,
         }
     }
 }
@@ -84,6 +87,9 @@ pub fn client_builder(opts: &ClientOptions) -> Result<reqwest::ClientBuilder> {
             return Err(not_pem());
         }
         b = b.tls_certs_merge(certs);
+    }
+    if opts.accept_invalid_certs {
+        b = b.danger_accept_invalid_certs(true);
     }
     Ok(b)
 }

@@ -7,6 +7,7 @@ mod faults;
 mod field;
 mod gcs;
 mod hf;
+mod kserve;
 mod oss;
 mod p2p;
 mod promises;

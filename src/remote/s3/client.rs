@@ -93,13 +93,32 @@ impl S3 {
         opts: &ClientOptions,
         reporter: &dyn Reporter,
     ) -> Result<Self> {
+        let kserve = super::kserve::Kserve::from_env();
         let mut opts = opts.clone();
-        if let Some(ca) = crate::env::var("AWS_CA_BUNDLE") {
-            opts.ca_bundles.push(ca.into());
+        opts.ca_bundles
+            .extend(crate::env::var("AWS_CA_BUNDLE").map(Into::into));
+        opts.ca_bundles.extend(kserve.ca_bundle.clone());
+        opts.ca_bundles.dedup();
+        let (endpoint, region, aws_hosted) = aws_endpoint(bucket, &kserve).await?;
+        if !kserve.verify_tls {
+            opts.accept_invalid_certs = true;
+            reporter.warn(&format!(
+                "s3: S3_VERIFY_SSL is off: the certificate of {} is not checked, so anyone on \
+                 the way can read and change what is fetched (checksums still apply)",
+                endpoint.base
+            ));
         }
         let client = http::client(&opts)?;
-        let (endpoint, region, aws_hosted) = aws_endpoint(bucket).await?;
-        let signer = aws_signer(&region, &endpoint, reporter).await?;
+        let signer = if kserve.anonymous {
+            reporter.info(&format!(
+                "s3: awsAnonymousCredential is true: sending unsigned requests, region {region}, \
+                 endpoint {}",
+                endpoint.base
+            ));
+            Signer::Anonymous
+        } else {
+            aws_signer(&region, &endpoint, reporter).await?
+        };
         let service = Service {
             scheme: "s3",
             endpoint,

@@ -11,7 +11,12 @@ use crate::remote::{http, sigv4};
 /// from the environment or profile, else (on AWS only) from instance metadata, else
 /// us-east-1. A bucket elsewhere is followed there from S3's first reply (`S3::send_body`).
 /// The flag says whether the endpoint is AWS's own (moved with the region).
-pub(super) async fn aws_endpoint(bucket: &str) -> Result<(Endpoint, String, bool)> {
+/// KServe's `S3_ENDPOINT` (with `S3_USE_HTTPS`) comes after AWS's own names, and its
+/// virtual-hosted and acceleration settings apply (see `kserve`).
+pub(super) async fn aws_endpoint(
+    bucket: &str,
+    kserve: &super::kserve::Kserve,
+) -> Result<(Endpoint, String, bool)> {
     let endpoint_var = if crate::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
@@ -20,6 +25,7 @@ pub(super) async fn aws_endpoint(bucket: &str) -> Result<(Endpoint, String, bool
         ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .into_iter()
             .find_map(|n| crate::env::var(n).map(|v| (n, v)))
+            .or_else(|| kserve.endpoint.clone().map(|v| ("S3_ENDPOINT", v)))
     };
     let configured_region = match crate::env::first(&["AWS_REGION", "AWS_DEFAULT_REGION"]) {
         Some(r) => Some(r),
@@ -40,7 +46,12 @@ pub(super) async fn aws_endpoint(bucket: &str) -> Result<(Endpoint, String, bool
     };
     let region = configured_region.unwrap_or_else(|| "us-east-1".into());
     Ok(match &endpoint_var {
+        Some((name, url)) if kserve.virtual_hosted => {
+            (Endpoint::virtual_hosted(url, bucket, name)?, region, false)
+        }
         Some((name, url)) => (Endpoint::path_style(url, bucket, name)?, region, false),
+        // One global host, whatever the bucket's region.
+        None if kserve.accelerate => (Endpoint::accelerated(bucket), region, false),
         None => (Endpoint::aws(bucket, &region), region, true),
     })
 }
@@ -80,6 +91,34 @@ impl Endpoint {
             host,
             base_path: format!("{path}/{}", sigv4::uri_encode(bucket, false)),
         })
+    }
+
+    /// Virtual-hosted on a custom endpoint (KServe's `S3_USER_VIRTUAL_BUCKET`): the bucket is
+    /// the first label of the host, e.g. `http://models.minio:9000`.
+    pub fn virtual_hosted(endpoint: &str, bucket: &str, env_name: &str) -> Result<Self> {
+        let path = Endpoint::path_style(endpoint, bucket, env_name)?;
+        let prefix = path
+            .base_path
+            .rsplit_once('/')
+            .map_or("", |(before, _)| before)
+            .to_string();
+        let host = format!("{bucket}.{}", path.host);
+        let scheme = path.base.split("://").next().unwrap_or("https");
+        Ok(Endpoint {
+            base: format!("{scheme}://{host}"),
+            host,
+            base_path: prefix,
+        })
+    }
+
+    /// S3 Transfer Acceleration (KServe's `S3_USE_ACCELERATE`): one global host per bucket.
+    pub fn accelerated(bucket: &str) -> Self {
+        let host = format!("{bucket}.s3-accelerate.amazonaws.com");
+        Endpoint {
+            base: format!("https://{host}"),
+            host,
+            base_path: String::new(),
+        }
     }
 
     /// AWS itself: virtual-hosted, except for bucket names with dots (TLS wildcard mismatch).
@@ -269,6 +308,18 @@ mod tests {
         assert_eq!(e.host, "minio.example.com");
         assert!(Endpoint::path_style("minio:9000", "b", "X").is_err());
         assert!(Endpoint::path_style("ftp://h", "b", "X").is_err());
+        let e = Endpoint::virtual_hosted("http://minio.kubeflow:9000", "models", "S3_ENDPOINT")
+            .unwrap();
+        assert_eq!(
+            (e.base.as_str(), e.host.as_str(), e.base_path.as_str()),
+            (
+                "http://models.minio.kubeflow:9000",
+                "models.minio.kubeflow:9000",
+                ""
+            )
+        );
+        let e = Endpoint::accelerated("bkt");
+        assert_eq!(e.base, "https://bkt.s3-accelerate.amazonaws.com");
         let e = Endpoint::aws("bkt", "eu-west-1");
         assert_eq!(
             (e.host.as_str(), e.base_path.as_str()),

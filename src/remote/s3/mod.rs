@@ -11,6 +11,7 @@ mod client;
 mod endpoint;
 mod errors;
 mod imds;
+mod kserve;
 mod listing;
 mod read;
 mod write;
