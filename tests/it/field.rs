@@ -7,6 +7,20 @@ use std::collections::BTreeMap;
 use crate::support::proxy::{Fault, Proxy};
 use crate::support::*;
 
+/// Runs `cmd` (a load into `dest`), which must exit 0 with exactly `objects` under `m/`
+/// there; returns its stderr.
+fn loads_exactly(
+    cmd: &mut std::process::Command,
+    dest: &std::path::Path,
+    objects: &BTreeMap<String, Vec<u8>>,
+) -> String {
+    let out = run(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(tree(dest), expected(objects, "m/"));
+    stderr
+}
+
 fn small_model(name: &str) -> (String, String, BTreeMap<String, Vec<u8>>) {
     let ep = s3_endpoint();
     let b = bucket(name);
@@ -34,14 +48,15 @@ fn a_bucket_in_another_region_is_followed_there() {
         );
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("d");
-        let out = run(loader(&front.url(), tmp.path())
-            .env("AWS_REGION", "us-west-2")
-            .args(["--chunk-size", "256KiB"])
-            .arg(format!("s3://{b}/m"))
-            .arg(&dest));
-        assert_eq!(out.status.code(), Some(0), "malformed={malformed}");
-        assert_eq!(tree(&dest), expected(&objects, "m/"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = loads_exactly(
+            loader(&front.url(), tmp.path())
+                .env("AWS_REGION", "us-west-2")
+                .args(["--chunk-size", "256KiB"])
+                .arg(format!("s3://{b}/m"))
+                .arg(&dest),
+            &dest,
+            &objects,
+        );
         assert_eq!(
             stderr
                 .matches(&format!("bucket {b} is in eu-central-1, not us-west-2"))
@@ -77,13 +92,14 @@ fn a_skewed_clock_is_corrected_from_the_servers_date() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
-    let out = run(loader(&front.url(), tmp.path())
-        .args(["--chunk-size", "256KiB"])
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = loads_exactly(
+        loader(&front.url(), tmp.path())
+            .args(["--chunk-size", "256KiB"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
     assert_eq!(
         stderr.matches("RequestTimeTooSkewed").count(),
         1,
@@ -156,16 +172,17 @@ fn a_dropped_imdsv2_token_falls_back_to_imdsv1_with_a_warning() {
     let front = Proxy::start(&ep);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
-    let out = run(loader(&front.url(), tmp.path())
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_EC2_METADATA_DISABLED")
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = loads_exactly(
+        loader(&front.url(), tmp.path())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
     assert_eq!(stderr.matches("hop limit").count(), 1, "{stderr}");
     assert!(stderr.contains("through IMDSv1"), "{stderr}");
     let heads = front.heads();
@@ -200,13 +217,14 @@ fn a_long_slowdown_burst_is_waited_out_with_fewer_requests_in_flight() {
     let proxy = Proxy::with_fault(&ep, Fault::SlowDownFor { ms: 3000 });
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
-    let out = run(loader(&proxy.url(), tmp.path())
-        .args(["--chunk-size", "256KiB", "--concurrency", "16"])
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = loads_exactly(
+        loader(&proxy.url(), tmp.path())
+            .args(["--chunk-size", "256KiB", "--concurrency", "16"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
     assert_eq!(
         stderr.matches("the server asks to slow down").count(),
         1,
@@ -240,11 +258,13 @@ fn a_listobjects_v1_only_server_is_paged_by_marker() {
     let front = Proxy::with_fault(&ep, Fault::ListV1 { max_keys: 2 });
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
-    let out = run(loader(&front.url(), tmp.path())
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let stderr = loads_exactly(
+        loader(&front.url(), tmp.path())
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
     let listings: Vec<String> = front
         .requests()
         .into_iter()
@@ -256,7 +276,7 @@ fn a_listobjects_v1_only_server_is_paged_by_marker() {
         listings[1..].iter().all(|l| l.contains("marker=")),
         "{listings:?}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ListObjects V1"));
+    assert!(stderr.contains("ListObjects V1"), "{stderr}");
 }
 
 /// A requester-pays S3 bucket refuses every request that does not say who pays, with a bare
@@ -273,12 +293,14 @@ fn a_requester_pays_bucket_is_read_with_the_flag_and_named_without() {
     let line = error_line(&out, 3);
     assert!(line.contains("--requester-pays"), "{line}");
     front.clear();
-    let out = run(loader(&front.url(), tmp.path())
-        .env("MODEL_LOADER_REQUESTER_PAYS", "true")
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    loads_exactly(
+        loader(&front.url(), tmp.path())
+            .env("MODEL_LOADER_REQUESTER_PAYS", "true")
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
     let heads = front.heads();
     assert!(
         heads
@@ -315,12 +337,14 @@ fn an_s3_object_stored_with_a_content_encoding_lands_as_stored() {
     objects.insert("m/tokenizer.json.gz".to_string(), stored);
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("d");
-    let out = run(loader(&ep, tmp.path())
-        .args(["--chunk-size", "64KiB"])
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    loads_exactly(
+        loader(&ep, tmp.path())
+            .args(["--chunk-size", "64KiB"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&dest),
+        &dest,
+        &objects,
+    );
 }
 
 /// Three multipart objects (5 MiB parts) and a single-part one.
