@@ -1,13 +1,16 @@
 //! Entry point: parse, run, map the error to its exit code and message. Also installed as
-//! `load` (KubeAI execs `load SRC DEST`), which behaves identically.
+//! `load` (KubeAI execs `load SRC DEST`), which behaves identically. KServe passes
+//! `SRC DEST [SRC DEST …]`: each pair is loaded in turn (`run_pairs`).
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use model_loader::cancel::Cancel;
-use model_loader::cli::{self, ArgsFailure, Mode};
+use model_loader::cli::{self, ArgsFailure, Config, Mode};
 use model_loader::error::{Error, Kind};
-use model_loader::progress::ProgressMode;
+use model_loader::progress::{self, ProgressMode, Reporter};
+use model_loader::{upload, AuditFailure};
 
 fn main() -> ExitCode {
     install_panic_hook();
@@ -26,24 +29,20 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let json = args.progress == ProgressMode::Json;
-    let cfg = match args.into_config() {
+    // Before any thread: it sets the variables KServe's storage spec stands for.
+    let spec_note = match cli::kserve::apply_storage_spec() {
+        Ok(n) => n,
+        Err(e) => return fail(&e, json),
+    };
+    let cfgs = match args.into_configs() {
         Ok(c) => c,
         Err(e) => return fail(&e, json),
     };
-    if cfg.mode == Mode::Verify {
-        return match model_loader::audit(&cfg) {
-            Ok(msg) => offline_result(json, true, &msg),
-            Err(model_loader::AuditFailure::Incomplete(why)) => offline_result(json, false, &why),
-            Err(model_loader::AuditFailure::Mismatch(e)) => fail(&e, json),
-        };
+    match cfgs[0].mode {
+        Mode::Verify => return verify_pairs(&cfgs, json),
+        Mode::Check => return check_pairs(&cfgs, json),
+        _ => {}
     }
-    if cfg.mode == Mode::Check {
-        return match model_loader::check(&cfg) {
-            Ok(msg) => offline_result(json, true, &msg),
-            Err(why) => offline_result(json, false, &why),
-        };
-    }
-    let reporter = model_loader::progress::reporter(cfg.progress, cfg.progress_interval);
     raise_open_files_limit();
     // glibc gives every thread its own malloc arena (up to 8 per core); with the runtime's
     // worker and blocking threads that alone grew peak RSS from 28 to 52 MiB at 16 requests
@@ -66,18 +65,12 @@ fn main() -> ExitCode {
         }
     };
     let cancel = Cancel::default();
+    let current = Current::default();
     let result = rt.block_on(async {
-        let work = async {
-            match cfg.mode {
-                Mode::Upload => {
-                    model_loader::upload::upload(&cfg, reporter.clone(), cancel.clone()).await
-                }
-                _ => model_loader::run(&cfg, reporter.clone(), cancel.clone()).await,
-            }
-        };
+        let work = run_pairs(&cfgs, &current, &cancel, spec_note);
         tokio::pin!(work);
         tokio::select! {
-            r = &mut work => r.map(|_| ()),
+            r = &mut work => r,
             kind = interrupted() => {
                 // Workers stop at their next await, record what they wrote and are joined
                 // before the lock is released (an upload aborts its open multipart uploads).
@@ -94,7 +87,7 @@ fn main() -> ExitCode {
                     // a blocking thread. The exit stops every writer; the lease it leaves is
                     // taken over at once by the next loader in this PID namespace, or once
                     // stale elsewhere.
-                    reporter.stop();
+                    current.stop();
                     std::process::exit(i32::from(report(&e, json)));
                 }
                 Err(e)
@@ -105,10 +98,168 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            reporter.stop();
+            current.stop();
             fail(&e, json)
         }
     }
+}
+
+/// The reporter of the pair being loaded, so that an exit can clear its progress bars.
+#[derive(Default)]
+struct Current(Mutex<Option<Arc<dyn Reporter>>>);
+
+impl Current {
+    fn set(&self, r: Arc<dyn Reporter>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+    fn stop(&self) {
+        if let Some(r) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            r.stop();
+        }
+    }
+}
+
+/// Loads (or uploads) each pair in turn, as KServe's own initializer does: one pair's
+/// requests in flight at a time, so `--concurrency` bounds the whole call. A pair that fails
+/// does not stop the next ones (what they load is kept, so the init container's retry only
+/// has the failed pair left), except when the run is stopped. The first failure decides the
+/// exit code; its message names the pair and the other failures.
+async fn run_pairs(
+    cfgs: &[Config],
+    current: &Current,
+    cancel: &Cancel,
+    note: Option<String>,
+) -> Result<(), Error> {
+    let n = cfgs.len();
+    let mut failed: Vec<(usize, Error)> = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let reporter = progress::reporter(cfg.progress, cfg.progress_interval);
+        current.set(reporter.clone());
+        if let (0, Some(note)) = (i, &note) {
+            reporter.info(note);
+        }
+        let label = label(cfgs, i);
+        if n > 1 {
+            reporter.info(&format!("{label}: loading"));
+        }
+        let r = match cfg.mode {
+            Mode::Upload => upload::upload(cfg, reporter.clone(), cancel.clone()).await,
+            _ => model_loader::run(cfg, reporter.clone(), cancel.clone()).await,
+        };
+        let Err(e) = r else { continue };
+        if n == 1 {
+            return Err(e);
+        }
+        if matches!(e.kind(), Kind::Interrupted | Kind::Terminated) || cancel.reason().is_some() {
+            return Err(e.context(label));
+        }
+        reporter.stop();
+        reporter.warn(&format!(
+            "{label} failed (exit {}): {}{}",
+            e.kind().exit_code(),
+            e.message(),
+            if i + 1 < n {
+                "; going on with the next pair"
+            } else {
+                ""
+            }
+        ));
+        failed.push((i, e));
+    }
+    let Some((first, e)) = failed.first() else {
+        return Ok(());
+    };
+    let others: Vec<String> = failed[1..]
+        .iter()
+        .map(|(j, e)| format!("pair {} (exit {})", j + 1, e.kind().exit_code()))
+        .collect();
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!("; {} also failed", others.join(", "))
+    };
+    let e = Error::new(
+        e.kind(),
+        format!(
+            "{}: {}{also}; the other {} loaded, and a rerun resumes the failed ones",
+            label(cfgs, *first),
+            e.message(),
+            progress::count(n - failed.len(), "pair")
+        ),
+    );
+    Err(e)
+}
+
+/// `pair 2 of 3 (SRC → DEST)`, in the order they were given.
+fn label(cfgs: &[Config], i: usize) -> String {
+    let c = &cfgs[i];
+    let (src, dest) = (c.source.to_string(), c.dest.display().to_string());
+    let (src, dest) = if c.mode == Mode::Upload {
+        (dest, src)
+    } else {
+        (src, dest)
+    };
+    cli::pair_label(i, cfgs.len(), &src, &dest)
+}
+
+/// `--check` over every pair: complete only if each is.
+fn check_pairs(cfgs: &[Config], json: bool) -> ExitCode {
+    let n = cfgs.len();
+    let mut complete = true;
+    let mut lines = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let (ok, msg) = match model_loader::check(cfg) {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        complete &= ok;
+        lines.push(if n == 1 {
+            msg
+        } else {
+            format!("{}: {msg}", label(cfgs, i))
+        });
+        if n > 1 && !ok {
+            lines.last_mut().unwrap().insert_str(0, "not complete: ");
+        }
+    }
+    offline_result(json, complete, &lines.join("\n"))
+}
+
+/// `--verify` over every pair: a mismatch in any (exit 6) outranks an incomplete one (exit 1).
+fn verify_pairs(cfgs: &[Config], json: bool) -> ExitCode {
+    let n = cfgs.len();
+    let (mut lines, mut incomplete, mut mismatch) = (Vec::new(), false, None);
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let name = |m: String| {
+            if n == 1 {
+                m
+            } else {
+                format!("{}: {m}", label(cfgs, i))
+            }
+        };
+        match model_loader::audit(cfg) {
+            Ok(m) => lines.push(name(m)),
+            Err(AuditFailure::Incomplete(why)) => {
+                incomplete = true;
+                lines.push(name(format!("not complete: {why}")));
+            }
+            Err(AuditFailure::Mismatch(e)) => {
+                let e = if n == 1 { e } else { e.context(label(cfgs, i)) };
+                mismatch.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = mismatch {
+        for l in &lines {
+            eprintln!("{l}");
+        }
+        return fail(&e, json);
+    }
+    if n == 1 && incomplete {
+        let why = lines.remove(0);
+        return offline_result(json, false, why.trim_start_matches("not complete: "));
+    }
+    offline_result(json, !incomplete, &lines.join("\n"))
 }
 
 /// The outcome of `--check` (or an incomplete `--verify`): exit 0 or 1, said as a line or, with

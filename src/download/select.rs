@@ -97,7 +97,7 @@ pub fn select(files: Vec<RemoteFile>, filter: &Filter, src: &url::SourceUrl) -> 
         };
         return Err(Error::new(
             error::Kind::NotFound,
-            format!("no file in {src} matches --include/--exclude; {remedy}"),
+            format!("no file in {src} matches {}; {remedy}", filter.names()),
         ));
     }
     Ok(Selection {
