@@ -202,64 +202,77 @@ fn label(cfgs: &[Config], i: usize) -> String {
     cli::pair_label(i, cfgs.len(), &src, &dest)
 }
 
-/// `--check` over every pair: complete only if each is.
+/// `--check` over every pair: complete only if each is. With several pairs, one line per pair
+/// says which are not.
 fn check_pairs(cfgs: &[Config], json: bool) -> ExitCode {
-    let n = cfgs.len();
-    let mut complete = true;
-    let mut lines = Vec::new();
-    for (i, cfg) in cfgs.iter().enumerate() {
-        let (ok, msg) = match model_loader::check(cfg) {
-            Ok(m) => (true, m),
-            Err(m) => (false, m),
+    if let [cfg] = cfgs {
+        return match model_loader::check(cfg) {
+            Ok(msg) => offline_result(json, true, &msg),
+            Err(why) => offline_result(json, false, &why),
         };
-        complete &= ok;
-        lines.push(if n == 1 {
-            msg
-        } else {
-            format!("{}: {msg}", label(cfgs, i))
-        });
-        if n > 1 && !ok {
-            lines.last_mut().unwrap().insert_str(0, "not complete: ");
-        }
     }
-    offline_result(json, complete, &lines.join("\n"))
+    let mut lines = Vec::new();
+    let mut missing = 0;
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let line = match model_loader::check(cfg) {
+            Ok(msg) => format!("{}: {msg}", label(cfgs, i)),
+            Err(why) => {
+                missing += 1;
+                format!("{}: not complete: {why}", label(cfgs, i))
+            }
+        };
+        lines.push(line);
+    }
+    offline_pairs(json, cfgs.len(), missing, lines)
+}
+
+/// The result of `--check`/`--verify` over several pairs: one line each, then the verdict.
+fn offline_pairs(json: bool, n: usize, missing: usize, lines: Vec<String>) -> ExitCode {
+    if json {
+        return offline_result(json, missing == 0, &lines.join("; "));
+    }
+    for l in &lines {
+        eprintln!("{l}");
+    }
+    if missing == 0 {
+        offline_result(json, true, &format!("all {n} pairs complete"))
+    } else {
+        offline_result(json, false, &format!("{missing} of {n} pairs"))
+    }
 }
 
 /// `--verify` over every pair: a mismatch in any (exit 6) outranks an incomplete one (exit 1).
 fn verify_pairs(cfgs: &[Config], json: bool) -> ExitCode {
-    let n = cfgs.len();
-    let (mut lines, mut incomplete, mut mismatch) = (Vec::new(), false, None);
-    for (i, cfg) in cfgs.iter().enumerate() {
-        let name = |m: String| {
-            if n == 1 {
-                m
-            } else {
-                format!("{}: {m}", label(cfgs, i))
-            }
+    if let [cfg] = cfgs {
+        return match model_loader::audit(cfg) {
+            Ok(msg) => offline_result(json, true, &msg),
+            Err(AuditFailure::Incomplete(why)) => offline_result(json, false, &why),
+            Err(AuditFailure::Mismatch(e)) => fail(&e, json),
         };
+    }
+    let (mut lines, mut missing, mut mismatch) = (Vec::new(), 0, None);
+    for (i, cfg) in cfgs.iter().enumerate() {
         match model_loader::audit(cfg) {
-            Ok(m) => lines.push(name(m)),
+            Ok(m) => lines.push(format!("{}: {m}", label(cfgs, i))),
             Err(AuditFailure::Incomplete(why)) => {
-                incomplete = true;
-                lines.push(name(format!("not complete: {why}")));
+                missing += 1;
+                lines.push(format!("{}: not complete: {why}", label(cfgs, i)));
             }
             Err(AuditFailure::Mismatch(e)) => {
-                let e = if n == 1 { e } else { e.context(label(cfgs, i)) };
-                mismatch.get_or_insert(e);
+                lines.push(format!("{}: {}", label(cfgs, i), e.message()));
+                mismatch.get_or_insert(e.context(label(cfgs, i)));
             }
         }
     }
-    if let Some(e) = mismatch {
-        for l in &lines {
-            eprintln!("{l}");
+    match mismatch {
+        Some(e) => {
+            if !json {
+                lines.iter().for_each(|l| eprintln!("{l}"));
+            }
+            fail(&e, json)
         }
-        return fail(&e, json);
+        None => offline_pairs(json, cfgs.len(), missing, lines),
     }
-    if n == 1 && incomplete {
-        let why = lines.remove(0);
-        return offline_result(json, false, why.trim_start_matches("not complete: "));
-    }
-    offline_result(json, !incomplete, &lines.join("\n"))
 }
 
 /// The outcome of `--check` (or an incomplete `--verify`): exit 0 or 1, said as a line or, with

@@ -33,9 +33,9 @@ pub fn check(cfg: &Config) -> Result<String, String> {
         }
     }
     Ok(format!(
-        "{} holds a complete copy of {want}: {} files, loaded {}",
+        "{} holds a complete copy of {want}: {}, loaded {}",
         cfg.dest.display(),
-        m.files.len(),
+        crate::progress::count(m.files.len(), "file"),
         m.completed_at
     ))
 }

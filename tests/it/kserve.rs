@@ -121,3 +121,256 @@ fn make_public(b: &str, objects: &BTreeMap<String, Vec<u8>>) {
         }
     });
 }
+
+/// The termination log the loader writes (it only writes an existing file).
+fn termination_log(home: &Path) -> std::path::PathBuf {
+    let p = home.join("no-termination-log");
+    std::fs::write(&p, "").unwrap();
+    p
+}
+
+/// KServe gives one init container every model of a pod as `SRC DEST` pairs
+/// (`python/storage-initializer/scripts/initializer-entrypoint`), with mount paths under one
+/// parent, nested ones included (`validateMultipleStorageURIsSpec` accepts `/mnt/models` with
+/// `/mnt/models/model2`). Pair 2's prefix is missing: pairs 1 and 3 still load, the exit code
+/// is pair 2's (4), the termination message names it; the rerun after the fix fetches only
+/// pair 2. `--check` and `--verify` take the same pairs.
+#[test]
+fn several_pairs_load_in_turn_and_the_failed_one_is_named() {
+    let (a, objects_a) = small_model("ks-pa");
+    let (c, objects_c) = small_model("ks-pc");
+    let b = bucket("ks-pb");
+    let mut objects_b = BTreeMap::new();
+    objects_b.insert("other/x.txt".to_string(), b"elsewhere".to_vec());
+    seed_s3(&s3_endpoint(), &b, &objects_b);
+    let front = Proxy::start(&s3_endpoint());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mnt/models");
+    let (da, db, dc) = (root.clone(), root.join("adapter"), root.join("draft"));
+    let pairs = [
+        (format!("s3://{a}/m"), &da),
+        (format!("s3://{b}/m"), &db),
+        (format!("s3://{c}/m"), &dc),
+    ];
+    let call = |extra: &[&str]| {
+        let mut cmd = loader(&front.url(), tmp.path());
+        cmd.args(extra);
+        for (src, dest) in &pairs {
+            cmd.arg(src).arg(dest);
+        }
+        run(&mut cmd)
+    };
+    let outer = |t: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        t.into_iter()
+            .filter(|(k, _)| !k.starts_with("adapter/") && !k.starts_with("draft/"))
+            .collect()
+    };
+    let term = termination_log(tmp.path());
+
+    let out = call(&[]);
+    let first = error_line(&out, 4);
+    let label = format!("pair 2 of 3 (s3://{b}/m → {})", db.display());
+    assert!(first.contains(&label), "{first}");
+    assert!(first.contains("the other 2 pairs loaded"), "{first}");
+    let msg = std::fs::read_to_string(&term).unwrap();
+    assert!(msg.contains(&label) && msg.lines().count() == 1, "{msg:?}");
+    assert_eq!(outer(tree(&da)), expected(&objects_a, "m/"));
+    assert_eq!(tree(&dc), expected(&objects_c, "m/"));
+    assert!(!db.join(".model-loader/manifest.json").exists());
+
+    let out = call(&["--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = |n: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("pair 2 of 3").contains("): not complete: "),
+        "{stderr}"
+    );
+    assert!(
+        line("pair 1 of 3").contains("holds a complete copy"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("not complete: 1 of 3 pairs\n"), "{stderr}");
+
+    let mut more = BTreeMap::new();
+    more.insert("m/adapter.safetensors".to_string(), data(7, 300_000));
+    seed_s3(&s3_endpoint(), &b, &more);
+    front.clear();
+    let out = call(&[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&db), expected(&more, "m/"));
+    assert_eq!(front.object_requests(&a) + front.object_requests(&c), 0);
+    assert_eq!(outer(tree(&da)), expected(&objects_a, "m/"));
+    assert_eq!(call(&["--check"]).status.code(), Some(0));
+    assert_eq!(call(&["--verify"]).status.code(), Some(0));
+
+    let f = dc.join("model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let out = call(&["--verify"]);
+    let first = error_line(&out, 6);
+    assert!(
+        first.contains("pair 3 of 3") && first.contains("model.safetensors"),
+        "{first}"
+    );
+}
+
+/// The same DEST twice would have pair 2 replace pair 1's model: refused before anything runs.
+#[test]
+fn two_pairs_into_one_dest_are_refused_before_any_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("d");
+    let out = run(loader("http://127.0.0.1:9", tmp.path())
+        .arg("s3://bkt-a/m")
+        .arg(&dest)
+        .arg("s3://bkt-b/m")
+        .arg(format!("{}/", dest.display())));
+    let first = error_line(&out, 2);
+    assert!(first.contains("pairs 1 and 2 both load into"), "{first}");
+    assert!(!dest.exists());
+    let out = run(loader("http://127.0.0.1:9", tmp.path())
+        .arg("s3://bkt-a/m")
+        .arg(&dest)
+        .arg("s3://bkt-b/m"));
+    assert!(error_line(&out, 2).contains("SRC DEST pairs"));
+}
+
+/// Storage-spec mode: KServe's webhook passes the storage-config secret's JSON as
+/// `STORAGE_CONFIG` and the InferenceService's parameters as `STORAGE_OVERRIDE_CONFIG`
+/// (`pkg/credentials/service_account_credentials.go`); its initializer sets the AWS variables
+/// from them, replacing what they held (`kserve_storage.py` `_update_with_storage_spec`). Here
+/// the keys and endpoint come only from there, against a server that checks every signature.
+#[test]
+fn storage_config_supplies_endpoint_and_keys_and_never_shows_them() {
+    let ep = required_env("MODEL_LOADER_TEST_S3_AUTH_ENDPOINT");
+    let key = required_env("MODEL_LOADER_TEST_S3_AUTH_KEY_ID");
+    let secret = required_env("MODEL_LOADER_TEST_S3_AUTH_SECRET");
+    let b = required_env("MODEL_LOADER_TEST_S3_AUTH_BUCKET");
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |secret: &str| {
+        serde_json::json!({"type": "s3", "access_key_id": key, "secret_access_key": secret,
+            "endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "bucket": b,
+            "anonymous": "False"})
+        .to_string()
+    };
+    let with_spec = |config: &str, dest: &Path| {
+        run(kserve_loader(tmp.path())
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "AKIAPODENVNOTUSED000")
+            .env("STORAGE_CONFIG", config)
+            .env(
+                "STORAGE_OVERRIDE_CONFIG",
+                format!("{{\"endpoint_url\": \"{ep}\"}}"),
+            )
+            .arg(format!("s3://{b}"))
+            .arg(dest))
+    };
+    let dest = tmp.path().join("ok");
+    let out = with_spec(&spec(&secret), &dest);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!tree(&dest).is_empty());
+    assert!(stderr.contains("STORAGE_CONFIG"), "{stderr}");
+    assert!(!stderr.contains(&secret), "{stderr}");
+
+    let wrong = format!("{secret}WRONG");
+    let dest = tmp.path().join("bad");
+    let denied = with_spec(&spec(&wrong), &dest);
+    error_line(&denied, 3);
+    let broken = spec(&wrong).replace('}', "");
+    let out = with_spec(&broken, &dest);
+    assert!(error_line(&out, 2).contains("STORAGE_CONFIG is not valid JSON"));
+    for out in [&denied, &out] {
+        let all = String::from_utf8_lossy(&out.stderr);
+        assert!(!all.contains(&wrong) && !all.contains(&secret), "{all}");
+    }
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+}
+
+/// `STORAGE_ALLOW_PATTERNS`/`STORAGE_IGNORE_PATTERNS` (kserve-storage 0.21): a JSON array or
+/// commas, fnmatch (`*` crosses `/`); the loader's own `--include`/`--exclude` win where given.
+#[test]
+fn storage_patterns_filter_files_and_flags_win() {
+    let (b, objects) = small_model("ks-pat");
+    let tmp = tempfile::tempdir().unwrap();
+    let only = |name: &str| -> BTreeMap<String, String> {
+        expected(&objects, "m/")
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .collect()
+    };
+    let load = |envs: &[(&str, &str)], args: &[&str], dest: &Path| {
+        let mut cmd = loader(&s3_endpoint(), tmp.path());
+        cmd.envs(envs.iter().copied()).args(args);
+        run(cmd.arg(format!("s3://{b}/m")).arg(dest))
+    };
+    let d1 = tmp.path().join("allow");
+    let out = load(&[("STORAGE_ALLOW_PATTERNS", r#"["*.json"]"#)], &[], &d1);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&d1), only("config.json"));
+    let d2 = tmp.path().join("ignore");
+    let out = load(&[("STORAGE_IGNORE_PATTERNS", "*.json, *.md")], &[], &d2);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&d2), only("model.safetensors"));
+    let d3 = tmp.path().join("flag");
+    let envs = [("STORAGE_ALLOW_PATTERNS", "*.json")];
+    let out = load(&envs, &["--include", "*.safetensors"], &d3);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&d3), only("model.safetensors"));
+    let d4 = tmp.path().join("none");
+    let out = load(&[("STORAGE_ALLOW_PATTERNS", r#"["*.gguf"]"#)], &[], &d4);
+    assert!(error_line(&out, 4).contains("STORAGE_ALLOW_PATTERNS"));
+}
+
+/// Kubernetes stops a pod with SIGTERM: the pair being loaded keeps what it wrote, and the
+/// pairs after it are not started (exit 143, the pair named); a rerun finishes both.
+#[test]
+fn sigterm_during_one_pair_stops_the_call_and_starts_no_other() {
+    use crate::support::proxy::Fault;
+    let b = bucket("ks-term");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/big.bin".to_string(), data(5, 6 << 20));
+    seed_s3(&s3_endpoint(), &b, &objects);
+    let (c, objects_c) = small_model("ks-term2");
+    let front = Proxy::with_fault(
+        &s3_endpoint(),
+        Fault::Throttle {
+            bytes_per_sec: 2 << 20,
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (d1, d2) = (tmp.path().join("models/a"), tmp.path().join("models/b"));
+    let cmd = || {
+        let mut cmd = loader(&front.url(), tmp.path());
+        cmd.args(["--chunk-size", "1MiB"])
+            .arg(format!("s3://{b}/m"))
+            .arg(&d1)
+            .arg(format!("s3://{c}/m"))
+            .arg(&d2);
+        cmd
+    };
+    let child = cmd().stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while front.bytes_down() < 1 << 20 {
+        assert!(t.elapsed().as_secs() < 30, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let first = error_line(&out, 143);
+    assert!(first.contains("pair 1 of 2"), "{first}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("pair 2 of 2"), "{stderr}");
+    assert!(!d2.exists());
+    assert_eq!(front.object_requests(&c), 0);
+    let out = run(&mut cmd());
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&d1), expected(&objects, "m/"));
+    assert_eq!(tree(&d2), expected(&objects_c, "m/"));
+}
