@@ -44,6 +44,8 @@ HF_ENDPOINT="$FAKE_HUB_URL" HF_HOME="$RUN_DIR/hf-home" HF_HUB_DISABLE_TELEMETRY=
 export MODEL_LOADER_TEST_PYTHON="$VENV/bin/python"
 ensure_nginx
 export MODEL_LOADER_TEST_NGINX="$(command -v nginx)"
+# The TLS front's certificates (tests/it/support/nginx.rs).
+command -v openssl >/dev/null || { log "installing openssl (Debian)"; apt_install openssl; }
 
 log "cargo test"
 cargo test --locked --all-targets -- "$@"

@@ -95,8 +95,20 @@ pub fn client_builder(opts: &ClientOptions) -> Result<reqwest::ClientBuilder> {
 }
 
 /// Classifies a failure to send a request or read its body. Everything at this level is a
-/// network problem worth retrying: resets, timeouts, refused connections, DNS hiccups.
+/// network problem worth retrying (resets, timeouts, refused connections, DNS hiccups), except a
+/// certificate the client refuses: that is configuration, and the same on every try.
 pub fn transport_error(what: &str, err: reqwest::Error) -> Error {
+    if let Some(why) = refused_certificate(&err) {
+        return Error::new(
+            Kind::Network,
+            format!(
+                "{what}: the server's TLS certificate is not trusted ({why}): if the endpoint \
+                 uses a private CA, point AWS_CA_BUNDLE at that CA's PEM file; for a KServe S3 \
+                 endpoint, S3_VERIFY_SSL=0 turns the check off"
+            ),
+        )
+        .with_source(strip_url(err));
+    }
     let detail = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -107,6 +119,27 @@ pub fn transport_error(what: &str, err: reqwest::Error) -> Error {
     Error::new(Kind::Network, format!("{what}: {detail}"))
         .with_source(strip_url(err))
         .transient(None)
+}
+
+/// The rustls error of a refused server certificate, found in the chain reqwest → hyper →
+/// io::Error (whose `source()` skips the error it wraps, so each io::Error is opened).
+fn refused_certificate(err: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(e), inner].into_iter().flatten() {
+            if let Some(t @ rustls::Error::InvalidCertificate(_)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(t.to_string());
+            }
+        }
+        cur = inner.or_else(|| e.source());
+    }
+    None
 }
 
 /// reqwest puts the full URL in its Display; a presigned URL carries a signature in its query,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::nginx;
 use crate::support::proxy::Proxy;
 use crate::support::*;
 
@@ -373,4 +374,46 @@ fn sigterm_during_one_pair_stops_the_call_and_starts_no_other() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&d1), expected(&objects, "m/"));
     assert_eq!(tree(&d2), expected(&objects_c, "m/"));
+}
+
+/// `S3_VERIFY_SSL=0` (KServe's `serving.kserve.io/s3-verifyssl: "0"`) for an endpoint whose
+/// certificate no trusted CA signed: refused by default (exit 5, naming the certificate and
+/// both remedies), loaded with `AWS_CA_BUNDLE` naming its CA, and loaded unchecked with
+/// `S3_VERIFY_SSL=0`, said in a warning. A TLS front (nginx) before moto.
+#[test]
+fn s3_verify_ssl_0_accepts_an_unknown_certificate_with_a_warning() {
+    let (b, objects) = small_model("ks-tls");
+    let tmp = tempfile::tempdir().unwrap();
+    let front = nginx::tls_front(tmp.path(), &s3_endpoint());
+    let load = |envs: &[(&str, &str)], dest: &str| {
+        let mut cmd = kserve_loader(tmp.path());
+        cmd.env("S3_ENDPOINT", format!("127.0.0.1:{}", front.port))
+            .env("MODEL_LOADER_RETRIES", "2")
+            .envs(envs.iter().copied());
+        run(cmd.arg(format!("s3://{b}/m")).arg(tmp.path().join(dest)))
+    };
+    let out = load(&[], "refused");
+    let first = error_line(&out, 5);
+    assert!(
+        first.to_ascii_lowercase().contains("certificate"),
+        "{first}"
+    );
+    assert!(!tmp.path().join("refused/model.safetensors").exists());
+
+    let ca = front.root.join("ca.pem");
+    let out = load(&[("AWS_CA_BUNDLE", ca.to_str().unwrap())], "ca");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&tmp.path().join("ca")), expected(&objects, "m/"));
+
+    let out = load(&[("S3_VERIFY_SSL", "0")], "unchecked");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: s3: S3_VERIFY_SSL is off"),
+        "{stderr}"
+    );
+    assert_eq!(
+        tree(&tmp.path().join("unchecked")),
+        expected(&objects, "m/")
+    );
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::support::fwdproxy::{FwdProxy, Mode, Seen};
+use crate::support::nginx::Nginx;
 use crate::support::*;
 
 /// A model under `m/` with one file large enough for several ranges at `--chunk-size 1MiB`.
@@ -291,30 +292,15 @@ fn four_nodes_through_one_caching_proxy_cost_the_origin_one_model() {
 /// nginx as a forward caching proxy for plain http (the origin is a loopback IP), 1 MiB slices.
 struct CachingProxy {
     url: String,
-    child: std::process::Child,
+    _nginx: Nginx,
 }
 
 impl CachingProxy {
     fn start(dir: &Path) -> CachingProxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let root = dir.join("nginx");
-        std::fs::create_dir_all(root.join("cache")).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        let conf = format!(
-            r#"daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log {root}/access.log;
-  client_body_temp_path {root}/tmp;
-  proxy_temp_path {root}/tmp;
-  proxy_cache_path {root}/cache levels=1:2 keys_zone=models:10m max_size=1g inactive=10m use_temp_path=off;
+        let nginx = Nginx::start(dir, |port, root| {
+            std::fs::create_dir_all(root.join("cache")).unwrap();
+            format!(
+                r#"  proxy_cache_path {root}/cache levels=1:2 keys_zone=models:10m max_size=1g inactive=10m use_temp_path=off;
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -329,41 +315,15 @@ http {{
       proxy_http_version 1.1;
       proxy_pass http://$http_host$uri$is_args$args;
     }}
-  }}
-}}
-"#,
-            root = root.display()
-        );
-        std::fs::write(root.join("nginx.conf"), conf).unwrap();
-        let child = std::process::Command::new(nginx())
-            .args(["-c", root.join("nginx.conf").to_str().unwrap(), "-p"])
-            .arg(&root)
-            .stderr(std::fs::File::create(root.join("stderr")).unwrap())
-            .spawn()
-            .expect("nginx runs (scripts/test.sh installs nginx-light)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+  }}"#,
+                root = root.display()
+            )
+        });
         CachingProxy {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
+            url: format!("http://127.0.0.1:{}", nginx.port),
+            _nginx: nginx,
         }
     }
-}
-
-impl Drop for CachingProxy {
-    /// SIGQUIT: nginx's master stops its workers too (SIGKILL would orphan them).
-    fn drop(&mut self) {
-        signal(&self.child, libc::SIGQUIT);
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx() -> String {
-    std::env::var("MODEL_LOADER_TEST_NGINX").unwrap_or_else(|_| "nginx".into())
 }
 
 #[test]

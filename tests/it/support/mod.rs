@@ -5,6 +5,7 @@
 pub mod etags;
 pub mod fwdproxy;
 pub mod liar;
+pub mod nginx;
 pub mod proxy;
 
 use std::collections::BTreeMap;
