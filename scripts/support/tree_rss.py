@@ -1,0 +1,55 @@
+"""Runs a command and records the peak of the summed RSS of its whole process tree.
+
+Usage: python tree_rss.py OUT_FILE -- COMMAND...
+GNU time's "maximum resident set size" is that of the largest single process; a tool that
+forks workers (kserve-storage runs 4 processes) needs the sum, which is what a container's
+memory limit meets (page cache aside). Sampled every 20 ms from /proc; exits with the
+command's status.
+"""
+import os
+import subprocess
+import sys
+import time
+
+out, cmd = sys.argv[1], sys.argv[3:]
+assert sys.argv[2] == "--", __doc__
+
+
+def children():
+    kids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(pid))
+    return kids
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+proc = subprocess.Popen(cmd)
+peak = 0
+while proc.poll() is None:
+    kids, todo, total = children(), [proc.pid], 0
+    while todo:
+        p = todo.pop()
+        total += rss_kb(p)
+        todo.extend(kids.get(p, []))
+    peak = max(peak, total)
+    time.sleep(0.02)
+with open(out, "w") as f:
+    f.write(f"{peak}\n")
+sys.exit(proc.returncode)
