@@ -133,12 +133,22 @@ async fn run_pairs(
     let n = cfgs.len();
     let mut failed: Vec<(usize, Error)> = Vec::new();
     for (i, cfg) in cfgs.iter().enumerate() {
-        let reporter = progress::reporter(cfg.progress, cfg.progress_interval);
+        let label = label(cfgs, i);
+        // A stop between two pairs: the next one is not started (listing it, or creating its
+        // DEST, would race the stop).
+        if let Some(kind) = cancel.reason() {
+            return Err(Error::new(
+                kind,
+                "stopped before this pair was started; a rerun loads it",
+            )
+            .context(label));
+        }
+        let pair = (n > 1).then_some(i + 1);
+        let reporter = progress::reporter_for(cfg.progress, cfg.progress_interval, pair);
         current.set(reporter.clone());
         if let (0, Some(note)) = (i, &note) {
             reporter.info(note);
         }
-        let label = label(cfgs, i);
         if n > 1 {
             reporter.info(&format!("{label}: loading"));
         }

@@ -70,6 +70,16 @@ pub enum ProgressMode {
 
 /// Builds the reporter for a mode; `interval` is the period of log/JSON progress lines.
 pub fn reporter(mode: ProgressMode, interval: Duration) -> Arc<dyn Reporter> {
+    reporter_for(mode, interval, None)
+}
+
+/// The reporter of one SRC DEST pair of several: JSON events carry `"pair": N` (from 1), so a
+/// consumer does not take the first pair's `done` for the end of the call.
+pub fn reporter_for(
+    mode: ProgressMode,
+    interval: Duration,
+    pair: Option<usize>,
+) -> Arc<dyn Reporter> {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
     let mode = match mode {
@@ -85,7 +95,7 @@ pub fn reporter(mode: ProgressMode, interval: Duration) -> Arc<dyn Reporter> {
     };
     match mode {
         ProgressMode::Bar => Arc::new(BarReporter::new()),
-        ProgressMode::Json => Arc::new(LineReporter::new(true, interval)),
+        ProgressMode::Json => Arc::new(LineReporter::new(true, interval).in_pair(pair)),
         ProgressMode::None => Arc::new(QuietReporter),
         _ => Arc::new(LineReporter::new(false, interval)),
     }
@@ -153,6 +163,8 @@ pub struct LineReporter {
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
     interval: Duration,
+    /// Which pair of several this run is (JSON events say so).
+    pair: Option<usize>,
 }
 
 impl LineReporter {
@@ -164,10 +176,17 @@ impl LineReporter {
             stop: Arc::default(),
             ticker: Mutex::new(None),
             interval,
+            pair: None,
         }
     }
 
+    fn in_pair(mut self, pair: Option<usize>) -> Self {
+        self.pair = pair;
+        self
+    }
+
     fn emit(&self, v: serde_json::Value) {
+        let v = with_pair(v, self.pair);
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{v}");
     }
@@ -187,7 +206,20 @@ impl Drop for LineReporter {
     }
 }
 
+/// `v` with `"pair": N` added when the run is one pair of several.
+fn with_pair(mut v: serde_json::Value, pair: Option<usize>) -> serde_json::Value {
+    if let (Some(p), Some(obj)) = (pair, v.as_object_mut()) {
+        obj.insert("pair".into(), p.into());
+    }
+    v
+}
+
 impl Reporter for LineReporter {
+    /// A pair that failed stops its ticker at once, before the next pair's starts.
+    fn stop(&self) {
+        self.stop_ticker();
+    }
+
     fn info(&self, msg: &str) {
         if self.json {
             self.emit(json!({"event": "log", "level": "info", "message": msg}));
@@ -220,12 +252,13 @@ impl Reporter for LineReporter {
         if p.files == 0 {
             return;
         }
-        let (counters, stop, json, interval, start) = (
+        let (counters, stop, json, interval, start, pair) = (
             Arc::clone(&self.counters),
             Arc::clone(&self.stop),
             self.json,
             self.interval,
             self.start,
+            self.pair,
         );
         let handle = std::thread::spawn(move || loop {
             std::thread::park_timeout(interval);
@@ -237,11 +270,14 @@ impl Reporter for LineReporter {
                 let _ = writeln!(
                     err,
                     "{}",
-                    json!({"event": "progress",
+                    with_pair(
+                        json!({"event": "progress",
                         "bytes": counters.done.load(Ordering::Relaxed),
                         "total": counters.total.load(Ordering::Relaxed),
                         "files_done": counters.files_done.load(Ordering::Relaxed),
-                        "elapsed_s": start.elapsed().as_secs_f64()})
+                        "elapsed_s": start.elapsed().as_secs_f64()}),
+                        pair
+                    )
                 );
             } else {
                 let _ = writeln!(err, "{}", counters.line(start.elapsed()));

@@ -323,11 +323,12 @@ impl RelPath {
             }
         }
         // Case-insensitively: on a volume that folds case (SMB/Azure Files, CIFS, ext4
-        // casefold folders) `.Model-Loader/lock` is the loader's own lock file.
+        // casefold folders) `.Model-Loader/lock` is the loader's own lock file. At any depth:
+        // `sub/.model-loader/…` is the state of a DEST loaded inside this one (KServe nests
+        // `/mnt/models/adapter` in `/mnt/models`), or was uploaded from one.
         if path
             .split('/')
-            .next()
-            .is_some_and(|first| first.eq_ignore_ascii_case(STATE_DIR))
+            .any(|segment| segment.eq_ignore_ascii_case(STATE_DIR))
         {
             return Err(refuse(
                 "it is inside the loader's own state folder .model-loader",
@@ -562,7 +563,13 @@ mod tests {
 
     #[test]
     fn relpath_refuses_escapes() {
-        for ok in ["a", "a/b c/ü.json", "..a/b..", ".hidden", "a/.model-loader"] {
+        for ok in [
+            "a",
+            "a/b c/ü.json",
+            "..a/b..",
+            ".hidden",
+            "a/.model-loaders",
+        ] {
             assert_eq!(RelPath::new(ok).unwrap().as_str(), ok);
         }
         let long = "x".repeat(256);
@@ -579,6 +586,7 @@ mod tests {
             ".model-loader/manifest.json",
             ".Model-Loader/lock",
             ".MODEL-LOADER/journal.jsonl",
+            "adapter/.model-loader/manifest.json",
             long.as_str(),
         ] {
             let e = RelPath::new(bad).unwrap_err();

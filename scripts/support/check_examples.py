@@ -67,6 +67,9 @@ def check_kserve(d, where):
         for p in paths:
             if not p.startswith("/") or p == "/" or ".." in p:
                 errors.append(f"{where}: mountPath {p!r} must be absolute, not /, without '..'")
+        if len(set(paths)) != len(paths):
+            # KServe merges two storageUris into one mountPath; model-loader refuses that.
+            errors.append(f"{where}: two storageUris share a mountPath; model-loader gives each its own")
         if len(paths) > 1 and os.path.commonpath(paths) == "/":
             errors.append(f"{where}: KServe needs the mountPaths under one parent other than /")
         if uris:

@@ -1,10 +1,11 @@
-"""Runs a command and records the peak of the summed RSS of its whole process tree.
+"""Runs a command and records the peak memory of its whole process tree.
 
 Usage: python tree_rss.py OUT_FILE -- COMMAND...
 GNU time's "maximum resident set size" is that of the largest single process; a tool that
-forks workers (kserve-storage runs 4 processes) needs the sum, which is what a container's
-memory limit meets (page cache aside). Sampled every 20 ms from /proc; exits with the
-command's status.
+forks workers (kserve-storage runs 4 processes) needs the tree's total, which is what a
+container's memory limit meets (page cache aside). Each process counts its proportional set
+size (Pss, /proc/PID/smaps_rollup): pages the forked workers share copy-on-write are counted
+once in the total, not once per process. Sampled every 20 ms; exits with the command's status.
 """
 import os
 import subprocess
@@ -30,13 +31,15 @@ def children():
 
 
 def rss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
+    """Pss in KiB (VmRSS where smaps_rollup is missing, kernels before 4.14)."""
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except OSError:
+            continue
     return 0
 
 

@@ -47,6 +47,9 @@ pub struct Config {
     pub lock_stale: Duration,
     pub fsync: bool,
     pub p2p: Option<crate::remote::p2p::P2pOptions>,
+    /// Folders inside `dest` that other pairs of the call load into (relative, `/`-separated):
+    /// this pair's files may not land there.
+    pub nested: Vec<String>,
 }
 
 impl Args {
@@ -143,6 +146,10 @@ impl Args {
             }
             out.push(cfg);
         }
+        let dests: Vec<PathBuf> = out.iter().map(|c| c.dest.clone()).collect();
+        for c in out.iter_mut() {
+            c.nested = dests.iter().filter_map(|d| inside(d, &c.dest)).collect();
+        }
         Ok(out)
     }
 
@@ -216,25 +223,38 @@ impl Args {
             lock_stale: secs(self.lock_stale, "lock_stale")?,
             fsync: self.fsync,
             p2p: self.p2p_options()?,
+            nested: Vec::new(),
         })
     }
 
     /// `--include`/`--exclude` (or their twins); where one is not given, KServe's
     /// `STORAGE_ALLOW_PATTERNS`/`STORAGE_IGNORE_PATTERNS` stand in for it.
     fn filter(&self) -> Result<Filter> {
+        use super::filter::{Patterns, Syntax};
         let pick = |given: &[String], id: &str, kserve: &'static str| {
             let given = split_patterns(given);
             if !given.is_empty() {
-                return (given, self.named(id));
+                return (given, self.named(id), Syntax::Hf);
             }
             match super::kserve::patterns(kserve) {
-                Some(p) => (p, kserve.to_string()),
-                None => (Vec::new(), self.named(id)),
+                Some(p) => (p, kserve.to_string(), Syntax::Fnmatch),
+                None => (Vec::new(), self.named(id), Syntax::Hf),
             }
         };
-        let (include, include_name) = pick(&self.include, "include", "STORAGE_ALLOW_PATTERNS");
-        let (exclude, exclude_name) = pick(&self.exclude, "exclude", "STORAGE_IGNORE_PATTERNS");
-        Filter::named(&include, &exclude, &include_name, &exclude_name)
+        let (inc, inc_name, inc_syntax) = pick(&self.include, "include", "STORAGE_ALLOW_PATTERNS");
+        let (exc, exc_name, exc_syntax) = pick(&self.exclude, "exclude", "STORAGE_IGNORE_PATTERNS");
+        Filter::named(
+            Patterns {
+                list: &inc,
+                name: &inc_name,
+                syntax: inc_syntax,
+            },
+            Patterns {
+                list: &exc,
+                name: &exc_name,
+                syntax: exc_syntax,
+            },
+        )
     }
 
     /// `--p2p-proxy` checked offline: an http(s) URL; `--p2p-ca` only with a proxy.
@@ -300,6 +320,18 @@ pub fn pair_label(i: usize, n: usize, src: &str, dest: &str) -> String {
         crate::redact::userinfo(src),
         crate::redact::userinfo(dest)
     )
+}
+
+/// `inner` relative to `outer` when it is strictly inside it (by text, as [`same_dir`]).
+fn inside(inner: &std::path::Path, outer: &std::path::Path) -> Option<String> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (inner, outer) = (abs(inner), abs(outer));
+    let rel = inner.strip_prefix(&outer).ok()?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// The same folder, however spelled (`./m`, `m/`, `/abs/m`), judged by text alone: the

@@ -1,6 +1,6 @@
 //! Which files to fetch: `--include`/`--exclude` globs with `hf download` semantics.
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 
@@ -52,27 +52,30 @@ pub struct Filter {
     /// `STORAGE_ALLOW_PATTERNS`…), so messages name what the user set.
     include_name: String,
     exclude_name: String,
+    /// Which sides came from KServe's `STORAGE_*_PATTERNS` (fnmatch).
+    include_fnmatch: bool,
+    exclude_fnmatch: bool,
 }
 
 impl Filter {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self> {
-        Self::named(include, exclude, "--include", "--exclude")
+        Self::named(
+            Patterns::hf(include, "--include"),
+            Patterns::hf(exclude, "--exclude"),
+        )
     }
 
     /// A filter whose messages name the options or variables the patterns came from.
-    pub fn named(
-        include: &[String],
-        exclude: &[String],
-        include_name: &str,
-        exclude_name: &str,
-    ) -> Result<Self> {
+    pub fn named(include: Patterns<'_>, exclude: Patterns<'_>) -> Result<Self> {
         Ok(Filter {
-            include: glob_set(include, include_name)?,
-            exclude: glob_set(exclude, exclude_name)?,
-            include_name: include_name.to_string(),
-            exclude_name: exclude_name.to_string(),
-            include_text: nonblank(include),
-            exclude_text: nonblank(exclude),
+            include: glob_set(&include)?,
+            exclude: glob_set(&exclude)?,
+            include_name: include.name.to_string(),
+            exclude_name: exclude.name.to_string(),
+            include_fnmatch: include.syntax == Syntax::Fnmatch,
+            exclude_fnmatch: exclude.syntax == Syntax::Fnmatch,
+            include_text: nonblank(include.list),
+            exclude_text: nonblank(exclude.list),
         })
     }
 
@@ -103,6 +106,22 @@ impl Filter {
         })
     }
 
+    /// For a URL that names one object: KServe's initializer applies its patterns only to the
+    /// files under a folder (`exact_obj_found` in `_download_s3`), so its sides are dropped;
+    /// the loader's own `--include`/`--exclude` still apply.
+    pub fn for_exact_object(&self) -> Filter {
+        let mut f = self.clone();
+        if f.include_fnmatch {
+            (f.include, f.include_text, f.include_fnmatch) = (None, Vec::new(), false);
+            f.include_name = "--include".into();
+        }
+        if f.exclude_fnmatch {
+            (f.exclude, f.exclude_text, f.exclude_fnmatch) = (None, Vec::new(), false);
+            f.exclude_name = "--exclude".into();
+        }
+        f
+    }
+
     /// `--include/--exclude`, or the names the patterns came from.
     pub fn names(&self) -> String {
         format!("{}/{}", self.include_name, self.exclude_name)
@@ -123,6 +142,8 @@ impl Default for Filter {
             exclude_text: Vec::new(),
             include_name: "--include".into(),
             exclude_name: "--exclude".into(),
+            include_fnmatch: false,
+            exclude_fnmatch: false,
         }
     }
 }
@@ -135,27 +156,112 @@ fn nonblank(patterns: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn glob_set(patterns: &[String], flag: &str) -> Result<Option<GlobSet>> {
-    let patterns = nonblank(patterns);
+/// One side of a filter: the patterns, where they came from, and how they are read.
+pub struct Patterns<'a> {
+    pub list: &'a [String],
+    /// The option or variable, for messages.
+    pub name: &'a str,
+    pub syntax: Syntax,
+}
+
+impl<'a> Patterns<'a> {
+    pub fn hf(list: &'a [String], name: &'a str) -> Self {
+        Patterns {
+            list,
+            name,
+            syntax: Syntax::Hf,
+        }
+    }
+}
+
+/// How a pattern is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// `hf download`'s: globs with `{a,b}`, `\` escapes, and `dir/` for a folder's contents.
+    Hf,
+    /// Python's `fnmatch`, as KServe's initializer matches `STORAGE_*_PATTERNS`: only `*`, `?`
+    /// and `[…]`; everything else literal.
+    Fnmatch,
+}
+
+fn glob_set(side: &Patterns<'_>) -> Result<Option<GlobSet>> {
+    let patterns = nonblank(side.list);
     if patterns.is_empty() {
         return Ok(None);
     }
+    let flag = side.name;
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        // A folder pattern means everything inside it, as in huggingface_hub.
-        let p = if p.ends_with('/') {
-            format!("{p}*")
-        } else {
-            p.clone()
+        let p = match side.syntax {
+            // A folder pattern means everything inside it, as in huggingface_hub.
+            Syntax::Hf if p.ends_with('/') => format!("{p}*"),
+            Syntax::Hf => p.clone(),
+            Syntax::Fnmatch => fnmatch_to_glob(&p),
         };
-        let g = Glob::new(&p).map_err(|e| {
-            Error::usage(format!("{flag} {p:?} is not a valid glob")).with_source(e)
-        })?;
+        let g = GlobBuilder::new(&p)
+            .backslash_escape(side.syntax == Syntax::Hf)
+            .build()
+            .map_err(|e| {
+                Error::usage(format!("{flag} {p:?} is not a valid glob")).with_source(e)
+            })?;
         b.add(g);
     }
     b.build()
         .map(Some)
         .map_err(|e| Error::usage(format!("{flag}: invalid globs")).with_source(e))
+}
+
+/// An fnmatch pattern as a globset glob that matches the same paths (read with backslash
+/// escapes off), following CPython's `fnmatch.translate`: runs of `*` are one `*` (no `**`
+/// folder rule), braces are literal, `[!…]` negates, a `^` opening a class is literal, an
+/// unclosed `[` is literal.
+pub fn fnmatch_to_glob(p: &str) -> String {
+    let c: Vec<char> = p.chars().collect();
+    let (mut out, mut i) = (String::new(), 0);
+    while i < c.len() {
+        match c[i] {
+            '*' => {
+                out.push('*');
+                while c.get(i + 1) == Some(&'*') {
+                    i += 1;
+                }
+            }
+            '{' => out.push_str("[{]"),
+            '}' => out.push_str("[}]"),
+            '[' => {
+                let mut j = i + 1;
+                if c.get(j) == Some(&'!') {
+                    j += 1;
+                }
+                if c.get(j) == Some(&']') {
+                    j += 1;
+                }
+                while j < c.len() && c[j] != ']' {
+                    j += 1;
+                }
+                if j >= c.len() {
+                    out.push_str("[[]");
+                } else {
+                    let stuff: String = c[i + 1..j].iter().collect();
+                    out.push_str(&class(&stuff));
+                    i = j;
+                }
+            }
+            ch => out.push(ch),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The body of an fnmatch class as a globset class: `^` first is a literal there.
+fn class(stuff: &str) -> String {
+    match stuff.strip_prefix('^') {
+        Some("") => "^".into(),
+        Some(rest) if rest.starts_with(']') => format!("[{rest}^]"),
+        Some(rest) => format!("[{rest}^]"),
+        None => format!("[{stuff}]"),
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +314,48 @@ mod tests {
         assert_eq!(f.folder_hint("x/a.bin").as_deref(), Some("x/"));
         assert_eq!(f.folder_hint("subway/a.bin"), None);
         assert!(Filter::new(&["a[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn fnmatch_patterns_match_what_python_fnmatch_matches() {
+        // Each case checked against CPython 3.11's fnmatch.fnmatch.
+        let f = |p: &str| {
+            let list = vec![p.to_string()];
+            Filter::named(
+                Patterns {
+                    list: &list,
+                    name: "STORAGE_ALLOW_PATTERNS",
+                    syntax: Syntax::Fnmatch,
+                },
+                Patterns::hf(&[], "--exclude"),
+            )
+            .unwrap()
+        };
+        let cases: &[(&str, &str, bool)] = &[
+            ("*.json", "config.json", true),
+            ("*.json", "sub/config.json", true),
+            ("**/*.json", "config.json", false),
+            ("**/*.json", "a/config.json", true),
+            ("{a,b}.txt", "a.txt", false),
+            ("{a,b}.txt", "{a,b}.txt", true),
+            ("a\\b", "a\\b", true),
+            ("[^x]y", "^y", true),
+            ("[^x]y", "xy", true),
+            ("[^x]y", "zy", false),
+            ("[!x]y", "zy", true),
+            ("[!x]y", "xy", false),
+            ("[abc", "[abc", true),
+            ("[abc", "a", false),
+            ("dir/", "dir/a.bin", false),
+            (
+                "model-0000?-of-*.safetensors",
+                "model-00001-of-00002.safetensors",
+                true,
+            ),
+            ("[]]x", "]x", true),
+        ];
+        for (p, path, want) in cases {
+            assert_eq!(f(p).matches(path), *want, "fnmatch({path:?}, {p:?})");
+        }
     }
 }

@@ -67,10 +67,16 @@ pub fn storage_spec(
     if spec.get("type").map(scalar_text).as_deref() != Some("s3") {
         return Ok(Vec::new());
     }
-    Ok(S3_KEYS
+    let mut set: Vec<(&'static str, String)> = S3_KEYS
         .iter()
         .filter_map(|(key, var)| Some((*var, scalar_text(spec.get(*key)?))))
-        .collect())
+        .collect();
+    // botocore reads only AWS_DEFAULT_REGION; the loader (like the AWS SDKs) reads AWS_REGION
+    // first, which EKS's pod-identity webhooks set: the spec's region must win over it too.
+    if let Some(region) = spec.get("region") {
+        set.push(("AWS_REGION", scalar_text(region)));
+    }
+    Ok(set)
 }
 
 fn object(text: Option<&str>, name: &str) -> Result<serde_json::Map<String, Value>> {
@@ -150,7 +156,8 @@ mod tests {
         assert_eq!(get("awsAnonymousCredential"), Some("False"));
         assert_eq!(get("S3_VERIFY_SSL"), Some("0"));
         assert_eq!(get("AWS_CA_BUNDLE"), None);
-        assert_eq!(set.len(), 6, "bucket is the webhook's");
+        assert_eq!(get("AWS_REGION"), Some("us-south"));
+        assert_eq!(set.len(), 7, "bucket is the webhook's");
         // The type may come from the override alone; other types set nothing.
         assert_eq!(
             storage_spec(Some(r#"{"access_key_id":"A"}"#), Some(r#"{"type":"s3"}"#))

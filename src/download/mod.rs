@@ -44,7 +44,13 @@ const WRITE_BUFFER: usize = 256 * 1024;
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
     let (source, listing) = open_and_list(cfg, &reporter).await?;
-    let selection = select(listing.files, &cfg.filter, &cfg.source)?;
+    let filter = if listing.exact {
+        cfg.filter.for_exact_object()
+    } else {
+        cfg.filter.clone()
+    };
+    let selection = select(listing.files, &filter, &cfg.source)?;
+    select::refuse_nested(&selection.files, &cfg.nested, &cfg.source)?;
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
         whole_files: false,

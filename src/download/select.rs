@@ -20,6 +20,31 @@ pub struct Selection {
     pub filtered: Vec<(String, String)>,
 }
 
+/// Files that would land in a folder another pair of the call loads into (`nested`, relative
+/// to DEST): two pairs would write, and then remove, each other's files. Refused before any
+/// byte is fetched.
+pub fn refuse_nested(
+    files: &[(RelPath, RemoteFile)],
+    nested: &[String],
+    src: &url::SourceUrl,
+) -> Result<()> {
+    for (p, _) in files {
+        let s = p.as_str();
+        if let Some(n) = nested.iter().find(|n| {
+            s == n.as_str()
+                || s.strip_prefix(n.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        }) {
+            return Err(Error::usage(format!(
+                "{src} has {s}, inside {n}/, which another pair of this call loads into: two \
+                 models cannot share files; give that pair a DEST outside this one, or leave \
+                 {n}/ out of this one with --exclude '{n}/'"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Objects that must be restored before they can be read: one error naming them, before any
 /// byte is fetched (rather than a 403 per object after other files were fetched).
 fn refuse_archived(files: &[(RelPath, RemoteFile)], src: &url::SourceUrl) -> Result<()> {

@@ -24,9 +24,11 @@ pub(crate) async fn list_bucket<B: BucketListing + Sync>(b: &B) -> Result<Listin
         format!("{prefix}/")
     };
     let mut files = b.list_folder(&folder).await?;
+    let mut exact = false;
     if files.is_empty() && !prefix.is_empty() {
         if let Some(f) = b.head(prefix).await? {
             files.push(f);
+            exact = true;
         }
     }
     if files.is_empty() {
@@ -49,6 +51,7 @@ pub(crate) async fn list_bucket<B: BucketListing + Sync>(b: &B) -> Result<Listin
     Ok(Listing {
         files,
         revision: None,
+        exact,
     })
 }
 

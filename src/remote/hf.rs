@@ -580,6 +580,7 @@ impl Source for Hf {
         Ok(Listing {
             files,
             revision: Some(self.commit.clone()),
+            exact: false,
         })
     }
 

@@ -103,8 +103,8 @@ pub fn transport_error(what: &str, err: reqwest::Error) -> Error {
             Kind::Network,
             format!(
                 "{what}: the server's TLS certificate is not trusted ({why}): if the endpoint \
-                 uses a private CA, point AWS_CA_BUNDLE at that CA's PEM file; for a KServe S3 \
-                 endpoint, S3_VERIFY_SSL=0 turns the check off"
+                 uses a private CA, give a PEM bundle holding it in SSL_CERT_FILE (or, for s3://, \
+                 AWS_CA_BUNDLE); for a KServe S3 endpoint, S3_VERIFY_SSL=0 turns the check off"
             ),
         )
         .with_source(strip_url(err));

@@ -326,6 +326,9 @@ impl Fetched {
 pub struct Listing {
     pub files: Vec<RemoteFile>,
     pub revision: Option<String>,
+    /// The URL named one object (nothing was under it as a folder): KServe's file patterns do
+    /// not apply to it, as in its initializer.
+    pub exact: bool,
 }
 
 /// The one interface every scheme implements.

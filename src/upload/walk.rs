@@ -67,7 +67,8 @@ pub(super) fn walk(root: &Dir, reporter: &dyn Reporter) -> Result<Vec<(RelPath, 
             } else {
                 format!("{rel_dir}/{name}")
             };
-            if rel == STATE_DIR {
+            // The state folder of DIR, and of any DEST loaded inside it (a nested pair).
+            if name == STATE_DIR {
                 continue;
             }
             let p = dir.path().join(&name);

@@ -161,9 +161,20 @@ fn several_pairs_load_in_turn_and_the_failed_one_is_named() {
         }
         run(&mut cmd)
     };
+    // The whole tree under the outer DEST: its own files, and each inner pair's under its
+    // folder (state folders aside), so one pair touching another's files shows.
+    let whole = |inner: &[(&str, &BTreeMap<String, Vec<u8>>)]| -> BTreeMap<String, String> {
+        let mut want = expected(&objects_a, "m/");
+        for (dir, objects) in inner {
+            for (k, v) in expected(objects, "m/") {
+                want.insert(format!("{dir}/{k}"), v);
+            }
+        }
+        want
+    };
     let outer = |t: BTreeMap<String, String>| -> BTreeMap<String, String> {
         t.into_iter()
-            .filter(|(k, _)| !k.starts_with("adapter/") && !k.starts_with("draft/"))
+            .filter(|(k, _)| !k.contains("/.model-loader/"))
             .collect()
     };
     let term = termination_log(tmp.path());
@@ -175,8 +186,7 @@ fn several_pairs_load_in_turn_and_the_failed_one_is_named() {
     assert!(first.contains("the other 2 pairs loaded"), "{first}");
     let msg = std::fs::read_to_string(&term).unwrap();
     assert!(msg.contains(&label) && msg.lines().count() == 1, "{msg:?}");
-    assert_eq!(outer(tree(&da)), expected(&objects_a, "m/"));
-    assert_eq!(tree(&dc), expected(&objects_c, "m/"));
+    assert_eq!(outer(tree(&da)), whole(&[("draft", &objects_c)]));
     assert!(!db.join(".model-loader/manifest.json").exists());
 
     let out = call(&["--check"]);
@@ -204,9 +214,11 @@ fn several_pairs_load_in_turn_and_the_failed_one_is_named() {
     front.clear();
     let out = call(&[]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(tree(&db), expected(&more, "m/"));
     assert_eq!(front.object_requests(&a) + front.object_requests(&c), 0);
-    assert_eq!(outer(tree(&da)), expected(&objects_a, "m/"));
+    assert_eq!(
+        outer(tree(&da)),
+        whole(&[("adapter", &more), ("draft", &objects_c)])
+    );
     assert_eq!(call(&["--check"]).status.code(), Some(0));
     assert_eq!(call(&["--verify"]).status.code(), Some(0));
 
@@ -220,6 +232,55 @@ fn several_pairs_load_in_turn_and_the_failed_one_is_named() {
         first.contains("pair 3 of 3") && first.contains("model.safetensors"),
         "{first}"
     );
+}
+
+/// A file of the outer model inside an inner pair's DEST (`/mnt/models` holding `adapter/x`
+/// while pair 2 loads into `/mnt/models/adapter`): the two would overwrite, then remove, each
+/// other's files. Refused (exit 2) before any byte is fetched, whichever pair comes first; the
+/// inner DEST's state folder is never part of the outer model.
+#[test]
+fn an_outer_model_with_files_in_an_inner_dest_is_refused() {
+    let b = bucket("ks-nest");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/config.json".to_string(), b"{}".to_vec());
+    objects.insert("m/adapter/weights.bin".to_string(), data(3, 5000));
+    seed_s3(&s3_endpoint(), &b, &objects);
+    let (c, objects_c) = small_model("ks-nest2");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("models");
+    let front = Proxy::start(&s3_endpoint());
+    for order in [[0, 1], [1, 0]] {
+        let pairs = [
+            (format!("s3://{b}/m"), root.clone()),
+            (format!("s3://{c}/m"), root.join("adapter")),
+        ];
+        let mut cmd = loader(&front.url(), tmp.path());
+        for i in order {
+            cmd.arg(&pairs[i].0).arg(&pairs[i].1);
+        }
+        front.clear();
+        let out = run(&mut cmd);
+        let first = error_line(&out, 2);
+        assert!(
+            first.contains("adapter/weights.bin, inside adapter/"),
+            "{first}"
+        );
+        assert_eq!(
+            front.object_requests(&b),
+            0,
+            "nothing of the outer model fetched"
+        );
+    }
+    // Left out, the rest loads, and the inner pair is whole.
+    let out = run(loader(&front.url(), tmp.path())
+        .args(["--exclude", "adapter/"])
+        .arg(format!("s3://{b}/m"))
+        .arg(&root)
+        .arg(format!("s3://{c}/m"))
+        .arg(root.join("adapter")));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&root.join("adapter")), expected(&objects_c, "m/"));
+    assert!(tree(&root).contains_key("config.json"));
 }
 
 /// The same DEST twice would have pair 2 replace pair 1's model: refused before anything runs.
@@ -327,6 +388,53 @@ fn storage_patterns_filter_files_and_flags_win() {
     let d4 = tmp.path().join("none");
     let out = load(&[("STORAGE_ALLOW_PATTERNS", r#"["*.gguf"]"#)], &[], &d4);
     assert!(error_line(&out, 4).contains("STORAGE_ALLOW_PATTERNS"));
+    // fnmatch, not globs: `**/` needs a folder, braces are literal.
+    let d5 = tmp.path().join("fnmatch");
+    let out = load(
+        &[(
+            "STORAGE_ALLOW_PATTERNS",
+            r#"["**/*.json", "{model}.safetensors"]"#,
+        )],
+        &[],
+        &d5,
+    );
+    assert!(error_line(&out, 4).contains("STORAGE_ALLOW_PATTERNS"));
+    // A URL naming one object is fetched whatever KServe's patterns say (`exact_obj_found`).
+    let d6 = tmp.path().join("exact");
+    let mut cmd = loader(&s3_endpoint(), tmp.path());
+    cmd.env("STORAGE_ALLOW_PATTERNS", "*.safetensors");
+    let out = run(cmd.arg(format!("s3://{b}/m/config.json")).arg(&d6));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&d6), only("config.json"));
+}
+
+/// With several pairs, `--progress json` events say which pair they belong to, so a consumer
+/// does not take pair 1's `done` for the end of the call.
+#[test]
+fn json_events_name_their_pair() {
+    let (b, _) = small_model("ks-json");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(loader(&s3_endpoint(), tmp.path())
+        .args(["--progress", "json"])
+        .arg(format!("s3://{b}/m"))
+        .arg(tmp.path().join("one"))
+        .arg(format!("s3://{b}/m"))
+        .arg(tmp.path().join("two")));
+    assert_eq!(out.status.code(), Some(0));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stderr line is JSON"))
+        .collect();
+    let done: Vec<_> = events.iter().filter(|e| e["event"] == "done").collect();
+    assert_eq!(done.len(), 2);
+    assert_eq!(
+        (done[0]["pair"].as_u64(), done[1]["pair"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(events
+        .iter()
+        .filter(|e| e["event"] == "plan")
+        .all(|e| e["pair"].is_u64()));
 }
 
 /// Kubernetes stops a pod with SIGTERM: the pair being loaded keeps what it wrote, and the
@@ -404,6 +512,14 @@ fn s3_verify_ssl_0_accepts_an_unknown_certificate_with_a_warning() {
     let out = load(&[("AWS_CA_BUNDLE", ca.to_str().unwrap())], "ca");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&tmp.path().join("ca")), expected(&objects, "m/"));
+
+    // The system's variable for extra roots works for every scheme's client.
+    let out = load(&[("SSL_CERT_FILE", ca.to_str().unwrap())], "ssl-cert-file");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        tree(&tmp.path().join("ssl-cert-file")),
+        expected(&objects, "m/")
+    );
 
     let out = load(&[("S3_VERIFY_SSL", "0")], "unchecked");
     assert_eq!(out.status.code(), Some(0));
