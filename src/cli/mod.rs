@@ -20,7 +20,7 @@ use crate::progress::ProgressMode;
 
 pub use config::{pair_label, Config, Mode};
 pub use filter::{split_patterns, Filter};
-pub use values::{mistyped_url, parse_bool, parse_size};
+pub use values::{mistyped_url, parse_bool, parse_size, WriteMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,6 +141,13 @@ pub struct Args {
     /// manifest vouches for.
     #[arg(long, env = "MODEL_LOADER_FSYNC", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub fsync: bool,
+
+    /// How files are written: `auto` chooses per DEST — through the page cache when the model
+    /// fits in the memory free here, so the engine that reads it next finds it in memory;
+    /// around it (O_DIRECT) when it does not; never O_DIRECT on network, FUSE, tmpfs or overlay
+    /// filesystems. The choice and its reason are logged.
+    #[arg(long, env = "MODEL_LOADER_WRITE_MODE", value_enum, default_value_t = WriteMode::Auto)]
+    pub write_mode: WriteMode,
 
     /// oss:// only: use the `-internal` (VPC) endpoint derived from OSS_REGION/OSS_ENDPOINT.
     #[arg(long, env = "MODEL_LOADER_OSS_INTERNAL")]

@@ -69,6 +69,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// What the user asked for (`--write-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WriteMode {
+    /// Chosen per DEST: see the module's rules.
+    #[default]
+    Auto,
+    /// `O_DIRECT` where the filesystem takes it: no page cache filled, none evicted.
+    Direct,
+    /// Through the page cache: the engine that reads the model next finds it in memory.
+    Buffered,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

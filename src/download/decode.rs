@@ -131,7 +131,7 @@ mod tests {
     fn decode(stored: &[u8], room: u64) -> (Result<Decoded>, Vec<u8>) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Dir::open(tmp.path()).unwrap();
-        let part = PartFile::open(&dir, "s.part", stored.len() as u64, false, "t").unwrap();
+        let part = PartFile::open(&dir, "s.part", stored.len() as u64, false, "t", true).unwrap();
         if !stored.is_empty() {
             part.write_at(stored, 0).unwrap();
         }

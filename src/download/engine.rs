@@ -262,52 +262,7 @@ pub async fn execute(
     let files: Vec<FileJob> = plans
         .into_iter()
         .enumerate()
-        .map(|(id, plan)| {
-            let single = plan.is_single_request();
-            let inline = match &plan.file.checksum {
-                Some(c) if single => Some(verify::Hasher::for_checksum(c, plan.file.size)),
-                _ => None,
-            };
-            let crc = match &plan.file.checksum {
-                Some(c) if !single => verify::crc_algorithm(c),
-                _ => None,
-            };
-            let hashes_parts = !single
-                && plan
-                    .file
-                    .checksum
-                    .as_ref()
-                    .and_then(verify::part_layout)
-                    .is_some();
-            let in_order = match &plan.file.checksum {
-                Some(c) if !single && verify::needs_in_order(c) => {
-                    let size = plan.file.size;
-                    let present = plan::missing_ranges(size, &plan.missing);
-                    Some(Arc::new(inorder::InOrder::new(
-                        size,
-                        &present,
-                        Arc::clone(&budget),
-                    )))
-                }
-                _ => None,
-            };
-            FileJob {
-                in_order,
-                crc,
-                range_crcs: Mutex::new(Vec::new()),
-                hashes_parts,
-                part_digests: Mutex::new(Default::default()),
-                hashes_inline: inline.is_some(),
-                inline: Mutex::new(inline),
-                id,
-                remaining: AtomicU64::new(plan.chunk_count()),
-                records: !single || plan.resume || plan.file.size > RECORD_EVERY_BYTES,
-                checksum_applies: AtomicBool::new(true),
-                object_checksum: Mutex::new(None),
-                part: Mutex::new(None),
-                plan,
-            }
-        })
+        .map(|(id, plan)| FileJob::new(id, plan, &budget))
         .collect();
     let opts = ExecOptions {
         buffer_size: if files.iter().any(|j| j.in_order.is_some()) {
@@ -346,14 +301,20 @@ pub async fn execute(
         }
     }
 
+    run_workers(&ctx, chunks_total).await;
+    collect(&ctx, out)
+}
+
+/// The workers, each taking chunks until none are left or the run stops; joined.
+async fn run_workers(ctx: &Arc<Ctx>, chunks_total: u64) {
     let workers = if ctx.stopping() {
         0
     } else {
-        (opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize
+        (ctx.opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize
     };
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let ctx = Arc::clone(&ctx);
+        let ctx = Arc::clone(ctx);
         set.spawn(async move {
             if let Err(e) = worker(&ctx).await {
                 ctx.fail(e);
@@ -367,6 +328,11 @@ pub async fn execute(
             );
         }
     }
+}
+
+/// What the run did, into `out` (also when it failed), and its outcome: a stop, the first
+/// error, or success.
+fn collect(ctx: &Ctx, out: &mut Executed) -> Result<()> {
     // Hashing threads of files this run will not finish.
     for io in ctx.files.iter().filter_map(|j| j.in_order.as_ref()) {
         io.close();
@@ -380,7 +346,7 @@ pub async fn execute(
         &mut *ctx.verified.lock().unwrap_or_else(|p| p.into_inner()),
     ));
     if let Some(kind) = ctx.cancel.reason() {
-        return Err(Error::new(kind, stopped_message(&ctx)));
+        return Err(Error::new(kind, stopped_message(ctx)));
     }
     let first = ctx
         .first_error
@@ -388,6 +354,69 @@ pub async fn execute(
         .unwrap_or_else(|p| p.into_inner())
         .take();
     first.map_or(Ok(()), Err)
+}
+
+impl FileJob {
+    /// What the file is checked against: the listing's checksum, or the origin's reply's where
+    /// the listing had none, unless the run found it does not apply (`types::authority`).
+    fn checked_against(&self) -> Option<crate::remote::types::Checksum> {
+        let from_reply = self
+            .object_checksum
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let applies = self.checksum_applies.load(Ordering::Relaxed);
+        crate::remote::types::authority(self.plan.file.checksum.clone(), from_reply, applies)
+    }
+
+    /// A planned file with the ways it will be verified: inline (one request), per-range
+    /// CRCs combined, part digests, or in order through `budget`.
+    fn new(id: usize, plan: FilePlan, budget: &Arc<inorder::Budget>) -> FileJob {
+        let single = plan.is_single_request();
+        let inline = match &plan.file.checksum {
+            Some(c) if single => Some(verify::Hasher::for_checksum(c, plan.file.size)),
+            _ => None,
+        };
+        let crc = match &plan.file.checksum {
+            Some(c) if !single => verify::crc_algorithm(c),
+            _ => None,
+        };
+        let hashes_parts = !single
+            && plan
+                .file
+                .checksum
+                .as_ref()
+                .and_then(verify::part_layout)
+                .is_some();
+        let in_order = match &plan.file.checksum {
+            Some(c) if !single && verify::needs_in_order(c) => {
+                let size = plan.file.size;
+                let present = plan::missing_ranges(size, &plan.missing);
+                Some(Arc::new(inorder::InOrder::new(
+                    size,
+                    &present,
+                    Arc::clone(budget),
+                )))
+            }
+            _ => None,
+        };
+        FileJob {
+            in_order,
+            crc,
+            range_crcs: Mutex::new(Vec::new()),
+            hashes_parts,
+            part_digests: Mutex::new(Default::default()),
+            hashes_inline: inline.is_some(),
+            inline: Mutex::new(inline),
+            id,
+            remaining: AtomicU64::new(plan.chunk_count()),
+            records: !single || plan.resume || plan.file.size > RECORD_EVERY_BYTES,
+            checksum_applies: AtomicBool::new(true),
+            object_checksum: Mutex::new(None),
+            part: Mutex::new(None),
+            plan,
+        }
+    }
 }
 
 /// One line on a stop: what is kept, and that a rerun resumes.
@@ -497,6 +526,36 @@ struct BodyEnd {
     stopped: bool,
 }
 
+/// A chunk's request the server asked to slow down: the shared throttle holds every request
+/// back and this one waits its turn there, until the patience runs out (the error).
+fn throttled(
+    ctx: &Ctx,
+    job: &FileJob,
+    err: Error,
+    server_wait: Option<Duration>,
+    pushed_back: &mut crate::retry::Patience,
+) -> Result<()> {
+    let patience = ctx.opts.retry.throttle_patience;
+    if pushed_back.again(patience).is_none() {
+        return Err(pushed_back.gave_up(err, &ctx.shown(job), patience));
+    }
+    if let Some(cut) = ctx.throttle.pushed_back(server_wait) {
+        if cut.first {
+            ctx.reporter.warn(&format!(
+                "{}; the server asks to slow down: {} → {} requests in flight, backing off (waiting up to {} s for it to pass)",
+                err.message(),
+                cut.from,
+                cut.to,
+                patience.as_secs()
+            ));
+        }
+        ctx.reporter
+            .retry(job.plan.path.as_str(), pushed_back.count(), &err, cut.pause);
+    }
+    ctx.retries.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Streams `range` into the part file, retrying transient failures and resuming from the last
 /// byte written, recording progress every [`RECORD_EVERY_BYTES`] or [`RECORD_EVERY`]. Returns
 /// false when the run is stopping (what was written is recorded first).
@@ -572,28 +631,7 @@ async fn fetch_chunk(
             return Err(err);
         };
         if err.condition() == Some(crate::error::Condition::Throttled) {
-            // The shared throttle holds every request back; this one waits its turn there.
-            if pushed_back
-                .again(ctx.opts.retry.throttle_patience)
-                .is_none()
-            {
-                let patience = ctx.opts.retry.throttle_patience;
-                return Err(pushed_back.gave_up(err, &ctx.shown(job), patience));
-            }
-            if let Some(cut) = ctx.throttle.pushed_back(server_wait) {
-                if cut.first {
-                    ctx.reporter.warn(&format!(
-                        "{}; the server asks to slow down: {} → {} requests in flight, backing off (waiting up to {} s for it to pass)",
-                        err.message(),
-                        cut.from,
-                        cut.to,
-                        ctx.opts.retry.throttle_patience.as_secs()
-                    ));
-                }
-                ctx.reporter
-                    .retry(job.plan.path.as_str(), pushed_back.count(), &err, cut.pause);
-            }
-            ctx.retries.fetch_add(1, Ordering::Relaxed);
+            throttled(ctx, job, err, server_wait, &mut pushed_back)?;
             continue;
         }
         failures += 1;
@@ -824,14 +862,7 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
             job.plan.resume,
         )?),
     };
-    let from_reply = job
-        .object_checksum
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let applies = job.checksum_applies.load(Ordering::Relaxed);
-    let checksum =
-        crate::remote::types::authority(job.plan.file.checksum.clone(), from_reply, applies);
+    let checksum = job.checked_against();
     let hashed = job.take_hashed(checksum.as_ref());
     let shown = ctx.shown(job);
     let size = job.plan.file.size;
@@ -859,15 +890,25 @@ async fn finalize(ctx: &Ctx, job: &FileJob) -> Result<()> {
     .await
     .map_err(|e| Error::new(Kind::Local, "a file check task failed").with_source(e))??;
     if distrusted {
-        ctx.reporter.warn(&format!(
-            "{}: two reads, cut into different ranges, agreed with each other but not with its \
-             multipart ETag: this server's multipart ETags are not MD5s of the parts as the \
-             loader cuts them (Cloudflare R2 objects from before mid-2023, Apache Ozone, some \
-             gateways; or parts of unequal lengths the server would not describe); files with \
-             one are checked by size only from now on, and the manifest says so",
-            ctx.shown(job)
-        ));
+        warn_distrusted(ctx, job);
     }
+    record_done(ctx, job, checked)
+}
+
+/// Said once, when two reads of a file agree with each other but not with its multipart ETag.
+fn warn_distrusted(ctx: &Ctx, job: &FileJob) {
+    ctx.reporter.warn(&format!(
+        "{}: two reads, cut into different ranges, agreed with each other but not with its \
+         multipart ETag: this server's multipart ETags are not MD5s of the parts as the \
+         loader cuts them (Cloudflare R2 objects from before mid-2023, Apache Ozone, some \
+         gateways; or parts of unequal lengths the server would not describe); files with \
+         one are checked by size only from now on, and the manifest says so",
+        ctx.shown(job)
+    ));
+}
+
+/// A landed file: what it was checked against, in the journal and the run's results.
+fn record_done(ctx: &Ctx, job: &FileJob, checked: Checked) -> Result<()> {
     ctx.verified
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod reread;
 pub mod select;
 pub mod state;
+pub mod write_mode;
 pub mod writer;
 
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         return Ok(summary);
     }
     prepare_dest(cfg, &state, &plan, previous.as_ref())?;
+    choose_write_mode(cfg, &state, &selected, reporter.as_ref());
     let parties = engine::Parties {
         source: Arc::clone(&source),
         state: Arc::clone(&state),
@@ -139,6 +141,21 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
 }
 
 /// How many object requests crossed the P2P proxy and how many went direct (and why, first).
+/// Direct or buffered writes for this DEST (`write_mode`), said once with the reason. The
+/// whole model counts, not only what is fetched: the engine reads every file.
+fn choose_write_mode(
+    cfg: &Config,
+    state: &StateDir,
+    selected: &[(RelPath, RemoteFile)],
+    reporter: &dyn Reporter,
+) {
+    let model: u64 = selected.iter().map(|(_, f)| f.size).sum();
+    let (fs, room) = write_mode::probe(&cfg.dest);
+    let chosen = write_mode::decide(cfg.write_mode, fs, model, room);
+    reporter.info(&chosen.reason);
+    state.set_direct(chosen.direct);
+}
+
 fn report_p2p(source: &AnySource, reporter: &dyn Reporter, summary: &mut Summary) {
     let Some(r) = source.p2p_report() else {
         return;

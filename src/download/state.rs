@@ -79,6 +79,8 @@ pub struct StateDir {
     /// vouches for the files in them.
     created: Mutex<BTreeSet<String>>,
     group_shared: bool,
+    /// Part files get an `O_DIRECT` descriptor (`write_mode`); set once before the engine.
+    direct: std::sync::atomic::AtomicBool,
 }
 
 /// Whether DEST (or, before it exists, the nearest folder above it that does) is shared with a
@@ -130,6 +132,7 @@ impl StateDir {
             lease: OnceLock::new(),
             created: Mutex::new(BTreeSet::new()),
             group_shared,
+            direct: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -144,6 +147,12 @@ impl StateDir {
     }
 
     /// From now on, every change checks that this lease is still ours.
+    /// Whether part files opened from now on write around the page cache (`write_mode`).
+    pub fn set_direct(&self, direct: bool) {
+        self.direct
+            .store(direct, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_lease(&self, held: Arc<Held>) {
         let _ = self.lease.set(held);
     }
@@ -201,7 +210,15 @@ impl StateDir {
             })?;
             self.sync_journal()?;
         }
-        PartFile::open(&self.parts, &self.part_name(p), size, resume, p.as_str())
+        let direct = self.direct.load(std::sync::atomic::Ordering::Relaxed);
+        PartFile::open(
+            &self.parts,
+            &self.part_name(p),
+            size,
+            resume,
+            p.as_str(),
+            direct,
+        )
     }
 
     /// Bytes the part file of `p` holds on disk (0 when there is none): a part file is
@@ -333,7 +350,8 @@ impl StateDir {
         self.parts
             .rename(&tmp, &self.parts, &name)
             .map_err(|e| Error::local("rename", &tmp_path, e))?;
-        let landed = PartFile::open(&self.parts, &name, decoded.size, true, shown)?;
+        let direct = self.direct.load(std::sync::atomic::Ordering::Relaxed);
+        let landed = PartFile::open(&self.parts, &name, decoded.size, true, shown, direct)?;
         let (a, b) = (rustix::fs::fstat(&out), rustix::fs::fstat(landed.file()));
         if !matches!((&a, &b), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
             return Err(Error::new(

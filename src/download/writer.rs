@@ -6,7 +6,8 @@
 //! writer of one file contends on. On this project's VM that took a 4 GiB download from 10.5 to
 //! 4 s of system time (BENCHMARKS.md). Unaligned pieces (the tail of a file, a resumed chunk)
 //! and filesystems without `O_DIRECT` (tmpfs) use the ordinary descriptor; the kernel keeps the
-//! two coherent.
+//! two coherent. Whether there is a direct descriptor at all is the run's write mode
+//! (`write_mode`): buffered writes leave the model in the page cache for the engine.
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::fs::File;
@@ -207,7 +208,14 @@ impl PartFile {
     /// truncated in place, so a loader that lost the lease cannot zero the inode another one
     /// writes — and sized to `size` so chunks can land anywhere in it. A resumed one must still
     /// be there with its length: its journal records vouch for its bytes.
-    pub fn open(parts: &Dir, name: &str, size: u64, resume: bool, shown: &str) -> Result<Self> {
+    pub fn open(
+        parts: &Dir,
+        name: &str,
+        size: u64,
+        resume: bool,
+        shown: &str,
+        direct: bool,
+    ) -> Result<Self> {
         let path = parts.path().join(name);
         let file = if resume {
             let file = parts
@@ -245,11 +253,9 @@ impl PartFile {
                 .map_err(|e| Error::local("reserve space for", &path, e).context(shown))?;
             file
         };
-        let direct = if std::env::var_os("MODEL_LOADER_NO_DIRECT_IO").is_some() {
-            None
-        } else {
-            parts.open_file(name, OFlags::RDWR | OFlags::DIRECT, 0).ok()
-        };
+        let direct = direct
+            .then(|| parts.open_file(name, OFlags::RDWR | OFlags::DIRECT, 0).ok())
+            .flatten();
         Ok(PartFile {
             file,
             direct_ok: AtomicBool::new(direct.is_some()),
@@ -412,7 +418,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Dir::open(tmp.path()).unwrap();
         let size = 3 << 20;
-        let part = PartFile::open(&dir, "r.part", size, false, "r").unwrap();
+        let part = PartFile::open(&dir, "r.part", size, false, "r", true).unwrap();
         let meta = std::fs::metadata(part.path()).unwrap();
         assert_eq!(meta.len(), size);
         assert!(
@@ -423,7 +429,7 @@ mod tests {
         // Reopened to resume: the bytes written stay.
         part.write_at(&[7u8; 100], 10).unwrap();
         drop(part);
-        let again = PartFile::open(&dir, "r.part", size, true, "r").unwrap();
+        let again = PartFile::open(&dir, "r.part", size, true, "r", true).unwrap();
         let got = std::fs::read(again.path()).unwrap();
         assert_eq!(&got[10..110], &[7u8; 100]);
     }
@@ -434,7 +440,7 @@ mod tests {
         let path = tmp.path().join("p.part");
         let size = 3 * DIRECT_ALIGN as u64 + 100;
         let dir = Dir::open(tmp.path()).unwrap();
-        let part = PartFile::open(&dir, "p.part", size, false, "p").unwrap();
+        let part = PartFile::open(&dir, "p.part", size, false, "p", true).unwrap();
         let mut buf = AlignedBuf::new(2 * DIRECT_ALIGN);
         assert_eq!(
             buf.fill(&vec![1u8; 3 * DIRECT_ALIGN]),

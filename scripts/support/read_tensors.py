@@ -1,0 +1,28 @@
+"""Reads every tensor of every safetensors file under a folder once, as an inference engine's
+loader does (vLLM's default loader iterates `safe_open(...).get_tensor` over each shard).
+
+Usage: python read_tensors.py DIR
+Shards are read in name order; each tensor is materialised (copied into a numpy array), so every
+byte of the files is read. Prints the tensor count and bytes.
+"""
+import os
+import sys
+
+from safetensors import safe_open
+
+root = sys.argv[1]
+files = sorted(
+    os.path.join(d, f)
+    for d, _, names in os.walk(root)
+    if ".model-loader" not in d
+    for f in names
+    if f.endswith(".safetensors")
+)
+tensors = size = 0
+for path in files:
+    with safe_open(path, framework="numpy") as s:
+        for key in s.keys():
+            t = s.get_tensor(key)
+            tensors += 1
+            size += t.nbytes
+print(f"{len(files)} files, {tensors} tensors, {size} bytes")
