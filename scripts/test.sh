@@ -51,6 +51,13 @@ command -v bindfs >/dev/null || { log "installing bindfs (Debian)"; apt_install 
 
 log "cargo test"
 cargo test --locked --all-targets -- "$@"
+if [ $# -eq 0 ]; then
+  # Small test models fit in memory, so `--write-mode auto` writes them through the page cache:
+  # the crash-safety, fault and verification scenarios again with O_DIRECT writes.
+  log "cargo test: safety, faults and verification with --write-mode direct"
+  MODEL_LOADER_TEST_WRITE_MODE=direct cargo test --locked --test it -- \
+    adversity:: faults:: safety:: verify:: promises:: field::
+fi
 
 log "CI smoke script (upload, load back, verify, rerun, --check) against moto"
 MODEL_LOADER_SMOKE_ENDPOINT="$MODEL_LOADER_TEST_S3_ENDPOINT" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \

@@ -216,6 +216,11 @@ pub fn loader(endpoint: &str, home: &Path) -> Command {
             "MODEL_LOADER_TERMINATION_LOG",
             home.join("no-termination-log"),
         );
+    // scripts/test.sh runs the safety and verification tests a second time with O_DIRECT
+    // writes: `auto` writes these small models through the page cache.
+    if let Ok(mode) = std::env::var("MODEL_LOADER_TEST_WRITE_MODE") {
+        c.env("MODEL_LOADER_WRITE_MODE", mode);
+    }
     c
 }
 
