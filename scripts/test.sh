@@ -55,7 +55,10 @@ if [ $# -eq 0 ]; then
   # Small test models fit in memory, so `--write-mode auto` writes them through the page cache:
   # the crash-safety, fault and verification scenarios again with O_DIRECT writes.
   log "cargo test: safety, faults and verification with --write-mode direct"
-  MODEL_LOADER_TEST_WRITE_MODE=direct cargo test --locked --test it -- \
+  # On a tmpfs TMPDIR O_DIRECT would fall back to buffered writes: the tests' DESTs go to disk.
+  direct_tmp="${TMPDIR:-/tmp}"
+  if [ "$(stat -f -c %T "$direct_tmp")" = tmpfs ]; then direct_tmp="$ROOT/target/test-tmp"; mkdir -p "$direct_tmp"; fi
+  TMPDIR="$direct_tmp" MODEL_LOADER_TEST_WRITE_MODE=direct cargo test --locked --test it -- \
     adversity:: faults:: safety:: verify:: promises:: field::
 fi
 

@@ -1,6 +1,7 @@
 //! Checks a finished file against the checksum the listing gave: inline while the bytes stream
 //! in when a file arrives in order in one request, otherwise by reading the part file back
-//! (from the page cache: it was just written).
+//! (from the page cache after buffered writes; from the device, with O_DIRECT, after direct
+//! ones).
 
 use std::fs::File;
 use std::path::Path;

@@ -140,9 +140,9 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     Ok(summary)
 }
 
-/// How many object requests crossed the P2P proxy and how many went direct (and why, first).
 /// Direct or buffered writes for this DEST (`write_mode`), said once with the reason. The
-/// whole model counts, not only what is fetched: the engine reads every file.
+/// whole model counts, not only what is fetched: the engine reads every file. (A file stored
+/// gzip-encoded counts at its stored size; it lands larger.)
 fn choose_write_mode(
     cfg: &Config,
     state: &StateDir,
@@ -156,6 +156,7 @@ fn choose_write_mode(
     state.set_direct(chosen.direct);
 }
 
+/// How many object requests crossed the P2P proxy and how many went direct (and why, first).
 fn report_p2p(source: &AnySource, reporter: &dyn Reporter, summary: &mut Summary) {
     let Some(r) = source.p2p_report() else {
         return;

@@ -146,13 +146,13 @@ impl StateDir {
         Arc::clone(&self.dir)
     }
 
-    /// From now on, every change checks that this lease is still ours.
     /// Whether part files opened from now on write around the page cache (`write_mode`).
     pub fn set_direct(&self, direct: bool) {
         self.direct
             .store(direct, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// From now on, every change checks that this lease is still ours.
     pub fn set_lease(&self, held: Arc<Held>) {
         let _ = self.lease.set(held);
     }

@@ -33,7 +33,7 @@ pub enum FsKind {
 pub fn classify(magic: i64) -> FsKind {
     use FsKind::{Local, Shared};
     match magic as u32 {
-        0xEF53 => Local("ext4"),
+        0xEF53 => Local("ext2/3/4"),
         0x5846_5342 => Local("xfs"),
         0x9123_683E => Local("btrfs"),
         0x2FC1_2FC1 => Local("zfs"),
@@ -155,48 +155,86 @@ fn meminfo_available(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The room left under this process's memory cgroup limit: v2 (`memory.max`,
-/// `memory.current`) or v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes`), found through
-/// /proc/self/cgroup. Usage counts page cache, which is what the model's pages would join.
+/// The room left under this process's memory cgroup limits, found through /proc/self/cgroup:
+/// the smallest of `limit - working set` over our cgroup and its ancestors (a container's
+/// limit may sit on a parent of the cgroup the process is in). The working set is usage less
+/// the inactive file cache, as the kubelet counts it: cache that the kernel reclaims first is
+/// room. v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`, `total_inactive_file`; v2:
+/// `memory.max`, `memory.current`, `inactive_file`. `None` when nothing limits us (or nothing
+/// can be read: MemAvailable then decides alone).
 fn cgroup_free() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let read = |p: String| std::fs::read_to_string(p).ok();
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let (root, files) = if controllers.is_empty() {
-            ("/sys/fs/cgroup", ["memory.max", "memory.current"])
-        } else if controllers.split(',').any(|c| c == "memory") {
-            (
-                "/sys/fs/cgroup/memory",
-                ["memory.limit_in_bytes", "memory.usage_in_bytes"],
-            )
-        } else {
+        let v1 = controllers.split(',').any(|c| c == "memory");
+        if !v1 && !controllers.is_empty() {
             continue;
+        }
+        let root = if v1 {
+            "/sys/fs/cgroup/memory"
+        } else {
+            "/sys/fs/cgroup"
         };
-        // Our cgroup's folder; in a container without its own cgroup namespace the path names
-        // the host's hierarchy while the mount is the container's own cgroup: then the root.
-        for base in [format!("{root}{path}"), root.to_string()] {
-            if let (Some(limit), Some(usage)) = (
-                read(format!("{base}/{}", files[0])),
-                read(format!("{base}/{}", files[1])),
-            ) {
-                return room_under(&limit, &usage);
+        let path = path.trim_end_matches('/');
+        // Our folder and its ancestors; in a container without its own cgroup namespace the
+        // path names the host's hierarchy while the mount is the container's own cgroup, so
+        // the mount's root is read too (a limit there applies to us either way).
+        let mut rooms = Vec::new();
+        let mut rel = path;
+        loop {
+            if let Some(r) = room_in(&format!("{root}{rel}"), v1) {
+                rooms.push(r);
+            }
+            match rel.rfind('/') {
+                Some(i) if !rel.is_empty() => rel = &rel[..i],
+                _ => break,
             }
         }
-        return None;
+        return rooms.into_iter().flatten().min();
     }
     None
 }
 
-/// `limit - usage`; `max` or a v1 "unlimited" (a page-rounded i64::MAX) is no limit.
-fn room_under(limit: &str, usage: &str) -> Option<u64> {
+/// The room under one cgroup folder: `Some(None)` when it is readable and unlimited.
+fn room_in(dir: &str, v1: bool) -> Option<Option<u64>> {
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+    let (limit, usage, inactive_key) = if v1 {
+        (
+            read("memory.limit_in_bytes")?,
+            read("memory.usage_in_bytes")?,
+            "total_inactive_file",
+        )
+    } else {
+        (
+            read("memory.max")?,
+            read("memory.current")?,
+            "inactive_file",
+        )
+    };
+    let inactive = read("memory.stat")
+        .and_then(|stat| stat_value(&stat, inactive_key))
+        .unwrap_or(0);
+    Some(room_under(&limit, &usage, inactive))
+}
+
+/// A `key value` line of memory.stat.
+fn stat_value(stat: &str, key: &str) -> Option<u64> {
+    stat.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// `limit - (usage - inactive file cache)`; `max` or a v1 "unlimited" (a page-rounded
+/// i64::MAX) is no limit.
+fn room_under(limit: &str, usage: &str, inactive: u64) -> Option<u64> {
     let limit: u64 = limit.trim().parse().ok()?;
     if limit >= 1 << 62 {
         return None;
     }
     let usage: u64 = usage.trim().parse().ok()?;
-    Some(limit.saturating_sub(usage))
+    Some(limit.saturating_sub(usage.saturating_sub(inactive)))
 }
 
 #[cfg(test)]
@@ -214,13 +252,13 @@ mod tests {
 
     #[test]
     fn filesystems_are_told_apart_by_magic() {
-        assert_eq!(classify(0xEF53), FsKind::Local("ext4"));
+        assert_eq!(classify(0xEF53), FsKind::Local("ext2/3/4"));
         assert_eq!(classify(0x5846_5342), FsKind::Local("xfs"));
         assert_eq!(classify(0x6969), FsKind::Shared("nfs"));
         assert_eq!(classify(0x6573_5546), FsKind::Shared("fuse"));
         assert_eq!(classify(0x0102_1994), FsKind::Shared("tmpfs"));
         assert_eq!(classify(0x794C_7630), FsKind::Shared("overlay"));
-        // statfs's f_type is a signed long: CIFS's magic arrives negative on 64-bit.
+        // f_type is a signed long: on 32-bit targets CIFS's magic arrives negative.
         assert_eq!(
             classify(0xFF53_4D42_u32 as i32 as i64),
             FsKind::Shared("cifs")
@@ -296,10 +334,22 @@ mod tests {
 
     #[test]
     fn cgroup_and_meminfo_values_are_read_as_the_kernel_writes_them() {
-        assert_eq!(room_under("max\n", "123\n"), None);
-        assert_eq!(room_under("9223372036854771712\n", "5\n"), None);
-        assert_eq!(room_under("268435456\n", "67108864\n"), Some(201_326_592));
-        assert_eq!(room_under("100\n", "200\n"), Some(0));
+        assert_eq!(room_under("max\n", "123\n", 0), None);
+        assert_eq!(room_under("9223372036854771712\n", "5\n", 0), None);
+        assert_eq!(
+            room_under("268435456\n", "67108864\n", 0),
+            Some(201_326_592)
+        );
+        // Inactive file cache is room: the kernel reclaims it first.
+        assert_eq!(
+            room_under("268435456\n", "67108864\n", 1 << 26),
+            Some(268_435_456)
+        );
+        assert_eq!(room_under("100\n", "200\n", 0), Some(0));
+        let stat = "cache 5\ntotal_inactive_file 4096\ninactive_file 12\n";
+        assert_eq!(stat_value(stat, "total_inactive_file"), Some(4096));
+        assert_eq!(stat_value(stat, "inactive_file"), Some(12));
+        assert_eq!(stat_value(stat, "active_file"), None);
         let m = "MemTotal:       24000000 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
         assert_eq!(meminfo_available(m), Some(20_000_000 * 1024));
         assert_eq!(meminfo_available("MemTotal: 1 kB\n"), None);

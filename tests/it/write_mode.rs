@@ -108,33 +108,52 @@ fn on_fuse_the_load_is_buffered_and_exact() {
     assert_eq!(tree(&dest), expected(&objects, "m/"));
 }
 
-/// A memory cgroup (v1 here, as on this machine; v2 is read the same way through
-/// `memory.max`), removed when dropped.
-struct Cgroup(PathBuf);
+/// A memory cgroup, v1 (this machine) or v2 (current Kubernetes nodes), removed when dropped.
+struct Cgroup {
+    dir: PathBuf,
+    v2: bool,
+}
 
 impl Cgroup {
     fn limited(bytes: u64) -> Cgroup {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let root = if v2 {
+            "/sys/fs/cgroup"
+        } else {
+            "/sys/fs/cgroup/memory"
+        };
         let dir = PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/model-loader-test-{:08x}",
+            "{root}/model-loader-test-{:08x}",
             fastrand::u32(..)
         ));
         std::fs::create_dir(&dir).expect("a memory cgroup (the tests run as root)");
-        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
-        Cgroup(dir)
+        let cg = Cgroup { dir, v2 };
+        let limit = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cg.dir.join(limit), bytes.to_string()).unwrap();
+        cg
     }
 
     /// `cmd` run inside the cgroup: a shell joins it, then execs the loader.
     fn wrap(&self, cmd: &Command) -> Command {
         let mut argv = vec![cmd.get_program().to_string_lossy().into_owned()];
         argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-        let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.0.display());
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.dir.display());
         let mut args = vec!["-c", script.as_str(), "sh"];
         args.extend(argv.iter().map(String::as_str));
         wrap("sh", &args, cmd)
     }
 
     fn oom_kills(&self) -> u64 {
-        let control = std::fs::read_to_string(self.0.join("memory.oom_control")).unwrap();
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let control = std::fs::read_to_string(self.dir.join(file)).unwrap();
         control
             .lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
@@ -144,9 +163,23 @@ impl Cgroup {
 }
 
 impl Drop for Cgroup {
+    /// The loader has exited (its cgroup is empty), so the folder goes.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            eprintln!("could not remove the cgroup {}: {e}", self.dir.display());
+        }
     }
+}
+
+/// The share of `path`'s bytes in the page cache (util-linux `fincore`).
+fn resident(path: &Path) -> f64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    let res: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    res / std::fs::metadata(path).unwrap().len() as f64
 }
 
 /// A 2 GiB model into a container limited to 256 MiB: the limit, not the host's free memory,
@@ -224,6 +257,14 @@ fn a_2_gib_model_in_a_256_mib_memory_cgroup_loads_without_oom() {
         }
         if let Some(cg) = &cg {
             assert_eq!(cg.oom_kills(), 0, "{name}: OOM-killed");
+        }
+        // What the mode is for: buffered writes leave the model in the page cache for the
+        // engine, direct ones leave it out (so O_DIRECT did happen).
+        let cached = resident(&dest.join("shard-1.bin"));
+        match (limited, extra) {
+            (false, _) => assert!(cached > 0.9, "{name}: {cached:.2} of the file cached"),
+            (true, None) => assert!(cached < 0.1, "{name}: {cached:.2} of the file cached"),
+            (true, Some(_)) => {}
         }
         assert_eq!(tree(&dest), want, "{name}");
         std::fs::remove_dir_all(&dest).unwrap();
