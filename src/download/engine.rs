@@ -237,11 +237,18 @@ impl Ctx {
             return Ok(());
         }
         // With `--fsync false` nothing is synced, so nothing may claim to survive a power loss.
-        if durable && self.opts.fsync {
+        // Buffered writes are not synced per chunk: an fdatasync there writes back every dirty
+        // page of the file, the other chunks' too, and stalls this request for it. Their chunk
+        // ends start the write-back instead, are trusted on this boot only, and the file's
+        // fsync before its rename makes them durable (a power loss mid-file refetches it).
+        if durable && self.opts.fsync && part.is_direct() {
             tokio::task::block_in_place(|| part.sync_data())?;
             self.state
                 .record_range(&job.plan.path, &job.plan.file, range)
         } else {
+            if durable && self.opts.fsync {
+                part.start_writeback(range);
+            }
             self.state
                 .record_written(&job.plan.path, &job.plan.file, range)
         }

@@ -141,7 +141,10 @@ impl Cgroup {
     fn wrap(&self, cmd: &Command) -> Command {
         let mut argv = vec![cmd.get_program().to_string_lossy().into_owned()];
         argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-        let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.dir.display());
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            self.dir.display()
+        );
         let mut args = vec!["-c", script.as_str(), "sh"];
         args.extend(argv.iter().map(String::as_str));
         wrap("sh", &args, cmd)
