@@ -247,7 +247,8 @@ impl Ctx {
                 .record_range(&job.plan.path, &job.plan.file, range)
         } else {
             if durable && self.opts.fsync {
-                part.start_writeback(range);
+                // Submitting the write-back can wait for the device's queue.
+                tokio::task::block_in_place(|| part.start_writeback(range));
             }
             self.state
                 .record_written(&job.plan.path, &job.plan.file, range)
