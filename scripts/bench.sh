@@ -611,7 +611,7 @@ install_kserve_storage() {
 }
 
 # serve_row SECTION TOOL SETTINGS RUN BYTES FILES -- command...: time to serve, as a pod sees
-# it. The load (its peak RSS replaced by that of its whole process tree), then every file of
+# it. The load (its peak RSS replaced by the PSS of its whole process tree), then every file of
 # DEST read once (`cat`, as an engine reads the shards; from the page cache if the load left
 # the bytes there), each recorded in SECTION-load and SECTION-read, and their sum in SECTION.
 # SERVE_TENSORS=1: the read is every tensor through safetensors (read_tensors.py), not `cat`.
@@ -809,7 +809,7 @@ Storage.download_files(sys.argv[1::2], sys.argv[2::2])'
   local what="a $((2 * mib)) MiB model (2 × $mib MiB shards + 20 small files), s3s-fs $S3S_FS_VERSION on loopback (median of $RUNS, $(date -u +%F))"
   [ "$SMOKE" = 1 ] && what="smoke data (median of $RUNS)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve "$OUT_MD" \
-    "### KServe — time to serve $what: the load, then every file read once; peak RSS of the whole process tree"
+    "### KServe — time to serve $what: the load, then every file read once; peak memory (PSS) of the whole process tree"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve-load "$OUT_MD" \
     "#### The load alone (timed to the tool's exit: model-loader's bytes are synced, kserve-storage's in the page cache)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" kserve-read "$OUT_MD" \

@@ -28,8 +28,9 @@ use crate::retry::RetryPolicy;
 pub const RECORD_EVERY_BYTES: u64 = 8 << 20;
 /// … and at least this often in time, for slow streams.
 pub const RECORD_EVERY: Duration = Duration::from_secs(2);
-/// Chunk ends are synced (their records survive a power loss) at least this far apart: short
-/// chunks (files hashed in order) would otherwise pay a device flush every few MiB.
+/// With direct writes, chunk ends are synced (their records survive a power loss) at least
+/// this far apart: short chunks (files hashed in order) would otherwise pay a device flush every
+/// few MiB. Buffered writes are made durable by the file's fsync (see `checkpoint`).
 pub const DURABLE_EVERY: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy)]
@@ -116,8 +117,9 @@ impl FileJob {
         }
     }
 
-    /// A chunk ending at `end` is synced before its record: at the file's end, and once per
-    /// [`DURABLE_EVERY`] (every chunk when chunks are at least that long).
+    /// A chunk ending at `end` gets a durable record (direct writes: synced first): at the
+    /// file's end, and once per [`DURABLE_EVERY`] (every chunk when chunks are at least that
+    /// long).
     fn durable_end(&self, end: u64) -> bool {
         let chunk = self.plan.chunk_size.max(1);
         end == self.plan.file.size || chunk >= DURABLE_EVERY || end % DURABLE_EVERY < chunk
@@ -223,9 +225,10 @@ impl Ctx {
         Ok(p)
     }
 
-    /// Records `[from, to)` of the part file so a rerun keeps it. `durable`: synced first and
-    /// trusted after a power loss too (at chunk ends); otherwise trusted only on this boot,
-    /// which costs no sync (the in-chunk records every few MiB).
+    /// Records `[from, to)` of the part file so a rerun keeps it. `durable` with direct writes:
+    /// synced first and trusted after a power loss too (at chunk ends); otherwise trusted only
+    /// on this boot, which costs no sync (the in-chunk records every few MiB, and every record
+    /// of a buffered write).
     fn checkpoint(
         &self,
         job: &FileJob,

@@ -342,7 +342,6 @@ impl PartFile {
         })
     }
 
-    /// Makes written data durable (before its journal record, and before the rename).
     /// Whether writes go around the page cache (the run's write mode, and the filesystem took
     /// `O_DIRECT` at open).
     pub fn is_direct(&self) -> bool {
@@ -353,7 +352,9 @@ impl PartFile {
     /// `SYNC_FILE_RANGE_WRITE`): buffered writes then reach the disk while the rest of the file
     /// arrives, so the final fsync is short and dirty pages do not pile up. Durability still
     /// comes from that fsync; this only moves the work earlier. Where the call is not
-    /// supported, the final fsync does it all.
+    /// supported, the final fsync does it all. Its result is ignored safely: `WRITE` alone does
+    /// not consume a write-back error, so the final fsync still reports it (adding `WAIT_AFTER`
+    /// would need the result checked).
     pub fn start_writeback(&self, range: ByteRange) {
         use std::os::fd::AsRawFd;
         // SAFETY: sync_file_range only reads its integer arguments; the descriptor is ours
@@ -368,6 +369,7 @@ impl PartFile {
         }
     }
 
+    /// Makes written data durable (before its journal record, and before the rename).
     pub fn sync_data(&self) -> Result<()> {
         self.file
             .sync_data()
