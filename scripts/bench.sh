@@ -611,7 +611,8 @@ install_kserve_storage() {
 }
 
 # serve_row SECTION TOOL SETTINGS RUN BYTES FILES -- command...: time to serve, as a pod sees
-# it. The load (its peak RSS replaced by the PSS of its whole process tree), then every file of
+# it. The load (its CPU and peak memory measured by tree_rss.py: the PSS of its whole process
+# tree, the CPU of the tool alone), then every file of
 # DEST read once (`cat`, as an engine reads the shards; from the page cache if the load left
 # the bytes there), each recorded in SECTION-load and SECTION-read, and their sum in SECTION.
 # SERVE_TENSORS=1: the read is every tensor through safetensors (read_tensors.py), not `cat`.
@@ -623,12 +624,15 @@ serve_row() {
   settle
   measure "$section-load" "$tool" "$settings" "$run" "$bytes" "$files" -- \
     "$VENV/bin/python" scripts/support/tree_rss.py "$BENCH_DIR/tree.kb" -- "$@"
-  local tree_kb; tree_kb=$(cat "$BENCH_DIR/tree.kb")
-  "$VENV/bin/python" - "$ROWS" "$tree_kb" <<'PY'
+  # The tool's own CPU (wait4) and its tree's peak PSS replace GNU time's, which count the
+  # sampler too and only the largest process.
+  "$VENV/bin/python" - "$ROWS" "$BENCH_DIR/tree.kb" <<'PY'
 import sys
-path, kb = sys.argv[1], sys.argv[2]
+path, kb_file = sys.argv[1], sys.argv[2]
+peak, user, sys_s = open(kb_file).read().split()
 lines = open(path).read().rstrip("\n").split("\n")
-cols = lines[-1].split("\t"); cols[7] = kb; lines[-1] = "\t".join(cols)
+cols = lines[-1].split("\t"); cols[5], cols[6], cols[7] = user, sys_s, peak
+lines[-1] = "\t".join(cols)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
   if [ "${SERVE_TENSORS:-0}" = 1 ]; then
