@@ -163,6 +163,23 @@ install_hf_transfer() {
   fi
 }
 
+# start_fake_hub MODEL_DIR CDN_DIR NAME: the fake Hub serving MODEL_DIR as bench/model, its LFS
+# files from nginx over CDN_DIR (links named by sha256); exports HF_ENDPOINT.
+start_fake_hub() {
+  local model=$1 cdn=$2 name=$3 hub cdnport f
+  rm -rf "$cdn"; mkdir -p "$cdn"
+  for f in "$model"/*.safetensors; do ln -sf "$f" "$cdn/$(sha256sum "$f" | cut -d' ' -f1)"; done
+  start_nginx "$cdn"
+  hub=$(free_port); cdnport=$(free_port)
+  "$VENV/bin/python" scripts/support/fake_hub.py "$hub" "$cdnport" "model=$model" "$NGINX_URL" \
+    >"$RUN_DIR/fake-hub-$name.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$hub/_log" "fake-hub-$name"
+  # The fake hashes the shards on first use; do that before anything is timed.
+  curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
+  export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
+}
+
 bench_hf() {
   ensure_nginx
   install_hf_transfer
@@ -180,17 +197,7 @@ bench_hf() {
     echo '{}' > "$model/generation_config.json"
     touch "$model/.complete-$shard_mib"
   fi
-  rm -rf "$cdn"; mkdir -p "$cdn"
-  for f in "$model"/*.safetensors; do ln -sf "$f" "$cdn/$(sha256sum "$f" | cut -d' ' -f1)"; done
-  start_nginx "$cdn"
-  local hub cdnport; hub=$(free_port); cdnport=$(free_port)
-  "$VENV/bin/python" scripts/support/fake_hub.py "$hub" "$cdnport" "model=$model" "$NGINX_URL" \
-    >"$RUN_DIR/fake-hub-bench.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$hub/_log" fake-hub-bench
-  # The fake hashes the shards on first use; do that before anything is timed.
-  curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
-  export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
+  start_fake_hub "$model" "$cdn" bench
   local bytes files lfs_bytes dest="$BENCH_DIR/hf-dest" sha_floors=()
   bytes=$(find "$model" -type f ! -name '.complete-*' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   lfs_bytes=$(find "$model" -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
@@ -717,16 +724,7 @@ bench_serve() {
   unset AWS_ENDPOINT_URL
   local data="$BENCH_DIR/serve-hf-$hf_mib" cdn="$BENCH_DIR/serve-hf-cdn"
   gen_model "$data" 2 "$hf_mib"
-  rm -rf "$cdn"; mkdir -p "$cdn"
-  for f in "$data"/*.safetensors; do ln -sf "$f" "$cdn/$(sha256sum "$f" | cut -d' ' -f1)"; done
-  start_nginx "$cdn"
-  local hub cdnport; hub=$(free_port); cdnport=$(free_port)
-  "$VENV/bin/python" scripts/support/fake_hub.py "$hub" "$cdnport" "model=$data" "$NGINX_URL" \
-    >"$RUN_DIR/fake-hub-serve.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$hub/_log" fake-hub-serve
-  curl -sf -o /dev/null "http://127.0.0.1:$hub/_truth/model/bench/model@main"
-  export HF_ENDPOINT="http://127.0.0.1:$hub" HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_TELEMETRY=1
+  start_fake_hub "$data" "$cdn" serve
   local bytes files
   bytes=$(find "$data" -type f ! -name '.complete' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
   files=$(find "$data" -type f ! -name '.complete' | wc -l)

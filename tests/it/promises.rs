@@ -16,7 +16,7 @@ use crate::support::proxy::{Fault, Proxy};
 use crate::support::*;
 
 /// The loader signed for s3s-fs, which lists objects without an ETag.
-fn s3s(home: &Path) -> (std::process::Command, String, String) {
+pub(crate) fn s3s(home: &Path) -> (std::process::Command, String, String) {
     let ep = required_env("MODEL_LOADER_TEST_S3S_ENDPOINT");
     let b = required_env("MODEL_LOADER_TEST_S3S_BUCKET");
     let mut c = loader(&ep, home);

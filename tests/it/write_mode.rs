@@ -60,17 +60,19 @@ fn on_tmpfs_the_load_is_buffered_and_exact() {
         &["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs"],
         &tmp.path().join("mem"),
     );
-    let dest = tmp.path().join("mem/model");
-    let out = run(loader(&s3_endpoint(), tmp.path())
+    loads_buffered_on(&b, &objects, &tmp.path().join("mem/model"), "tmpfs");
+}
+
+/// Loads `s3://b/m` into `dest`, on a filesystem named `fs`: exit 0, buffered said, exact files.
+fn loads_buffered_on(b: &str, objects: &BTreeMap<String, Vec<u8>>, dest: &Path, fs: &str) {
+    let out = run(loader(&s3_endpoint(), dest.parent().unwrap())
         .arg(format!("s3://{b}/m"))
-        .arg(&dest));
+        .arg(dest));
     assert_eq!(out.status.code(), Some(0));
     let line = mode_line(&out);
-    assert!(
-        line.starts_with("write mode: buffered (DEST is on tmpfs"),
-        "{line}"
-    );
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    let want = format!("write mode: buffered (DEST is on {fs}");
+    assert!(line.starts_with(&want), "{line}");
+    assert_eq!(tree(dest), expected(objects, "m/"));
 }
 
 /// A FUSE filesystem (bindfs, a passthrough of a local folder, as gcsfuse or JuiceFS mounts
@@ -85,17 +87,7 @@ fn on_fuse_the_load_is_buffered_and_exact() {
         &["bindfs", under.to_str().unwrap()],
         &tmp.path().join("fuse"),
     );
-    let dest = tmp.path().join("fuse/model");
-    let out = run(loader(&s3_endpoint(), tmp.path())
-        .arg(format!("s3://{b}/m"))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    let line = mode_line(&out);
-    assert!(
-        line.starts_with("write mode: buffered (DEST is on fuse"),
-        "{line}"
-    );
-    assert_eq!(tree(&dest), expected(&objects, "m/"));
+    loads_buffered_on(&b, &objects, &tmp.path().join("fuse/model"), "fuse");
     assert_eq!(tree(&under.join("model")), expected(&objects, "m/"));
     // Asked for, O_DIRECT is tried there too, and the files are still exact.
     let dest = tmp.path().join("fuse/direct");
@@ -199,21 +191,9 @@ fn a_2_gib_model_in_a_256_mib_memory_cgroup_loads_without_oom() {
         let name = format!("shard-{i}.bin");
         want.insert(name.clone(), write_gib(&src.join(&name), i));
     }
-    let ep = required_env("MODEL_LOADER_TEST_S3S_ENDPOINT");
-    let b = required_env("MODEL_LOADER_TEST_S3S_BUCKET");
-    let url = format!("s3://{b}/wm-{:08x}", fastrand::u32(..));
-    let s3s = || {
-        let mut c = loader(&ep, tmp.path());
-        c.env(
-            "AWS_ACCESS_KEY_ID",
-            required_env("MODEL_LOADER_TEST_S3S_KEY_ID"),
-        )
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            required_env("MODEL_LOADER_TEST_S3S_SECRET"),
-        );
-        c
-    };
+    let (_, b, prefix) = crate::promises::s3s(tmp.path());
+    let url = format!("s3://{b}/{prefix}");
+    let s3s = || crate::promises::s3s(tmp.path()).0;
     assert_eq!(
         run(s3s().arg(&src).arg(&url)).status.code(),
         Some(0),
