@@ -326,8 +326,7 @@ pub fn pair_label(i: usize, n: usize, src: &str, dest: &str) -> String {
 
 /// `inner` relative to `outer` when it is strictly inside it (by text, as [`same_dir`]).
 fn inside(inner: &std::path::Path, outer: &std::path::Path) -> Option<String> {
-    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let (inner, outer) = (abs(inner), abs(outer));
+    let (inner, outer) = (absolute(inner), absolute(outer));
     let rel = inner.strip_prefix(&outer).ok()?;
     let parts: Vec<String> = rel
         .components()
@@ -340,6 +339,10 @@ fn inside(inner: &std::path::Path, outer: &std::path::Path) -> Option<String> {
 /// folders may not exist yet. Symlinks are not followed; each DEST's lock still keeps two
 /// loaders out of one folder, but not two pairs of one call from replacing each other's model.
 fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
-    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    abs(a).components().eq(abs(b).components())
+    absolute(a).components().eq(absolute(b).components())
+}
+
+/// `p` made absolute against the working directory, by text (`std::path::absolute`).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
