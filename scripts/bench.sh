@@ -679,7 +679,9 @@ gen_model() {
 # Time to serve, as a pod sees it: from a cold page cache (source warm), the load, then every
 # tensor of every shard read with the safetensors library. S3: model-loader (write mode auto,
 # and direct), s5cmd, `aws s3 cp` on 2 and 4 × 1 GiB; the Hub: model-loader, hf_transfer and
-# `hf download` on 2 × 512 MiB.
+# `hf download` on 2 × 512 MiB. Each load table also has the wire's ceiling (parallel ranged curl
+# to /dev/null): on loopback the server shares the client's cores, and no loader writing files
+# can beat what it can send.
 bench_serve() {
   install_s3_peers
   install_serve_reader
@@ -706,8 +708,12 @@ bench_serve() {
     files=$(find "$data" -type f ! -name '.complete' | wc -l)
     WARM=("$root/bench/serve-$n")
     for run in $(seq 1 "$RUNS"); do
-      for row in $(rotated "$run" ml ml-direct s5cmd aws); do
+      for row in $(rotated "$run" ml ml-direct s5cmd aws curl); do
         case $row in
+          # What the server can send at all: no client that writes the files can load faster.
+          curl) settle
+                measure "serve-s3-$n-load" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
+                bash -c "$(declare -f curl_ceiling); curl_ceiling '$S3S_URL/bench/serve-$n' '$data' \$(cd '$data' && ls)" ;;
           ml) serve_row "serve-s3-$n" model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
                 "$BIN" --progress none "s3://bench/serve-$n" "$dest" ;;
           ml-direct) serve_row "serve-s3-$n" model-loader "--write-mode direct" "$run" "$bytes" "$files" -- \
@@ -730,9 +736,12 @@ bench_serve() {
   files=$(find "$data" -type f ! -name '.complete' | wc -l)
   WARM=("$data")
   for run in $(seq 1 "$RUNS"); do
-    for row in $(rotated "$run" ml hf_transfer hf); do
+    for row in $(rotated "$run" ml hf_transfer hf curl); do
       rm -rf "$BENCH_DIR/hf-home"
       case $row in
+        curl) settle
+              measure serve-hf-load "ceiling: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null" "$run" "$bytes" "$files" -- \
+              bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)" ;;
         ml) serve_row serve-hf model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
               "$BIN" --progress none hf://bench/model "$dest" ;;
         hf_transfer) serve_row serve-hf hf_transfer "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION" "$run" "$bytes" "$files" -- \
