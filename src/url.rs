@@ -17,6 +17,7 @@ pub enum SourceUrl {
         prefix: String,
     },
     Hf(HfUrl),
+    Oci(OciUrl),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,37 @@ pub struct HfUrl {
     pub path: String,
 }
 
-const SCHEMES_HELP: &str = "expected hf://ORG/REPO[@REVISION][/PATH], s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or oss://BUCKET[/PREFIX]";
+/// `oci://REGISTRY[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST]` (the distribution spec's
+/// reference grammar; the tag defaults to `latest`; a digest pins the manifest and wins over a
+/// tag given with it, as in docker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciUrl {
+    /// `host[:port]`, lowercase.
+    pub registry: String,
+    /// `path/to/repo`: lowercase components.
+    pub repository: String,
+    /// `latest` when the URL has neither tag nor digest.
+    pub tag: String,
+    /// `sha256:<64 hex>`.
+    pub digest: Option<String>,
+}
+
+impl OciUrl {
+    /// What the manifest is asked for by: the digest when pinned, else the tag.
+    pub fn reference(&self) -> &str {
+        self.digest.as_deref().unwrap_or(&self.tag)
+    }
+
+    /// Host without the port.
+    pub fn host(&self) -> &str {
+        match self.registry.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => self.registry.split(':').next().unwrap_or(&self.registry),
+        }
+    }
+}
+
+const SCHEMES_HELP: &str = "expected hf://ORG/REPO[@REVISION][/PATH], s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], oss://BUCKET[/PREFIX] or oci://REGISTRY/REPOSITORY[:TAG|@sha256:DIGEST]";
 
 impl SourceUrl {
     /// Parses a source URL (the remote side of a download, `--check` or `--verify`).
@@ -76,6 +107,7 @@ impl SourceUrl {
             "gs" | "gcs" => BucketScheme::Gs,
             "oss" => BucketScheme::Oss,
             "hf" => return parse_hf(rest).map(SourceUrl::Hf).map_err(|w| bad(&w)),
+            "oci" => return parse_oci(rest).map(SourceUrl::Oci).map_err(|w| bad(&w)),
             other => {
                 return Err(bad(&format!("unknown scheme {other:?}; {SCHEMES_HELP}")));
             }
@@ -122,6 +154,7 @@ impl SourceUrl {
         match self {
             SourceUrl::Bucket { scheme, .. } => scheme.as_str(),
             SourceUrl::Hf(_) => "hf",
+            SourceUrl::Oci(_) => "oci",
         }
     }
 }
@@ -150,6 +183,13 @@ impl fmt::Display for SourceUrl {
                 write!(f, "{}@{}", h.repo, h.revision)?;
                 if !h.path.is_empty() {
                     write!(f, "/{}", h.path)?;
+                }
+                Ok(())
+            }
+            SourceUrl::Oci(o) => {
+                write!(f, "oci://{}/{}:{}", o.registry, o.repository, o.tag)?;
+                if let Some(d) = &o.digest {
+                    write!(f, "@{d}")?;
                 }
                 Ok(())
             }
@@ -278,6 +318,126 @@ fn finish_hf(
         revision: revision.to_string(),
         path: path.to_string(),
     })
+}
+
+/// The distribution spec's reference grammar, checked offline so that a typo is exit 2 and not
+/// a registry's 400 after credentials were looked up.
+fn parse_oci(rest: &str) -> std::result::Result<OciUrl, String> {
+    const FORM: &str = "expected oci://REGISTRY[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST], e.g. oci://ghcr.io/org/model:v1";
+    let (registry, name) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("no repository after the registry; {FORM}"))?;
+    check_registry(registry)?;
+    let (name, digest) = match name.split_once('@') {
+        Some((n, d)) => (n, Some(check_digest(d)?)),
+        None => (name, None),
+    };
+    // A ':' after the last '/' starts the tag (a port belongs to the registry, before the first '/').
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    check_repository(repository)?;
+    let tag = match tag {
+        Some(t) => {
+            let ok = (1..=128).contains(&t.len())
+                && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "{t:?} is not a tag: 1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+                ));
+            }
+            t.to_string()
+        }
+        None => "latest".to_string(),
+    };
+    Ok(OciUrl {
+        registry: registry.to_ascii_lowercase(),
+        repository: repository.to_string(),
+        tag,
+        digest,
+    })
+}
+
+fn check_registry(r: &str) -> std::result::Result<(), String> {
+    let (host, port) = match r.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{r:?} is not a registry: an IPv6 address needs its ']'"))?;
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "{r:?} is not a registry: {addr:?} is no IPv6 address"
+                ));
+            }
+            (None, after.strip_prefix(':'))
+        }
+        None => match r.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(r), None),
+        },
+    };
+    if let Some(h) = host {
+        let ok = !h.is_empty()
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !ok {
+            return Err(format!(
+                "{h:?} is not a registry host name (letters, digits, '-' and '.')"
+            ));
+        }
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("{p:?} is not a port (1-65535)"));
+        }
+    }
+    Ok(())
+}
+
+/// Path components of lowercase letters and digits joined by `.`, `_`, `__` or dashes.
+fn check_repository(repo: &str) -> std::result::Result<(), String> {
+    let component = |c: &str| {
+        let b = c.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|&x| x.is_ascii_lowercase() || x.is_ascii_digit() || b"._-".contains(&x))
+            && !c.contains("..")
+            && !c.contains("___")
+            && !c.contains("._")
+            && !c.contains("_.")
+            && !c.contains(".-")
+            && !c.contains("-.")
+            && !c.contains("_-")
+            && !c.contains("-_")
+    };
+    if repo.is_empty() || repo.len() > 255 || !repo.split('/').all(component) {
+        return Err(format!(
+            "{repo:?} is not a repository name: '/'-separated parts of lowercase letters and \
+             digits, joined inside by '.', '_', '__' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_digest(d: &str) -> std::result::Result<String, String> {
+    match d.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Ok(d.to_string())
+        }
+        _ => Err(format!(
+            "{d:?} is not a digest: write @sha256: and 64 lowercase hex digits (other algorithms are not supported)"
+        )),
+    }
 }
 
 /// Name of the loader's own state folder inside DEST; never a source path.
@@ -461,6 +621,69 @@ mod tests {
         }
         let e = SourceUrl::parse_as("s3://Bad_Bucket", "destination").unwrap_err();
         assert!(e.message().starts_with("invalid destination URL"));
+    }
+
+    #[test]
+    fn oci_references_follow_the_distribution_grammar() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let ok = |u: &str| match SourceUrl::parse(u).unwrap() {
+            SourceUrl::Oci(o) => o,
+            other => panic!("{u}: {other:?}"),
+        };
+        let o = ok("oci://ghcr.io/org/team/model");
+        assert_eq!(
+            (
+                o.registry.as_str(),
+                o.repository.as_str(),
+                o.tag.as_str(),
+                o.digest.as_deref()
+            ),
+            ("ghcr.io", "org/team/model", "latest", None)
+        );
+        assert_eq!(o.reference(), "latest");
+        let o = ok("oci://127.0.0.1:5000/m:v1.2_x");
+        assert_eq!((o.host(), o.tag.as_str()), ("127.0.0.1", "v1.2_x"));
+        assert_eq!(
+            SourceUrl::Oci(o).to_string(),
+            "oci://127.0.0.1:5000/m:v1.2_x"
+        );
+        let o = ok(&format!("oci://Reg.Example.com:443/a/b__c@{d}"));
+        assert_eq!(o.registry, "reg.example.com:443");
+        assert_eq!(o.reference(), d);
+        assert_eq!(
+            SourceUrl::Oci(o.clone()).to_string(),
+            format!("oci://reg.example.com:443/a/b__c:latest@{d}")
+        );
+        // A digest wins over a tag given with it; the tag is kept for the log.
+        let o = ok(&format!("oci://localhost:5000/m:v2@{d}"));
+        assert_eq!((o.tag.as_str(), o.reference()), ("v2", d.as_str()));
+        let o = ok("oci://[::1]:5000/m-x--y:1");
+        assert_eq!((o.host(), o.repository.as_str()), ("::1", "m-x--y"));
+        // Round trip: the printed form parses back to the same value.
+        let printed = SourceUrl::Oci(o.clone()).to_string();
+        assert_eq!(SourceUrl::parse(&printed).unwrap(), SourceUrl::Oci(o));
+        for (bad, why) in [
+            ("oci://ghcr.io", "no repository"),
+            ("oci://ghcr.io/", "not a repository name"),
+            ("oci://ghcr.io/Org/model", "not a repository name"),
+            ("oci://ghcr.io/org//model", "not a repository name"),
+            ("oci://ghcr.io/org/model-", "not a repository name"),
+            ("oci://ghcr.io/a._b", "not a repository name"),
+            ("oci://ghcr.io/a___b", "not a repository name"),
+            ("oci://ghcr.io/m:", "not a tag"),
+            ("oci://ghcr.io/m:.x", "not a tag"),
+            ("oci://ghcr.io/m:a+b", "not a tag"),
+            ("oci://ghcr.io/m@sha256:abc", "not a digest"),
+            ("oci://ghcr.io/m@sha512:00", "not a digest"),
+            ("oci://gh_cr.io/m", "not a registry host"),
+            ("oci://ghcr.io:0/m", "not a port"),
+            ("oci://ghcr.io:99999/m", "not a port"),
+            ("oci://[::1/m", "needs its ']'"),
+        ] {
+            let e = SourceUrl::parse(bad).unwrap_err();
+            assert!(e.message().contains(why), "{bad}: {}", e.message());
+            assert_eq!(e.kind(), crate::error::Kind::Usage);
+        }
     }
 
     #[test]

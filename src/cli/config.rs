@@ -97,9 +97,10 @@ impl Args {
                 ))),
             },
             SourceUrl::Bucket { .. } => Ok(Some(None)),
-            SourceUrl::Hf(_) => Err(Error::usage(format!(
-                "{} applies to s3://, oss:// and gs:// buckets, not to the Hub",
-                self.named("requester_pays")
+            SourceUrl::Hf(_) | SourceUrl::Oci(_) => Err(Error::usage(format!(
+                "{} applies to s3://, oss:// and gs:// buckets, not to {}",
+                self.named("requester_pays"),
+                source.scheme()
             ))),
         }
     }

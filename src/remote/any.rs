@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::p2p::{P2p, P2pOptions, P2pReport};
 use super::types::{ByteRange, Fetched, Listing, RemoteFile, Source};
-use super::{gcs, hf, http, oss, s3};
+use super::{gcs, hf, http, oci, oss, s3};
 use crate::error::Result;
 use crate::progress::Reporter;
 use crate::url::SourceUrl;
@@ -29,6 +29,7 @@ pub enum AnySource {
     Oss(s3::S3),
     Gcs(gcs::Gcs),
     Hf(hf::Hf),
+    Oci(oci::Oci),
 }
 
 impl AnySource {
@@ -47,7 +48,7 @@ impl AnySource {
                 s.requester_pays = opts.requester_pays.is_some();
             }
             AnySource::Gcs(g) => g.user_project = opts.requester_pays.clone().flatten(),
-            AnySource::Hf(_) => {}
+            AnySource::Hf(_) | AnySource::Oci(_) => {}
         }
         if let Some(p) = &opts.p2p {
             // A proxy that tunnels (CONNECT) to a private-CA endpoint needs the CA that the
@@ -67,6 +68,7 @@ impl AnySource {
                 AnySource::S3(s) | AnySource::Oss(s) => s.p2p = Some(p2p),
                 AnySource::Gcs(s) => s.p2p = Some(p2p),
                 AnySource::Hf(s) => s.p2p = Some(p2p),
+                AnySource::Oci(s) => s.p2p = Some(p2p),
             }
         }
         Ok(source)
@@ -84,6 +86,7 @@ impl AnySource {
             AnySource::S3(s) | AnySource::Oss(s) => s.p2p.as_ref(),
             AnySource::Gcs(s) => s.p2p.as_ref(),
             AnySource::Hf(s) => s.p2p.as_ref(),
+            AnySource::Oci(s) => s.p2p.as_ref(),
         };
         if let Some(p) = p2p {
             p.stop(why);
@@ -96,6 +99,7 @@ impl AnySource {
             AnySource::S3(s) | AnySource::Oss(s) => s.p2p.as_ref(),
             AnySource::Gcs(s) => s.p2p.as_ref(),
             AnySource::Hf(s) => s.p2p.as_ref(),
+            AnySource::Oci(s) => s.p2p.as_ref(),
         };
         p2p.map(|p| p.report())
     }
@@ -125,6 +129,7 @@ impl AnySource {
                 oss::open(bucket, prefix, http, opts.oss_internal, reporter).await?,
             )),
             SourceUrl::Hf(h) => Ok(AnySource::Hf(hf::Hf::open(h, http, reporter).await?)),
+            SourceUrl::Oci(o) => Ok(AnySource::Oci(oci::Oci::open(o, http, reporter).await?)),
         }
     }
 }
@@ -135,6 +140,7 @@ impl Source for AnySource {
             AnySource::S3(s) | AnySource::Oss(s) => s.list().await,
             AnySource::Gcs(s) => s.list().await,
             AnySource::Hf(s) => s.list().await,
+            AnySource::Oci(s) => s.list().await,
         }
     }
 
@@ -143,6 +149,7 @@ impl Source for AnySource {
             AnySource::S3(s) | AnySource::Oss(s) => s.fetch(file, range).await,
             AnySource::Gcs(s) => s.fetch(file, range).await,
             AnySource::Hf(s) => s.fetch(file, range).await,
+            AnySource::Oci(s) => s.fetch(file, range).await,
         }
     }
 }

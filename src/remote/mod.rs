@@ -11,6 +11,7 @@ pub mod gcs;
 mod gcs_auth;
 pub mod hf;
 pub mod http;
+pub mod oci;
 pub mod oss;
 pub mod p2p;
 mod pin;

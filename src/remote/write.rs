@@ -50,6 +50,7 @@ impl AnySource {
                 .await
             }
             AnySource::Hf(_) => Err(Error::usage("uploading to hf:// is not supported")),
+            AnySource::Oci(_) => Err(Error::usage("uploading to oci:// is not supported yet")),
         }
     }
 }

@@ -22,15 +22,24 @@ use crate::retry::retrying;
 use crate::url::{RelPath, SourceUrl};
 use walk::{open_range, walk};
 
+/// Destinations this tool does not write, with the tool that does.
+fn refuse_unwritable(to: &SourceUrl) -> Result<()> {
+    match to {
+        SourceUrl::Hf(_) => Err(Error::usage(
+            "uploading to hf:// is not supported: use `hf upload` (huggingface_hub), which handles Xet and commits",
+        )),
+        SourceUrl::Oci(_) => Err(Error::usage(
+            "uploading to oci:// is not supported yet: push with modctl or oras for now",
+        )),
+        SourceUrl::Bucket { .. } => Ok(()),
+    }
+}
+
 /// Uploads `cfg.dest` (a local directory) to `cfg.source` (a URL).
 /// A stop request (`cancel`) starts no new file and aborts open multipart uploads.
 pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
-    if matches!(cfg.source, SourceUrl::Hf(_)) {
-        return Err(Error::usage(
-            "uploading to hf:// is not supported: use `hf upload` (huggingface_hub), which handles Xet and commits",
-        ));
-    }
+    refuse_unwritable(&cfg.source)?;
     let root = Arc::new(Dir::open(&cfg.dest).map_err(|e| {
         Error::new(
             Kind::Local,

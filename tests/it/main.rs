@@ -13,6 +13,7 @@ mod field;
 mod gcs;
 mod hf;
 mod kserve;
+mod oci;
 mod oss;
 mod p2p;
 mod promises;

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""A registry's token service and Bearer gate, in front of a registry that has none (Debian's
+docker-registry with no auth), as Docker Hub, GHCR, Harbor and ECR behave: a request without a
+valid token gets 401 and `WWW-Authenticate: Bearer realm=…,service=…,scope=…`; the realm trades
+Basic credentials for a token that expires (distribution's docs/spec/auth/token.md: "expires_in
+… When omitted, this defaults to 60 seconds"); valid requests are forwarded with their Range and
+the reply streamed back.
+
+usage: oci_token_front.py PORT BACKEND_URL USER PASSWORD EXPIRE_AFTER_S ANNOUNCED_S
+
+A token stops working EXPIRE_AFTER_S seconds after it was issued; the reply says it lasts
+ANNOUNCED_S (a shorter real life than announced is how a client meets a 401 mid-download,
+as with a revoked or clock-skewed token).
+
+GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "expired": N}.
+"""
+import http.client
+import json
+import secrets
+import sys
+import threading
+import time
+import urllib.parse
+from base64 import b64decode
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
+PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
+BACKEND = urllib.parse.urlsplit(BACKEND)
+TOKENS = {}  # token -> expiry
+STATS = {"tokens": 0, "denied": 0, "blob_gets": 0, "manifest_gets": 0, "expired": 0}
+LOCK = threading.Lock()
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-authorization", "proxy-authenticate", "authorization", "host"}
+
+
+class Front(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, headers=()):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/_stats":
+            with LOCK:
+                return self.reply(200, STATS)
+        if path == "/token":
+            return self.token()
+        return self.forward("GET")
+
+    def do_HEAD(self):
+        return self.forward("HEAD")
+
+    def token(self):
+        auth = self.headers.get("Authorization", "")
+        ok = False
+        if auth.startswith("Basic "):
+            try:
+                user, _, pw = b64decode(auth[6:]).decode().partition(":")
+                ok = user == USER and pw == PASSWORD
+            except Exception:
+                ok = False
+        with LOCK:
+            if not ok:
+                STATS["denied"] += 1
+            else:
+                STATS["tokens"] += 1
+        if not ok:
+            return self.reply(401, {"details": "incorrect username or password"})
+        token = secrets.token_hex(16)
+        with LOCK:
+            TOKENS[token] = time.monotonic() + TTL
+        self.reply(200, {"token": token, "expires_in": ANNOUNCED})
+
+    def authorized(self):
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return False
+        with LOCK:
+            until = TOKENS.get(auth[7:])
+            if until is not None and until < time.monotonic():
+                STATS["expired"] += 1
+                return False
+        return until is not None
+
+    def forward(self, method):
+        path = urllib.parse.urlsplit(self.path).path
+        if not self.authorized():
+            repo = path[len("/v2/"):].rsplit("/", 2)[0] if path.startswith("/v2/") else ""
+            challenge = (f'Bearer realm="http://127.0.0.1:{PORT}/token",service="test-registry",'
+                         f'scope="repository:{repo}:pull"')
+            return self.reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                              [("WWW-Authenticate", challenge)])
+        with LOCK:
+            if "/blobs/" in path and method == "GET":
+                STATS["blob_gets"] += 1
+            if "/manifests/" in path and method == "GET":
+                STATS["manifest_gets"] += 1
+        conn = http.client.HTTPConnection(BACKEND.hostname, BACKEND.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+        conn.request(method, self.path, headers=headers)
+        resp = conn.getresponse()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in HOP:
+                self.send_header(k, v)
+        if resp.getheader("Content-Length") is None:
+            # The body's end is the connection's end.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        while method != "HEAD":
+            block = resp.read(1 << 16)
+            if not block:
+                break
+            try:
+                self.wfile.write(block)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        conn.close()
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", PORT), Front).serve_forever()

@@ -1,0 +1,595 @@
+//! `oci://REGISTRY/REPOSITORY[:TAG|@sha256:DIGEST]`: models in container registries, read per
+//! the OCI distribution spec on our own HTTP client, so that blob reads are the same ranged,
+//! retried, P2P-capable GETs as every other scheme's (ARCHITECTURE.md, "oci://").
+//!
+//! The tag is resolved once to a manifest digest (an index to this platform's manifest); every
+//! manifest's bytes are checked against their digest. Each layer that is a file is listed with
+//! its blob digest as both checksum (sha256, verified as the bytes stream in) and version, so a
+//! rerun against the same blobs fetches nothing. Blob GETs may be redirected to object storage:
+//! `Range` is kept and `Authorization` sent only to the registry's own origin.
+
+mod auth;
+pub mod layout;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode, Url};
+use serde::Deserialize;
+use sha2::Digest as _;
+
+use super::http::{self, ClientOptions};
+use super::types::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
+use crate::error::{Error, Kind, Result};
+use crate::progress::Reporter;
+use crate::url::OciUrl;
+
+use auth::{Challenge, Credentials};
+
+/// The spec's limit on a manifest a registry must accept; more is no manifest.
+const MAX_MANIFEST: usize = 4 << 20;
+/// Redirects followed for one request (registry → storage, storage → CDN).
+const MAX_REDIRECTS: usize = 5;
+/// A token is renewed this long before the registry would refuse it.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+
+/// Registries that may be spoken to over plain HTTP: `host[:port]`, comma-separated, `*` for
+/// all (docker's `insecure-registries`). Loopback registries always may.
+const INSECURE_VAR: &str = "MODEL_LOADER_OCI_INSECURE_REGISTRIES";
+
+pub struct Oci {
+    client: reqwest::Client,
+    /// `http(s)://registry`.
+    base: Url,
+    url: OciUrl,
+    creds: Option<Credentials>,
+    /// Where credentials were looked for, for hints.
+    looked_in: String,
+    auth: Mutex<Auth>,
+    /// Held while one request renews the token, so that the others wait for it.
+    renewing: tokio::sync::Mutex<()>,
+    /// Blob reads through a P2P proxy (`--p2p-proxy`).
+    pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
+}
+
+/// What the registry asked for, learnt from its first 401.
+#[derive(Clone, Default)]
+enum Auth {
+    /// Nothing asked yet (or nothing needed).
+    #[default]
+    None,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        token: String,
+        until: Instant,
+    },
+}
+
+#[derive(Deserialize)]
+struct RegistryErrors {
+    #[serde(default)]
+    errors: Vec<RegistryError>,
+}
+
+#[derive(Deserialize)]
+struct RegistryError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl Oci {
+    /// Builds the client and finds credentials; the registry is first asked in [`Source::list`].
+    pub async fn open(url: &OciUrl, opts: &ClientOptions, reporter: &dyn Reporter) -> Result<Self> {
+        let scheme = if plain_http_allowed(url) {
+            "http"
+        } else {
+            "https"
+        };
+        let base = Url::parse(&format!("{scheme}://{}", url.registry)).map_err(|e| {
+            Error::usage(format!("oci://{}: not a registry address", url.registry)).with_source(e)
+        })?;
+        let files = auth::auth_files();
+        let looked_in = files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let creds = auth::find(&url.registry, &files)?;
+        match &creds {
+            Some(c) => reporter.info(&format!(
+                "oci: {}, user {:?} from {}",
+                base.origin().ascii_serialization(),
+                c.user,
+                c.source
+            )),
+            None => reporter.info(&format!(
+                "oci: {}, no credentials for {} (looked in: {}): anonymous",
+                base.origin().ascii_serialization(),
+                url.registry,
+                if looked_in.is_empty() {
+                    "nothing"
+                } else {
+                    &looked_in
+                }
+            )),
+        }
+        Ok(Oci {
+            client: http::client(opts)?,
+            base,
+            url: url.clone(),
+            creds,
+            looked_in,
+            auth: Mutex::new(Auth::None),
+            renewing: tokio::sync::Mutex::new(()),
+            p2p: None,
+        })
+    }
+
+    fn shown(&self) -> String {
+        crate::url::SourceUrl::Oci(self.url.clone()).to_string()
+    }
+
+    fn endpoint(&self, kind: &str, reference: &str) -> Result<Url> {
+        self.base
+            .join(&format!("/v2/{}/{kind}/{reference}", self.url.repository))
+            .map_err(|e| Error::usage(format!("{}: bad reference", self.shown())).with_source(e))
+    }
+
+    /// The `Authorization` the next request carries.
+    fn auth_header(&self) -> Option<String> {
+        match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            Auth::None => None,
+            Auth::Basic => self.creds.as_ref().map(Credentials::basic_header),
+            Auth::Bearer { token, .. } => Some(format!("Bearer {token}")),
+        }
+    }
+
+    /// A GET to the registry, authenticated as it asks: on a 401 the challenge is answered (a
+    /// token fetched or renewed, or Basic credentials sent) and the request sent once more.
+    async fn registry_get(&self, url: &Url, headers: HeaderMap, what: &str) -> Result<Response> {
+        self.renew_if_due(what).await?;
+        for attempt in 0..2 {
+            let sent = self.auth_header();
+            let mut req = self.client.get(url.clone()).headers(headers.clone());
+            if let Some(a) = &sent {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| http::transport_error(what, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::parse_challenge);
+            let Some(challenge) = challenge else {
+                return Ok(resp);
+            };
+            self.answer(challenge, sent, what).await?;
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Renews a token that is about to expire, before a request is refused with it.
+    async fn renew_if_due(&self, what: &str) -> Result<()> {
+        let due = match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            Auth::Bearer {
+                realm,
+                service,
+                until,
+                token,
+            } if Instant::now() + TOKEN_MARGIN >= *until => Some((
+                Challenge::Bearer {
+                    realm: realm.clone(),
+                    service: service.clone(),
+                    scope: None,
+                },
+                format!("Bearer {token}"),
+            )),
+            _ => None,
+        };
+        match due {
+            Some((c, sent)) => self.answer(c, Some(sent), what).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Answers a challenge once for every request that met it: a request whose credentials
+    /// another one already replaced just retries.
+    async fn answer(&self, challenge: Challenge, sent: Option<String>, what: &str) -> Result<()> {
+        let _one = self.renewing.lock().await;
+        if self.auth_header() != sent {
+            return Ok(());
+        }
+        let next = match challenge {
+            Challenge::Basic => {
+                if self.creds.is_none() {
+                    return Err(self.denied(what, "it asks for a user and password"));
+                }
+                Auth::Basic
+            }
+            Challenge::Bearer { realm, service, .. } => {
+                let (token, ttl) = self.fetch_token(&realm, service.as_deref(), what).await?;
+                let ttl = Duration::from_secs(ttl);
+                Auth::Bearer {
+                    realm,
+                    service,
+                    token,
+                    until: Instant::now() + ttl.saturating_sub(TOKEN_MARGIN / 2),
+                }
+            }
+        };
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// A pull token for this repository from the realm: Basic credentials when there are
+    /// some (an identity token is traded with an OAuth2 POST), else anonymous.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        what: &str,
+    ) -> Result<(String, u64)> {
+        let mut realm_url = Url::parse(realm).map_err(|e| {
+            Error::new(
+                Kind::Network,
+                format!("{what}: the registry named a token realm that is not a URL"),
+            )
+            .with_source(e)
+        })?;
+        let scope = format!("repository:{}:pull", self.url.repository);
+        let req = match &self.creds {
+            Some(c) if c.identity_token => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", c.secret.as_str()),
+                    ("client_id", "model-loader"),
+                    ("scope", scope.as_str()),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s));
+                }
+                self.client.post(realm_url).form(&form)
+            }
+            creds => {
+                {
+                    let mut q = realm_url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair("scope", &scope);
+                }
+                let req = self.client.get(realm_url);
+                match creds {
+                    Some(c) => req.header(AUTHORIZATION, c.basic_header()),
+                    None => req,
+                }
+            }
+        };
+        let what_token = format!("{what}: token from {}", origin(realm));
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| http::transport_error(&what_token, e))?;
+        let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(self.denied(what, "its token service refused"));
+        }
+        if !status.is_success() {
+            return Err(self.status_error(resp, &what_token).await);
+        }
+        let body = http::capped_text(resp, &what_token).await?;
+        serde_json::from_str::<auth::TokenReply>(&body)
+            .ok()
+            .and_then(auth::TokenReply::value)
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Network,
+                    format!("{what_token}: the reply holds no token"),
+                )
+            })
+    }
+
+    /// Denied: which credentials were refused (never the secret), or where none were found.
+    fn denied(&self, what: &str, why: &str) -> Error {
+        let remedy =
+            match &self.creds {
+                Some(c) => format!(
+                "{why} the credentials of user {:?} from {}: check them (docker login {}), and \
+                 that they may pull {}",
+                c.user, c.source, self.url.registry, self.url.repository
+            ),
+                None => {
+                    format!(
+                "{why}, and no credentials for {} were found (looked in: {}): log in (docker \
+                 login), or mount the image pull secret and set DOCKER_CONFIG or \
+                 REGISTRY_AUTH_FILE",
+                self.url.registry,
+                if self.looked_in.is_empty() { "nothing" } else { &self.looked_in }
+            )
+                }
+            };
+        Error::new(Kind::Denied, format!("{what}: access denied: {remedy}"))
+    }
+
+    /// A registry reply that is not a success, classified by its status and error code.
+    async fn status_error(&self, resp: Response, what: &str) -> Error {
+        let status = resp.status();
+        let after = http::retry_after(resp.headers());
+        let text = http::error_text(resp).await;
+        let first = serde_json::from_str::<RegistryErrors>(&text)
+            .ok()
+            .and_then(|e| e.errors.into_iter().next());
+        let (code, message) = first.map_or((String::new(), String::new()), |e| (e.code, e.message));
+        let says = if code.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status} {code}: {message}")
+        };
+        if http::is_transient_status(status) || code == "TOOMANYREQUESTS" {
+            return http::busy(format!("{what}: {says}"), status, after);
+        }
+        match (status.as_u16(), code.as_str()) {
+            (401 | 403, _) | (_, "DENIED" | "UNAUTHORIZED") => {
+                self.denied(what, &format!("the registry answered {says}:"))
+            }
+            (404, _) | (_, "NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN") => Error::new(
+                Kind::NotFound,
+                format!(
+                    "{what}: {says}: {} has no {} (check the repository and tag; a private \
+                     repository may also answer this without credentials)",
+                    self.url.registry,
+                    if code == "BLOB_UNKNOWN" {
+                        "such blob".to_string()
+                    } else {
+                        format!("{}:{}", self.url.repository, self.url.reference())
+                    }
+                ),
+            ),
+            _ => Error::new(Kind::Network, format!("{what}: {says}")),
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for messages (its path and query may carry signatures).
+fn origin(u: &str) -> String {
+    Url::parse(u).map_or_else(|_| "?".into(), |u| u.origin().ascii_serialization())
+}
+
+/// Loopback registries, the ones listed in [`INSECURE_VAR`], and all when KServe says its
+/// registry is insecure (`KSERVE_OCI_INSECURE_REGISTRY=true`).
+fn plain_http_allowed(url: &OciUrl) -> bool {
+    let host = url.host();
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let listed = crate::env::var(INSECURE_VAR).is_some_and(|v| {
+        v.split(',').map(str::trim).any(|h| {
+            h == "*" || h.eq_ignore_ascii_case(&url.registry) || h.eq_ignore_ascii_case(host)
+        })
+    });
+    let kserve = crate::env::var("KSERVE_OCI_INSECURE_REGISTRY")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    loopback || listed || kserve
+}
+
+impl Oci {
+    /// The manifest `reference` names, its bytes checked against their digest: the one asked
+    /// for when pinned, and the one the registry states otherwise (the body's own sha256 is
+    /// what pins the rest of the load).
+    async fn manifest(&self, reference: &str) -> Result<(layout::Document, String)> {
+        let what = format!("GET manifest {}", self.shown());
+        let url = self.endpoint("manifests", reference)?;
+        let headers = HeaderMap::from_iter([(
+            reqwest::header::ACCEPT,
+            reqwest::header::HeaderValue::from_static(layout::ACCEPT),
+        )]);
+        let resp = self.registry_get(&url, headers, &what).await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what).await);
+        }
+        let content_type = header(resp.headers(), "content-type").unwrap_or_default();
+        let stated = header(resp.headers(), "docker-content-digest");
+        let body = manifest_body(resp, &what).await?;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            stated
+        };
+        if let Some(e) = expected.filter(|e| *e != digest) {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "{what}: the manifest's bytes hash to {digest}, not {e}: it was changed on \
+                     the way (a proxy?) or the registry is broken; nothing was loaded"
+                ),
+            )
+            .transient(None));
+        }
+        let doc = layout::Document::parse(&body, &content_type)
+            .map_err(|why| Error::new(Kind::Network, format!("{what}: {why}")))?;
+        Ok((doc, digest))
+    }
+
+    /// The manifest to load, and its digest: an index resolved to this platform's entry.
+    async fn resolve(&self) -> Result<(layout::Document, String)> {
+        let (doc, digest) = self.manifest(self.url.reference()).await?;
+        if !doc.is_index() {
+            return Ok((doc, digest));
+        }
+        let entry = layout::pick_platform(&doc, layout::this_arch())
+            .map_err(|why| Error::new(Kind::NotFound, format!("{}: {why}", self.shown())))?;
+        let (inner, inner_digest) = self.manifest(&entry.digest.clone()).await?;
+        if inner.is_index() {
+            return Err(Error::new(
+                Kind::Usage,
+                format!(
+                    "{}: the index's entry {} is itself an index; pin a manifest with @sha256:…",
+                    self.shown(),
+                    entry.digest
+                ),
+            ));
+        }
+        Ok((inner, inner_digest))
+    }
+
+    /// GETs one range of a blob, following the registry's redirect to storage with the same
+    /// `Range` and no `Authorization` off the registry's origin (the spec's MUST NOT).
+    async fn get_blob(&self, file: &RemoteFile, range: ByteRange, what: &str) -> Result<Response> {
+        let mut url = self.endpoint("blobs", &file.key)?;
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
+            headers.insert(RANGE, v);
+        }
+        let mut resp = self.registry_get(&url, headers.clone(), what).await?;
+        for _ in 0..MAX_REDIRECTS {
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let next = header(resp.headers(), LOCATION.as_str())
+                .and_then(|l| url.join(&l).ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        Kind::Network,
+                        format!("{what}: a redirect without a usable Location"),
+                    )
+                })?;
+            url = next;
+            resp = if url.origin() == self.base.origin() {
+                self.registry_get(&url, headers.clone(), what).await?
+            } else {
+                self.client
+                    .get(url.clone())
+                    .headers(headers.clone())
+                    .send()
+                    .await
+                    .map_err(|e| http::transport_error(what, e))?
+            };
+        }
+        Err(Error::new(
+            Kind::Network,
+            format!("{what}: too many redirects"),
+        ))
+    }
+}
+
+impl Source for Oci {
+    async fn list(&self) -> Result<Listing> {
+        let (doc, digest) = self.resolve().await?;
+        let files = layout::files(&doc).map_err(|why| {
+            Error::new(
+                Kind::Usage,
+                format!("{} (manifest {digest}): {why}", self.shown()),
+            )
+        })?;
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let sha = f
+                    .digest
+                    .strip_prefix("sha256:")
+                    .and_then(|h| {
+                        let mut d = [0u8; 32];
+                        hex::decode_to_slice(h, &mut d).ok().map(|()| d)
+                    })
+                    .ok_or_else(|| {
+                        Error::new(
+                            Kind::Usage,
+                            format!(
+                                "{}: layer {} has the digest {:?}; only sha256 digests are read",
+                                self.shown(),
+                                f.path,
+                                f.digest
+                            ),
+                        )
+                    })?;
+                Ok(RemoteFile {
+                    path: f.path,
+                    key: f.digest.clone(),
+                    size: f.size,
+                    checksum: Some(Checksum::Sha256(sha)),
+                    version: Some(f.digest),
+                    archived: None,
+                    stored_gzip: false,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Listing {
+            files,
+            revision: Some(digest),
+            exact: false,
+        })
+    }
+
+    async fn fetch(&self, file: &RemoteFile, range: ByteRange) -> Result<Fetched> {
+        let what = format!("GET {} blob {} ({range})", self.shown(), file.path);
+        if let Some(p2p) = &self.p2p {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
+                headers.insert(RANGE, v);
+            }
+            self.renew_if_due(&what).await?;
+            if let Some(v) = self
+                .auth_header()
+                .and_then(|a| reqwest::header::HeaderValue::from_str(&a).ok())
+            {
+                headers.insert(AUTHORIZATION, v);
+            }
+            // A blob is its digest in every registry and repository that holds it.
+            let task = format!("oci:{}", file.key);
+            let url = self.endpoint("blobs", &file.key)?;
+            if let Some(resp) = p2p.get(url.as_str(), headers, Some(&task), &file.key).await {
+                let fetched = http::ranged_body(resp, range, file.size, &what).map(Fetched::plain);
+                return p2p.watch(&file.key, fetched);
+            }
+        }
+        let resp = self.get_blob(file, range, &what).await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, &what).await);
+        }
+        Ok(Fetched::plain(http::ranged_body(
+            resp, range, file.size, &what,
+        )?))
+    }
+}
+
+/// A manifest's bytes, refused past the spec's 4 MiB.
+async fn manifest_body(mut resp: Response, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| http::transport_error(what, e))?
+    {
+        if out.len() + chunk.len() > MAX_MANIFEST {
+            return Err(Error::new(
+                Kind::Network,
+                format!(
+                    "{what}: the manifest is larger than {} MiB, which no registry accepts; \
+                     check the registry address",
+                    MAX_MANIFEST >> 20
+                ),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+}

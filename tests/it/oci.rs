@@ -1,0 +1,457 @@
+//! `oci://` against the CNCF distribution registry (Debian's docker-registry, started by
+//! scripts/test.sh), with artifacts pushed by an independent client (the ORAS Python client,
+//! scripts/support/oci_push.py), a token service in front where auth matters
+//! (scripts/support/oci_token_front.py: Bearer challenges and expiring tokens, as Docker Hub,
+//! GHCR and Harbor answer), and the fault proxy where bytes must be damaged on the way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use crate::support::*;
+
+const USER: &str = "puller";
+const PASSWORD: &str = "pull-secret-8f3a";
+
+fn registry() -> String {
+    required_env("MODEL_LOADER_TEST_REGISTRY")
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/support")
+        .join(name)
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Files of a small model: shards a few MiB each, and a config in a sub-folder.
+fn model(dir: &Path) -> BTreeMap<String, String> {
+    let files: [(&str, Vec<u8>); 3] = [
+        ("model-00001-of-00002.safetensors", data(1, 3 << 20)),
+        (
+            "model-00002-of-00002.safetensors",
+            data(2, (2 << 20) + 12345),
+        ),
+        ("config.json", br#"{"model_type": "llama"}"#.to_vec()),
+    ];
+    let mut out = BTreeMap::new();
+    for (name, body) in files {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), &body).unwrap();
+        out.insert(name.to_string(), sha256(&body));
+    }
+    out
+}
+
+/// Pushes `dir` as `layout` to `repo:tag` on the test registry; returns the manifest digest.
+fn push(layout: &str, repo_tag: &str, dir: &Path) -> String {
+    let out = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
+        .arg(script("oci_push.py"))
+        .args([layout, &registry(), repo_tag])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push {layout} {repo_tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    digest
+}
+
+/// The token service and Bearer gate in front of the registry; killed on drop.
+struct Front {
+    child: Child,
+    host: String,
+}
+
+impl Front {
+    fn start(expire_after_s: f64, announced_s: u64) -> Front {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
+            .arg(script("oci_token_front.py"))
+            .args([
+                port.to_string(),
+                format!("http://{}", registry()),
+                USER.into(),
+                PASSWORD.into(),
+                expire_after_s.to_string(),
+                announced_s.to_string(),
+            ])
+            .spawn()
+            .unwrap();
+        let host = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return Front { child, host };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the token front did not start");
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let body = block_on(async {
+            reqwest::get(format!("http://{}/_stats", self.host))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        });
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn blob_gets(&self) -> u64 {
+        self.stats()["blob_gets"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The loader with a docker config holding `password` for `host` (none when `None`).
+fn oci_loader(home: &Path, host: &str, password: Option<&str>) -> Command {
+    use base64::Engine as _;
+    let mut c = loader("http://127.0.0.1:1", home);
+    let config = home.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    let auths = match password {
+        Some(p) => {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{p}"));
+            serde_json::json!({"auths": {host: {"auth": auth}}})
+        }
+        None => serde_json::json!({"auths": {}}),
+    };
+    std::fs::write(config.join("config.json"), auths.to_string()).unwrap();
+    c.env("DOCKER_CONFIG", &config);
+    c
+}
+
+#[test]
+fn a_modelpack_lands_verified_pinned_and_a_rerun_fetches_no_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/pack");
+    let digest = push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let front = Front::start(600.0, 600);
+    let dest = tmp.path().join("d");
+    let url = format!("oci://{}/{repo}:v1", front.host);
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .args(["--chunk-size", "1MiB"])
+        .arg(&url)
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    let m = manifest(&dest);
+    assert_eq!(
+        m["revision"], digest,
+        "the manifest digest pins the load: {m}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("user \"{USER}\" from")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD));
+    let gets = front.blob_gets();
+    assert!(gets >= 3, "{gets}");
+    // The tag still names the same manifest: no blob is fetched again.
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .arg(&url)
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(front.blob_gets(), gets, "a rerun fetched blobs");
+    assert_eq!(tree(&dest), want);
+    // Pinned by digest, into a fresh DEST; then --verify, and a flipped byte on disk is exit 6.
+    let pinned = tmp.path().join("p");
+    let by_digest = format!("oci://{}/{repo}@{digest}", front.host);
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .arg(&by_digest)
+        .arg(&pinned));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&pinned), want);
+    let verify = |dest: &Path| {
+        run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+            .arg("--verify")
+            .arg(&by_digest)
+            .arg(dest))
+    };
+    assert_eq!(verify(&pinned).status.code(), Some(0));
+    let shard = pinned.join("model-00002-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[777] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let line = error_line(&verify(&pinned), 6);
+    assert!(line.contains("model-00002-of-00002.safetensors"), "{line}");
+}
+
+#[test]
+fn oras_and_legacy_modelpack_layouts_land_at_their_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    for layout in ["oras", "legacy"] {
+        let repo = unique(&format!("models/{layout}"));
+        push(layout, &format!("{repo}:latest"), &tmp.path().join("m"));
+        let dest = tmp.path().join(layout);
+        // No tag: `latest`.
+        let out = run(oci_loader(tmp.path(), "none", None)
+            .arg(format!("oci://{}/{repo}", registry()))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{layout}");
+        assert_eq!(tree(&dest), want, "{layout}");
+    }
+}
+
+#[test]
+fn an_index_resolves_to_this_machines_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/multi");
+    push("index", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .arg(format!("oci://{}/{repo}:v1", registry()))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    // The arm64 entry holds only the first file by name (config.json).
+    let expect: BTreeMap<String, String> = if cfg!(target_arch = "aarch64") {
+        want.into_iter()
+            .filter(|(k, _)| k == "config.json")
+            .collect()
+    } else {
+        want
+    };
+    assert_eq!(tree(&dest), expect);
+}
+
+#[test]
+fn registry_auth_denies_with_exit_3_and_never_prints_the_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    model(&tmp.path().join("m"));
+    let repo = unique("models/private");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let front = Front::start(600.0, 600);
+    let url = format!("oci://{}/{repo}:v1", front.host);
+    // No credentials: the token service refuses anonymous pulls.
+    let out = run(oci_loader(tmp.path(), &front.host, None)
+        .arg(&url)
+        .arg(tmp.path().join("a")));
+    let line = error_line(&out, 3);
+    assert!(line.contains("no credentials for 127.0.0.1"), "{line}");
+    assert!(line.contains("config.json"), "{line}");
+    // A wrong password: exit 3, naming the user and the file, never the password.
+    let wrong = "wrong-pass-77";
+    let out = run(oci_loader(tmp.path(), &front.host, Some(wrong))
+        .arg(&url)
+        .arg(tmp.path().join("b")));
+    let line = error_line(&out, 3);
+    assert!(line.contains(&format!("user \"{USER}\"")), "{line}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(wrong) && !all.contains(PASSWORD), "{all}");
+    assert!(!tmp.path().join("b/.model-loader/manifest.json").exists());
+}
+
+/// The registry refuses the token long before the time it announced (revoked, or a clock
+/// skew): every stream meets a 401 mid-download, one renews, the others reuse its token.
+#[test]
+fn a_token_refused_mid_download_is_renewed_and_the_load_completes() {
+    use crate::support::proxy::{Fault, Proxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/expiring");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let front = Front::start(1.0, 3600);
+    // 5 MiB at 2 MiB/s: the first token dies well before the last byte.
+    let slow = Proxy::with_fault(
+        &format!("http://{}", front.host),
+        Fault::Throttle {
+            bytes_per_sec: 2 << 20,
+        },
+    );
+    let host = slow.addr.to_string();
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), &host, Some(PASSWORD))
+        .args(["--chunk-size", "256KiB", "--concurrency", "4"])
+        .arg(format!("oci://{host}/{repo}:v1"))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    let stats = front.stats();
+    assert!(stats["expired"].as_u64().unwrap() >= 1, "{stats}");
+    let tokens = stats["tokens"].as_u64().unwrap();
+    assert!(tokens >= 2, "never renewed: {stats}");
+    // Renewals are shared: far fewer than the requests that met a 401.
+    assert!(tokens <= stats["expired"].as_u64().unwrap() + 1, "{stats}");
+}
+
+#[test]
+fn missing_repositories_and_tags_are_exit_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    model(&tmp.path().join("m"));
+    let repo = unique("models/tags");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    for url in [
+        format!("oci://{}/{}:v1", registry(), unique("no/such-repo")),
+        format!("oci://{}/{repo}:v2", registry()),
+        format!("oci://{}/{repo}@sha256:{}", registry(), "0".repeat(64)),
+    ] {
+        let out = run(oci_loader(tmp.path(), "none", None)
+            .arg(&url)
+            .arg(tmp.path().join("d")));
+        let line = error_line(&out, 4);
+        assert!(
+            line.contains("MANIFEST_UNKNOWN") || line.contains("NAME_UNKNOWN"),
+            "{line}"
+        );
+    }
+    assert!(!tmp.path().join("d/.model-loader/manifest.json").exists());
+}
+
+#[test]
+fn packed_unnamed_and_hostile_layers_are_refused_before_any_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    model(&tmp.path().join("m"));
+    for (layout, code, needle) in [
+        ("packed", 2, "1 × application/vnd.cncf.model.weight.v1.tar"),
+        (
+            "unnamed",
+            2,
+            "no file name (1 × application/vnd.ollama.image.model)",
+        ),
+        ("hostile", 2, "../../escape.txt"),
+    ] {
+        let repo = unique(&format!("models/{layout}"));
+        push(layout, &format!("{repo}:v1"), &tmp.path().join("m"));
+        let dest = tmp.path().join("x/y").join(layout);
+        let out = run(oci_loader(tmp.path(), "none", None)
+            .arg(format!("oci://{}/{repo}:v1", registry()))
+            .arg(&dest));
+        let line = error_line(&out, code);
+        assert!(line.contains(needle), "{layout}: {line}");
+        assert!(!tmp.path().join("escape.txt").exists());
+        assert!(!tmp.path().join("x/escape.txt").exists());
+        assert!(!dest.join(".model-loader/manifest.json").exists());
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_blob_is_refetched_once_then_exit_6() {
+    use crate::support::proxy::{Fault, Proxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/flip");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let once = Proxy::with_fault(
+        &format!("http://{}", registry()),
+        Fault::Flip { at: 1000, first: 1 },
+    );
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("oci://{}/{repo}:v1", once.addr))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sha256 mismatch"), "{stderr}");
+    assert_eq!(tree(&dest), want);
+    let always = Proxy::with_fault(
+        &format!("http://{}", registry()),
+        Fault::Flip {
+            at: 1000,
+            first: usize::MAX,
+        },
+    );
+    let dest = tmp.path().join("d2");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .args(["--chunk-size", "256KiB"])
+        .arg(format!("oci://{}/{repo}:v1", always.addr))
+        .arg(&dest));
+    let line = error_line(&out, 6);
+    assert!(line.contains("sha256 mismatch"), "{line}");
+    assert!(!dest.join(".model-loader/manifest.json").exists());
+}
+
+/// kill -9 mid-blob, then a rerun: it fetches what is missing, plus at most a chunk per stream
+/// that was in flight, not the blobs again.
+#[test]
+fn a_killed_load_resumes_mid_blob() {
+    use crate::support::proxy::{Fault, Proxy};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let total: u64 = std::fs::read_dir(tmp.path().join("m"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let repo = unique("models/killed");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let slow = Proxy::with_fault(
+        &format!("http://{}", registry()),
+        Fault::Throttle {
+            bytes_per_sec: 1 << 20,
+        },
+    );
+    let dest = tmp.path().join("d");
+    let journal = dest.join(".model-loader/journal.jsonl");
+    let mut child = oci_loader(tmp.path(), "none", None)
+        .args(["--chunk-size", "256KiB", "--concurrency", "2"])
+        .arg(format!("oci://{}/{repo}:v1", slow.addr))
+        .arg(&dest)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .matches("\"t\":\"range\"")
+        .count()
+        < 6
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    let counting = Proxy::start(&format!("http://{}", registry()));
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .args(["--chunk-size", "256KiB", "--concurrency", "2"])
+        .arg(format!("oci://{}/{repo}:v1", counting.addr))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    let again = counting.bytes_down();
+    // At least five 256 KiB chunks were journaled before the kill (the sixth record may be the
+    // small config); each of the two streams may have had one chunk in flight.
+    let kept: u64 = 5 * (256 << 10);
+    let in_flight: u64 = 2 * (256 << 10);
+    assert!(
+        again < total - kept + in_flight + (64 << 10),
+        "the rerun fetched {again} of {total} bytes"
+    );
+}
