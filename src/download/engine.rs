@@ -100,6 +100,12 @@ struct FileJob {
     /// For a file fetched in several ranges whose checksum needs the bytes in order (SHA-256,
     /// a single-part MD5): the hash that follows the download's frontier.
     in_order: Option<Arc<inorder::InOrder>>,
+    /// Taken around each buffered write: the kernel serializes a file's buffered writes on its
+    /// inode lock anyway, and waiters there spin on it (ext4 `rwsem_spin_on_owner`, 17% of the
+    /// load's samples with 16 writers on one file under `perf`); waiting here parks the task
+    /// and frees the thread for the sockets instead. 2 × 1 GiB from s3s-fs, page cache full,
+    /// four alternating pairs: system time 2.52–2.79 s against 3.00–3.18 without, wall level.
+    write_gate: tokio::sync::Mutex<()>,
 }
 
 impl FileJob {
@@ -413,6 +419,7 @@ impl FileJob {
         };
         FileJob {
             in_order,
+            write_gate: tokio::sync::Mutex::new(()),
             crc,
             range_crcs: Mutex::new(Vec::new()),
             hashes_parts,
@@ -460,11 +467,23 @@ async fn worker(ctx: &Ctx) -> Result<()> {
 }
 
 /// Writes the buffer at `at` (after checking the lease is still ours); returns the new offset.
-fn flush(ctx: &Ctx, part: &PartFile, buf: &mut writer::AlignedBuf, at: u64) -> Result<u64> {
+async fn flush(
+    ctx: &Ctx,
+    job: &FileJob,
+    part: &PartFile,
+    buf: &mut writer::AlignedBuf,
+    at: u64,
+) -> Result<u64> {
     if buf.is_empty() {
         return Ok(at);
     }
     ctx.state.owned_recently()?;
+    // Direct writes to a reserved file share the inode lock: no gate for them.
+    let _gate = if part.is_direct() {
+        None
+    } else {
+        Some(job.write_gate.lock().await)
+    };
     tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
     let at = at + buf.len() as u64;
     buf.clear();
@@ -718,7 +737,7 @@ async fn stream_body(
             let took = buf.fill(data);
             data = &data[took..];
             if buf.len() == cap {
-                at = flush(ctx, part, buf, at)?;
+                at = flush(ctx, job, part, buf, at).await?;
             }
         }
         ctx.reporter.bytes(job.id, bytes.len() as u64);
@@ -739,7 +758,7 @@ async fn stream_body(
             break;
         }
     }
-    at = flush(ctx, part, buf, at)?;
+    at = flush(ctx, job, part, buf, at).await?;
     c.pos = at;
     if job.records {
         // The chunk's end is made durable (one sync per chunk, as before the in-chunk records
