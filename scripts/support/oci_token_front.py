@@ -12,7 +12,8 @@ A token stops working EXPIRE_AFTER_S seconds after it was issued; the reply says
 ANNOUNCED_S (a shorter real life than announced is how a client meets a 401 mid-download,
 as with a revoked or clock-skewed token).
 
-GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "expired": N}.
+GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "expired": N,
+"uploads": N (blob upload sessions opened), "manifest_puts": N}.
 """
 import http.client
 import json
@@ -28,7 +29,8 @@ PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
 PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
-STATS = {"tokens": 0, "denied": 0, "blob_gets": 0, "manifest_gets": 0, "expired": 0}
+STATS = {"tokens": 0, "denied": 0, "blob_gets": 0, "manifest_gets": 0, "expired": 0,
+         "uploads": 0, "manifest_puts": 0}
 LOCK = threading.Lock()
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate", "authorization", "host"}
@@ -61,6 +63,15 @@ class Front(BaseHTTPRequestHandler):
 
     def do_HEAD(self):
         return self.forward("HEAD")
+
+    def do_POST(self):
+        return self.forward("POST")
+
+    def do_PUT(self):
+        return self.forward("PUT")
+
+    def do_PATCH(self):
+        return self.forward("PATCH")
 
     def token(self):
         auth = self.headers.get("Authorization", "")
@@ -97,6 +108,7 @@ class Front(BaseHTTPRequestHandler):
     def forward(self, method):
         path = urllib.parse.urlsplit(self.path).path
         if not self.authorized():
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             repo = path[len("/v2/"):].rsplit("/", 2)[0] if path.startswith("/v2/") else ""
             challenge = (f'Bearer realm="http://127.0.0.1:{PORT}/token",service="test-registry",'
                          f'scope="repository:{repo}:pull"')
@@ -107,12 +119,20 @@ class Front(BaseHTTPRequestHandler):
                 STATS["blob_gets"] += 1
             if "/manifests/" in path and method == "GET":
                 STATS["manifest_gets"] += 1
+            if path.endswith("/blobs/uploads/") and method == "POST":
+                STATS["uploads"] += 1
+            if "/manifests/" in path and method == "PUT":
+                STATS["manifest_puts"] += 1
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         conn = http.client.HTTPConnection(BACKEND.hostname, BACKEND.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-        conn.request(method, self.path, headers=headers)
+        conn.request(method, self.path, body=body or None, headers=headers)
         resp = conn.getresponse()
         self.send_response(resp.status)
         for k, v in resp.getheaders():
+            if k.lower() == "location" and v.startswith(f"http://{BACKEND.netloc}"):
+                # Upload sessions: the client comes back through the front.
+                v = f"http://127.0.0.1:{PORT}" + v[len(f"http://{BACKEND.netloc}"):]
             if k.lower() not in HOP:
                 self.send_header(k, v)
         if resp.getheader("Content-Length") is None:

@@ -129,7 +129,9 @@ impl AnySource {
                 oss::open(bucket, prefix, http, opts.oss_internal, reporter).await?,
             )),
             SourceUrl::Hf(h) => Ok(AnySource::Hf(hf::Hf::open(h, http, reporter).await?)),
-            SourceUrl::Oci(o) => Ok(AnySource::Oci(oci::Oci::open(o, http, reporter).await?)),
+            SourceUrl::Oci(o) => Ok(AnySource::Oci(
+                oci::Oci::open(o, http, opts.write, reporter).await?,
+            )),
         }
     }
 }

@@ -93,6 +93,14 @@ impl FileRange {
         Ok(h.finalize().into())
     }
 
+    /// SHA-256 of the range (a registry blob's digest).
+    pub fn sha256(&self) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        self.hash(|b| h.update(b))?;
+        Ok(h.finalize().into())
+    }
+
     /// CRC32C of the range (what GCS stores for an object).
     pub fn crc32c(&self) -> Result<u32> {
         let mut c = 0;

@@ -2,7 +2,8 @@
 //! takes. S3 and OSS: a single PUT with Content-MD5, or a multipart upload (begin, parts each
 //! with Content-MD5, complete; abort on failure) within S3's rules (at most 10,000 parts, each
 //! at least 5 MiB but the last). GCS: one media upload, or a resumable session in multiples of
-//! 256 KiB; the CRC32C GCS stored is compared with the file's.
+//! 256 KiB; the CRC32C GCS stored is compared with the file's. Registries: a blob per file
+//! (not sent when the registry has its digest), the manifest at the end (`finish_upload`).
 
 use super::any::AnySource;
 use super::body::FileRange;
@@ -50,7 +51,37 @@ impl AnySource {
                 .await
             }
             AnySource::Hf(_) => Err(Error::usage("uploading to hf:// is not supported")),
-            AnySource::Oci(_) => Err(Error::usage("uploading to oci:// is not supported yet")),
+            AnySource::Oci(oci) => {
+                let w = whole.clone();
+                let sha = blocking(move || w.sha256()).await?;
+                retrying(retry, reporter, &what, || oci.push_file(rel, &whole, sha)).await
+            }
+        }
+    }
+}
+
+impl AnySource {
+    /// A file the destination already holds (same size and checksum): registries need it
+    /// named in the manifest they end with; buckets need nothing.
+    pub fn keep_file(&self, rel: &RelPath, size: u64, listed: Option<&super::Checksum>) {
+        if let (AnySource::Oci(oci), Some(super::Checksum::Sha256(d))) = (self, listed) {
+            oci.keep_file(rel, size, *d);
+        }
+    }
+
+    /// After every file is in: a registry's manifest (returns its digest); nothing for buckets.
+    pub async fn finish_upload(
+        &self,
+        retry: &RetryPolicy,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<String>> {
+        match self {
+            AnySource::Oci(oci) => {
+                retrying(retry, reporter, "push the manifest", || oci.finish_push())
+                    .await
+                    .map(Some)
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -28,10 +28,7 @@ fn refuse_unwritable(to: &SourceUrl) -> Result<()> {
         SourceUrl::Hf(_) => Err(Error::usage(
             "uploading to hf:// is not supported: use `hf upload` (huggingface_hub), which handles Xet and commits",
         )),
-        SourceUrl::Oci(_) => Err(Error::usage(
-            "uploading to oci:// is not supported yet: push with modctl or oras for now",
-        )),
-        SourceUrl::Bucket { .. } => Ok(()),
+        SourceUrl::Oci(_) | SourceUrl::Bucket { .. } => Ok(()),
     }
 }
 
@@ -75,7 +72,10 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
     }
     let (send, same): (Vec<_>, Vec<_>) = classified
         .into_iter()
-        .partition(|(_, _, at)| *at != AtDestination::Same);
+        .partition(|(_, _, at, _)| *at != AtDestination::Same);
+    for (rel, len, _, listed) in &same {
+        target.keep_file(rel, *len, listed.as_ref());
+    }
     let total: u64 = send.iter().map(|f| f.1).sum();
     reporter.plan(&PlanSummary {
         upload: true,
@@ -86,40 +86,7 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
         ..Default::default()
     });
 
-    let cfg = Arc::new(cfg.clone());
-    let results =
-        futures_util::stream::iter(send.into_iter().enumerate().map(|(id, (rel, len, _))| {
-            let (target, reporter, cfg, root, cancel) = (
-                Arc::clone(&target),
-                Arc::clone(&reporter),
-                Arc::clone(&cfg),
-                Arc::clone(&root),
-                cancel.clone(),
-            );
-            async move {
-                if let Some(kind) = cancel.reason() {
-                    return Err(Error::new(kind, "stopped before this file was sent"));
-                }
-                reporter.file_started(id, rel.as_str(), len);
-                let whole = open_range(&root, &rel, len)?;
-                target
-                    .put_file(
-                        &rel,
-                        whole,
-                        cfg.chunk_size,
-                        &cfg.retry,
-                        reporter.as_ref(),
-                        &cancel,
-                    )
-                    .await?;
-                reporter.bytes(id, len);
-                reporter.file_done(id, rel.as_str());
-                Ok::<u64, Error>(len)
-            }
-        }))
-        .buffer_unordered(cfg.concurrency.unwrap_or(8).clamp(1, 8))
-        .collect::<Vec<_>>()
-        .await;
+    let results = send_all(&target, &root, cfg, &reporter, &cancel, send).await;
     let mut summary = Summary {
         upload: true,
         files_skipped: same.len(),
@@ -129,10 +96,60 @@ pub async fn upload(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -
         summary.bytes_fetched += r?;
         summary.files_fetched += 1;
     }
+    if let Some(digest) = target.finish_upload(&cfg.retry, reporter.as_ref()).await? {
+        reporter.info(&format!("pushed {} as {digest}", cfg.source));
+    }
     summary.elapsed = started.elapsed();
     reporter.finish(&summary);
     Ok(summary)
 }
+
+/// Sends `files` (at most 8 at once); each result is the bytes sent or why not.
+async fn send_all(
+    target: &Arc<AnySource>,
+    root: &Arc<Dir>,
+    cfg: &Config,
+    reporter: &Arc<dyn Reporter>,
+    cancel: &Cancel,
+    files: Vec<Classified>,
+) -> Vec<Result<u64>> {
+    let cfg = Arc::new(cfg.clone());
+    futures_util::stream::iter(files.into_iter().enumerate().map(|(id, (rel, len, _, _))| {
+        let (target, reporter, cfg, root, cancel) = (
+            Arc::clone(target),
+            Arc::clone(reporter),
+            Arc::clone(&cfg),
+            Arc::clone(root),
+            cancel.clone(),
+        );
+        async move {
+            if let Some(kind) = cancel.reason() {
+                return Err(Error::new(kind, "stopped before this file was sent"));
+            }
+            reporter.file_started(id, rel.as_str(), len);
+            let whole = open_range(&root, &rel, len)?;
+            target
+                .put_file(
+                    &rel,
+                    whole,
+                    cfg.chunk_size,
+                    &cfg.retry,
+                    reporter.as_ref(),
+                    &cancel,
+                )
+                .await?;
+            reporter.bytes(id, len);
+            reporter.file_done(id, rel.as_str());
+            Ok::<u64, Error>(len)
+        }
+    }))
+    .buffer_unordered(cfg.concurrency.unwrap_or(8).clamp(1, 8))
+    .collect::<Vec<_>>()
+    .await
+}
+
+/// A local file, what the destination holds at its name, and the checksum listed there.
+type Classified = (RelPath, u64, AtDestination, Option<remote::Checksum>);
 
 /// What the destination holds at a local file's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +171,7 @@ async fn classify(
     cfg: &Config,
     reporter: &dyn Reporter,
     files: Vec<(RelPath, u64)>,
-) -> Result<Vec<(RelPath, u64, AtDestination)>> {
+) -> Result<Vec<Classified>> {
     let listed = retrying(&cfg.retry, reporter, "listing the destination", || {
         target.list()
     })
@@ -176,6 +193,7 @@ async fn classify(
         let root = Arc::clone(root);
         let force = cfg.force;
         async move {
+            let listed = remote.as_ref().and_then(|r| r.checksum.clone());
             let at = match remote {
                 None => AtDestination::Nothing,
                 Some(r) if r.size != len => AtDestination::Other(r.size),
@@ -194,7 +212,7 @@ async fn classify(
                     }
                 },
             };
-            Ok::<_, Error>((rel, len, at))
+            Ok::<_, Error>((rel, len, at, listed))
         }
     });
     let mut out: Vec<_> = futures_util::stream::iter(compare)
@@ -209,13 +227,14 @@ async fn classify(
 }
 
 /// Lists what an upload would send, skip and overwrite; sends nothing.
-fn print_dry_run(cfg: &Config, files: &[(RelPath, u64, AtDestination)]) {
+fn print_dry_run(cfg: &Config, files: &[Classified]) {
     use std::io::Write;
     let mut files: Vec<_> = files.iter().collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = std::io::stdout().lock();
     let (mut total, mut overwrites, mut same) = (0u64, 0usize, 0usize);
-    for &(rel, len, at) in &files {
+    for (rel, len, at, _) in &files {
+        let (len, at) = (*len, *at);
         let note = match at {
             AtDestination::Nothing => {
                 total += len;

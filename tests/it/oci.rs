@@ -455,3 +455,117 @@ fn a_killed_load_resumes_mid_blob() {
         "the rerun fetched {again} of {total} bytes"
     );
 }
+
+/// Reads `repo:tag` back with the ORAS Python client (scripts/support/oci_pull.py): every
+/// layer at its ModelPack path, each checked against its digest. Returns the manifest.
+fn pull_independently(host: &str, repo_tag: &str, out: &Path) -> serde_json::Value {
+    let o = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
+        .arg(script("oci_pull.py"))
+        .args([host, repo_tag])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pull: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn an_upload_is_a_modelpack_others_read_and_a_rerun_sends_no_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("m");
+    let mut want = model(&src);
+    std::fs::create_dir_all(src.join("tok")).unwrap();
+    std::fs::write(src.join("tok/tokenizer.json"), b"{}").unwrap();
+    want.insert("tok/tokenizer.json".into(), sha256(b"{}"));
+    let repo = unique("models/pushed");
+    let front = Front::start(600.0, 600);
+    let url = format!("oci://{}/{repo}:v1", front.host);
+    let push = |home: &Path| {
+        run(oci_loader(home, &front.host, Some(PASSWORD))
+            .arg(&src)
+            .arg(&url))
+    };
+    let out = push(tmp.path());
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let digest = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once(" as sha256:")
+                .map(|(_, d)| format!("sha256:{d}"))
+        })
+        .unwrap_or_else(|| panic!("no pushed digest: {stderr}"));
+    let stats = front.stats();
+    assert_eq!(stats["uploads"], 5, "4 files and the config: {stats}");
+    assert_eq!(stats["manifest_puts"], 1);
+    // An independent reader finds a ModelPack with every file at its path.
+    let pulled = tmp.path().join("pulled");
+    let manifest = pull_independently(&registry(), &format!("{repo}:v1"), &pulled);
+    assert_eq!(tree(&pulled), want);
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.cncf.model.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.cncf.model.config.v1+json"
+    );
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"application/vnd.cncf.model.weight.v1.raw"),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"application/vnd.cncf.model.weight.config.v1.raw"),
+        "{types:?}"
+    );
+    // The loader reads it back too, pinned to what the push printed.
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .arg(format!("oci://{}/{repo}@{digest}", front.host))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    // Unchanged files: nothing is sent, and the manifest is the same bytes.
+    let out = push(tmp.path());
+    assert_eq!(out.status.code(), Some(0));
+    let stats = front.stats();
+    assert_eq!(stats["uploads"], 5, "a rerun sent blobs: {stats}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&digest));
+    // One file changed: only it is sent, under the same tag.
+    std::fs::write(src.join("config.json"), br#"{"model_type": "qwen"}"#).unwrap();
+    want.insert("config.json".into(), sha256(br#"{"model_type": "qwen"}"#));
+    assert_eq!(push(tmp.path()).status.code(), Some(0));
+    assert_eq!(
+        front.stats()["uploads"],
+        7,
+        "the changed file and the new config"
+    );
+    let again = tmp.path().join("again");
+    pull_independently(&registry(), &format!("{repo}:v1"), &again);
+    assert_eq!(tree(&again), want);
+}
+
+#[test]
+fn an_upload_with_a_wrong_password_is_exit_3_and_moves_no_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("m");
+    model(&src);
+    let repo = unique("models/refused");
+    let front = Front::start(600.0, 600);
+    let out = run(oci_loader(tmp.path(), &front.host, Some("not-it"))
+        .arg(&src)
+        .arg(format!("oci://{}/{repo}:v1", front.host)));
+    let line = error_line(&out, 3);
+    assert!(!line.contains("not-it"), "{line}");
+    assert_eq!(front.stats()["manifest_puts"], 0);
+}

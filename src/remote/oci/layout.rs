@@ -11,9 +11,9 @@
 //! Packed layers (tar, tar+gzip, tar+zstd: ModelPack folders, ORAS folders, KitOps ModelKits,
 //! modelcar images) are refused with the media types found, until unpacking lands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -36,22 +36,23 @@ const PATH_KEYS: [&str; 3] = [
 /// ORAS marks a layer that is a packed folder (`oras push dir/`).
 const ORAS_UNPACK: &str = "io.deis.oras.content.unpack";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
     #[serde(default)]
     pub media_type: String,
     pub digest: String,
     pub size: u64,
-    #[serde(default)]
-    pub annotations: HashMap<String, String>,
-    #[serde(default)]
+    /// Sorted, so that a manifest built twice from the same files is the same bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Platform {
     pub architecture: String,
     pub os: String,

@@ -10,6 +10,7 @@
 
 mod auth;
 pub mod layout;
+mod push;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,6 +52,10 @@ pub struct Oci {
     renewing: tokio::sync::Mutex<()>,
     /// Blob reads through a P2P proxy (`--p2p-proxy`).
     pub(crate) p2p: Option<std::sync::Arc<super::p2p::P2p>>,
+    /// Tokens are asked for push as well as pull (an upload).
+    push: bool,
+    /// What an upload sent or found, by path: the layers of the manifest it ends with.
+    pushed: Mutex<std::collections::BTreeMap<String, layout::Descriptor>>,
 }
 
 /// What the registry asked for, learnt from its first 401.
@@ -84,7 +89,12 @@ struct RegistryError {
 
 impl Oci {
     /// Builds the client and finds credentials; the registry is first asked in [`Source::list`].
-    pub async fn open(url: &OciUrl, opts: &ClientOptions, reporter: &dyn Reporter) -> Result<Self> {
+    pub async fn open(
+        url: &OciUrl,
+        opts: &ClientOptions,
+        push: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<Self> {
         let scheme = if plain_http_allowed(url) {
             "http"
         } else {
@@ -127,6 +137,8 @@ impl Oci {
             auth: Mutex::new(Auth::None),
             renewing: tokio::sync::Mutex::new(()),
             p2p: None,
+            push,
+            pushed: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -149,15 +161,35 @@ impl Oci {
         }
     }
 
-    /// A GET to the registry, authenticated as it asks: on a 401 the challenge is answered (a
-    /// token fetched or renewed, or Basic credentials sent) and the request sent once more.
+    /// A GET to the registry, authenticated as it asks (see [`Oci::registry_send`]).
     async fn registry_get(&self, url: &Url, headers: HeaderMap, what: &str) -> Result<Response> {
+        self.registry_send(reqwest::Method::GET, url, headers, None, what)
+            .await
+    }
+
+    /// A request to the registry, authenticated as it asks: on a 401 the challenge is answered
+    /// (a token fetched or renewed, or Basic credentials sent) and the request sent once more.
+    /// `body` makes the request's body afresh for each send.
+    async fn registry_send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Option<&(dyn Fn() -> reqwest::Body + Sync)>,
+        what: &str,
+    ) -> Result<Response> {
         self.renew_if_due(what).await?;
         for attempt in 0..2 {
             let sent = self.auth_header();
-            let mut req = self.client.get(url.clone()).headers(headers.clone());
+            let mut req = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(a) = &sent {
                 req = req.header(AUTHORIZATION, a);
+            }
+            if let Some(b) = body {
+                req = req.body(b());
             }
             let resp = req
                 .send()
@@ -247,7 +279,11 @@ impl Oci {
             )
             .with_source(e)
         })?;
-        let scope = format!("repository:{}:pull", self.url.repository);
+        let scope = format!(
+            "repository:{}:{}",
+            self.url.repository,
+            if self.push { "pull,push" } else { "pull" }
+        );
         let req = match &self.creds {
             Some(c) if c.identity_token => {
                 let mut form = vec![

@@ -1,0 +1,244 @@
+//! `model-loader DIR oci://REGISTRY/REPOSITORY:TAG`: DIR pushed as a CNCF ModelPack artifact,
+//! as `modctl build --raw` lays one out: one raw layer per file with its path in
+//! `org.cncf.model.filepath`, a ModelPack config, and the manifest last (the tag moves only
+//! once every blob is in). Blobs the registry already holds are not sent again (a HEAD by
+//! digest), and the manifest holds no timestamp: the same files push the same manifest digest.
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{StatusCode, Url};
+
+use super::layout::{self, Descriptor};
+use super::{header, Oci};
+use crate::error::{Error, Kind, Result};
+use crate::remote::body::FileRange;
+use crate::url::RelPath;
+
+pub const MODEL_ARTIFACT: &str = "application/vnd.cncf.model.manifest.v1+json";
+const MODEL_CONFIG: &str = "application/vnd.cncf.model.config.v1+json";
+const PATH_KEY: &str = "org.cncf.model.filepath";
+
+/// The ModelPack layer type for a file, by name (modctl sorts files the same way: weights,
+/// their configs, docs, code).
+pub fn media_type(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+    const WEIGHTS: [&str; 12] = [
+        "safetensors",
+        "bin",
+        "pt",
+        "pth",
+        "gguf",
+        "onnx",
+        "h5",
+        "msgpack",
+        "ckpt",
+        "pb",
+        "tflite",
+        "npz",
+    ];
+    if WEIGHTS.contains(&ext) {
+        "application/vnd.cncf.model.weight.v1.raw"
+    } else if name.starts_with("readme") || name.starts_with("license") || ext == "md" {
+        "application/vnd.cncf.model.doc.v1.raw"
+    } else if matches!(ext, "py" | "sh" | "ipynb") {
+        "application/vnd.cncf.model.code.v1.raw"
+    } else {
+        "application/vnd.cncf.model.weight.config.v1.raw"
+    }
+}
+
+impl Oci {
+    fn layer(rel: &str, digest: String, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type(rel).to_string(),
+            digest,
+            size,
+            annotations: [(PATH_KEY.to_string(), rel.to_string())].into(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    /// A file the registry already holds under this tag (the upload compared its sha256):
+    /// its layer goes into the new manifest as it is.
+    pub fn keep_file(&self, rel: &RelPath, size: u64, sha256: [u8; 32]) {
+        let digest = format!("sha256:{}", hex::encode(sha256));
+        self.pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.to_string(), Self::layer(rel.as_str(), digest, size));
+    }
+
+    /// Sends `whole` as a blob unless the registry has one with its digest (`sha256` of the
+    /// file, computed by the caller), and records its layer. Retried by the caller.
+    pub async fn push_file(
+        &self,
+        rel: &RelPath,
+        whole: &FileRange,
+        sha256: [u8; 32],
+    ) -> Result<()> {
+        let digest = format!("sha256:{}", hex::encode(sha256));
+        let what = format!("upload {rel} to {}", self.shown());
+        if !self.blob_exists(&digest, &what).await? {
+            let body = || whole.clone().into_body();
+            self.push_blob(&digest, whole.len, &body, &what).await?;
+        }
+        self.pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                rel.to_string(),
+                Self::layer(rel.as_str(), digest, whole.len),
+            );
+        Ok(())
+    }
+
+    async fn blob_exists(&self, digest: &str, what: &str) -> Result<bool> {
+        let url = self.endpoint("blobs", digest)?;
+        let resp = self
+            .registry_send(reqwest::Method::HEAD, &url, HeaderMap::new(), None, what)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.status_error(resp, what).await),
+        }
+    }
+
+    /// POST an upload session, then PUT the bytes to it with their digest (a monolithic
+    /// upload, which every registry takes; the registry checks the digest).
+    async fn push_blob(
+        &self,
+        digest: &str,
+        len: u64,
+        body: &(dyn Fn() -> reqwest::Body + Sync),
+        what: &str,
+    ) -> Result<()> {
+        let start = self
+            .base
+            .join(&format!("/v2/{}/blobs/uploads/", self.url.repository))
+            .map_err(|e| Error::usage(format!("{what}: bad repository")).with_source(e))?;
+        let resp = self
+            .registry_send(reqwest::Method::POST, &start, HeaderMap::new(), None, what)
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.status_error(resp, what).await);
+        }
+        let mut session: Url = header(resp.headers(), LOCATION.as_str())
+            .and_then(|l| start.join(&l).ok())
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Network,
+                    format!("{what}: the registry opened an upload without a Location"),
+                )
+            })?;
+        session.query_pairs_mut().append_pair("digest", digest);
+        let headers = HeaderMap::from_iter([
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (CONTENT_LENGTH, HeaderValue::from(len)),
+        ]);
+        let resp = self
+            .registry_send(reqwest::Method::PUT, &session, headers, Some(body), what)
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(());
+        }
+        Err(self.status_error(resp, what).await)
+    }
+
+    /// The config and the manifest, once every layer is in: the tag then names the new files.
+    /// Returns the manifest's digest.
+    pub async fn finish_push(&self) -> Result<String> {
+        let what = format!("push the manifest of {}", self.shown());
+        let layers: Vec<Descriptor> = self
+            .pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let config = serde_json::json!({
+            "descriptor": {"name": self.url.repository.rsplit('/').next().unwrap_or("")},
+            "config": {},
+            "modelfs": {"type": "layers", "diffIds": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
+        });
+        let config = serde_json::to_vec(&config).expect("JSON values serialize");
+        let config_digest = sha256_of(&config);
+        if !self.blob_exists(&config_digest, &what).await? {
+            let bytes = bytes::Bytes::from(config.clone());
+            let body = move || reqwest::Body::from(bytes.clone());
+            self.push_blob(&config_digest, config.len() as u64, &body, &what)
+                .await?;
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": layout::OCI_MANIFEST,
+            "artifactType": MODEL_ARTIFACT,
+            "config": {"mediaType": MODEL_CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": layers,
+        });
+        let manifest = serde_json::to_vec(&manifest).expect("JSON values serialize");
+        let digest = sha256_of(&manifest);
+        let url = self.endpoint("manifests", &self.url.tag)?;
+        let headers =
+            HeaderMap::from_iter([(CONTENT_TYPE, HeaderValue::from_static(layout::OCI_MANIFEST))]);
+        let bytes = bytes::Bytes::from(manifest);
+        let body = move || reqwest::Body::from(bytes.clone());
+        let resp = self
+            .registry_send(reqwest::Method::PUT, &url, headers, Some(&body), &what)
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.status_error(resp, &what).await);
+        }
+        Ok(digest)
+    }
+}
+
+fn sha256_of(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_get_the_layer_type_modctl_would_give_them() {
+        for (p, t) in [
+            ("model-00001-of-00002.safetensors", "weight.v1.raw"),
+            ("sub/pytorch_model.BIN", "weight.v1.raw"),
+            ("config.json", "weight.config.v1.raw"),
+            ("tokenizer.model", "weight.config.v1.raw"),
+            ("merges.txt", "weight.config.v1.raw"),
+            ("README.md", "doc.v1.raw"),
+            ("LICENSE", "doc.v1.raw"),
+            ("modeling_x.py", "code.v1.raw"),
+        ] {
+            assert!(media_type(p).ends_with(t), "{p}: {}", media_type(p));
+        }
+    }
+
+    #[test]
+    fn a_pushed_manifest_lays_out_as_the_files_it_was_built_from() {
+        let layers = vec![
+            Oci::layer("a/config.json", format!("sha256:{}", "a".repeat(64)), 3),
+            Oci::layer("w.safetensors", format!("sha256:{}", "b".repeat(64)), 9),
+        ];
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": layout::OCI_MANIFEST, "artifactType": MODEL_ARTIFACT,
+            "config": {"mediaType": MODEL_CONFIG, "digest": format!("sha256:{}", "c".repeat(64)), "size": 2},
+            "layers": layers,
+        });
+        let doc = layout::Document::parse(manifest.to_string().as_bytes(), "").unwrap();
+        let files = layout::files(&doc).unwrap();
+        assert_eq!(files[0].path, "a/config.json");
+        assert_eq!(
+            (files[1].path.as_str(), files[1].size),
+            ("w.safetensors", 9)
+        );
+    }
+}
