@@ -372,6 +372,11 @@ fn check_registry(r: &str) -> std::result::Result<(), String> {
                     "{r:?} is not a registry: {addr:?} is no IPv6 address"
                 ));
             }
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err(format!(
+                    "{r:?} is not a registry: text after the IPv6 address's ']'"
+                ));
+            }
             (None, after.strip_prefix(':'))
         }
         None => match r.split_once(':') {
@@ -395,7 +400,7 @@ fn check_registry(r: &str) -> std::result::Result<(), String> {
         }
     }
     if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
+        if !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(format!("{p:?} is not a port (1-65535)"));
         }
     }
@@ -429,7 +434,8 @@ fn check_repository(repo: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_digest(d: &str) -> std::result::Result<String, String> {
+/// `sha256:` and 64 lowercase hex digits (the only digests read).
+pub fn check_digest(d: &str) -> std::result::Result<String, String> {
     match d.strip_prefix("sha256:") {
         Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
             Ok(d.to_string())
@@ -678,6 +684,8 @@ mod tests {
             ("oci://gh_cr.io/m", "not a registry host"),
             ("oci://ghcr.io:0/m", "not a port"),
             ("oci://ghcr.io:99999/m", "not a port"),
+            ("oci://ghcr.io:+500/m", "not a port"),
+            ("oci://[::1]x/m", "after the IPv6"),
             ("oci://[::1/m", "needs its ']'"),
         ] {
             let e = SourceUrl::parse(bad).unwrap_err();

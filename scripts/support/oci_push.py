@@ -3,6 +3,7 @@
 independent of model-loader, in the layouts the loader reads (and some it must refuse).
 
 usage: oci_push.py LAYOUT REGISTRY REPO:TAG DIR
+       oci_push.py layers REGISTRY REPO:TAG CONFIG_MEDIA_TYPE FILE|MEDIA_TYPE[|KEY=VALUE,…]…
 
   oras       `oras push` of every file directly in DIR: one layer each, titled by its name
   modelpack  one raw layer per file under DIR (recursively), its relative path in
@@ -12,6 +13,9 @@ usage: oci_push.py LAYOUT REGISTRY REPO:TAG DIR
   packed     a ModelPack manifest whose one layer is DIR as a tar (refused until unpacking lands)
   unnamed    one layer with no path annotation (refused: it names no file)
   hostile    a ModelPack layer whose path climbs out of DEST (../../escape.txt)
+  oras-dir   `oras push` of the folder DIR itself (a tar+gzip layer marked for unpacking)
+  layers     prebuilt blobs (tars built by the test) as the layers of one manifest, with the
+             config media type given (an image's makes it a modelcar image)
 
 Plain HTTP (the registry is on loopback). Prints the digest of what the tag points at.
 """
@@ -85,8 +89,9 @@ def push_manifest(reg, container, layers, config, config_type, artifact_type, ta
     cfg = descriptor(f.name, config_type)
     upload(reg, container, f.name, cfg)
     os.unlink(f.name)
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
-           "config": cfg, "layers": layers}
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": layers}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
     return put_manifest(reg, container, doc, OCI_MANIFEST, tag)
 
 
@@ -118,7 +123,25 @@ def single(reg, container, path, media_type, annotations, tag):
                          "application/vnd.cncf.model.manifest.v1+json", tag)
 
 
+def layers(reg, container, config_type, specs, tag):
+    descs = []
+    for spec in specs:
+        path, media_type, *ann = spec.split("|")
+        annotations = dict(kv.split("=", 1) for kv in ann[0].split(",")) if ann and ann[0] else None
+        d = descriptor(path, media_type, annotations)
+        upload(reg, container, path, d)
+        descs.append(d)
+    return push_manifest(reg, container, descs, {"rootfs": {"type": "layers"}}, config_type,
+                         None, tag)
+
+
 def main():
+    if sys.argv[1] == "layers":
+        registry, ref, config_type = sys.argv[2:5]
+        reg = oras.provider.Registry(hostname=registry, insecure=True)
+        container = reg.get_container(f"{registry}/{ref}")
+        print(layers(reg, container, config_type, sys.argv[5:], container.tag))
+        return
     layout, registry, ref, root = sys.argv[1:5]
     reg = oras.provider.Registry(hostname=registry, insecure=True)
     container = reg.get_container(f"{registry}/{ref}")
@@ -147,6 +170,17 @@ def main():
         digest = single(reg, container, f.name, "application/vnd.cncf.model.weight.v1.tar",
                         {"org.cncf.model.filepath": "model"}, tag)
         os.unlink(f.name)
+    elif layout == "oras-dir":
+        parent, name = os.path.split(os.path.abspath(root))
+        cwd = os.getcwd()
+        os.chdir(parent)
+        try:
+            r = reg.push(target=f"{registry}/{ref}", files=[name], quiet=True)
+        finally:
+            os.chdir(cwd)
+        if r.status_code not in (200, 201):
+            sys.exit(f"oras push: {r.status_code} {r.text}")
+        digest = r.headers.get("Docker-Content-Digest", "")
     elif layout == "hostile":
         first = os.path.join(root, sorted(os.listdir(root))[0])
         digest = single(reg, container, first, "application/vnd.cncf.model.weight.v1.raw",

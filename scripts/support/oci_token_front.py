@@ -12,7 +12,8 @@ A token stops working EXPIRE_AFTER_S seconds after it was issued; the reply says
 ANNOUNCED_S (a shorter real life than announced is how a client meets a 401 mid-download,
 as with a revoked or clock-skewed token).
 
-GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "expired": N,
+GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "expired": N
+(requests refused for an expired token), "expired_distinct": N (tokens refused so),
 "uploads": N (blob upload sessions opened), "manifest_puts": N}.
 """
 import http.client
@@ -30,7 +31,8 @@ PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
 STATS = {"tokens": 0, "denied": 0, "blob_gets": 0, "manifest_gets": 0, "expired": 0,
-         "uploads": 0, "manifest_puts": 0}
+         "expired_distinct": 0, "uploads": 0, "manifest_puts": 0}
+EXPIRED_SEEN = set()
 LOCK = threading.Lock()
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate", "authorization", "host"}
@@ -102,6 +104,8 @@ class Front(BaseHTTPRequestHandler):
             until = TOKENS.get(auth[7:])
             if until is not None and until < time.monotonic():
                 STATS["expired"] += 1
+                EXPIRED_SEEN.add(auth[7:])
+                STATS["expired_distinct"] = len(EXPIRED_SEEN)
                 return False
         return until is not None
 

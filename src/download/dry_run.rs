@@ -84,3 +84,29 @@ pub(super) fn print(cfg: &Config, selection: &Selection, options: PlanOptions) {
         writeln!(out, "{summary}")
     };
 }
+
+/// `--dry-run` of an artifact with archive layers: their files are known only once a layer is
+/// fetched and unpacked, so the layers are listed as they are, beside the plain files.
+pub(super) fn print_layers(
+    files: &[crate::remote::RemoteFile],
+    layers: &[crate::remote::RemoteFile],
+) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let _ = writeln!(out, "{:<8}{:>14}  {}", "fetch", f.size, f.path);
+    }
+    for l in layers {
+        let _ = writeln!(
+            out,
+            "{:<8}{:>14}  {}  (an archive: its files are known once it is fetched and unpacked)",
+            "unpack", l.size, l.path
+        );
+    }
+    let _ = writeln!(
+        out,
+        "dry run: {} and {}; nothing was fetched",
+        progress::count(files.len(), "file"),
+        progress::count(layers.len(), "archive layer")
+    );
+}

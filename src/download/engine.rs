@@ -477,13 +477,14 @@ async fn flush(
     if buf.is_empty() {
         return Ok(at);
     }
-    ctx.state.owned_recently()?;
     // Direct writes to a reserved file share the inode lock: no gate for them.
     let _gate = if part.is_direct() {
         None
     } else {
         Some(job.write_gate.lock().await)
     };
+    // After the wait: the lease must still be ours when the bytes are written.
+    ctx.state.owned_recently()?;
     tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
     let at = at + buf.len() as u64;
     buf.clear();
@@ -608,13 +609,17 @@ async fn fetch_chunk(
         let Some(slot) = slot else {
             return Ok(false);
         };
-        let fetch = ctx.source.fetch(
-            &job.plan.file,
-            ByteRange {
-                start: c.pos,
-                end: range.end,
-            },
-        );
+        let want = ByteRange {
+            start: c.pos,
+            end: range.end,
+        };
+        // A member of an archive layer is copied from where it was unpacked.
+        let fetch = async {
+            match super::unpack::staged_name(&job.plan.file.key) {
+                Some(name) => super::unpack::read_staged(&ctx.state, name, want),
+                None => ctx.source.fetch(&job.plan.file, want).await,
+            }
+        };
         let reply = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return Ok(false),

@@ -201,6 +201,7 @@ mod tests {
             version: Some("v1".into()),
             archived: None,
             stored_gzip: false,
+            archive: None,
         };
         (RelPath::new(path).unwrap(), f)
     }

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod reread;
 pub mod select;
 pub mod state;
+mod unpack;
 pub mod write_mode;
 pub mod writer;
 
@@ -44,42 +45,54 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.
 pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> Result<Summary> {
     let started = Instant::now();
-    let (source, listing) = open_and_list(cfg, &reporter).await?;
+    let (source, mut listing) = open_and_list(cfg, &reporter).await?;
+    let layers = unpack::take_archives(&mut listing.files);
     let filter = if listing.exact {
         cfg.filter.for_exact_object()
     } else {
         cfg.filter.clone()
     };
-    let selection = select(listing.files, &filter, &cfg.source)?;
-    select::refuse_nested(&selection.files, &cfg.nested, &cfg.source)?;
+    // Without archive layers every file is known now: paths are checked before the lock.
+    let early = if layers.is_empty() {
+        Some(selection(std::mem::take(&mut listing.files), &filter, cfg)?)
+    } else {
+        None
+    };
     let plan_options = PlanOptions {
         chunk_size: cfg.chunk_size,
         whole_files: false,
         force: cfg.force,
     };
     if cfg.dry_run {
-        dry_run::print(cfg, &selection, plan_options);
+        match &early {
+            Some(selection) => dry_run::print(cfg, selection, plan_options),
+            None => dry_run::print_layers(&listing.files, &layers),
+        }
         return Ok(Summary::default());
     }
-    let selected = selection.files;
     let source_text = cfg.source.to_string();
     let (state, lock) = match take_dest(cfg, &source_text, reporter.as_ref(), &cancel).await {
         Ok(taken) => taken,
         // A pre-populated volume mounted read-only: fine when it already holds this load.
         Err(e) if e.kind() == error::Kind::Local && !cfg.force => {
-            return already_complete(cfg, &selected, &listing.revision, e, reporter.as_ref())
+            let Some(early) = &early else { return Err(e) };
+            return already_complete(cfg, &early.files, &listing.revision, e, reporter.as_ref())
                 .map(|p| finish_noop(p, reporter.as_ref(), started));
         }
         Err(e) => return Err(e),
     };
     state.set_lease(lock.held());
-    if state.group_shared() {
-        reporter.info(&format!(
-            "{} is shared with its group (group-writable or setgid, as on OpenShift): what this \
-             run creates is group-writable, so another user of the group can rerun it",
-            cfg.dest.display()
-        ));
-    }
+    say_group_shared(cfg, &state, reporter.as_ref());
+    let revision = listing.revision.clone().unwrap_or_default();
+    let selected = match early {
+        Some(s) => s.files,
+        None => {
+            let mut all = std::mem::take(&mut listing.files);
+            let r = reporter.as_ref();
+            all.extend(unpack::expand(&source, &state, &layers, &revision, &cfg.retry, r).await?);
+            selection(all, &filter, cfg)?.files
+        }
+    };
     let previous = state.read_manifest();
     let local = state.local_state(&selected)?;
     let plan = plan(selected.clone(), &local, plan_options);
@@ -92,19 +105,72 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         reporter.finish(&summary);
         return Ok(summary);
     }
+    unpack::ensure_staged(
+        &source,
+        &state,
+        &plan.fetch,
+        &layers,
+        &revision,
+        &cfg.retry,
+        reporter.as_ref(),
+    )
+    .await?;
     prepare_dest(cfg, &state, &plan, previous.as_ref())?;
     choose_write_mode(cfg, &state, &selected, reporter.as_ref());
     let parties = engine::Parties {
+        rereads: Arc::new(reread::Rereads::new(source.multipart_etags_are_md5s())),
         source: Arc::clone(&source),
         state: Arc::clone(&state),
         reporter: Arc::clone(&reporter),
-        cancel: cancel.clone(),
+        cancel,
         shown: source_text.clone(),
-        rereads: Arc::new(reread::Rereads::new(source.multipart_etags_are_md5s())),
     };
     let done = fetch_all(cfg, &parties, plan.fetch, &selected, plan_options).await;
     report_p2p(&source, reporter.as_ref(), &mut summary);
     let done = done?;
+    let outcome = (source_text, listing.revision);
+    let manifest = complete(cfg, &state, &selected, outcome, &done, local)?;
+    lock.check()?;
+    state.commit(&manifest)?;
+    lock.release();
+    unpack::clean(&state);
+    (summary.files_fetched, summary.bytes_fetched) = (done.files, done.bytes);
+    (summary.retries, summary.elapsed) = (done.retries, started.elapsed());
+    reporter.finish(&summary);
+    Ok(summary)
+}
+
+/// The files a run takes (the filters), refused when a path is unsafe or lands in another
+/// pair's DEST.
+fn selection(
+    files: Vec<RemoteFile>,
+    filter: &crate::cli::Filter,
+    cfg: &Config,
+) -> Result<select::Selection> {
+    let s = select(files, filter, &cfg.source)?;
+    select::refuse_nested(&s.files, &cfg.nested, &cfg.source)?;
+    Ok(s)
+}
+
+fn say_group_shared(cfg: &Config, state: &StateDir, reporter: &dyn Reporter) {
+    if state.group_shared() {
+        reporter.info(&format!(
+            "{} is shared with its group (group-writable or setgid, as on OpenShift): what this \
+             run creates is group-writable, so another user of the group can rerun it",
+            cfg.dest.display()
+        ));
+    }
+}
+
+/// Every file is in place: folders synced, names checked; the manifest to write last.
+fn complete(
+    cfg: &Config,
+    state: &StateDir,
+    selected: &[(RelPath, RemoteFile)],
+    (source_text, revision): (String, Option<String>),
+    done: &engine::Executed,
+    local: plan::LocalState,
+) -> Result<Manifest> {
     // Renames (and folders this run created) are durable only once their folders are synced.
     if cfg.fsync {
         state.sync_folders(selected.iter().map(|(p, _)| p))?;
@@ -112,8 +178,8 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     state.check_case_distinct(selected.iter().map(|(p, _)| p))?;
     let manifest = manifest::build(manifest::Outcome {
         source: source_text,
-        revision: listing.revision,
-        selected: &selected,
+        revision,
+        selected,
         verified: &done.verified,
         earlier: &local
             .recorded
@@ -129,15 +195,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
             .zip(&manifest.files)
             .map(|((p, _), m)| (p, m.landed_size())),
     )?;
-    lock.check()?;
-    state.commit(&manifest)?;
-    lock.release();
-    summary.files_fetched = done.files;
-    summary.bytes_fetched = done.bytes;
-    summary.retries = done.retries;
-    summary.elapsed = started.elapsed();
-    reporter.finish(&summary);
-    Ok(summary)
+    Ok(manifest)
 }
 
 /// Direct or buffered writes for this DEST (`write_mode`), said once with the reason. The

@@ -846,6 +846,7 @@ mod tests {
             version: Some(v.into()),
             archived: None,
             stored_gzip: false,
+            archive: None,
         }
     }
 

@@ -227,6 +227,7 @@ impl Gcs {
             stored_gzip: o
                 .content_encoding
                 .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip")),
+            archive: None,
         })
     }
 

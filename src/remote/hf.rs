@@ -415,6 +415,7 @@ impl Hf {
             version,
             archived: None,
             stored_gzip: false,
+            archive: None,
         }
     }
 

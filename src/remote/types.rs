@@ -68,6 +68,25 @@ pub struct RemoteFile {
     /// size and checksum are of the stored bytes, which are fetched and verified as they are,
     /// then decompressed into the file that lands, as gsutil and gcloud do.
     pub stored_gzip: bool,
+    /// A registry layer that is a tar archive: it lands as the files inside it (unpacked
+    /// after its digest is checked), not as a file of its own.
+    pub archive: Option<Archive>,
+}
+
+/// How an archive layer unpacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    pub compression: Compression,
+    /// Container image layers: only the files under this folder land (a KServe modelcar's
+    /// `models`), at paths relative to it, and whiteouts hide earlier layers' files.
+    pub image_root: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
 }
 
 /// A checksum the listing gives for free, used to verify the bytes on disk.

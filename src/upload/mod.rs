@@ -28,6 +28,9 @@ fn refuse_unwritable(to: &SourceUrl) -> Result<()> {
         SourceUrl::Hf(_) => Err(Error::usage(
             "uploading to hf:// is not supported: use `hf upload` (huggingface_hub), which handles Xet and commits",
         )),
+        SourceUrl::Oci(o) if o.digest.is_some() => Err(Error::usage(
+            "an upload names the tag it moves: write oci://REGISTRY/REPOSITORY:TAG, without @sha256:…",
+        )),
         SourceUrl::Oci(_) | SourceUrl::Bucket { .. } => Ok(()),
     }
 }
@@ -179,6 +182,15 @@ async fn classify(
     let existing: std::collections::HashMap<String, remote::RemoteFile> = match listed {
         Ok(l) => l.files.into_iter().map(|f| (f.path.clone(), f)).collect(),
         Err(e) if e.kind() == Kind::NotFound => Default::default(),
+        // A tag holding what this tool does not read as files (an image, tar layers): the
+        // upload replaces it, comparing nothing.
+        Err(e) if e.kind() == Kind::Usage && matches!(target, AnySource::Oci(_)) => {
+            reporter.warn(&format!(
+                "{}: what the tag holds now is replaced, none of it compared",
+                e.message()
+            ));
+            Default::default()
+        }
         Err(e) if e.kind() == Kind::Denied => {
             reporter.warn(&format!(
                 "cannot list the destination ({}); every file is sent, none compared",

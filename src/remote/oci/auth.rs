@@ -59,6 +59,14 @@ struct ConfigFile {
     creds_store: Option<String>,
 }
 
+impl AuthEntry {
+    fn is_empty(&self) -> bool {
+        [&self.auth, &self.password, &self.identitytoken]
+            .iter()
+            .all(|v| v.as_deref().is_none_or(str::is_empty))
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct AuthEntry {
     #[serde(default)]
@@ -119,18 +127,26 @@ pub fn find(registry: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
 
 fn from_config(cfg: &ConfigFile, registry: &str, path: &Path) -> Result<Option<Credentials>> {
     let keys = keys_for(registry);
+    // Helpers key Docker Hub by its old index URL, as `docker login` stores it.
+    let helper_key = if keys.len() > 1 {
+        DOCKER_HUB_KEYS[0]
+    } else {
+        registry
+    };
     if let Some(helper) = keys.iter().find_map(|k| cfg.cred_helpers.get(k)) {
-        return helper_get(helper, registry);
+        return helper_get(helper, helper_key).map(|c| c.filter(|c| !c.secret.is_empty()));
     }
+    // With a credential store, `docker login` leaves an empty entry here: the store has it.
     let entry = cfg
         .auths
         .iter()
+        .filter(|(_, v)| !v.is_empty())
         .find(|(k, _)| keys.contains(&normalize(k)))
         .map(|(_, v)| v);
     match entry {
         Some(e) => decode_entry(e, registry, path).map(Some),
         None => match &cfg.creds_store {
-            Some(store) if !store.is_empty() => helper_get(store, registry),
+            Some(store) if !store.is_empty() => helper_get(store, helper_key),
             _ => Ok(None),
         }
         .map(|c| c.filter(|c| !c.secret.is_empty())),
@@ -379,6 +395,26 @@ mod tests {
         let e = find("r.io", &[p]).unwrap_err();
         assert!(e.message().contains("not valid JSON"), "{e}");
         assert!(!e.message().contains("hunter2"));
+    }
+
+    #[test]
+    fn an_empty_entry_beside_a_credential_store_asks_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "c.json",
+            r#"{"auths": {"ghcr.io": {}}, "credsStore": "nonexistent-store"}"#,
+        );
+        let e = find("ghcr.io", &[p]).unwrap_err();
+        assert!(
+            e.message().contains("docker-credential-nonexistent-store"),
+            "{e}"
+        );
+        let p = write(dir.path(), "d.json", r#"{"auths": {"ghcr.io": {}}}"#);
+        assert!(
+            find("ghcr.io", &[p]).unwrap().is_none(),
+            "no store: anonymous"
+        );
     }
 
     #[test]

@@ -1,19 +1,25 @@
-//! What a registry manifest means on disk: which layers are files, and at which paths. Pure
-//! (JSON in, file list out), so every layout is unit-tested without a registry.
+//! What a registry manifest means on disk: which layers are files, which are archives to
+//! unpack, and at which paths. Pure (JSON in, file list out), so every layout is unit-tested
+//! without a registry.
 //!
 //! Layouts read, each from its own tools' source (ARCHITECTURE.md, "oci://"):
 //! - CNCF ModelPack (`modctl build`, KitOps `--use-model-pack`, Docker Model Runner): one layer
-//!   per file, its path in `org.cncf.model.filepath` (legacy `org.cnai.model.filepath`);
-//! - ORAS artifacts (`oras push`): one layer per file, named by `org.opencontainers.image.title`,
-//!   whatever its media type;
+//!   per file, its path in `org.cncf.model.filepath` (legacy `org.cnai.model.filepath`); a
+//!   `….tar`, `….tar+gzip` or `….tar+zstd` layer is a folder, unpacked at DEST's top;
+//! - ORAS artifacts (`oras push`): one layer per file, named by `org.opencontainers.image.title`
+//!   whatever its media type, unless `io.deis.oras.content.unpack` (oras) or the media type
+//!   `…image.layer.v1.tar+gzip` (the ORAS Python client) marks a packed folder;
+//! - KitOps ModelKits: tar layers unpacked at DEST's top, and the Kitfile (the config) beside
+//!   them, as `kit unpack` leaves them;
+//! - container images (KServe modelcars): every layer a tar, the files under `/models` landing
+//!   at DEST's top, later layers winning, whiteouts honoured;
 //! - Docker Model Runner's own media types, with the ModelPack path annotation.
-//!
-//! Packed layers (tar, tar+gzip, tar+zstd: ModelPack folders, ORAS folders, KitOps ModelKits,
-//! modelcar images) are refused with the media types found, until unpacking lands.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::remote::types::{Archive, Compression};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -35,6 +41,15 @@ const PATH_KEYS: [&str; 3] = [
 
 /// ORAS marks a layer that is a packed folder (`oras push dir/`).
 const ORAS_UNPACK: &str = "io.deis.oras.content.unpack";
+
+/// Config media types of runnable images (whose model is the files under `/models`).
+const IMAGE_CONFIGS: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+const KITOPS_CONFIG: &str = "application/vnd.kitops.modelkit.config.v1+json";
+/// Where a modelcar image keeps its model (KServe's `_download_oci` keeps `models/`).
+pub const IMAGE_ROOT: &str = "models";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,41 +158,41 @@ pub fn this_arch() -> &'static str {
     }
 }
 
-/// One layer that is one file.
+/// One layer: a file at `path`, or (`archive`) a tar whose members land instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerFile {
+    /// For an archive: a name for messages only (`layer N`).
     pub path: String,
     pub digest: String,
     pub size: u64,
+    pub archive: Option<Archive>,
 }
 
-/// Every file of a manifest, in layer order; an error names what could not be laid out.
+/// Every layer of a manifest, in order; an error names what could not be laid out.
 pub fn files(manifest: &Document) -> Result<Vec<LayerFile>, String> {
     if manifest.is_index() {
         return Err("an index, not a manifest, was given to lay out (a bug)".into());
     }
+    let config_type = manifest
+        .config
+        .as_ref()
+        .map_or("", |c| c.media_type.as_str());
+    if IMAGE_CONFIGS.contains(&config_type) {
+        return image_layers(manifest);
+    }
     let mut out = Vec::new();
-    let mut packed = BTreeMap::new();
     let mut unnamed = BTreeMap::new();
-    for layer in &manifest.layers {
+    for (i, layer) in manifest.layers.iter().enumerate() {
         match layer_kind(layer) {
             Kind::File(path) => out.push(LayerFile {
                 path,
                 digest: layer.digest.clone(),
                 size: layer.size,
+                archive: None,
             }),
-            Kind::Packed => *packed.entry(layer.media_type.clone()).or_insert(0) += 1,
+            Kind::Packed => out.push(archive_layer(i, layer, None)?),
             Kind::Unnamed => *unnamed.entry(layer.media_type.clone()).or_insert(0) += 1,
         }
-    }
-    if !packed.is_empty() {
-        return Err(format!(
-            "{} packed as archives ({}): unpacking tar layers (ModelPack folders, ORAS \
-             folders, KitOps ModelKits, modelcar images) is not supported yet; push the files \
-             one per layer (modctl build --raw, oras push FILE…)",
-            layer_count(&packed),
-            listed(&packed)
-        ));
     }
     if !unnamed.is_empty() {
         return Err(format!(
@@ -185,17 +200,82 @@ pub fn files(manifest: &Document) -> Result<Vec<LayerFile>, String> {
              org.opencontainers.image.title annotation to be a file; the config is {}",
             layer_count(&unnamed),
             listed(&unnamed),
-            manifest
-                .config
-                .as_ref()
-                .map_or("missing", |c| c.media_type.as_str())
+            if config_type.is_empty() {
+                "missing"
+            } else {
+                config_type
+            }
         ));
     }
     if out.is_empty() {
         return Err("the manifest has no layers: nothing to load".into());
     }
+    if config_type == KITOPS_CONFIG {
+        if let Some(c) = &manifest.config {
+            // `kit unpack` writes the Kitfile beside the layers; its JSON form is valid YAML.
+            out.push(LayerFile {
+                path: "Kitfile".into(),
+                digest: c.digest.clone(),
+                size: c.size,
+                archive: None,
+            });
+        }
+    }
     refuse_duplicates(&out)?;
     Ok(out)
+}
+
+/// A runnable image: every layer a tar (whatever else it holds, only `/models` lands).
+fn image_layers(manifest: &Document) -> Result<Vec<LayerFile>, String> {
+    if manifest.layers.is_empty() {
+        return Err("the image has no layers: nothing to load".into());
+    }
+    manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| archive_layer(i, l, Some(IMAGE_ROOT.to_string())))
+        .collect()
+}
+
+fn archive_layer(
+    i: usize,
+    layer: &Descriptor,
+    image_root: Option<String>,
+) -> Result<LayerFile, String> {
+    let compression = compression(&layer.media_type).ok_or_else(|| {
+        format!(
+            "layer {} ({}) is an archive of media type {:?}, whose compression is not \
+             read (tar, tar+gzip and tar+zstd are)",
+            i + 1,
+            layer.digest,
+            layer.media_type
+        )
+    })?;
+    Ok(LayerFile {
+        path: format!("layer {} ({})", i + 1, layer.digest),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        archive: Some(Archive {
+            compression,
+            image_root,
+        }),
+    })
+}
+
+/// The compression an archive layer's media type names; None when it is no tar this reads.
+fn compression(media_type: &str) -> Option<Compression> {
+    let t = media_type.split(';').next().unwrap_or("").trim();
+    let t = t.strip_suffix(".nondistributable").unwrap_or(t);
+    if t.ends_with("+gzip") || t.ends_with(".tar.gzip") || t.ends_with(".tar.gz") {
+        Some(Compression::Gzip)
+    } else if t.ends_with("+zstd") {
+        Some(Compression::Zstd)
+    } else if t.ends_with(".tar") || t.ends_with(".tar.v1") {
+        Some(Compression::None)
+    } else {
+        None
+    }
 }
 
 enum Kind {
@@ -209,10 +289,13 @@ fn layer_kind(layer: &Descriptor) -> Kind {
         .iter()
         .find_map(|k| layer.annotations.get(*k))
         .filter(|p| !p.is_empty());
+    // oras marks a folder with its unpack annotation; the ORAS Python client only by the
+    // media type it gives folders (and unpacks every such layer on pull).
     let oras_folder = layer
         .annotations
         .get(ORAS_UNPACK)
-        .is_some_and(|v| v == "true");
+        .is_some_and(|v| v == "true")
+        || layer.media_type == "application/vnd.oci.image.layer.v1.tar+gzip";
     let by_path_key = PATH_KEYS[..2]
         .iter()
         .any(|k| layer.annotations.contains_key(*k));
@@ -236,7 +319,7 @@ fn is_archive(media_type: &str) -> bool {
 
 fn refuse_duplicates(files: &[LayerFile]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
-    for f in files {
+    for f in files.iter().filter(|f| f.archive.is_none()) {
         if !seen.insert(f.path.as_str()) {
             return Err(format!(
                 "two layers name the same file {:?}: the artifact is ambiguous; rebuild it",
@@ -342,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn packed_and_unnamed_layers_are_refused_with_their_media_types() {
+    fn packed_layers_are_archives_and_unnamed_ones_are_refused() {
         let m = manifest(&[
             layer(
                 "application/vnd.cncf.model.weight.v1.raw",
@@ -356,28 +439,42 @@ mod tests {
                 3,
                 &[("org.cncf.model.filepath", "docs")],
             ),
-            layer("application/vnd.oci.image.layer.v1.tar+gzip", 'd', 4, &[]),
+            layer(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                'd',
+                4,
+                &[
+                    ("org.opencontainers.image.title", "dir"),
+                    (ORAS_UNPACK, "true"),
+                ],
+            ),
+            layer("application/vnd.kitops.modelkit.model.v1.tar", 'e', 5, &[]),
         ]);
-        let e = files(&m).unwrap_err();
-        assert!(e.contains("2 layers are packed"), "{e}");
-        assert!(
-            e.contains("1 × application/vnd.cncf.model.doc.v1.tar+zstd"),
-            "{e}"
+        let f = files(&m).unwrap();
+        let kinds: Vec<Option<Compression>> = f
+            .iter()
+            .map(|f| f.archive.as_ref().map(|a| a.compression))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                None,
+                Some(Compression::Zstd),
+                Some(Compression::Gzip),
+                Some(Compression::None)
+            ]
         );
-        assert!(
-            e.contains("1 × application/vnd.oci.image.layer.v1.tar+gzip"),
-            "{e}"
-        );
+        assert!(f
+            .iter()
+            .all(|f| f.archive.as_ref().is_none_or(|a| a.image_root.is_none())));
+        assert_eq!(f[1].path, format!("layer 2 (sha256:{})", "b".repeat(64)));
         let m = manifest(&[layer(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+bzip2",
             'a',
             1,
-            &[
-                ("org.opencontainers.image.title", "dir"),
-                (ORAS_UNPACK, "true"),
-            ],
+            &[],
         )]);
-        assert!(files(&m).unwrap_err().contains("1 layer is packed"));
+        assert!(files(&m).unwrap_err().contains("compression is not read"));
         let m = manifest(&[layer("application/vnd.ollama.image.model", 'a', 1, &[])]);
         let e = files(&m).unwrap_err();
         assert!(
@@ -388,6 +485,52 @@ mod tests {
             e.contains("config is application/vnd.cncf.model.config.v1+json"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_image_is_its_layers_under_models_and_a_modelkit_brings_its_kitfile() {
+        let image = doc(&format!(
+            r#"{{"mediaType": "{DOCKER_MANIFEST}",
+                "config": {{"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:{c}", "size": 7}},
+                "layers": [{}, {}]}}"#,
+            layer(
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                'a',
+                1,
+                &[]
+            ),
+            layer(
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                'b',
+                2,
+                &[("org.opencontainers.image.title", "x")]
+            ),
+            c = "c".repeat(64)
+        ));
+        let f = files(&image).unwrap();
+        assert_eq!(f.len(), 2);
+        for (l, c) in f.iter().zip([Compression::Gzip, Compression::Zstd]) {
+            let a = l.archive.as_ref().unwrap();
+            assert_eq!(
+                (a.compression, a.image_root.as_deref()),
+                (c, Some(IMAGE_ROOT))
+            );
+        }
+        let kit = doc(&format!(
+            r#"{{"mediaType": "{OCI_MANIFEST}",
+                "config": {{"mediaType": "{KITOPS_CONFIG}", "digest": "sha256:{c}", "size": 9}},
+                "layers": [{}]}}"#,
+            layer(
+                "application/vnd.kitops.modelkit.model.v1.tar+gzip",
+                'a',
+                1,
+                &[]
+            ),
+            c = "c".repeat(64)
+        ));
+        let f = files(&kit).unwrap();
+        assert_eq!(f[1].path, "Kitfile");
+        assert_eq!((f[1].size, f[1].archive.is_none()), (9, true));
     }
 
     #[test]

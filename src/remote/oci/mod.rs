@@ -95,21 +95,27 @@ impl Oci {
         push: bool,
         reporter: &dyn Reporter,
     ) -> Result<Self> {
-        let scheme = if plain_http_allowed(url) {
-            "http"
-        } else {
-            "https"
-        };
-        let base = Url::parse(&format!("{scheme}://{}", url.registry)).map_err(|e| {
-            Error::usage(format!("oci://{}: not a registry address", url.registry)).with_source(e)
+        let insecure = plain_http_allowed(url);
+        // As docker does for its insecure registries: their certificates are not checked.
+        let client = http::client(&ClientOptions {
+            accept_invalid_certs: opts.accept_invalid_certs || insecure,
+            ..opts.clone()
         })?;
+        let base = base_url(&client, url, insecure).await?;
+        let registry = url.registry.clone();
         let files = auth::auth_files();
         let looked_in = files
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let creds = auth::find(&url.registry, &files)?;
+        // Credential helpers are programs: run off the async threads.
+        let lookup = files.clone();
+        let creds = tokio::task::spawn_blocking(move || auth::find(&registry, &lookup))
+            .await
+            .map_err(|e| {
+                Error::new(Kind::Internal, "the credential lookup failed").with_source(e)
+            })??;
         match &creds {
             Some(c) => reporter.info(&format!(
                 "oci: {}, user {:?} from {}",
@@ -129,7 +135,7 @@ impl Oci {
             )),
         }
         Ok(Oci {
-            client: http::client(opts)?,
+            client,
             base,
             url: url.clone(),
             creds,
@@ -178,9 +184,14 @@ impl Oci {
         body: Option<&(dyn Fn() -> reqwest::Body + Sync)>,
         what: &str,
     ) -> Result<Response> {
-        self.renew_if_due(what).await?;
+        // Credentials go to the registry's own origin only (an upload session's Location or
+        // a redirect may name another host).
+        let ours = url.origin() == self.base.origin();
+        if ours {
+            self.renew_if_due(what).await?;
+        }
         for attempt in 0..2 {
-            let sent = self.auth_header();
+            let sent = self.auth_header().filter(|_| ours);
             let mut req = self
                 .client
                 .request(method.clone(), url.clone())
@@ -195,14 +206,17 @@ impl Oci {
                 .send()
                 .await
                 .map_err(|e| http::transport_error(what, e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 || !ours {
                 return Ok(resp);
             }
-            let challenge = resp
+            // Registries may send Basic and Bearer as two headers: read them all.
+            let offered: Vec<&str> = resp
                 .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(auth::parse_challenge);
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let challenge = auth::parse_challenge(&offered.join(", "));
             let Some(challenge) = challenge else {
                 return Ok(resp);
             };
@@ -219,7 +233,7 @@ impl Oci {
                 service,
                 until,
                 token,
-            } if Instant::now() + TOKEN_MARGIN >= *until => Some((
+            } if Instant::now() >= *until => Some((
                 Challenge::Bearer {
                     realm: realm.clone(),
                     service: service.clone(),
@@ -251,12 +265,15 @@ impl Oci {
             }
             Challenge::Bearer { realm, service, .. } => {
                 let (token, ttl) = self.fetch_token(&realm, service.as_deref(), what).await?;
-                let ttl = Duration::from_secs(ttl);
+                // Renewed a little before the registry would refuse it (half the life of a
+                // short-lived token), so that no request is refused for it.
+                let ttl = Duration::from_secs(ttl.min(86_400));
+                let until = Instant::now() + ttl - TOKEN_MARGIN.min(ttl / 2);
                 Auth::Bearer {
                     realm,
                     service,
                     token,
-                    until: Instant::now() + ttl.saturating_sub(TOKEN_MARGIN / 2),
+                    until,
                 }
             }
         };
@@ -342,17 +359,24 @@ impl Oci {
             match &self.creds {
                 Some(c) => format!(
                 "{why} the credentials of user {:?} from {}: check them (docker login {}), and \
-                 that they may pull {}",
-                c.user, c.source, self.url.registry, self.url.repository
+                 that they may {} {}",
+                c.user, c.source, self.url.registry,
+                if self.push { "push to" } else { "pull" },
+                self.url.repository
             ),
                 None => {
                     format!(
-                "{why}, and no credentials for {} were found (looked in: {}): log in (docker \
+                        "{}, and no credentials for {} were found (looked in: {}): log in (docker \
                  login), or mount the image pull secret and set DOCKER_CONFIG or \
                  REGISTRY_AUTH_FILE",
-                self.url.registry,
-                if self.looked_in.is_empty() { "nothing" } else { &self.looked_in }
-            )
+                        why.trim_end_matches(':'),
+                        self.url.registry,
+                        if self.looked_in.is_empty() {
+                            "nothing"
+                        } else {
+                            &self.looked_in
+                        }
+                    )
                 }
             };
         Error::new(Kind::Denied, format!("{what}: access denied: {remedy}"))
@@ -467,7 +491,16 @@ impl Oci {
         }
         let entry = layout::pick_platform(&doc, layout::this_arch())
             .map_err(|why| Error::new(Kind::NotFound, format!("{}: {why}", self.shown())))?;
-        let (inner, inner_digest) = self.manifest(&entry.digest.clone()).await?;
+        let pinned = crate::url::check_digest(&entry.digest).map_err(|why| {
+            Error::new(
+                Kind::Usage,
+                format!(
+                    "{}: the index names an entry it cannot pin: {why}",
+                    self.shown()
+                ),
+            )
+        })?;
+        let (inner, inner_digest) = self.manifest(&pinned).await?;
         if inner.is_index() {
             return Err(Error::new(
                 Kind::Usage,
@@ -503,16 +536,8 @@ impl Oci {
                     )
                 })?;
             url = next;
-            resp = if url.origin() == self.base.origin() {
-                self.registry_get(&url, headers.clone(), what).await?
-            } else {
-                self.client
-                    .get(url.clone())
-                    .headers(headers.clone())
-                    .send()
-                    .await
-                    .map_err(|e| http::transport_error(what, e))?
-            };
+            // registry_send sends credentials to the registry's origin only.
+            resp = self.registry_get(&url, headers.clone(), what).await?;
         }
         Err(Error::new(
             Kind::Network,
@@ -559,6 +584,7 @@ impl Source for Oci {
                     version: Some(f.digest),
                     archived: None,
                     stored_gzip: false,
+                    archive: f.archive,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -593,6 +619,19 @@ impl Source for Oci {
         }
         let resp = self.get_blob(file, range, &what).await?;
         if !resp.status().is_success() {
+            if resp.url().origin() != self.base.origin() {
+                // The storage a registry redirects to refuses an expired signature (403) or
+                // a busy moment: asking the registry again gets a fresh redirect.
+                return Err(http::busy(
+                    format!(
+                        "{what}: the storage the registry redirected to ({}) answered HTTP {}",
+                        resp.url().origin().ascii_serialization(),
+                        resp.status()
+                    ),
+                    resp.status(),
+                    http::retry_after(resp.headers()),
+                ));
+            }
             return Err(self.status_error(resp, &what).await);
         }
         Ok(Fetched::plain(http::ranged_body(
@@ -628,4 +667,28 @@ fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string())
+}
+
+/// `https://REGISTRY`, or for a registry that may use plain HTTP (loopback, listed insecure)
+/// `http://` when it does not answer TLS: HTTPS is tried first, as docker does.
+async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Result<Url> {
+    let parse = |scheme: &str| {
+        Url::parse(&format!("{scheme}://{}", url.registry)).map_err(|e| {
+            Error::usage(format!("oci://{}: not a registry address", url.registry)).with_source(e)
+        })
+    };
+    let https = parse("https")?;
+    if !insecure {
+        return Ok(https);
+    }
+    let probe = client
+        .get(https.join("/v2/").expect("a fixed path joins"))
+        // A TLS server answers a handshake at once; a plain one refuses it or says nothing.
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    match probe {
+        Ok(_) => Ok(https),
+        Err(_) => parse("http"),
+    }
 }

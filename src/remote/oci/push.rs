@@ -99,7 +99,8 @@ impl Oci {
             .registry_send(reqwest::Method::HEAD, &url, HeaderMap::new(), None, what)
             .await?;
         match resp.status() {
-            s if s.is_success() => Ok(true),
+            // A registry redirects only a blob it holds (to its storage, for HEAD as for GET).
+            s if s.is_success() || s.is_redirection() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
             _ => Err(self.status_error(resp, what).await),
         }

@@ -118,6 +118,7 @@ impl S3 {
             version,
             archived: None,
             stored_gzip: false,
+            archive: None,
         }
     }
 

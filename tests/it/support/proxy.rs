@@ -198,7 +198,8 @@ struct Shared {
     burst_from: std::sync::OnceLock<std::time::Instant>,
     /// Runs once, just before the first ranged GET is forwarded.
     before_first_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    started: std::time::Instant,
+    /// When the first reply began to be relayed (`Throttle`'s clock).
+    relaying_since: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Proxy {
@@ -237,7 +238,7 @@ impl Proxy {
             down: Arc::clone(&down),
             before_first_read: Mutex::new(hook),
             burst_from: std::sync::OnceLock::new(),
-            started: std::time::Instant::now(),
+            relaying_since: std::sync::OnceLock::new(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -341,15 +342,18 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             Arc::clone(&flip),
         );
         let down = Arc::clone(&sh.down);
-        let (rate, started) = match sh.fault {
-            Fault::Throttle { bytes_per_sec } => (Some(bytes_per_sec), sh.started),
-            _ => (None, sh.started),
+        let rate = match sh.fault {
+            Fault::Throttle { bytes_per_sec } => Some(bytes_per_sec),
+            _ => None,
         };
+        let shared = Arc::clone(&sh);
         tokio::spawn(async move {
             let mut buf = vec![0u8; if rate.is_some() { 16 * 1024 } else { 64 * 1024 }];
             loop {
-                if let Some(rate) = rate {
-                    // Wait until the bytes sent so far fit the rate since the proxy started.
+                // Wait until the bytes sent so far fit the rate since the first reply began
+                // (not the proxy's start: a client that takes a while before its first
+                // request gets no burst for it).
+                if let (Some(rate), Some(started)) = (rate, shared.relaying_since.get()) {
                     let due =
                         Duration::from_secs_f64(down.load(Ordering::SeqCst) as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -360,6 +364,7 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                shared.relaying_since.get_or_init(std::time::Instant::now);
                 if let Some(f) = flip.lock().unwrap().as_mut() {
                     f.apply(&mut buf[..n]);
                 }
