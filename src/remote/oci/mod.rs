@@ -148,13 +148,23 @@ impl Oci {
         })
     }
 
+    /// The repository as the registry's API names it: Docker Hub's official images live
+    /// under `library/`.
+    fn repository(&self) -> String {
+        if is_docker_hub(&self.url.registry) && !self.url.repository.contains('/') {
+            format!("library/{}", self.url.repository)
+        } else {
+            self.url.repository.clone()
+        }
+    }
+
     fn shown(&self) -> String {
         crate::url::SourceUrl::Oci(self.url.clone()).to_string()
     }
 
     fn endpoint(&self, kind: &str, reference: &str) -> Result<Url> {
         self.base
-            .join(&format!("/v2/{}/{kind}/{reference}", self.url.repository))
+            .join(&format!("/v2/{}/{kind}/{reference}", self.repository()))
             .map_err(|e| Error::usage(format!("{}: bad reference", self.shown())).with_source(e))
     }
 
@@ -296,9 +306,20 @@ impl Oci {
             )
             .with_source(e)
         })?;
+        // Credentials never go in clear text to a realm of a registry reached over TLS.
+        if realm_url.scheme() != "https" && self.base.scheme() == "https" && self.creds.is_some() {
+            return Err(Error::new(
+                Kind::Denied,
+                format!(
+                    "{what}: the registry sends credentials to a token service over plain HTTP \
+                     ({}); refused: fix the registry's token realm",
+                    origin(realm)
+                ),
+            ));
+        }
         let scope = format!(
             "repository:{}:{}",
-            self.url.repository,
+            self.repository(),
             if self.push { "pull,push" } else { "pull" }
         );
         let req = match &self.creds {
@@ -677,6 +698,10 @@ async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Res
             Error::usage(format!("oci://{}: not a registry address", url.registry)).with_source(e)
         })
     };
+    // Docker Hub's registry API is not at the name images are known by.
+    if is_docker_hub(&url.registry) {
+        return Ok(Url::parse("https://registry-1.docker.io").expect("a fixed URL parses"));
+    }
     let https = parse("https")?;
     if !insecure {
         return Ok(https);
@@ -691,4 +716,8 @@ async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Res
         Ok(_) => Ok(https),
         Err(_) => parse("http"),
     }
+}
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io")
 }

@@ -117,7 +117,7 @@ impl Oci {
     ) -> Result<()> {
         let start = self
             .base
-            .join(&format!("/v2/{}/blobs/uploads/", self.url.repository))
+            .join(&format!("/v2/{}/blobs/uploads/", self.repository()))
             .map_err(|e| Error::usage(format!("{what}: bad repository")).with_source(e))?;
         let resp = self
             .registry_send(reqwest::Method::POST, &start, HeaderMap::new(), None, what)
