@@ -180,7 +180,7 @@ impl Args {
             }
             _ => {
                 return Err(Error::usage(format!(
-                    "SRC {src:?} is not a URL: give hf://, s3://, gs:// or oss:// (or a URL as DEST to upload a directory)"
+                    "SRC {src:?} is not a URL: give hf://, s3://, gs://, oss:// or oci:// (or a URL as DEST to upload a directory)"
                 )))
             }
         };

@@ -25,7 +25,7 @@ pub use values::{mistyped_url, parse_bool, parse_size, WriteMode};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Puts a model or adapter from hf://, s3://, gs:// or oss:// onto a local volume: \
+    about = "Puts a model or adapter from hf://, s3://, gs://, oss:// or oci:// onto a local volume: \
              parallel ranged downloads, verified, resumable, never half-written.",
     override_usage = "model-loader [OPTIONS] <SRC> <DEST> [<SRC> <DEST>...]\n       model-loader --completions <SHELL>",
     after_help = "Boolean options take --flag, --flag=true or --flag=false; their MODEL_LOADER_* twins take \
@@ -34,14 +34,18 @@ pub use values::{mistyped_url, parse_bool, parse_size, WriteMode};
                   8M (binary), 8MB (decimal).\n\n\
                   Exit codes: 0 ok, 1 (--check/--verify) not complete, 2 usage or bad URL, 3 access denied, 4 not found, \
                   5 network/server errors after retries, 6 checksum or size mismatch, \
-                  7 local filesystem, 130/143 interrupted (state kept for resume)."
+                  7 local filesystem, 130/143 interrupted (state kept for resume).\n\n\
+                  Registries (oci://): credentials from KSERVE_OCI_DOCKER_CONFIG, REGISTRY_AUTH_FILE or \
+                  $DOCKER_CONFIG/config.json; MODEL_LOADER_OCI_INSECURE_REGISTRIES=host[:port],… (or *) \
+                  lets those use plain HTTP or unchecked TLS."
 )]
 pub struct Args {
     /// SRC DEST, or several pairs (KServe loads several models in one init container): each
     /// pair is loaded in turn into its own DEST, with its own lock and manifest. SRC is what to
-    /// load: hf://ORG/REPO[@REV][/PATH], s3://BUCKET[/PREFIX], gs://…, oss://…; DEST the
-    /// directory to load into (created if missing). To upload, SRC is a local directory and
-    /// DEST an s3://, gs:// or oss:// URL.
+    /// load: hf://ORG/REPO[@REV][/PATH], s3://BUCKET[/PREFIX], gs://…, oss://…,
+    /// oci://REGISTRY/REPOSITORY[:TAG|@sha256:…]; DEST the directory to load into (created if
+    /// missing). To upload, SRC is a local directory and DEST an s3://, gs://, oss:// or
+    /// oci://…:TAG URL (a registry gets a CNCF ModelPack artifact).
     #[arg(
         value_names = ["SRC", "DEST"],
         num_args = 2..,
