@@ -906,3 +906,35 @@ fn an_upload_with_a_wrong_password_is_exit_3_and_moves_no_tag() {
     assert!(!line.contains("not-it"), "{line}");
     assert_eq!(front.stats()["manifest_puts"], 0);
 }
+
+/// `--p2p-proxy`: blob GETs go through the node's P2P proxy (a recording forward proxy in place
+/// of Dragonfly's dfdaemon), ranged and named by their digest; manifests stay direct.
+#[test]
+fn blob_reads_go_through_the_p2p_proxy_named_by_their_digest() {
+    use crate::support::fwdproxy::{FwdProxy, Mode};
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/p2p");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let proxy = FwdProxy::start(Mode::Forward);
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .args(["--chunk-size", "1MiB", "--p2p-proxy", &proxy.url])
+        .arg(format!("oci://{}/{repo}:v1", registry()))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    let seen = proxy.seen();
+    assert!(seen.len() >= 3, "{seen:?}");
+    let digests: Vec<String> = want.values().map(|d| format!("oci:sha256:{d}")).collect();
+    for s in &seen {
+        assert_eq!(s.method, "GET", "{s:?}");
+        assert!(s.url.contains("/blobs/sha256:"), "not a blob GET: {s:?}");
+        assert!(s.header("range").is_some(), "not ranged: {s:?}");
+        assert_eq!(s.header("x-dragonfly-use-p2p"), Some("true"));
+        let task = s
+            .header("x-dragonfly-content-for-calculating-task-id")
+            .unwrap();
+        assert!(digests.iter().any(|d| d == task), "{task}");
+    }
+}

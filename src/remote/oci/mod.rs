@@ -719,5 +719,8 @@ async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Res
 }
 
 fn is_docker_hub(registry: &str) -> bool {
-    matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+    matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
 }
