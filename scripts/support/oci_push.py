@@ -147,7 +147,8 @@ def main():
     container = reg.get_container(f"{registry}/{ref}")
     tag = container.tag
     if layout == "oras":
-        files = [f"{name}:application/vnd.oci.image.layer.v1.tar" for name in sorted(os.listdir(root))]
+        files = [f"{name}:application/vnd.oci.image.layer.v1.tar" for name in sorted(os.listdir(root))
+                 if not name.startswith(".")]
         cwd = os.getcwd()
         os.chdir(root)
         try:
