@@ -86,27 +86,44 @@ pub(super) fn print(cfg: &Config, selection: &Selection, options: PlanOptions) {
 }
 
 /// `--dry-run` of an artifact with archive layers: their files are known only once a layer is
-/// fetched and unpacked, so the layers are listed as they are, beside the plain files.
+/// fetched and unpacked, so the layers are listed as they are, beside the plain files the
+/// patterns keep.
 pub(super) fn print_layers(
+    cfg: &Config,
+    filter: &crate::cli::Filter,
     files: &[crate::remote::RemoteFile],
     layers: &[crate::remote::RemoteFile],
 ) {
     use std::io::Write;
+    let json = cfg.progress == progress::ProgressMode::Json;
     let mut out = std::io::stdout().lock();
-    for f in files {
-        let _ = writeln!(out, "{:<8}{:>14}  {}", "fetch", f.size, f.path);
+    let why = "an archive: its files are known once it is fetched and unpacked";
+    let kept: Vec<_> = files
+        .iter()
+        .filter(|f| filter.why_not(&f.path).is_none())
+        .collect();
+    for (action, f, reason) in kept
+        .iter()
+        .map(|f| ("fetch", *f, None))
+        .chain(layers.iter().map(|l| ("unpack", l, Some(why))))
+    {
+        let _ = if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"action": action, "path": f.path, "size": f.size, "reason": reason})
+            )
+        } else {
+            let reason = reason.map(|w| format!("  ({w})")).unwrap_or_default();
+            writeln!(out, "{action:<8}{:>14}  {}{reason}", f.size, f.path)
+        };
     }
-    for l in layers {
+    if !json {
         let _ = writeln!(
             out,
-            "{:<8}{:>14}  {}  (an archive: its files are known once it is fetched and unpacked)",
-            "unpack", l.size, l.path
+            "dry run: {} and {}; nothing was fetched",
+            progress::count(kept.len(), "file"),
+            progress::count(layers.len(), "archive layer")
         );
     }
-    let _ = writeln!(
-        out,
-        "dry run: {} and {}; nothing was fetched",
-        progress::count(files.len(), "file"),
-        progress::count(layers.len(), "archive layer")
-    );
 }

@@ -16,6 +16,7 @@ pub mod reread;
 pub mod select;
 pub mod state;
 mod unpack;
+mod untar;
 pub mod write_mode;
 pub mod writer;
 
@@ -66,7 +67,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     if cfg.dry_run {
         match &early {
             Some(selection) => dry_run::print(cfg, selection, plan_options),
-            None => dry_run::print_layers(&listing.files, &layers),
+            None => dry_run::print_layers(cfg, &filter, &listing.files, &layers),
         }
         return Ok(Summary::default());
     }
@@ -84,12 +85,17 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     state.set_lease(lock.held());
     say_group_shared(cfg, &state, reporter.as_ref());
     let revision = listing.revision.clone().unwrap_or_default();
+    let staging = unpack::Ctx {
+        source: &source,
+        state: &state,
+        retry: &cfg.retry,
+        reporter: reporter.as_ref(),
+    };
     let selected = match early {
         Some(s) => s.files,
         None => {
             let mut all = std::mem::take(&mut listing.files);
-            let r = reporter.as_ref();
-            all.extend(unpack::expand(&source, &state, &layers, &revision, &cfg.retry, r).await?);
+            all.extend(unpack::expand(&staging, &layers, &revision).await?);
             selection(all, &filter, cfg)?.files
         }
     };
@@ -105,16 +111,7 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         reporter.finish(&summary);
         return Ok(summary);
     }
-    unpack::ensure_staged(
-        &source,
-        &state,
-        &plan.fetch,
-        &layers,
-        &revision,
-        &cfg.retry,
-        reporter.as_ref(),
-    )
-    .await?;
+    unpack::ensure_staged(&staging, &plan.fetch, &layers).await?;
     prepare_dest(cfg, &state, &plan, previous.as_ref())?;
     choose_write_mode(cfg, &state, &selected, reporter.as_ref());
     let parties = engine::Parties {
@@ -132,8 +129,8 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
     let manifest = complete(cfg, &state, &selected, outcome, &done, local)?;
     lock.check()?;
     state.commit(&manifest)?;
-    lock.release();
     unpack::clean(&state);
+    lock.release();
     (summary.files_fetched, summary.bytes_fetched) = (done.files, done.bytes);
     (summary.retries, summary.elapsed) = (done.retries, started.elapsed());
     reporter.finish(&summary);

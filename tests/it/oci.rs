@@ -557,6 +557,62 @@ fn tar_gzip_and_zstd_layers_land_as_their_files_verified_and_rerun_for_free() {
     );
 }
 
+/// A bit flipped in an archive layer on the way: its digest fails, nothing from it is kept, it
+/// is fetched again and lands exact; flipped every time: exit 6, nothing in DEST.
+#[test]
+fn a_damaged_archive_layer_is_fetched_again_and_never_half_unpacked() {
+    use crate::support::proxy::{Fault, Proxy};
+    let tmp = tempfile::tempdir().unwrap();
+    let body = data(9, 300_000);
+    let repo = unique("models/tarflip");
+    push_layers(
+        &format!("{repo}:v1"),
+        MODELPACK_CONFIG,
+        &[(
+            gzip(&tar_of(&[T::File("w.bin", &body)])),
+            "application/vnd.cncf.model.weight.v1.tar+gzip",
+            "",
+        )],
+        tmp.path(),
+    );
+    let once = Proxy::with_fault(
+        &format!("http://{}", registry()),
+        Fault::Flip { at: 5000, first: 1 },
+    );
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .arg(format!("oci://{}/{repo}:v1", once.addr))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged on the way"));
+    assert_eq!(
+        tree(&dest),
+        [("w.bin".to_string(), sha256(&body))].into_iter().collect()
+    );
+    let always = Proxy::with_fault(
+        &format!("http://{}", registry()),
+        Fault::Flip {
+            at: 5000,
+            first: usize::MAX,
+        },
+    );
+    let dest = tmp.path().join("d2");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .args(["--retries", "2"])
+        .arg(format!("oci://{}/{repo}:v1", always.addr))
+        .arg(&dest));
+    assert!(error_line(&out, 6).contains("damaged on the way"));
+    assert!(tree(&dest).is_empty());
+    let staged = dest.join(".model-loader/unpacked");
+    let left: Vec<_> = std::fs::read_dir(&staged)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a failed layer left staged files: {left:?}"
+    );
+}
+
 #[test]
 fn a_modelcar_image_lands_its_models_folder_with_whiteouts_honoured() {
     let tmp = tempfile::tempdir().unwrap();

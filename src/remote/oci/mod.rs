@@ -451,10 +451,7 @@ fn origin(u: &str) -> String {
 /// registry is insecure (`KSERVE_OCI_INSECURE_REGISTRY=true`).
 fn plain_http_allowed(url: &OciUrl) -> bool {
     let host = url.host();
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback(host);
     let listed = crate::env::var(INSECURE_VAR).is_some_and(|v| {
         v.split(',').map(str::trim).any(|h| {
             h == "*" || h.eq_ignore_ascii_case(&url.registry) || h.eq_ignore_ascii_case(host)
@@ -714,6 +711,9 @@ async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Res
         .await;
     match probe {
         Ok(_) => Ok(https),
+        // A slow name lookup or a slow TLS registry is no reason to speak plain HTTP; on
+        // loopback there is no lookup, and a plain server may just wait for more bytes.
+        Err(e) if e.is_timeout() && !is_loopback(url.host()) => Ok(https),
         Err(_) => parse("http"),
     }
 }
@@ -723,4 +723,11 @@ fn is_docker_hub(registry: &str) -> bool {
         registry,
         "docker.io" | "index.docker.io" | "registry-1.docker.io"
     )
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
