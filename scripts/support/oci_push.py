@@ -3,7 +3,7 @@
 independent of model-loader, in the layouts the loader reads (and some it must refuse).
 
 usage: oci_push.py LAYOUT REGISTRY REPO:TAG DIR
-       oci_push.py layers REGISTRY REPO:TAG CONFIG_MEDIA_TYPE FILE|MEDIA_TYPE[|KEY=VALUE,…]…
+       oci_push.py layers REGISTRY REPO:TAG CONFIG_MEDIA_TYPE[@CONFIG_FILE] FILE|MEDIA_TYPE[|KEY=VALUE,…]…
 
   oras       `oras push` of every file directly in DIR: one layer each, titled by its name
   modelpack  one raw layer per file under DIR (recursively), its relative path in
@@ -124,6 +124,12 @@ def single(reg, container, path, media_type, annotations, tag):
 
 
 def layers(reg, container, config_type, specs, tag):
+    """CONFIG_TYPE may end in @FILE: the config blob's bytes (a Kitfile, say)."""
+    config = {"rootfs": {"type": "layers"}}
+    if "@" in config_type:
+        config_type, path = config_type.split("@", 1)
+        with open(path) as f:
+            config = json.load(f)
     descs = []
     for spec in specs:
         path, media_type, *ann = spec.split("|")
@@ -131,8 +137,7 @@ def layers(reg, container, config_type, specs, tag):
         d = descriptor(path, media_type, annotations)
         upload(reg, container, path, d)
         descs.append(d)
-    return push_manifest(reg, container, descs, {"rootfs": {"type": "layers"}}, config_type,
-                         None, tag)
+    return push_manifest(reg, container, descs, config, config_type, None, tag)
 
 
 def main():

@@ -6,7 +6,7 @@ Basic credentials for a token that expires (distribution's docs/spec/auth/token.
 … When omitted, this defaults to 60 seconds"); valid requests are forwarded with their Range and
 the reply streamed back.
 
-usage: oci_token_front.py PORT BACKEND_URL USER PASSWORD EXPIRE_AFTER_S ANNOUNCED_S
+usage: oci_token_front.py PORT BACKEND_URL USER PASSWORD EXPIRE_AFTER_S ANNOUNCED_S [REDIRECT_URL]
 
 A token stops working EXPIRE_AFTER_S seconds after it was issued; the reply says it lasts
 ANNOUNCED_S (a shorter real life than announced is how a client meets a 401 mid-download,
@@ -27,6 +27,9 @@ from base64 import b64decode
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
+# Optional: blob GETs are answered with a 307 to this origin (the same path), as registries
+# on object storage redirect to it (distribution's S3 and GCS drivers).
+REDIRECT = sys.argv[7] if len(sys.argv) > 7 else ""
 PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
@@ -128,6 +131,12 @@ class Front(BaseHTTPRequestHandler):
             if "/manifests/" in path and method == "PUT":
                 STATS["manifest_puts"] += 1
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if REDIRECT and "/blobs/sha256:" in path and method == "GET":
+            self.send_response(307)
+            self.send_header("Location", REDIRECT + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         conn = http.client.HTTPConnection(BACKEND.hostname, BACKEND.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
         conn.request(method, self.path, body=body or None, headers=headers)

@@ -74,6 +74,11 @@ struct Front {
 
 impl Front {
     fn start(expire_after_s: f64, announced_s: u64) -> Front {
+        Self::start_with(expire_after_s, announced_s, None)
+    }
+
+    /// `redirect`: blob GETs are answered with a 307 to this origin.
+    fn start_with(expire_after_s: f64, announced_s: u64, redirect: Option<&str>) -> Front {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -88,6 +93,7 @@ impl Front {
                 PASSWORD.into(),
                 expire_after_s.to_string(),
                 announced_s.to_string(),
+                redirect.unwrap_or_default().to_string(),
             ])
             .spawn()
             .unwrap();
@@ -993,4 +999,139 @@ fn blob_reads_go_through_the_p2p_proxy_named_by_their_digest() {
             .unwrap();
         assert!(digests.iter().any(|d| d == task), "{task}");
     }
+}
+
+/// A KitOps ModelKit: its tar layers unpacked at DEST's top and the Kitfile (the config, in
+/// its JSON form, which is valid YAML) beside them, as `kit unpack` leaves them.
+#[test]
+fn a_modelkit_lands_with_its_kitfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kitfile =
+        br#"{"manifestVersion":"1.0","package":{"name":"demo"},"model":{"path":"model"}}"#;
+    let kitfile_path = tmp.path().join("kitfile.json");
+    std::fs::write(&kitfile_path, kitfile).unwrap();
+    let weights = data(5, 70_000);
+    let repo = unique("models/kit");
+    push_layers(
+        &format!("{repo}:v1"),
+        &format!(
+            "application/vnd.kitops.modelkit.config.v1+json@{}",
+            kitfile_path.display()
+        ),
+        &[
+            (
+                gzip(&tar_of(&[T::File("model/weights.bin", &weights)])),
+                "application/vnd.kitops.modelkit.model.v1.tar+gzip",
+                "",
+            ),
+            (
+                tar_of(&[T::File("README.md", b"# demo")]),
+                "application/vnd.kitops.modelkit.docs.v1.tar",
+                "",
+            ),
+        ],
+        tmp.path(),
+    );
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .arg(format!("oci://{}/{repo}:v1", registry()))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let kit = std::fs::read(dest.join("Kitfile")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&kit).unwrap();
+    assert_eq!(parsed["package"]["name"], "demo");
+    let mut want: BTreeMap<String, String> = [
+        ("model/weights.bin", sha256(&weights)),
+        ("README.md", sha256(b"# demo")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    want.insert("Kitfile".into(), sha256(&kit));
+    assert_eq!(tree(&dest), want);
+}
+
+/// Credentials from a credential helper (`credHelpers`, and `credsStore` behind docker's empty
+/// entry): a `docker-credential-*` program on PATH, asked with the registry on stdin.
+#[test]
+fn credentials_come_from_a_credential_helper_program() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/helper");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let front = Front::start(600.0, 600);
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let helper = bin_dir.join("docker-credential-testhelper");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r host\n[ \"$host\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$host\"\n",
+            front.host
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for config in [
+        serde_json::json!({"credHelpers": {front.host.as_str(): "testhelper"}}),
+        serde_json::json!({"auths": {front.host.as_str(): {}}, "credsStore": "testhelper"}),
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = oci_loader(home.path(), &front.host, None);
+        std::fs::write(home.path().join("docker/config.json"), config.to_string()).unwrap();
+        let dest = home.path().join("d");
+        let out = run(cmd
+            .env("PATH", &path)
+            .arg(format!("oci://{}/{repo}:v1", front.host))
+            .arg(&dest));
+        assert_eq!(out.status.code(), Some(0), "{config}");
+        assert_eq!(tree(&dest), want);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("from docker-credential-testhelper"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(PASSWORD));
+    }
+}
+
+/// A registry that redirects blob GETs to its storage (distribution on S3 or GCS, Docker Hub,
+/// GHCR): the `Range` goes along, the registry's `Authorization` does not (the spec: "MUST NOT
+/// forward Authorization headers across host boundaries").
+#[test]
+fn a_redirect_to_storage_keeps_the_range_and_drops_the_credentials() {
+    use crate::support::proxy::Proxy;
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/redirected");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let storage = Proxy::start(&format!("http://{}", registry()));
+    let front = Front::start_with(600.0, 600, Some(&storage.url()));
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .args(["--chunk-size", "1MiB"])
+        .arg(format!("oci://{}/{repo}:v1", front.host))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&dest), want);
+    let heads = storage.heads();
+    assert!(heads.len() >= 3, "{heads:?}");
+    for h in &heads {
+        let lower = h.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nrange: bytes="),
+            "the Range was lost: {h}"
+        );
+        assert!(
+            !lower.contains("authorization"),
+            "credentials reached the storage: {h}"
+        );
+    }
+    assert!(front.blob_gets() >= 3, "the registry was asked first");
 }
