@@ -439,7 +439,6 @@ fn a_flipped_bit_from_the_cdn_is_refetched_or_caught() {
 #[test]
 fn a_killed_download_resumes_and_its_sha256_covers_the_bytes_of_both_runs() {
     use crate::support::proxy::Fault;
-    use std::time::{Duration, Instant};
     let (proxy, repo) = via_cdn_proxy(Fault::Throttle {
         bytes_per_sec: 1 << 20,
     });
@@ -453,22 +452,7 @@ fn a_killed_download_resumes_and_its_sha256_covers_the_bytes_of_both_runs() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .matches("\"t\":\"range\"")
-        .count()
-        < 4
-    {
-        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
+    kill_after_ranges(&mut child, &journal, 4);
     let out = run(hf_loader(tmp.path())
         .args(["--chunk-size", "256KiB"])
         .arg(format!("hf://{repo}"))

@@ -563,11 +563,29 @@ fn tar_gzip_and_zstd_layers_land_as_their_files_verified_and_rerun_for_free() {
     );
 }
 
+/// Loads `repo:v1` through a proxy that flips the bit at body offset `at` of the first `first`
+/// ranged replies, into `tmp/<name>`; the run's output and its DEST.
+fn load_flipped(
+    tmp: &Path,
+    repo: &str,
+    (at, first): (u64, usize),
+    args: &[&str],
+    name: &str,
+) -> (std::process::Output, PathBuf) {
+    use crate::support::proxy::{Fault, Proxy};
+    let proxy = Proxy::with_fault(&format!("http://{}", registry()), Fault::Flip { at, first });
+    let dest = tmp.join(name);
+    let out = run(oci_loader(tmp, "none", None)
+        .args(args)
+        .arg(format!("oci://{}/{repo}:v1", proxy.addr))
+        .arg(&dest));
+    (out, dest)
+}
+
 /// A bit flipped in an archive layer on the way: its digest fails, nothing from it is kept, it
 /// is fetched again and lands exact; flipped every time: exit 6, nothing in DEST.
 #[test]
 fn a_damaged_archive_layer_is_fetched_again_and_never_half_unpacked() {
-    use crate::support::proxy::{Fault, Proxy};
     let tmp = tempfile::tempdir().unwrap();
     let body = data(9, 300_000);
     let repo = unique("models/tarflip");
@@ -581,32 +599,20 @@ fn a_damaged_archive_layer_is_fetched_again_and_never_half_unpacked() {
         )],
         tmp.path(),
     );
-    let once = Proxy::with_fault(
-        &format!("http://{}", registry()),
-        Fault::Flip { at: 5000, first: 1 },
-    );
-    let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", once.addr))
-        .arg(&dest));
+    let (out, dest) = load_flipped(tmp.path(), &repo, (5000, 1), &[], "d");
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged on the way"));
     assert_eq!(
         tree(&dest),
         [("w.bin".to_string(), sha256(&body))].into_iter().collect()
     );
-    let always = Proxy::with_fault(
-        &format!("http://{}", registry()),
-        Fault::Flip {
-            at: 5000,
-            first: usize::MAX,
-        },
+    let (out, dest) = load_flipped(
+        tmp.path(),
+        &repo,
+        (5000, usize::MAX),
+        &["--retries", "2"],
+        "d2",
     );
-    let dest = tmp.path().join("d2");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .args(["--retries", "2"])
-        .arg(format!("oci://{}/{repo}:v1", always.addr))
-        .arg(&dest));
     assert!(error_line(&out, 6).contains("damaged on the way"));
     assert!(tree(&dest).is_empty());
     let staged = dest.join(".model-loader/unpacked");
@@ -757,36 +763,17 @@ fn hostile_tar_members_are_refused_with_exit_2_and_nothing_written() {
 
 #[test]
 fn a_flipped_bit_in_a_blob_is_refetched_once_then_exit_6() {
-    use crate::support::proxy::{Fault, Proxy};
     let tmp = tempfile::tempdir().unwrap();
     let want = model(&tmp.path().join("m"));
     let repo = unique("models/flip");
     push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
-    let once = Proxy::with_fault(
-        &format!("http://{}", registry()),
-        Fault::Flip { at: 1000, first: 1 },
-    );
-    let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .args(["--chunk-size", "256KiB"])
-        .arg(format!("oci://{}/{repo}:v1", once.addr))
-        .arg(&dest));
+    let chunks = ["--chunk-size", "256KiB"];
+    let (out, dest) = load_flipped(tmp.path(), &repo, (1000, 1), &chunks, "d");
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sha256 mismatch"), "{stderr}");
     assert_eq!(tree(&dest), want);
-    let always = Proxy::with_fault(
-        &format!("http://{}", registry()),
-        Fault::Flip {
-            at: 1000,
-            first: usize::MAX,
-        },
-    );
-    let dest = tmp.path().join("d2");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .args(["--chunk-size", "256KiB"])
-        .arg(format!("oci://{}/{repo}:v1", always.addr))
-        .arg(&dest));
+    let (out, dest) = load_flipped(tmp.path(), &repo, (1000, usize::MAX), &chunks, "d2");
     let line = error_line(&out, 6);
     assert!(line.contains("sha256 mismatch"), "{line}");
     assert!(!dest.join(".model-loader/manifest.json").exists());
@@ -797,7 +784,6 @@ fn a_flipped_bit_in_a_blob_is_refetched_once_then_exit_6() {
 #[test]
 fn a_killed_load_resumes_mid_blob() {
     use crate::support::proxy::{Fault, Proxy};
-    use std::time::{Duration, Instant};
     let tmp = tempfile::tempdir().unwrap();
     let want = model(&tmp.path().join("m"));
     let total: u64 = std::fs::read_dir(tmp.path().join("m"))
@@ -821,22 +807,7 @@ fn a_killed_load_resumes_mid_blob() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while std::fs::read_to_string(&journal)
-        .unwrap_or_default()
-        .matches("\"t\":\"range\"")
-        .count()
-        < 6
-    {
-        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
+    kill_after_ranges(&mut child, &journal, 6);
     let counting = Proxy::start(&format!("http://{}", registry()));
     let out = run(oci_loader(tmp.path(), "none", None)
         .args(["--chunk-size", "256KiB", "--concurrency", "2"])

@@ -310,3 +310,25 @@ pub fn signal(child: &std::process::Child, sig: libc::c_int) {
     // SAFETY: kill takes any pid and signal number; this pid is our own unreaped child.
     unsafe { libc::kill(child.id() as i32, sig) };
 }
+
+/// Waits until `journal` holds `ranges` range records (the child made that much durable
+/// progress; 30 s at most, and the child must still be running), then kill -9s it.
+pub fn kill_after_ranges(child: &mut std::process::Child, journal: &Path, ranges: usize) {
+    use std::time::{Duration, Instant};
+    let t = Instant::now();
+    while std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .matches("\"t\":\"range\"")
+        .count()
+        < ranges
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child, libc::SIGKILL);
+    child.wait().unwrap();
+}
