@@ -66,6 +66,16 @@ fn push(layout: &str, repo_tag: &str, dir: &Path) -> String {
     digest
 }
 
+/// A fresh folder with the test model, pushed as a ModelPack to `models/NAME-…:v1`: the folder,
+/// the files by sha256, the repository.
+fn pushed(name: &str) -> (tempfile::TempDir, BTreeMap<String, String>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique(&format!("models/{name}"));
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    (tmp, want, repo)
+}
+
 /// The token service and Bearer gate in front of the registry; killed on drop.
 struct Front {
     child: Child,
@@ -284,10 +294,7 @@ fn registry_auth_denies_with_exit_3_and_never_prints_the_password() {
 #[test]
 fn a_token_refused_mid_download_is_renewed_and_the_load_completes() {
     use crate::support::proxy::{Fault, Proxy};
-    let tmp = tempfile::tempdir().unwrap();
-    let want = model(&tmp.path().join("m"));
-    let repo = unique("models/expiring");
-    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let (tmp, want, repo) = pushed("expiring");
     let front = Front::start(1.0, 3600);
     // 5 MiB at 2 MiB/s: the first token dies well before the last byte.
     let slow = Proxy::with_fault(
@@ -763,10 +770,7 @@ fn hostile_tar_members_are_refused_with_exit_2_and_nothing_written() {
 
 #[test]
 fn a_flipped_bit_in_a_blob_is_refetched_once_then_exit_6() {
-    let tmp = tempfile::tempdir().unwrap();
-    let want = model(&tmp.path().join("m"));
-    let repo = unique("models/flip");
-    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let (tmp, want, repo) = pushed("flip");
     let chunks = ["--chunk-size", "256KiB"];
     let (out, dest) = load_flipped(tmp.path(), &repo, (1000, 1), &chunks, "d");
     assert_eq!(out.status.code(), Some(0));
@@ -945,10 +949,7 @@ fn an_upload_with_a_wrong_password_is_exit_3_and_moves_no_tag() {
 #[test]
 fn blob_reads_go_through_the_p2p_proxy_named_by_their_digest() {
     use crate::support::fwdproxy::{FwdProxy, Mode};
-    let tmp = tempfile::tempdir().unwrap();
-    let want = model(&tmp.path().join("m"));
-    let repo = unique("models/p2p");
-    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let (tmp, want, repo) = pushed("p2p");
     let proxy = FwdProxy::start(Mode::Forward);
     let dest = tmp.path().join("d");
     let out = run(oci_loader(tmp.path(), "none", None)
@@ -1027,10 +1028,7 @@ fn a_modelkit_lands_with_its_kitfile() {
 #[test]
 fn credentials_come_from_a_credential_helper_program() {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let want = model(&tmp.path().join("m"));
-    let repo = unique("models/helper");
-    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let (tmp, want, repo) = pushed("helper");
     let front = Front::start(600.0, 600);
     let bin_dir = tmp.path().join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
@@ -1078,10 +1076,7 @@ fn credentials_come_from_a_credential_helper_program() {
 #[test]
 fn a_redirect_to_storage_keeps_the_range_and_drops_the_credentials() {
     use crate::support::proxy::Proxy;
-    let tmp = tempfile::tempdir().unwrap();
-    let want = model(&tmp.path().join("m"));
-    let repo = unique("models/redirected");
-    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let (tmp, want, repo) = pushed("redirected");
     let storage = Proxy::start(&format!("http://{}", registry()));
     let front = Front::start_with(600.0, 600, Some(&storage.url()));
     let dest = tmp.path().join("d");
