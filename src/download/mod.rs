@@ -107,6 +107,8 @@ pub async fn run(cfg: &Config, reporter: Arc<dyn Reporter>, cancel: Cancel) -> R
         .as_ref()
         .is_some_and(|m| cfg.source.same_source(&m.source) && m.revision == listing.revision);
     if plan.is_noop() && manifest_current {
+        // Layers unpacked to learn their files (no index yet) are not needed after all.
+        unpack::clean(&state);
         summary.elapsed = started.elapsed();
         reporter.finish(&summary);
         return Ok(summary);

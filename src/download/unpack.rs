@@ -17,7 +17,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -64,7 +63,7 @@ pub fn take_archives(files: &mut Vec<RemoteFile>) -> Vec<RemoteFile> {
 /// What staging needs besides the layers.
 pub struct Ctx<'a> {
     pub source: &'a AnySource,
-    pub state: &'a StateDir,
+    pub state: &'a Arc<StateDir>,
     pub retry: &'a RetryPolicy,
     pub reporter: &'a dyn Reporter,
 }
@@ -88,6 +87,7 @@ pub async fn expand(
 /// missing, short or from another boot are unpacked again (only those).
 pub async fn ensure_staged(cx: &Ctx<'_>, fetch: &[FilePlan], layers: &[RemoteFile]) -> Result<()> {
     let boot = super::state::boot_id();
+    let mut fresh_layers: std::collections::HashMap<String, bool> = Default::default();
     let mut stale = BTreeSet::new();
     for f in fetch {
         let Some(name) = staged_name(&f.file.key) else {
@@ -96,19 +96,28 @@ pub async fn ensure_staged(cx: &Ctx<'_>, fetch: &[FilePlan], layers: &[RemoteFil
         let Some(hex) = name.split('/').nth(1) else {
             continue;
         };
-        let fresh = read_json::<Staged>(cx.state, &format!("{UNPACKED}/{hex}/entries.json"))
-            .is_some_and(|s| s.format == FORMAT && s.boot == boot)
-            && open_staged(cx.state, name)
-                .and_then(|f| {
-                    f.metadata()
-                        .map_err(|e| Error::local("stat", std::path::Path::new(name), e))
-                })
-                .is_ok_and(|m| m.len() == f.file.size);
+        let layer_fresh = *fresh_layers.entry(hex.to_string()).or_insert_with(|| {
+            read_json::<Staged>(cx.state, &format!("{UNPACKED}/{hex}/entries.json"))
+                .is_some_and(|s| s.format == FORMAT && s.boot == boot)
+        });
+        let (parent, base) = crate::confine::split_parent(name);
+        let fresh = layer_fresh
+            && cx
+                .state
+                .dir()
+                .subdir(parent, false)
+                .ok()
+                .and_then(|(d, _)| d.stat(base).ok())
+                .is_some_and(|st| st.st_size as u64 == f.file.size);
         if !fresh {
             stale.insert(format!("sha256:{hex}"));
         }
     }
-    for layer in layers.iter().filter(|l| stale.contains(&l.key)) {
+    for key in stale {
+        // The same blob may be several layers (empty layers): unpacked once.
+        let Some(layer) = layers.iter().find(|l| l.key == key) else {
+            continue;
+        };
         cx.reporter.info(&format!(
             "unpacking {} again: files from it must be copied into DEST",
             layer.path
@@ -280,7 +289,7 @@ async fn stage_retried(cx: &Ctx<'_>, layer: &RemoteFile) -> Result<Vec<Entry>> {
 /// Fetches one layer whole, unpacking it as it arrives into a temporary folder; renamed into
 /// place once its digest is checked, removed otherwise.
 async fn stage_layer(
-    state: &StateDir,
+    state: &Arc<StateDir>,
     source: &AnySource,
     layer: &RemoteFile,
 ) -> Result<Vec<Entry>> {
@@ -291,8 +300,14 @@ async fn stage_layer(
         .unwrap_or(&layer.key)
         .to_string();
     let (root, _) = state.dir().subdir(UNPACKED, true)?;
-    let tmp = format!("{hex}.tmp");
-    remove_flat(&root, &tmp);
+    // A name of this attempt's own: a loader that lost the lease and still writes cannot
+    // touch it, nor this one its.
+    for old in root.entries().unwrap_or_default() {
+        if old.starts_with(&format!("{hex}.")) && old.ends_with(".tmp") {
+            remove_flat(&root, &old);
+        }
+    }
+    let tmp = format!("{hex}.{:016x}.tmp", fastrand::u64(..));
     let (dir, _) = root.subdir(&tmp, true)?;
     let unpacked = unpack_stream(state, source, layer, dir, &format!("{UNPACKED}/{hex}")).await;
     let entries = match unpacked {
@@ -324,7 +339,7 @@ async fn stage_layer(
 /// byte is read and hashed even when unpacking stops early: a damaged transfer (retried) is
 /// told apart from a broken artifact (not retried) by the digest.
 async fn unpack_stream(
-    state: &StateDir,
+    state: &Arc<StateDir>,
     source: &AnySource,
     layer: &RemoteFile,
     dir: Dir,
@@ -347,20 +362,35 @@ async fn unpack_stream(
         )
         .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let eof = Arc::new(AtomicBool::new(false));
     let reader = untar::Channel {
         rx,
         held: Bytes::new(),
-        eof: Arc::clone(&eof),
     };
     let (shown, folder) = (layer.path.clone(), folder.to_string());
+    let lease = Arc::clone(state);
     let task = tokio::task::spawn_blocking(move || {
-        untar::untar(reader, &archive, &dir, &folder, &shown, room)
+        let fenced = || lease.owned_recently();
+        let st = untar::Staging {
+            archive: &archive,
+            dir: &dir,
+            folder: &folder,
+            shown: &shown,
+            room,
+            fenced: &fenced,
+        };
+        untar::untar(reader, &st)
     });
     let (mut hasher, mut got, mut body) = (Sha256::new(), 0u64, fetched.body);
     let mut tx = Some(tx);
+    let mut broke = None;
     while let Some(item) = body.next().await {
-        let b = item?;
+        let b = match item {
+            Ok(b) => b,
+            Err(e) => {
+                broke = Some(e);
+                break;
+            }
+        };
         hasher.update(&b);
         got += b.len() as u64;
         // An unpacking that stopped early takes no more bytes; they are still hashed.
@@ -370,10 +400,15 @@ async fn unpack_stream(
             }
         }
     }
+    // The unpacking ends (its input closed) and is joined on every path: nothing writes into
+    // the folder once this returns.
     drop(tx);
     let unpacked = task
         .await
         .map_err(|e| Error::new(Kind::Internal, "the unpacking task failed").with_source(e))?;
+    if let Some(e) = broke {
+        return Err(e);
+    }
     let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
     if got != layer.size || digest != layer.key {
         return Err(Error::new(
@@ -387,14 +422,5 @@ async fn unpack_stream(
         .transient(None));
     }
     let entries = unpacked?;
-    if !eof.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(Error::new(
-            Kind::Corrupt,
-            format!(
-                "{}: bytes after the end of its archive; the artifact is damaged: push it again",
-                layer.path
-            ),
-        ));
-    }
     Ok(entries)
 }

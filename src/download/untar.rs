@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +21,8 @@ use crate::url::RelPath;
 const MAX_HOPS: usize = 40;
 /// Members of one layer, at most: each is a staged file and an index row.
 const MAX_MEMBERS: usize = 1_000_000;
+/// Longest member name or link target kept (PATH_MAX): names are held in memory and the index.
+const MAX_NAME: usize = 4096;
 /// Bytes of tar headers (pax, GNU long names) allowed beyond the members' own data: the tar
 /// reader holds an extension header in memory whole.
 const HEADER_SLACK: u64 = 1 << 20;
@@ -54,11 +56,10 @@ pub enum Entry {
     Opaque(String),
 }
 
-/// The async side's bytes, read as a blocking `Read`; `eof` is set once the sender is done.
+/// The async side's bytes, read as a blocking `Read`.
 pub struct Channel {
     pub rx: tokio::sync::mpsc::Receiver<Bytes>,
     pub held: Bytes,
-    pub eof: Arc<AtomicBool>,
 }
 
 impl Read for Channel {
@@ -66,10 +67,7 @@ impl Read for Channel {
         while self.held.is_empty() {
             match self.rx.blocking_recv() {
                 Some(b) => self.held = b,
-                None => {
-                    self.eof.store(true, Ordering::SeqCst);
-                    return Ok(0);
-                }
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.held.len());
@@ -79,34 +77,83 @@ impl Read for Channel {
     }
 }
 
-/// Every frame of a zstd stream (`pzstd`, concatenated files and chunked layers have several;
-/// a decoder stops after one).
+/// Every frame of a zstd stream, skippable frames skipped: `pzstd` writes a skippable frame
+/// before each frame, zstd:chunked layers end with skippable frames, and concatenated files
+/// have several frames (a plain decoder stops after the first).
 struct ZstdFrames<R: Read> {
-    current:
-        Option<ruzstd::decoding::StreamingDecoder<BufReader<R>, ruzstd::decoding::FrameDecoder>>,
-    rest: Option<BufReader<R>>,
+    src: BufReader<R>,
+    dec: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+    /// After an error every read fails: no silent end.
+    failed: bool,
+}
+
+impl<R: Read> ZstdFrames<R> {
+    fn new(src: R) -> Self {
+        ZstdFrames {
+            src: BufReader::new(src),
+            dec: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+            failed: false,
+        }
+    }
+
+    fn next_frame(&mut self) -> std::io::Result<bool> {
+        use ruzstd::decoding::errors::{FrameDecoderError as F, ReadFrameHeaderError as H};
+        loop {
+            if self.src.fill_buf()?.is_empty() {
+                return Ok(false);
+            }
+            match self.dec.reset(&mut self.src) {
+                Ok(()) => return Ok(true),
+                Err(F::ReadFrameHeaderError(H::SkipFrame { length, .. })) => {
+                    let want = u64::from(length);
+                    let skipped =
+                        std::io::copy(&mut (&mut self.src).take(want), &mut std::io::sink())?;
+                    if skipped != want {
+                        return Err(invalid("a skippable zstd frame is cut short"));
+                    }
+                }
+                Err(e) => return Err(invalid(&e.to_string())),
+            }
+        }
+    }
+}
+
+fn invalid(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
 impl<R: Read> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if let Some(d) = &mut self.current {
-                let n = d.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
-                }
-                self.rest = self.current.take().map(|d| d.into_inner());
-            }
-            let Some(mut r) = self.rest.take() else {
-                return Ok(0);
-            };
-            if r.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let d = ruzstd::decoding::StreamingDecoder::new(r)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            self.current = Some(d);
+        if self.failed {
+            return Err(invalid("the zstd stream failed earlier"));
         }
+        let r = (|| loop {
+            if !self.in_frame {
+                if !self.next_frame()? {
+                    return Ok(0);
+                }
+                self.in_frame = true;
+            }
+            while self.dec.can_collect() == 0 && !self.dec.is_finished() {
+                self.dec
+                    .decode_blocks(
+                        &mut self.src,
+                        ruzstd::decoding::BlockDecodingStrategy::UptoBlocks(1),
+                    )
+                    .map_err(|e| invalid(&e.to_string()))?;
+            }
+            let n = self.dec.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            if self.dec.is_finished() {
+                self.in_frame = false;
+            }
+        })();
+        self.failed = r.is_err();
+        r
     }
 }
 
@@ -140,140 +187,203 @@ fn broken(shown: &str, why: String) -> Error {
     )
 }
 
-/// Reads the tar from `reader`, staging each regular member as `<n>` in `dir` (`folder` under
-/// the state folder). Reads to the end, so every byte of the layer reaches the digest.
-pub fn untar(
-    reader: Channel,
-    archive: &Archive,
-    dir: &Dir,
-    folder: &str,
-    shown: &str,
-    room: u64,
-) -> Result<Vec<Entry>> {
+/// Where and how one layer is staged.
+pub struct Staging<'a> {
+    pub archive: &'a Archive,
+    pub dir: &'a Dir,
+    /// `dir`'s name under the state folder, as the index names staged files.
+    pub folder: &'a str,
+    pub shown: &'a str,
+    /// Free space: a layer that unpacks to more is refused.
+    pub room: u64,
+    /// The lease, checked before each member is written.
+    pub fenced: &'a dyn Fn() -> Result<()>,
+}
+
+/// Reads the tar from `reader`, staging each regular member as `<n>` in the folder. Reads to
+/// the end, so every byte of the layer reaches the digest.
+pub fn untar(reader: Channel, st: &Staging<'_>) -> Result<Vec<Entry>> {
+    let shown = st.shown;
     let allowed = Arc::new(AtomicU64::new(HEADER_SLACK));
-    let decoded: Box<dyn Read> = match archive.compression {
+    let decoded: Box<dyn Read> = match st.archive.compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(reader))),
-        Compression::Zstd => Box::new(ZstdFrames {
-            current: None,
-            rest: Some(BufReader::new(reader)),
-        }),
+        Compression::Zstd => Box::new(ZstdFrames::new(reader)),
     };
     let mut tar = tar::Archive::new(Limited {
         inner: decoded,
         read: 0,
         allowed: Arc::clone(&allowed),
     });
-    let mut out = Vec::new();
-    let mut total = 0u64;
+    let mut run = Run {
+        out: Vec::new(),
+        total: 0,
+        kept: 0,
+        buf: vec![0u8; 256 << 10],
+    };
     let entries = tar
         .entries()
         .map_err(|e| broken(shown, format!("not a tar archive ({e})")))?;
     for (n, entry) in entries.enumerate() {
         let mut entry = entry.map_err(|e| broken(shown, format!("a broken tar entry ({e})")))?;
-        if n >= MAX_MEMBERS {
-            return Err(broken(shown, format!("more than {MAX_MEMBERS} members")));
+        // This entry's data (and padding) may now be read, and the next entry's headers: no
+        // more (the tar reader holds an extension header whole in memory).
+        let end = entry
+            .raw_file_position()
+            .saturating_add(entry.size().div_ceil(512).saturating_mul(512))
+            .saturating_add(HEADER_SLACK);
+        allowed.store(end, Ordering::SeqCst);
+        if let Some(e) = run.take(st, n, &mut entry)? {
+            run.out.push(e);
         }
-        // This entry's data (and padding) may now be read, and the next entry's headers.
-        allowed.fetch_add(
-            512 + entry.size().div_ceil(512) * 512 + HEADER_SLACK,
-            Ordering::SeqCst,
-        );
+    }
+    // The rest (end blocks, padding) is drained below the bound: it is not held in memory.
+    let mut rest = tar.into_inner().inner;
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .map_err(|e| broken(shown, format!("damaged after its last member ({e})")))?;
+    Ok(run.out)
+}
+
+/// What one layer's reading has gathered so far.
+struct Run {
+    out: Vec<Entry>,
+    /// Bytes of the members staged.
+    total: u64,
+    /// Entries that land (or hide what lands).
+    kept: usize,
+    buf: Vec<u8>,
+}
+
+impl Run {
+    /// What entry `n` means, staging its bytes when it is a file; None when nothing lands.
+    fn take(
+        &mut self,
+        st: &Staging<'_>,
+        n: usize,
+        entry: &mut tar::Entry<'_, impl Read>,
+    ) -> Result<Option<Entry>> {
+        use tar::EntryType as T;
+        let shown = st.shown;
+        let kind = entry.header().entry_type();
+        if kind == T::XGlobalHeader {
+            return Ok(None);
+        }
         let raw = entry.path_bytes().into_owned();
-        let Some(path) = member_path(&raw, archive, shown)? else {
-            continue;
+        if raw.len() > MAX_NAME {
+            let start = String::from_utf8_lossy(&raw[..64]).into_owned();
+            return Err(member_error(
+                shown,
+                &start,
+                "its name is longer than 4096 bytes",
+            ));
+        }
+        let Some(path) = member_path(&raw, st.archive, shown)? else {
+            return Ok(None);
         };
         let raw = String::from_utf8_lossy(&raw).into_owned();
-        if let Some(e) = whiteout(&path, archive) {
-            out.push(e);
-            continue;
+        self.kept += 1;
+        if self.kept > MAX_MEMBERS {
+            return Err(broken(shown, format!("more than {MAX_MEMBERS} members")));
         }
-        use tar::EntryType as T;
-        let kind = entry.header().entry_type();
+        if let Some(e) = whiteout(&path, st.archive) {
+            return Ok(Some(e));
+        }
         match kind {
             T::Regular | T::Continuous => {
-                total = total.saturating_add(entry.size());
-                if total > room {
+                self.total = self.total.saturating_add(entry.size());
+                if self.total > st.room {
                     return Err(Error::new(
                         Kind::Local,
                         format!(
                             "{shown} unpacks to more than the {} free on DEST's volume: give \
                              DEST a larger volume",
-                            crate::progress::human(room)
+                            crate::progress::human(st.room)
                         ),
                     ));
                 }
                 let name = n.to_string();
-                let (size, sha) = stage_member(&mut entry, dir, &name, shown, &raw)?;
-                out.push(Entry::File(Member {
+                (st.fenced)()?;
+                let (size, sha) = stage_member(entry, st.dir, &name, (shown, &raw), &mut self.buf)?;
+                let staged = format!("{}/{name}", st.folder);
+                Ok(Some(Entry::File(Member {
                     path,
                     size,
                     sha256: sha,
-                    staged: format!("{folder}/{name}"),
-                }));
+                    staged,
+                })))
             }
-            T::Directory | T::XGlobalHeader => {}
-            T::Link | T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
-                out.push(if kind == T::Link {
-                    // Hard link targets are archive paths, like the members'.
-                    let Some(target) = member_path(&target, archive, shown)? else {
-                        return Err(member_error(
-                            shown,
-                            &raw,
-                            "a hard link to a file outside what lands",
-                        ));
-                    };
-                    Entry::HardLink { path, target }
-                } else {
-                    Entry::Symlink {
-                        path,
-                        target: String::from_utf8_lossy(&target).into_owned(),
-                    }
-                });
-            }
-            other => {
-                return Err(member_error(
-                    shown,
-                    &raw,
-                    &format!(
+            T::Directory => Ok(None),
+            T::Link | T::Symlink => link(entry, kind == T::Link, path, &raw, st).map(Some),
+            other => Err(member_error(
+                shown,
+                &raw,
+                &format!(
                     "its type ({other:?}) is not a file, folder or link; DEST holds plain files"
                 ),
-                ))
-            }
+            )),
         }
     }
-    let mut rest = tar.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink())
-        .map_err(|e| broken(shown, format!("damaged after its last member ({e})")))?;
-    Ok(out)
 }
 
-/// Writes one member's bytes to `dir/name`, hashing them; (size, sha256 hex).
+/// A hard or symbolic link entry, resolved later (`merge`).
+fn link(
+    entry: &tar::Entry<'_, impl Read>,
+    hard: bool,
+    path: String,
+    raw: &str,
+    st: &Staging<'_>,
+) -> Result<Entry> {
+    let target = entry
+        .link_name_bytes()
+        .map(|b| b.into_owned())
+        .unwrap_or_default();
+    if target.len() > MAX_NAME {
+        return Err(member_error(
+            st.shown,
+            raw,
+            "its link target is longer than 4096 bytes",
+        ));
+    }
+    if hard {
+        // Hard link targets are archive paths, like the members'.
+        let Some(target) = member_path(&target, st.archive, st.shown)? else {
+            return Err(member_error(
+                st.shown,
+                raw,
+                "a hard link to a file outside what lands",
+            ));
+        };
+        return Ok(Entry::HardLink { path, target });
+    }
+    Ok(Entry::Symlink {
+        path,
+        target: String::from_utf8_lossy(&target).into_owned(),
+    })
+}
+
+/// Writes one member's bytes to `dir/name`, hashing them; (size, sha256 hex). A member that
+/// ends short of its header's size is damage.
 fn stage_member(
-    entry: &mut impl Read,
+    entry: &mut tar::Entry<'_, impl Read>,
     dir: &Dir,
     name: &str,
-    shown: &str,
-    raw: &str,
+    (shown, raw): (&str, &str),
+    buf: &mut [u8],
 ) -> Result<(u64, String)> {
     let path = dir.path().join(name);
     let mut f = dir
         .open_file(
             name,
-            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::TRUNC,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CREATE | rustix::fs::OFlags::EXCL,
             0o664,
         )
         .map_err(|e| Error::local("create", &path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
+    let want = entry.size();
     let mut size = 0u64;
     loop {
         let n = entry
-            .read(&mut buf)
+            .read(buf)
             .map_err(|e| broken(shown, format!("member {raw:?} is cut short ({e})")))?;
         if n == 0 {
             break;
@@ -282,6 +392,12 @@ fn stage_member(
         f.write_all(&buf[..n])
             .map_err(|e| Error::local("write", &path, e))?;
         size += n as u64;
+    }
+    if size != want {
+        return Err(broken(
+            shown,
+            format!("member {raw:?} holds {size} of its {want} bytes"),
+        ));
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
@@ -501,7 +617,6 @@ mod tests {
         Channel {
             rx,
             held: Bytes::new(),
-            eof: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -522,11 +637,14 @@ mod tests {
         (
             untar(
                 channel(bytes),
-                archive,
-                &dir,
-                "unpacked/x",
-                "layer 1",
-                u64::MAX,
+                &Staging {
+                    archive,
+                    dir: &dir,
+                    folder: "unpacked/x",
+                    shown: "layer 1",
+                    room: u64::MAX,
+                    fenced: &|| Ok(()),
+                },
             ),
             tmp,
         )
@@ -539,10 +657,19 @@ mod tests {
         // Three frames, as pzstd or a concatenation writes them.
         let (one, two) = tar.split_at(1100);
         let (two, three) = two.split_at(3000);
+        // A skippable frame (magic 0x184D2A5?, length, bytes) before each, as pzstd writes,
+        // and one at the end, as zstd:chunked's manifest.
+        let skippable = |n: u8| {
+            let mut f = vec![0x50 + n, 0x2A, 0x4D, 0x18, 3, 0, 0, 0];
+            f.extend([n; 3]);
+            f
+        };
         let mut z = Vec::new();
-        for part in [one, two, three] {
+        for (i, part) in [one, two, three].into_iter().enumerate() {
+            z.extend(skippable(i as u8));
             z.extend(compress_to_vec(part, CompressionLevel::Fastest));
         }
+        z.extend(skippable(9));
         let zstd = Archive {
             compression: Compression::Zstd,
             image_root: None,
@@ -557,8 +684,15 @@ mod tests {
             })
             .collect();
         assert_eq!(paths, ["a", "b", "c"]);
-        // A pax header of 4 MiB (the tar reader would hold it whole): refused as damage.
+        // A pax header of 4 MiB (the tar reader would hold it whole), after many small
+        // entries (whose slack must not add up): refused as damage.
         let mut b = tar::Builder::new(Vec::new());
+        for i in 0..64 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("d{i}/"), &b""[..]).unwrap();
+        }
         let big = "x".repeat(4 << 20);
         b.append_pax_extensions([("comment", big.as_bytes())])
             .unwrap();
