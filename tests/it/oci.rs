@@ -1101,3 +1101,76 @@ fn a_redirect_to_storage_keeps_the_range_and_drops_the_credentials() {
     }
     assert!(front.blob_gets() >= 3, "the registry was asked first");
 }
+
+/// `--dry-run` of an artifact with archive layers names the layers (their files are known only
+/// once fetched) and the plain files the patterns keep, in text and JSON, fetching no blob;
+/// `--check` after a load is exit 0.
+#[test]
+fn dry_run_and_check_of_an_archive_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = unique("models/drytar");
+    push_layers(
+        &format!("{repo}:v1"),
+        MODELPACK_CONFIG,
+        &[
+            (
+                tar_of(&[T::File("w.bin", b"w")]),
+                "application/vnd.cncf.model.weight.v1.tar",
+                "",
+            ),
+            (
+                b"{}".to_vec(),
+                "application/vnd.cncf.model.weight.config.v1.raw",
+                "org.cncf.model.filepath=config.json",
+            ),
+            (
+                b"# r".to_vec(),
+                "application/vnd.cncf.model.doc.v1.raw",
+                "org.cncf.model.filepath=README.md",
+            ),
+        ],
+        tmp.path(),
+    );
+    let front = Front::start(600.0, 600);
+    let url = format!("oci://{}/{repo}:v1", front.host);
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .args(["--dry-run", "--exclude", "README.md"])
+        .arg(&url)
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("config.json") && !text.contains("README.md"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unpack") && text.contains("layer 1"),
+        "{text}"
+    );
+    let out = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .args(["--dry-run", "--progress", "json"])
+        .arg(&url)
+        .arg(&dest));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().any(|l| l["action"] == "unpack"));
+    assert_eq!(front.blob_gets(), 0, "a dry run fetched a blob");
+    assert!(!dest.exists());
+    assert_eq!(
+        run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+            .arg(&url)
+            .arg(&dest))
+        .status
+        .code(),
+        Some(0)
+    );
+    let check = run(oci_loader(tmp.path(), &front.host, Some(PASSWORD))
+        .arg("--check")
+        .arg(&url)
+        .arg(&dest));
+    assert_eq!(check.status.code(), Some(0));
+}
