@@ -30,6 +30,7 @@ use super::untar::{self, Entry, Member};
 use crate::confine::Dir;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
+use crate::remote::body::FileRange;
 use crate::remote::{AnySource, ByteRange, Checksum, Fetched, RemoteFile, Source};
 use crate::retry::{retrying, RetryPolicy};
 
@@ -134,36 +135,16 @@ pub fn staged_name(key: &str) -> Option<&str> {
 
 /// `range` of a staged member, as a fetch reply.
 pub fn read_staged(state: &StateDir, name: &str, range: ByteRange) -> Result<Fetched> {
-    let file = Arc::new(open_staged(state, name)?);
     let path = state.dir().path().join(name);
-    let body =
-        futures_util::stream::unfold((file, range.start, range.end), move |(file, off, end)| {
-            let path = path.clone();
-            async move {
-                if off >= end {
-                    return None;
-                }
-                let n = (end - off).min(256 << 10) as usize;
-                let f = Arc::clone(&file);
-                let read = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; n];
-                    f.read_exact_at(&mut buf, off).map(|()| Bytes::from(buf))
-                })
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                Some(match read {
-                    Ok(b) => (Ok(b), (file, off + n as u64, end)),
-                    // A staged file cut short is damage: the next pass unpacks the layer again.
-                    Err(e) => (
-                        Err(
-                            Error::new(Kind::Corrupt, format!("{}: {e}", path.display()))
-                                .transient(None),
-                        ),
-                        (file, end, end),
-                    ),
-                })
-            }
+    let whole = FileRange::whole(open_staged(state, name)?, path.clone(), range.end);
+    let body = whole
+        .slice(range.start, range.len())
+        .into_stream()
+        // A staged file cut short is damage: the next pass unpacks the layer again.
+        .map(move |r| {
+            r.map_err(|e| {
+                Error::new(Kind::Corrupt, format!("{}: {e}", path.display())).transient(None)
+            })
         });
     Ok(Fetched::plain(Box::pin(body)))
 }

@@ -44,7 +44,14 @@ impl FileRange {
 
     /// A body that reads the range in 256 KiB blocks as the request goes out.
     pub fn into_body(self) -> reqwest::Body {
-        let stream = futures_util::stream::unfold(
+        reqwest::Body::wrap_stream(self.into_stream())
+    }
+
+    /// The range's bytes in 256 KiB blocks, each read off the async threads.
+    pub fn into_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold(
             (self.file, self.offset, self.len),
             |(file, off, left)| async move {
                 if left == 0 {
@@ -63,8 +70,7 @@ impl FileRange {
                     Err(e) => Some((Err(e), (file, off, 0))),
                 }
             },
-        );
-        reqwest::Body::wrap_stream(stream)
+        )
     }
 
     fn hash<H>(&self, mut update: H) -> Result<()>

@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LOCATION, 
 use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
 
-use super::http::{self, uri_encode, ClientOptions};
+use super::http::{self, header, uri_encode, ClientOptions};
 use super::types::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
@@ -770,10 +770,6 @@ fn rate_limit_reset(h: &HeaderMap) -> Option<Duration> {
         .find_map(|p| p.trim().strip_prefix("t="))
         .and_then(|t| t.parse().ok())
         .map(Duration::from_secs)
-}
-
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)?.to_str().ok().map(str::to_string)
 }
 
 fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {

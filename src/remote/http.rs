@@ -230,6 +230,13 @@ pub fn busy(message: String, status: StatusCode, after: Option<Duration>) -> Err
     }
 }
 
+/// A reply header's value as text, trimmed; None when absent or not text.
+pub fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+}
+
 /// Statuses that say "try again later" whatever the service.
 pub fn is_transient_status(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS

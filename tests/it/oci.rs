@@ -48,20 +48,26 @@ fn model(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// Pushes `dir` as `layout` to `repo:tag` on the test registry; returns the manifest digest.
-fn push(layout: &str, repo_tag: &str, dir: &Path) -> String {
+/// Runs `scripts/support/NAME ARGS…` with the tests' Python; its stdout, trimmed (it must
+/// succeed).
+fn python(name: &str, args: &[&str]) -> String {
     let out = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
-        .arg(script("oci_push.py"))
-        .args([layout, &registry(), repo_tag])
-        .arg(dir)
+        .arg(script(name))
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "push {layout} {repo_tag}: {}",
+        "{name} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Pushes `dir` as `layout` to `repo:tag` on the test registry; returns the manifest digest.
+fn push(layout: &str, repo_tag: &str, dir: &Path) -> String {
+    let dir = dir.display().to_string();
+    let digest = python("oci_push.py", &[layout, &registry(), repo_tag, &dir]);
     assert!(digest.starts_with("sha256:"), "{digest}");
     digest
 }
@@ -432,17 +438,8 @@ fn push_layers(
         std::fs::write(&p, blob).unwrap();
         args.push(format!("{}|{media}|{ann}", p.display()));
     }
-    let out = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
-        .arg(script("oci_push.py"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    python("oci_push.py", &args)
 }
 
 const MODELPACK_CONFIG: &str = "application/vnd.cncf.model.config.v1+json";
@@ -833,18 +830,8 @@ fn a_killed_load_resumes_mid_blob() {
 /// Reads `repo:tag` back with the ORAS Python client (scripts/support/oci_pull.py): every
 /// layer at its ModelPack path, each checked against its digest. Returns the manifest.
 fn pull_independently(host: &str, repo_tag: &str, out: &Path) -> serde_json::Value {
-    let o = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
-        .arg(script("oci_pull.py"))
-        .args([host, repo_tag])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "pull: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
+    let out = out.display().to_string();
+    serde_json::from_str(&python("oci_pull.py", &[host, repo_tag, &out])).unwrap()
 }
 
 #[test]

@@ -20,7 +20,7 @@ use reqwest::{Response, StatusCode, Url};
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::http::{self, ClientOptions};
+use super::http::{self, header, ClientOptions};
 use super::types::{ByteRange, Checksum, Fetched, Listing, RemoteFile, Source};
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
@@ -480,7 +480,7 @@ impl Oci {
         let content_type = header(resp.headers(), "content-type").unwrap_or_default();
         let stated = header(resp.headers(), "docker-content-digest");
         let body = manifest_body(resp, &what).await?;
-        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+        let digest = digest_of(&sha2::Sha256::digest(&body));
         let expected = if reference.starts_with("sha256:") {
             Some(reference.to_string())
         } else {
@@ -681,10 +681,9 @@ async fn manifest_body(mut resp: Response, what: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
+/// `sha256:<hex>`, a blob's or manifest's digest from its sha256.
+fn digest_of(sha256: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha256))
 }
 
 /// `https://REGISTRY`, or for a registry that may use plain HTTP (loopback, listed insecure)

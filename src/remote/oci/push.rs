@@ -8,9 +8,10 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCA
 use reqwest::{StatusCode, Url};
 
 use super::layout::{self, Descriptor};
-use super::{header, Oci};
+use super::{digest_of, Oci};
 use crate::error::{Error, Kind, Result};
 use crate::remote::body::FileRange;
+use crate::remote::http::header;
 use crate::url::RelPath;
 
 pub const MODEL_ARTIFACT: &str = "application/vnd.cncf.model.manifest.v1+json";
@@ -62,7 +63,7 @@ impl Oci {
     /// A file the registry already holds under this tag (the upload compared its sha256):
     /// its layer goes into the new manifest as it is.
     pub fn keep_file(&self, rel: &RelPath, size: u64, sha256: [u8; 32]) {
-        let digest = format!("sha256:{}", hex::encode(sha256));
+        let digest = digest_of(&sha256);
         self.pushed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -77,7 +78,7 @@ impl Oci {
         whole: &FileRange,
         sha256: [u8; 32],
     ) -> Result<()> {
-        let digest = format!("sha256:{}", hex::encode(sha256));
+        let digest = digest_of(&sha256);
         let what = format!("upload {rel} to {}", self.shown());
         if !self.blob_exists(&digest, &what).await? {
             let body = || whole.clone().into_body();
@@ -200,7 +201,7 @@ impl Oci {
 
 fn sha256_of(b: &[u8]) -> String {
     use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+    digest_of(&sha2::Sha256::digest(b))
 }
 
 #[cfg(test)]
