@@ -6,7 +6,11 @@ Basic credentials for a token that expires (distribution's docs/spec/auth/token.
 … When omitted, this defaults to 60 seconds"); valid requests are forwarded with their Range and
 the reply streamed back.
 
-usage: oci_token_front.py PORT BACKEND_URL USER PASSWORD EXPIRE_AFTER_S ANNOUNCED_S [REDIRECT_URL]
+usage: oci_token_front.py PORT BACKEND_URL USER PASSWORD EXPIRE_AFTER_S ANNOUNCED_S [REDIRECT_URL [basic]]
+
+With `basic`, the gate asks for Basic credentials on every request instead of a token, as ECR
+does (`WWW-Authenticate: Basic realm="https://ACCOUNT.dkr.ecr.REGION.amazonaws.com/",
+service="ecr.amazonaws.com"`; its password is what GetAuthorizationToken returns).
 
 A token stops working EXPIRE_AFTER_S seconds after it was issued; the reply says it lasts
 ANNOUNCED_S (a shorter real life than announced is how a client meets a 401 mid-download,
@@ -30,6 +34,7 @@ PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
 # Optional: blob GETs are answered with a 307 to this origin (the same path), as registries
 # on object storage redirect to it (distribution's S3 and GCS drivers).
 REDIRECT = sys.argv[7] if len(sys.argv) > 7 else ""
+BASIC = len(sys.argv) > 8 and sys.argv[8] == "basic"
 PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
@@ -78,15 +83,18 @@ class Front(BaseHTTPRequestHandler):
     def do_PATCH(self):
         return self.forward("PATCH")
 
-    def token(self):
+    def basic_ok(self):
         auth = self.headers.get("Authorization", "")
-        ok = False
-        if auth.startswith("Basic "):
-            try:
-                user, _, pw = b64decode(auth[6:]).decode().partition(":")
-                ok = user == USER and pw == PASSWORD
-            except Exception:
-                ok = False
+        if not auth.startswith("Basic "):
+            return False
+        try:
+            user, _, pw = b64decode(auth[6:]).decode().partition(":")
+            return user == USER and pw == PASSWORD
+        except Exception:
+            return False
+
+    def token(self):
+        ok = self.basic_ok()
         with LOCK:
             if not ok:
                 STATS["denied"] += 1
@@ -101,6 +109,12 @@ class Front(BaseHTTPRequestHandler):
 
     def authorized(self):
         auth = self.headers.get("Authorization", "")
+        if BASIC:
+            ok = self.basic_ok()
+            if not ok and auth:
+                with LOCK:
+                    STATS["denied"] += 1
+            return ok
         if not auth.startswith("Bearer "):
             return False
         with LOCK:
@@ -119,6 +133,9 @@ class Front(BaseHTTPRequestHandler):
             repo = path[len("/v2/"):].rsplit("/", 2)[0] if path.startswith("/v2/") else ""
             challenge = (f'Bearer realm="http://127.0.0.1:{PORT}/token",service="test-registry",'
                          f'scope="repository:{repo}:pull"')
+            if BASIC:
+                challenge = f'Basic realm="http://127.0.0.1:{PORT}/",service="ecr.amazonaws.com"'
+
             return self.reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
                               [("WWW-Authenticate", challenge)])
         with LOCK:

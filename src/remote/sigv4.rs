@@ -72,7 +72,7 @@ pub fn sign_headers(
     } else {
         SignableBody::Bytes(&[])
     };
-    let instructions = sign_with(creds, method, url, region, amz, body, settings, time)?;
+    let instructions = sign_with(creds, method, url, region, "s3", amz, body, settings, time)?;
     Ok(instructions
         .headers()
         .filter_map(|(k, v)| Some((known_header(k)?, v.to_string())))
@@ -97,6 +97,7 @@ pub fn presign(
         "GET",
         url,
         region,
+        "s3",
         &[],
         SignableBody::UnsignedPayload,
         settings,
@@ -123,13 +124,38 @@ fn s3_settings() -> SigningSettings {
     settings
 }
 
-/// Signs one request for S3 in `region` with `settings`; what to add to it (headers or query).
+/// The headers that sign a POST of `body` to an AWS JSON API (ECR's `GetAuthorizationToken`)
+/// of `service`: the standard rules, the body hashed into the signature; `headers` (the
+/// request's `x-amz-target` and `content-type`) are signed with it.
+pub fn sign_api(
+    creds: &Credentials,
+    url: &str,
+    region: &str,
+    service: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    time: SystemTime,
+) -> Result<Vec<(&'static str, String)>> {
+    let body = SignableBody::Bytes(body);
+    let settings = SigningSettings::default();
+    let instructions = sign_with(
+        creds, "POST", url, region, service, headers, body, settings, time,
+    )?;
+    Ok(instructions
+        .headers()
+        .filter_map(|(k, v)| Some((known_header(k)?, v.to_string())))
+        .collect())
+}
+
+/// Signs one request for `service` (`s3`, `ecr`) in `region` with `settings`; what to add to
+/// it (headers or query).
 #[allow(clippy::too_many_arguments)]
 fn sign_with(
     creds: &Credentials,
     method: &str,
     url: &str,
     region: &str,
+    service: &str,
     headers: &[(&str, &str)],
     body: SignableBody<'_>,
     settings: SigningSettings,
@@ -139,7 +165,7 @@ fn sign_with(
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name("s3")
+        .name(service)
         .time(time)
         .settings(settings)
         .build()

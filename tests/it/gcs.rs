@@ -182,48 +182,6 @@ fn credentialed_via(proxy: &Proxy, home: &Path) -> Command {
     c
 }
 
-/// A local HTTP endpoint answering every request with `reply(request line, body)` (status
-/// line, JSON); returns its URL and the request lines and bodies it received.
-fn form_endpoint(
-    reply: impl Fn(&str, &str) -> (&'static str, String) + Send + 'static,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    // Connections are served one at a time, each closed after its reply.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen2 = std::sync::Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0u8; len];
-            reader.read_exact(&mut body).unwrap();
-            let body = String::from_utf8(body).unwrap();
-            let (status, json) = reply(request_line.trim(), &body);
-            seen2
-                .lock()
-                .unwrap()
-                .push(format!("{} {body}", request_line.trim()));
-            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len());
-        }
-    });
-    (url, seen)
-}
-
 /// A service-account key file (its token endpoint a local one that must never be asked:
 /// google-cloud-auth signs its own JWTs); returns the file, the key's public half and what
 /// the endpoint saw.

@@ -95,6 +95,20 @@ impl Front {
 
     /// `redirect`: blob GETs are answered with a 307 to this origin.
     fn start_with(expire_after_s: f64, announced_s: u64, redirect: Option<&str>) -> Front {
+        let spec = [USER, PASSWORD, redirect.unwrap_or_default(), "bearer"];
+        Self::spawn(expire_after_s, announced_s, spec)
+    }
+
+    /// A gate that takes `user`/`password`: by token, or with `basic` on every request as
+    /// ECR does.
+    fn start_for(user: &str, password: &str, basic: bool) -> Front {
+        let mode = if basic { "basic" } else { "bearer" };
+        Self::spawn(600.0, 600, [user, password, "", mode])
+    }
+
+    /// `[user, password, redirect origin or "", "basic" | "bearer"]`.
+    fn spawn(expire_after_s: f64, announced_s: u64, spec: [&str; 4]) -> Front {
+        let [user, password, redirect, mode] = spec;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -105,11 +119,12 @@ impl Front {
             .args([
                 port.to_string(),
                 format!("http://{}", registry()),
-                USER.into(),
-                PASSWORD.into(),
+                user.into(),
+                password.into(),
                 expire_after_s.to_string(),
                 announced_s.to_string(),
-                redirect.unwrap_or_default().to_string(),
+                redirect.to_string(),
+                mode.to_string(),
             ])
             .spawn()
             .unwrap();
@@ -1160,4 +1175,127 @@ fn dry_run_and_check_of_an_archive_artifact() {
         .arg(&url)
         .arg(&dest));
     assert_eq!(check.status.code(), Some(0));
+}
+
+/// `cmd` in a mount namespace whose `/etc/hosts` sends `names` to 127.0.0.1: a cloud
+/// registry's real name, so that the loader's own recognition of it is what is tested, while
+/// every byte still goes to loopback (root, as scripts/test.sh runs).
+fn resolving(names: &[&str], cmd: &Command, dir: &Path) -> Command {
+    let hosts = dir.join("hosts");
+    let mut text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    text.push_str(&format!("\n127.0.0.1 {}\n", names.join(" ")));
+    std::fs::write(&hosts, text).unwrap();
+    let mut argv = vec![cmd.get_program().to_string_lossy().into_owned()];
+    argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let hosts = hosts.display().to_string();
+    let mut args = vec![
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        hosts.as_str(),
+    ];
+    args.extend(argv.iter().map(String::as_str));
+    wrap("unshare", &args, cmd)
+}
+
+/// Amazon ECR: no auth file knows the registry, so its password comes from
+/// `GetAuthorizationToken` (moto's ECR API) signed with the AWS credential chain, asked for
+/// the account in the registry's name; the registry asks for Basic credentials as ECR does.
+#[test]
+fn an_ecr_registry_is_entered_with_a_token_from_the_aws_credential_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("models/ecr");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    // moto answers `AWS:<registry id>-auth-token` for the registry id asked.
+    let account = "210987654321";
+    let front = Front::start_for("AWS", &format!("{account}-auth-token"), true);
+    let port = front.host.rsplit(':').next().unwrap();
+    let host = format!("{account}.dkr.ecr.us-west-2.amazonaws.com");
+    let url = format!("oci://{host}:{port}/{repo}:v1");
+    let ecr = |api: &str, dest: &str| {
+        let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
+        c.env("AWS_ENDPOINT_URL_ECR", api)
+            .env(
+                "MODEL_LOADER_OCI_INSECURE_REGISTRIES",
+                format!("{host}:{port}"),
+            )
+            .arg(&url)
+            .arg(tmp.path().join(dest));
+        resolving(&[&host], &c, tmp.path())
+    };
+    let out = run(&mut ecr(&s3_endpoint(), "d"));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&tmp.path().join("d")), want);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "user \"AWS\" from ECR GetAuthorizationToken for account {account}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("auth-token"),
+        "the password was printed: {stderr}"
+    );
+    assert_eq!(front.stats()["denied"], 0);
+    assert!(front.blob_gets() >= 3);
+    // ECR's API out of reach: a network failure naming it (exit 5), nothing landed.
+    let out = run(&mut ecr("http://127.0.0.1:9", "e"));
+    let line = error_line(&out, 5);
+    assert!(line.contains("ECR GetAuthorizationToken"), "{line}");
+    assert!(!tmp.path().join("e/.model-loader/manifest.json").exists());
+}
+
+/// Google Artifact Registry: the access token of the identity the loader has on Google Cloud
+/// (here GKE's metadata server, at GCE_METADATA_HOST) is the password of `oauth2accesstoken`,
+/// traded for a registry token as Artifact Registry's realm does.
+#[test]
+fn an_artifact_registry_is_entered_with_a_google_access_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = model(&tmp.path().join("m"));
+    let repo = unique("proj/models/gar");
+    push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
+    let token = "ya29.from-mds-for-gar";
+    let front = Front::start_for("oauth2accesstoken", token, false);
+    let (mds, seen) = form_endpoint(move |line, _| {
+        if line.contains("/service-accounts/default/token") {
+            let reply =
+                format!(r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#);
+            ("200 OK", reply)
+        } else if line.contains("/service-accounts/default/email") {
+            ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
+        } else {
+            ("404 Not Found", "{}".into())
+        }
+    });
+    let mds = mds
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let port = front.host.rsplit(':').next().unwrap();
+    let host = "us-docker.pkg.dev";
+    let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
+    c.env("GCE_METADATA_HOST", &mds)
+        .env("GCE_METADATA_IP", &mds)
+        .env(
+            "MODEL_LOADER_OCI_INSECURE_REGISTRIES",
+            format!("{host}:{port}"),
+        )
+        .arg(format!("oci://{host}:{port}/{repo}:v1"))
+        .arg(tmp.path().join("d"));
+    let out = run(&mut resolving(&[host], &c, tmp.path()));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(tree(&tmp.path().join("d")), want);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("user \"oauth2accesstoken\" from Google credentials"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "the token was printed: {stderr}");
+    assert_eq!(front.stats()["tokens"], 1);
+    let asked = seen.lock().unwrap().join("\n");
+    assert!(asked.contains("cloud-platform"), "{asked}");
 }

@@ -9,6 +9,7 @@
 //! `Range` is kept and `Authorization` sent only to the registry's own origin.
 
 mod auth;
+mod cloud;
 pub mod layout;
 mod push;
 
@@ -116,6 +117,12 @@ impl Oci {
             .map_err(|e| {
                 Error::new(Kind::Internal, "the credential lookup failed").with_source(e)
             })??;
+        // A cloud's own registry takes the identity the loader has there, unless an auth
+        // file knows it (docker login, a pull secret).
+        let creds = match (creds, cloud::classify(&url.registry)) {
+            (None, Some(c)) => cloud::credentials(&c, opts, reporter).await?,
+            (found, _) => found,
+        };
         match &creds {
             Some(c) => reporter.info(&format!(
                 "oci: {}, user {:?} from {}",

@@ -4,7 +4,6 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{error::CredentialsError, ProvideCredentials};
 
-use super::endpoint::Endpoint;
 use crate::error::{Error, Kind, Result};
 use crate::progress::Reporter;
 use crate::remote::sigv4::Credentials;
@@ -55,7 +54,7 @@ fn credentials_error(e: CredentialsError) -> Error {
 }
 
 impl Signer {
-    pub(super) async fn credentials(&self) -> Result<Option<Credentials>> {
+    pub(crate) async fn credentials(&self) -> Result<Option<Credentials>> {
         match self {
             Signer::Anonymous => Ok(None),
             Signer::Static(c) => Ok(Some(c.clone())),
@@ -109,12 +108,14 @@ impl Signer {
 }
 
 /// Credentials from aws-config's default chain (env, profile, web identity, container, IMDS),
-/// or anonymous requests when no source is configured at all.
-pub(super) async fn aws_signer(
+/// or anonymous requests when no source is configured at all. `who` names the caller and
+/// where it sends (`s3` … `endpoint https://…`) in the log.
+pub(crate) async fn aws_signer(
     region: &str,
-    endpoint: &Endpoint,
+    who: (&str, &str),
     reporter: &dyn Reporter,
 ) -> Result<Signer> {
+    let (scheme, target) = who;
     let provider = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
         .region(aws_config::Region::new(region.to_string()))
         .build()
@@ -122,10 +123,9 @@ pub(super) async fn aws_signer(
     match provider.provide_credentials().await {
         Ok(c) => {
             reporter.info(&format!(
-                "s3: signing as access key {} from {} (aws-config chain), region {region}, endpoint {}",
+                "{scheme}: signing as access key {} from {} (aws-config chain), region {region}, {target}",
                 crate::redact::secret(c.access_key_id(), 4),
                 provider_name(&c),
-                endpoint.base
             ));
             Ok(Signer::Aws {
                 provider: aws_credential_types::provider::SharedCredentialsProvider::new(provider),
@@ -134,13 +134,12 @@ pub(super) async fn aws_signer(
         }
         Err(CredentialsError::CredentialsNotLoaded(_)) => {
             // aws-config reads a token request that timed out as "no IMDS here".
-            if let Some(signer) = imds_v1_fallback(region, endpoint, reporter).await {
+            if let Some(signer) = imds_v1_fallback(region, who, reporter).await {
                 return Ok(signer);
             }
             reporter.info(&format!(
-                "s3: no AWS credentials found (env, profile, web identity, container, IMDS): \
-                 sending anonymous requests, region {region}, endpoint {}",
-                endpoint.base
+                "{scheme}: no AWS credentials found (env, profile, web identity, container, IMDS): \
+                 sending anonymous requests, region {region}, {target}"
             ));
             Ok(Signer::Anonymous)
         }
@@ -161,7 +160,7 @@ pub(super) async fn aws_signer(
 /// IMDSv1: what a dropped IMDSv2 token reply (hop limit 1) leaves (see `imds`). Warned once.
 async fn imds_v1_fallback(
     region: &str,
-    endpoint: &Endpoint,
+    (scheme, target): (&str, &str),
     reporter: &dyn Reporter,
 ) -> Option<Signer> {
     let other_source = [
@@ -179,13 +178,12 @@ async fn imds_v1_fallback(
     let v1 = super::imds::Imdsv1::configured()?;
     let c = v1.fetch().await.ok()?;
     reporter.warn(&format!(
-        "s3: instance metadata at {} gave no IMDSv2 token (in a container, the EC2 default hop \
+        "{scheme}: instance metadata at {} gave no IMDSv2 token (in a container, the EC2 default hop \
          limit of 1 drops its reply: set HttpPutResponseHopLimit to 2); using the instance role \
-         through IMDSv1 (access key {}), region {region}, endpoint {} \
+         through IMDSv1 (access key {}), region {region}, {target} \
          (AWS_EC2_METADATA_V1_DISABLED=true turns this off)",
         v1.base(),
         crate::redact::secret(c.access_key_id(), 4),
-        endpoint.base
     ));
     Some(Signer::Aws {
         provider: aws_credential_types::provider::SharedCredentialsProvider::new(v1),

@@ -117,7 +117,12 @@ impl S3 {
             ));
             Signer::Anonymous
         } else {
-            aws_signer(&region, &endpoint, reporter).await?
+            aws_signer(
+                &region,
+                ("s3", &format!("endpoint {}", endpoint.base)),
+                reporter,
+            )
+            .await?
         };
         let service = Service {
             scheme: "s3",

@@ -5,7 +5,7 @@
 //! path-style addressing and may be plain `http://`. OSS reuses this client with the bucket in
 //! the host.
 
-mod auth;
+pub(crate) mod auth;
 mod checksums;
 mod client;
 mod endpoint;
