@@ -931,6 +931,50 @@ fn an_upload_is_a_modelpack_others_read_and_a_rerun_sends_no_blob() {
     assert_eq!(tree(&again), want);
 }
 
+/// An ingress before the registry with nginx's default 1 MiB body limit: the monolithic PUT
+/// of a 3 MiB file is refused (413), and the file goes as a chunked upload (PATCHes with
+/// `Content-Range`, each to the Location the last returned), halving the chunk until the way
+/// takes it; an independent reader then finds every file.
+#[test]
+fn an_upload_through_a_body_limit_goes_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("m");
+    let want = model(&src);
+    let repo = unique("models/chunked");
+    let upstream = registry();
+    let ingress = nginx::Nginx::start(tmp.path(), |port, _| {
+        format!(
+            r#"  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 1m;
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_set_header Host $http_host;
+      proxy_http_version 1.1;
+    }}
+  }}"#
+        )
+    });
+    let host = format!("127.0.0.1:{}", ingress.port);
+    let out = run(oci_loader(tmp.path(), &host, None)
+        .arg(&src)
+        .arg(format!("oci://{host}/{repo}:v1")));
+    assert_eq!(out.status.code(), Some(0));
+    let log = std::fs::read_to_string(ingress.root.join("access.log")).unwrap();
+    let count = |method: &str, status: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(&format!("\" {status} ")))
+            .count()
+    };
+    // Two shards over the limit: refused whole, then sent in chunks of at most 1 MiB.
+    assert_eq!(count("PUT", "413"), 2, "{log}");
+    assert!(count("PATCH", "202") >= 6, "{log}");
+    assert!(count("PATCH", "413") >= 2, "{log}");
+    let pulled = tmp.path().join("pulled");
+    pull_independently(&registry(), &format!("{repo}:v1"), &pulled);
+    assert_eq!(tree(&pulled), want);
+}
+
 #[test]
 fn an_upload_with_a_wrong_password_is_exit_3_and_moves_no_tag() {
     let tmp = tempfile::tempdir().unwrap();

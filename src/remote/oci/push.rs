@@ -17,6 +17,54 @@ use crate::url::RelPath;
 pub const MODEL_ARTIFACT: &str = "application/vnd.cncf.model.manifest.v1+json";
 const MODEL_CONFIG: &str = "application/vnd.cncf.model.config.v1+json";
 const PATH_KEY: &str = "org.cncf.model.filepath";
+/// The smallest chunk a chunked upload halves down to.
+const MIN_CHUNK: u64 = 256 << 10;
+/// The largest chunk a chunked upload starts with.
+const MAX_CHUNK: u64 = 64 << 20;
+
+/// What a blob upload sends: a file, or bytes made here (the config).
+#[derive(Clone, Copy)]
+enum Blob<'a> {
+    File(&'a FileRange),
+    Bytes(&'a [u8]),
+}
+
+impl Blob<'_> {
+    fn len(self) -> u64 {
+        match self {
+            Blob::File(f) => f.len,
+            Blob::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    /// `len` bytes from `offset`, afresh for each send.
+    fn body(self, offset: u64, len: u64) -> reqwest::Body {
+        match self {
+            Blob::File(f) => f.slice(offset, len).into_body(),
+            Blob::Bytes(b) => {
+                reqwest::Body::from(b[offset as usize..(offset + len) as usize].to_vec())
+            }
+        }
+    }
+}
+
+/// `Content-Type: application/octet-stream`, the length, and a chunk's `Content-Range`
+/// (`first-last`, inclusive, without a unit: the distribution spec's form).
+fn octet_headers(len: u64, range: Option<(u64, u64)>) -> HeaderMap {
+    let mut h = HeaderMap::from_iter([
+        (
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        ),
+        (CONTENT_LENGTH, HeaderValue::from(len)),
+    ]);
+    if let Some((first, last)) = range {
+        let v =
+            HeaderValue::from_str(&format!("{first}-{last}")).expect("digits are a header value");
+        h.insert(reqwest::header::CONTENT_RANGE, v);
+    }
+    h
+}
 
 /// The ModelPack layer type for a file, by name (modctl sorts files the same way: weights,
 /// their configs, docs, code).
@@ -81,8 +129,7 @@ impl Oci {
         let digest = digest_of(&sha256);
         let what = format!("upload {rel} to {}", self.shown());
         if !self.blob_exists(&digest, &what).await? {
-            let body = || whole.clone().into_body();
-            self.push_blob(&digest, whole.len, &body, &what).await?;
+            self.push_blob(&digest, Blob::File(whole), &what).await?;
         }
         self.pushed
             .lock()
@@ -108,14 +155,31 @@ impl Oci {
     }
 
     /// POST an upload session, then PUT the bytes to it with their digest (a monolithic
-    /// upload, which every registry takes; the registry checks the digest).
-    async fn push_blob(
-        &self,
-        digest: &str,
-        len: u64,
-        body: &(dyn Fn() -> reqwest::Body + Sync),
-        what: &str,
-    ) -> Result<()> {
+    /// upload, which every registry takes; the registry checks the digest). A body refused as
+    /// too large (`413`: an ingress's body limit, nginx's `client_max_body_size` is 1 MiB by
+    /// default) is sent again in chunks ([`Oci::push_chunked`]).
+    async fn push_blob(&self, digest: &str, blob: Blob<'_>, what: &str) -> Result<()> {
+        let (mut session, _) = self.open_upload(what).await?;
+        session.query_pairs_mut().append_pair("digest", digest);
+        let body = || blob.body(0, blob.len());
+        let resp = self
+            .registry_send(
+                reqwest::Method::PUT,
+                &session,
+                octet_headers(blob.len(), None),
+                Some(&body),
+                what,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(()),
+            StatusCode::PAYLOAD_TOO_LARGE => self.push_chunked(digest, blob, what).await,
+            _ => Err(self.status_error(resp, what).await),
+        }
+    }
+
+    /// A new upload session: its URL, and the smallest chunk it takes (`OCI-Chunk-Min-Length`).
+    async fn open_upload(&self, what: &str) -> Result<(Url, u64)> {
         let start = self
             .base
             .join(&format!("/v2/{}/blobs/uploads/", self.repository()))
@@ -126,24 +190,70 @@ impl Oci {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(resp, what).await);
         }
-        let mut session: Url = header(resp.headers(), LOCATION.as_str())
-            .and_then(|l| start.join(&l).ok())
+        let min = header(resp.headers(), "oci-chunk-min-length")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let session = self.next_location(&start, resp.headers(), what)?;
+        Ok((session, min))
+    }
+
+    fn next_location(&self, at: &Url, headers: &HeaderMap, what: &str) -> Result<Url> {
+        header(headers, LOCATION.as_str())
+            .and_then(|l| at.join(&l).ok())
             .ok_or_else(|| {
                 Error::new(
                     Kind::Network,
-                    format!("{what}: the registry opened an upload without a Location"),
+                    format!("{what}: the registry answered an upload without a Location"),
                 )
-            })?;
+            })
+    }
+
+    /// The distribution spec's chunked upload: `PATCH`es with `Content-Range`, each to the
+    /// `Location` the last one returned, then a `PUT` with the digest. The chunk starts at
+    /// half the refused body and halves again while the way refuses it (a chunk refused
+    /// before the registry saw it leaves the session where it was), down to [`MIN_CHUNK`]
+    /// or the registry's own minimum.
+    async fn push_chunked(&self, digest: &str, blob: Blob<'_>, what: &str) -> Result<()> {
+        let (mut session, min) = self.open_upload(what).await?;
+        let floor = MIN_CHUNK.max(min);
+        let mut chunk = (blob.len() / 2).clamp(floor, MAX_CHUNK);
+        let mut at = 0;
+        while at < blob.len() {
+            let n = chunk.min(blob.len() - at);
+            let body = || blob.body(at, n);
+            let headers = octet_headers(n, Some((at, at + n - 1)));
+            let resp = self
+                .registry_send(reqwest::Method::PATCH, &session, headers, Some(&body), what)
+                .await?;
+            match resp.status() {
+                StatusCode::ACCEPTED => {
+                    session = self.next_location(&session, resp.headers(), what)?;
+                    at += n;
+                }
+                StatusCode::PAYLOAD_TOO_LARGE if chunk > floor => chunk = (chunk / 2).max(floor),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    return Err(Error::new(
+                        Kind::Usage,
+                        format!(
+                            "{what}: the registry, or a proxy before it, refuses request bodies \
+                             of {n} bytes: raise its limit (nginx: client_max_body_size; an \
+                             ingress: proxy-body-size)"
+                        ),
+                    ))
+                }
+                _ => return Err(self.status_error(resp, what).await),
+            }
+        }
         session.query_pairs_mut().append_pair("digest", digest);
-        let headers = HeaderMap::from_iter([
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            ),
-            (CONTENT_LENGTH, HeaderValue::from(len)),
-        ]);
+        let none = || reqwest::Body::from(Vec::new());
         let resp = self
-            .registry_send(reqwest::Method::PUT, &session, headers, Some(body), what)
+            .registry_send(
+                reqwest::Method::PUT,
+                &session,
+                octet_headers(0, None),
+                Some(&none),
+                what,
+            )
             .await?;
         if resp.status() == StatusCode::CREATED {
             return Ok(());
@@ -170,9 +280,7 @@ impl Oci {
         let config = serde_json::to_vec(&config).expect("JSON values serialize");
         let config_digest = sha256_of(&config);
         if !self.blob_exists(&config_digest, &what).await? {
-            let bytes = bytes::Bytes::from(config.clone());
-            let body = move || reqwest::Body::from(bytes.clone());
-            self.push_blob(&config_digest, config.len() as u64, &body, &what)
+            self.push_blob(&config_digest, Blob::Bytes(&config), &what)
                 .await?;
         }
         let manifest = serde_json::json!({
