@@ -22,8 +22,8 @@
 #        calls it; time to serve (load, then every file read once) and the process tree's memory
 #   fleet 4 loaders ("nodes") at once, direct vs through a caching proxy (nginx proxy_cache +
 #        slice, standing in for Dragonfly's dfdaemon): wall time and bytes the origin sent
-#   oci  model-loader vs the ORAS Python client pulling one ORAS artifact (2 × 512 MiB
-#        safetensors + config files) from the distribution registry on loopback: time to serve
+#   oci  model-loader vs the ORAS Python client and skopeo (Debian) pulling one ORAS artifact
+#        (2 × 512 MiB safetensors + config files) from the distribution registry on loopback: time to serve
 #        (load, then every tensor read with safetensors), with the ceiling (parallel ranged curl
 #        of the blobs)
 #
@@ -648,7 +648,7 @@ open(path, "w").write("\n".join(lines) + "\n")
 PY
   if [ "${SERVE_TENSORS:-0}" = 1 ]; then
     measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
-      "$SERVE_VENV/bin/python" scripts/support/read_tensors.py "$dest"
+      "$SERVE_VENV/bin/python" scripts/support/read_tensors.py "$dest" ${SERVE_READ_ARGS:-}
   else
     measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
       sh -c 'find "$0" -type f ! -path "*/.model-loader/*" -exec cat {} + > /dev/null' "$dest"
@@ -833,7 +833,8 @@ Storage.download_files(sys.argv[1::2], sys.argv[2::2])'
 
 # oci:// time to serve: model-loader and the ORAS Python client pull one ORAS artifact (files
 # titled by name, which both lay out the same way) from a fresh distribution registry on
-# loopback; the ceiling is every blob fetched by parallel ranged curl to /dev/null.
+# loopback; skopeo copies its blobs to a `dir:` folder (named by digest: the read takes them by
+# content); the ceiling is every blob fetched by parallel ranged curl to /dev/null.
 bench_oci() {
   install_serve_reader
   local mib=512 dest="$BENCH_DIR/oci-dest" blobs="$BENCH_DIR/oci-blobs" row f
@@ -850,20 +851,28 @@ bench_oci() {
   files=$(find "$data" -type f ! -name '.complete' | wc -l)
   WARM=("$RUN_DIR/registry-${REGISTRY_HOST##*:}/data")
   SERVE_TENSORS=1
+  command -v skopeo >/dev/null || { log "installing skopeo (Debian)"; apt_install skopeo; }
+  local skopeo_version
+  skopeo_version=$(skopeo --version | awk '{print $3}')
   local pull='import sys, oras.client
 oras.client.OrasClient(hostname=sys.argv[1], insecure=True).pull(target=sys.argv[2], outdir=sys.argv[3])'
   for run in $(seq 1 "$RUNS"); do
-    for row in $(rotated "$run" ml oras curl); do
+    for row in $(rotated "$run" ml oras skopeo curl); do
       case $row in
         ml) serve_row oci model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
               "$BIN" --progress none "oci://$REGISTRY_HOST/bench/model:v1" "$dest" ;;
         oras) serve_row oci "oras pull (Python)" "oras $ORAS_PY_VERSION, OrasClient.pull" "$run" "$bytes" "$files" -- \
               "$VENV/bin/python" -c "$pull" "$REGISTRY_HOST" "$REGISTRY_HOST/bench/model:v1" "$dest" ;;
+        skopeo) SERVE_READ_ARGS=--blobs serve_row oci skopeo "$skopeo_version, copy to dir: (blobs named by digest)" "$run" "$bytes" "$files" -- \
+              skopeo copy -q --src-tls-verify=false "docker://$REGISTRY_HOST/bench/model:v1" "dir:$dest" ;;
         curl) settle
               measure oci-load "ceiling: curl" "16 parallel 64 MiB ranges of the blobs to /dev/null" "$run" "$bytes" "$files" -- \
               bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling 'http://$REGISTRY_HOST/v2/bench/model/blobs' '$blobs' \$(cd '$blobs' && ls)" ;;
       esac
-      if [ "$row" != curl ]; then
+      if [ "$row" = skopeo ]; then
+        cmp -s "$dest/$(sha256sum "$data/model-00001-of-00002.safetensors" | cut -d' ' -f1)" \
+          "$data/model-00001-of-00002.safetensors" || { log "MISMATCH ($row)"; exit 1; }
+      elif [ "$row" != curl ]; then
         cmp -s "$dest/model-00001-of-00002.safetensors" "$data/model-00001-of-00002.safetensors" \
           || { log "MISMATCH ($row)"; exit 1; }
       fi
