@@ -1069,6 +1069,54 @@ fn a_modelkit_lands_with_its_kitfile() {
     assert_eq!(tree(&dest), want);
 }
 
+/// A Docker Model Runner model (`docker model push`, config v0.2: each file a layer of DMR's
+/// own media type with the ModelPack path annotation; a folder as `…dir.tar`), as
+/// docker/model-runner's `pkg/distribution/types/config.go` names them.
+#[test]
+fn a_docker_model_runner_model_lands_at_its_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = data(6, 300_000);
+    let license = b"Apache-2.0".to_vec();
+    let tokenizer = br#"{"model": {"type": "BPE"}}"#.to_vec();
+    let repo = unique("ai/dmr");
+    push_layers(
+        &format!("{repo}:v1"),
+        "application/vnd.docker.ai.model.config.v0.2+json",
+        &[
+            (
+                gguf.clone(),
+                "application/vnd.docker.ai.gguf.v3",
+                "org.cncf.model.filepath=model.gguf",
+            ),
+            (
+                license.clone(),
+                "application/vnd.docker.ai.license",
+                "org.cncf.model.filepath=LICENSE",
+            ),
+            (
+                tar_of(&[T::File("tokenizer/tokenizer.json", &tokenizer)]),
+                "application/vnd.docker.ai.dir.tar",
+                "org.cncf.model.filepath=tokenizer",
+            ),
+        ],
+        tmp.path(),
+    );
+    let dest = tmp.path().join("d");
+    let out = run(oci_loader(tmp.path(), "none", None)
+        .arg(format!("oci://{}/{repo}:v1", registry()))
+        .arg(&dest));
+    assert_eq!(out.status.code(), Some(0));
+    let want: BTreeMap<String, String> = [
+        ("model.gguf", sha256(&gguf)),
+        ("LICENSE", sha256(&license)),
+        ("tokenizer/tokenizer.json", sha256(&tokenizer)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(tree(&dest), want);
+}
+
 /// Credentials from a credential helper (`credHelpers`, and `credsStore` behind docker's empty
 /// entry): a `docker-credential-*` program on PATH, asked with the registry on stdin.
 #[test]
