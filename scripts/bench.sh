@@ -3,7 +3,7 @@
 # BENCHMARKS.md. Peers run alternately (A B A B …) on the same data, DEST dropped between runs;
 # medians, min–max, peak RSS (/usr/bin/time) and client CPU per GiB are reported.
 #
-#   ./scripts/bench.sh [--smoke] [--runs N] [serve] [s3] [kinds] [hf] [kserve] [fleet] [oci]
+#   ./scripts/bench.sh [--smoke] [--runs N] [serve|serve-s3|serve-hf] [s3] [kinds] [hf] [kserve] [fleet] [oci]
 #
 #   s3   model-loader vs s5cmd, rclone and `aws s3 cp` against s3s-fs on loopback: 4 × 1 GiB
 #        shards (with the ceiling: parallel ranged curl to /dev/null, and dd to the same disk),
@@ -686,13 +686,11 @@ gen_model() {
 # `hf download` on 2 × 512 MiB. Each load table also has the wire's ceiling (parallel ranged curl
 # to /dev/null): on loopback the server shares the client's cores, and no loader writing files
 # can beat what it can send.
-bench_serve() {
+bench_serve_s3() {
   install_s3_peers
   install_serve_reader
-  install_hf_transfer
-  ensure_nginx
-  local mib=1024 hf_mib=512 root="$BENCH_DIR/s3s-serve" dest="$BENCH_DIR/serve-dest"
-  [ "$SMOKE" = 1 ] && { mib=8; hf_mib=8; }
+  local mib=1024 root="$BENCH_DIR/s3s-serve" dest="$BENCH_DIR/serve-dest"
+  [ "$SMOKE" = 1 ] && mib=8
   local s5="$BENCH_VENV/bin/s5cmd" aws="$BENCH_VENV/bin/aws" n row
   SERVE_TENSORS=1
   start_s3s_fs bench benchsecret "$root"
@@ -732,6 +730,16 @@ bench_serve() {
     serve_report "serve-s3-$n" "s3:// — $n × $mib MiB safetensors shards, s3s-fs $S3S_FS_VERSION on loopback"
   done
   unset AWS_ENDPOINT_URL
+  SERVE_TENSORS=0
+}
+
+bench_serve_hf() {
+  install_serve_reader
+  install_hf_transfer
+  ensure_nginx
+  local hf_mib=512 dest="$BENCH_DIR/serve-dest" row
+  [ "$SMOKE" = 1 ] && hf_mib=8
+  SERVE_TENSORS=1
   local data="$BENCH_DIR/serve-hf-$hf_mib" cdn="$BENCH_DIR/serve-hf-cdn"
   gen_model "$data" 2 "$hf_mib"
   start_fake_hub "$data" "$cdn" serve
@@ -890,7 +898,9 @@ for s in "${SECTIONS[@]}"; do
     kinds) bench_kinds ;;
     hf) bench_hf ;;
     kserve) bench_kserve ;;
-    serve) bench_serve ;;
+    serve) bench_serve_s3; bench_serve_hf ;;
+    serve-s3) bench_serve_s3 ;;
+    serve-hf) bench_serve_hf ;;
     oci) bench_oci ;;
     *) log "unknown section $s"; exit 2 ;;
   esac
