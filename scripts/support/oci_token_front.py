@@ -22,6 +22,7 @@ GET /_stats: {"tokens": N, "denied": N, "blob_gets": N, "manifest_gets": N, "exp
 """
 import http.client
 import json
+import os
 import secrets
 import sys
 import threading
@@ -35,6 +36,10 @@ PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
 # on object storage redirect to it (distribution's S3 and GCS drivers).
 REDIRECT = sys.argv[7] if len(sys.argv) > 7 else ""
 BASIC = len(sys.argv) > 8 and sys.argv[8] == "basic"
+# FRONT_REALM=https-host: the challenges name the realm at https://<the request's Host>, for a
+# front reached through a TLS front under another name (a realm must be reachable the way the
+# registry is); else at this front's own plain address.
+REALM_HTTPS_HOST = os.environ.get("FRONT_REALM") == "https-host"
 PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
@@ -131,11 +136,11 @@ class Front(BaseHTTPRequestHandler):
         if not self.authorized():
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             repo = path[len("/v2/"):].rsplit("/", 2)[0] if path.startswith("/v2/") else ""
-            challenge = (f'Bearer realm="http://127.0.0.1:{PORT}/token",service="test-registry",'
+            realm = f"https://{self.headers['Host']}" if REALM_HTTPS_HOST else f"http://127.0.0.1:{PORT}"
+            challenge = (f'Bearer realm="{realm}/token",service="test-registry",'
                          f'scope="repository:{repo}:pull"')
             if BASIC:
-                challenge = f'Basic realm="http://127.0.0.1:{PORT}/",service="ecr.amazonaws.com"'
-
+                challenge = f'Basic realm="{realm}/",service="ecr.amazonaws.com"'
             return self.reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
                               [("WWW-Authenticate", challenge)])
         with LOCK:

@@ -100,21 +100,26 @@ impl Front {
     }
 
     /// A gate that takes `user`/`password`: by token, or with `basic` on every request as
-    /// ECR does.
+    /// ECR does; reached through a TLS front, whose name its token realm then carries.
     fn start_for(user: &str, password: &str, basic: bool) -> Front {
-        let mode = if basic { "basic" } else { "bearer" };
+        let mode = if basic { "basic-https" } else { "bearer-https" };
         Self::spawn(600.0, 600, [user, password, "", mode])
     }
 
     /// `[user, password, redirect origin or "", "basic" | "bearer"]`.
     fn spawn(expire_after_s: f64, announced_s: u64, spec: [&str; 4]) -> Front {
         let [user, password, redirect, mode] = spec;
+        let (mode, realm) = match mode.strip_suffix("-https") {
+            Some(m) => (m, "https-host"),
+            None => (mode, ""),
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut child = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
+            .env("FRONT_REALM", realm)
             .arg(script("oci_token_front.py"))
             .args([
                 port.to_string(),
@@ -1294,7 +1299,8 @@ fn resolving(names: &[&str], cmd: &Command, dir: &Path) -> Command {
 
 /// Amazon ECR: no auth file knows the registry, so its password comes from
 /// `GetAuthorizationToken` (moto's ECR API) signed with the AWS credential chain, asked for
-/// the account in the registry's name; the registry asks for Basic credentials as ECR does.
+/// the account in the registry's name; the registry (behind TLS under its real name) asks for
+/// Basic credentials as ECR does. Never sent to a registry whose certificate is not checked.
 #[test]
 fn an_ecr_registry_is_entered_with_a_token_from_the_aws_credential_chain() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1304,21 +1310,24 @@ fn an_ecr_registry_is_entered_with_a_token_from_the_aws_credential_chain() {
     // moto answers `AWS:<registry id>-auth-token` for the registry id asked.
     let account = "210987654321";
     let front = Front::start_for("AWS", &format!("{account}-auth-token"), true);
-    let port = front.host.rsplit(':').next().unwrap();
     let host = format!("{account}.dkr.ecr.us-west-2.amazonaws.com");
-    let url = format!("oci://{host}:{port}/{repo}:v1");
-    let ecr = |api: &str, dest: &str| {
+    let tls = nginx::tls_front_for(
+        tmp.path(),
+        &format!("http://{}", front.host),
+        &format!("DNS:{host}"),
+    );
+    let registry = format!("{host}:{}", tls.port);
+    let ecr = |api: &str, insecure: &str, dest: &str| {
         let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
         c.env("AWS_ENDPOINT_URL_ECR", api)
-            .env(
-                "MODEL_LOADER_OCI_INSECURE_REGISTRIES",
-                format!("{host}:{port}"),
-            )
-            .arg(&url)
+            .env("SSL_CERT_FILE", tls.root.join("ca.pem"))
+            .env("MODEL_LOADER_OCI_INSECURE_REGISTRIES", insecure)
+            .arg(format!("oci://{registry}/{repo}:v1"))
             .arg(tmp.path().join(dest));
-        resolving(&[&host], &c, tmp.path())
+        run(&mut resolving(&[&host], &c, tmp.path()))
     };
-    let out = run(&mut ecr(&s3_endpoint(), "d"));
+    // `*` is for the cluster's own registries: ECR's certificate is still checked.
+    let out = ecr(&s3_endpoint(), "*", "d");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&tmp.path().join("d")), want);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1334,8 +1343,14 @@ fn an_ecr_registry_is_entered_with_a_token_from_the_aws_credential_chain() {
     );
     assert_eq!(front.stats()["denied"], 0);
     assert!(front.blob_gets() >= 3);
+    // Named insecure: the pod's identity is not sent there, and the registry refuses (exit 3).
+    let out = ecr(&s3_endpoint(), &registry, "i");
+    let line = error_line(&out, 3);
+    assert!(line.contains("no credentials"), "{line}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("identity is not sent"));
+    assert_eq!(front.stats()["denied"], 0, "credentials went to it");
     // ECR's API out of reach: a network failure naming it (exit 5), nothing landed.
-    let out = run(&mut ecr("http://127.0.0.1:9", "e"));
+    let out = ecr("http://127.0.0.1:9", "", "e");
     let line = error_line(&out, 5);
     assert!(line.contains("ECR GetAuthorizationToken"), "{line}");
     assert!(!tmp.path().join("e/.model-loader/manifest.json").exists());
@@ -1367,16 +1382,17 @@ fn an_artifact_registry_is_entered_with_a_google_access_token() {
         .trim_start_matches("http://")
         .trim_end_matches("/token")
         .to_string();
-    let port = front.host.rsplit(':').next().unwrap();
     let host = "us-docker.pkg.dev";
+    let tls = nginx::tls_front_for(
+        tmp.path(),
+        &format!("http://{}", front.host),
+        &format!("DNS:{host}"),
+    );
     let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
     c.env("GCE_METADATA_HOST", &mds)
         .env("GCE_METADATA_IP", &mds)
-        .env(
-            "MODEL_LOADER_OCI_INSECURE_REGISTRIES",
-            format!("{host}:{port}"),
-        )
-        .arg(format!("oci://{host}:{port}/{repo}:v1"))
+        .env("SSL_CERT_FILE", tls.root.join("ca.pem"))
+        .arg(format!("oci://{host}:{}/{repo}:v1", tls.port))
         .arg(tmp.path().join("d"));
     let out = run(&mut resolving(&[host], &c, tmp.path()));
     assert_eq!(out.status.code(), Some(0));

@@ -17,6 +17,9 @@ const DOCKER_HUB_KEYS: [&str; 4] = [
     "registry-1.docker.io",
 ];
 
+/// How long a `docker-credential-*` helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A user and secret for one registry, and where they were found.
 #[derive(Clone)]
 pub struct Credentials {
@@ -100,8 +103,9 @@ pub fn auth_files() -> Vec<PathBuf> {
     out
 }
 
-/// The credentials for `registry` (`host[:port]`), from the first auth file that has them.
-pub fn find(registry: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
+/// The credentials for `repository` on `registry` (`host[:port]`), from the first auth file
+/// that has them.
+pub fn find(registry: &str, repository: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
     for path in files {
         let text = match std::fs::read(path) {
             Ok(t) => t,
@@ -118,14 +122,19 @@ pub fn find(registry: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
                 e.column()
             ))
         })?;
-        if let Some(c) = from_config(&cfg, registry, path)? {
+        if let Some(c) = from_config(&cfg, registry, repository, path)? {
             return Ok(Some(c));
         }
     }
     Ok(None)
 }
 
-fn from_config(cfg: &ConfigFile, registry: &str, path: &Path) -> Result<Option<Credentials>> {
+fn from_config(
+    cfg: &ConfigFile,
+    registry: &str,
+    repository: &str,
+    path: &Path,
+) -> Result<Option<Credentials>> {
     let keys = keys_for(registry);
     // Helpers key Docker Hub by its old index URL, as `docker login` stores it.
     let helper_key = if keys.len() > 1 {
@@ -137,12 +146,15 @@ fn from_config(cfg: &ConfigFile, registry: &str, path: &Path) -> Result<Option<C
         return helper_get(helper, helper_key).map(|c| c.filter(|c| !c.secret.is_empty()));
     }
     // With a credential store, `docker login` leaves an empty entry here: the store has it.
+    // The most specific entry wins (podman keys `host/namespace` too), then the first key in
+    // order: never the hash map's order, which changes from run to run.
     let entry = cfg
         .auths
         .iter()
         .filter(|(_, v)| !v.is_empty())
-        .find(|(k, _)| keys.contains(&normalize(k)))
-        .map(|(_, v)| v);
+        .filter_map(|(k, v)| specificity(k, &keys, repository).map(|n| (n, k, v)))
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, _, v)| v);
     match entry {
         Some(e) => decode_entry(e, registry, path).map(Some),
         None => match &cfg.creds_store {
@@ -160,6 +172,28 @@ fn keys_for(registry: &str) -> Vec<String> {
     } else {
         vec![registry.to_string()]
     }
+}
+
+/// How specifically the auth key `key` names `repository` on one of `hosts`: 0 for the host
+/// alone (`reg`, `https://reg/v1/`), the namespace's length for `reg/ns` (containers-auth.json:
+/// a key applies to its namespace and everything below), `None` when it does not apply.
+fn specificity(key: &str, hosts: &[String], repository: &str) -> Option<usize> {
+    let k = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let (host, path) = k.split_once('/').unwrap_or((k, ""));
+    if !hosts.contains(&host.to_ascii_lowercase()) {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    if path.is_empty() || path == "v1" || path == "v2" {
+        return Some(0);
+    }
+    let below = repository
+        .strip_prefix(path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    below.then_some(path.len())
 }
 
 /// `https://host:port/v1/` → `host:port` (docker writes keys with a scheme and a path).
@@ -249,6 +283,23 @@ fn helper_get(name: &str, registry: &str) -> Result<Option<Credentials>> {
         // A helper that exits early closes its stdin; its exit status then says what happened.
         let _ = stdin.write_all(registry.as_bytes());
     }
+    // A helper that hangs (a keychain waiting for a prompt no one sees) must not hang the pod.
+    let started = std::time::Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > HELPER_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::new(
+                Kind::Denied,
+                format!(
+                    "{program} get did not answer within {} s: fix the helper, or put the \
+                     credentials in the auth file itself",
+                    HELPER_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let out = child
         .wait_with_output()
         .map_err(|e| Error::new(Kind::Denied, format!("{program} get failed")).with_source(e))?;
@@ -334,6 +385,32 @@ mod tests {
         p
     }
 
+    /// containers-auth.json: `host/namespace` keys apply to their namespace and below, the
+    /// most specific wins, and `host` and `https://host` are one key, chosen the same way on
+    /// every run.
+    #[test]
+    fn the_most_specific_auth_entry_wins_on_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "auth.json",
+            r#"{"auths": {"quay.io": {"username": "any", "password": "1"},
+                "quay.io/orga": {"username": "a", "password": "2"},
+                "quay.io/orgb/team": {"username": "b", "password": "3"},
+                "https://reg.io": {"username": "first", "password": "4"},
+                "reg.io": {"username": "second", "password": "5"}}}"#,
+        );
+        let files = [file];
+        let user = |reg: &str, repo: &str| find(reg, repo, &files).unwrap().unwrap().user;
+        for _ in 0..20 {
+            assert_eq!(user("quay.io", "orga/model"), "a");
+            assert_eq!(user("quay.io", "orgb/team/m"), "b");
+            assert_eq!(user("quay.io", "orgb/other"), "any");
+            assert_eq!(user("quay.io", "orgabc/m"), "any");
+            assert_eq!(user("reg.io", "m"), "first");
+        }
+    }
+
     #[test]
     fn credentials_come_from_the_first_file_that_knows_the_registry() {
         let dir = tempfile::tempdir().unwrap();
@@ -360,19 +437,25 @@ mod tests {
             ),
         );
         let files = [dir.path().join("missing.json"), kserve, docker];
-        let c = find("reg.example:5000", &files).unwrap().unwrap();
+        let c = find("reg.example:5000", "m", &files).unwrap().unwrap();
         assert_eq!((c.user.as_str(), c.secret.as_str()), ("alice", "s3cr:et"));
         assert!(c.source.contains("config.json"));
         assert!(!format!("{c:?}").contains("s3cr"), "Debug hides the secret");
-        assert_eq!(find("other.io", &files).unwrap().unwrap().user, "o");
+        assert_eq!(find("other.io", "m", &files).unwrap().unwrap().user, "o");
         assert_eq!(
-            find("registry-1.docker.io", &files).unwrap().unwrap().user,
+            find("registry-1.docker.io", "library/x", &files)
+                .unwrap()
+                .unwrap()
+                .user,
             "hub"
         );
-        assert_eq!(find("podman.io", &files).unwrap().unwrap().secret, "p2");
-        let id = find("id.io", &files).unwrap().unwrap();
+        assert_eq!(
+            find("podman.io", "m", &files).unwrap().unwrap().secret,
+            "p2"
+        );
+        let id = find("id.io", "m", &files).unwrap().unwrap();
         assert!(id.identity_token && id.secret == "refresh");
-        assert!(find("nowhere.io", &files).unwrap().is_none());
+        assert!(find("nowhere.io", "m", &files).unwrap().is_none());
         assert_eq!(c.basic_header(), format!("Basic {}", b64("alice:s3cr:et")));
     }
 
@@ -384,7 +467,7 @@ mod tests {
             "c.json",
             r#"{"auths": {"r.io": {"auth": "hunter2 not base64"}}}"#,
         );
-        let e = find("r.io", std::slice::from_ref(&p)).unwrap_err();
+        let e = find("r.io", "m", std::slice::from_ref(&p)).unwrap_err();
         assert!(e.message().contains("not base64"), "{e}");
         assert!(!e.message().contains("hunter2"));
         let p = write(
@@ -392,7 +475,7 @@ mod tests {
             "d.json",
             r#"{"auths": {"r.io": {"auth": "hunter2"#,
         );
-        let e = find("r.io", &[p]).unwrap_err();
+        let e = find("r.io", "m", &[p]).unwrap_err();
         assert!(e.message().contains("not valid JSON"), "{e}");
         assert!(!e.message().contains("hunter2"));
     }
@@ -405,14 +488,14 @@ mod tests {
             "c.json",
             r#"{"auths": {"ghcr.io": {}}, "credsStore": "nonexistent-store"}"#,
         );
-        let e = find("ghcr.io", &[p]).unwrap_err();
+        let e = find("ghcr.io", "m", &[p]).unwrap_err();
         assert!(
             e.message().contains("docker-credential-nonexistent-store"),
             "{e}"
         );
         let p = write(dir.path(), "d.json", r#"{"auths": {"ghcr.io": {}}}"#);
         assert!(
-            find("ghcr.io", &[p]).unwrap().is_none(),
+            find("ghcr.io", "m", &[p]).unwrap().is_none(),
             "no store: anonymous"
         );
     }
@@ -425,7 +508,7 @@ mod tests {
             "c.json",
             r#"{"credHelpers": {"r.io": "nonexistent-xyz"}}"#,
         );
-        let e = find("r.io", &[p]).unwrap_err();
+        let e = find("r.io", "m", &[p]).unwrap_err();
         assert_eq!(e.kind(), Kind::Denied);
         assert!(
             e.message().contains("docker-credential-nonexistent-xyz"),

@@ -76,12 +76,7 @@ fn ecr_dotted(account: &str, rest: &str, china: bool) -> Option<Cloud> {
         None => (false, after),
     };
     let region = after.strip_prefix('.')?;
-    let valid = !region.is_empty()
-        && !region.contains('.')
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    valid.then(|| Cloud::Ecr {
+    is_region(region).then(|| Cloud::Ecr {
         account: account.to_string(),
         region: region.to_string(),
         fips,
@@ -89,33 +84,105 @@ fn ecr_dotted(account: &str, rest: &str, china: bool) -> Option<Cloud> {
     })
 }
 
-/// The credentials the registry's cloud gives this process, or `None` when it has no
-/// identity there (the registry then says what it needs).
-pub async fn credentials(
-    cloud: &Cloud,
-    opts: &ClientOptions,
-    reporter: &dyn Reporter,
-) -> Result<Option<Credentials>> {
-    match cloud {
-        Cloud::Google => google(reporter).await,
-        Cloud::Ecr {
-            account,
-            region,
-            fips,
-            china,
-        } => {
-            let api = ecr_api(region, *fips, *china);
-            ecr_token(account, region, &api, opts, reporter).await
+/// An AWS region name: letters, then `-word`s, then `-digits` (`us-east-1`, `us-gov-west-1`,
+/// `eu-isoe-west-1`): nothing else under `amazonaws.com` (an S3 website's
+/// `s3-website-us-east-1`) passes for one.
+fn is_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    parts.len() >= 3
+        && first.len() == 2
+        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && parts[1..parts.len() - 1]
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Where a cloud registry's password comes from, kept for the run so that it can be minted
+/// again: a registry token renewed after the Google access token or ECR's 12-hour password
+/// expired needs a fresh one.
+pub struct Minter {
+    how: How,
+    opts: ClientOptions,
+}
+
+enum How {
+    Google(crate::remote::gcs_auth::Auth),
+    Ecr {
+        account: String,
+        region: String,
+        api: String,
+        signer: crate::remote::s3::auth::Signer,
+    },
+}
+
+impl Minter {
+    /// The identity this process has in the registry's cloud, or `None` when it has none
+    /// (the registry then says what it needs).
+    pub async fn find(
+        cloud: &Cloud,
+        opts: &ClientOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<Minter>> {
+        let how = match cloud {
+            Cloud::Google => {
+                let auth = crate::remote::gcs_auth::discover(false, GOOGLE_SCOPE, reporter).await?;
+                if matches!(auth, crate::remote::gcs_auth::Auth::Anonymous) {
+                    return Ok(None);
+                }
+                How::Google(auth)
+            }
+            Cloud::Ecr {
+                account,
+                region,
+                fips,
+                china,
+            } => {
+                let api = ecr_api(region, *fips, *china);
+                let target = format!("ECR API at {}", crate::redact::userinfo(&api));
+                let signer =
+                    crate::remote::s3::auth::aws_signer(region, ("oci", &target), reporter).await?;
+                if matches!(signer, crate::remote::s3::auth::Signer::Anonymous) {
+                    return Ok(None);
+                }
+                How::Ecr {
+                    account: account.clone(),
+                    region: region.clone(),
+                    api,
+                    signer,
+                }
+            }
+        };
+        Ok(Some(Minter {
+            how,
+            opts: opts.clone(),
+        }))
+    }
+
+    /// A password now: the Google access token (cached and refreshed by google-cloud-auth),
+    /// or ECR's `GetAuthorizationToken`.
+    pub async fn mint(&self) -> Result<Credentials> {
+        match &self.how {
+            How::Google(auth) => google(auth).await,
+            How::Ecr {
+                account,
+                region,
+                api,
+                signer,
+            } => ecr_token(account, region, api, signer, &self.opts).await,
         }
     }
 }
 
-/// ECR's API endpoint for `region`, or the one `AWS_ENDPOINT_URL_ECR` / `AWS_ENDPOINT_URL`
-/// name (the SDKs' service endpoint variables: VPC endpoints, tests).
+/// ECR's API endpoint for `region`, or the one `AWS_ENDPOINT_URL_ECR` names (the SDKs'
+/// per-service variable: a VPC endpoint, tests). Not the generic `AWS_ENDPOINT_URL`: KServe
+/// and MinIO setups point that at their S3 server.
 fn ecr_api(region: &str, fips: bool, china: bool) -> String {
-    if let Some(url) =
-        crate::env::var("AWS_ENDPOINT_URL_ECR").or_else(|| crate::env::var("AWS_ENDPOINT_URL"))
-    {
+    if let Some(url) = crate::env::var("AWS_ENDPOINT_URL_ECR") {
         return url.trim_end_matches('/').to_string();
     }
     let service = if fips { "ecr-fips" } else { "ecr" };
@@ -145,16 +212,21 @@ async fn ecr_token(
     account: &str,
     region: &str,
     api: &str,
+    signer: &crate::remote::s3::auth::Signer,
     opts: &ClientOptions,
-    reporter: &dyn Reporter,
-) -> Result<Option<Credentials>> {
-    let target = format!("ECR API at {api}");
-    let signer = crate::remote::s3::auth::aws_signer(region, ("oci", &target), reporter).await?;
+) -> Result<Credentials> {
+    let shown = crate::redact::userinfo(api);
     let Some(creds) = signer.credentials().await? else {
-        return Ok(None);
+        return Err(Error::new(
+            Kind::Denied,
+            format!(
+                "ECR GetAuthorizationToken for account {account} ({shown}): no AWS credentials"
+            ),
+        ));
     };
     let key = crate::redact::secret(creds.access_key_id(), 4);
-    let what = format!("ECR GetAuthorizationToken for account {account} ({api}, access key {key})");
+    let what =
+        format!("ECR GetAuthorizationToken for account {account} ({shown}, access key {key})");
     let body = serde_json::json!({ "registryIds": [account] }).to_string();
     let url = format!("{api}/");
     let content_type = "application/x-amz-json-1.1";
@@ -207,12 +279,12 @@ async fn ecr_token(
             format!("{what}: the reply holds no user:password token"),
         ));
     };
-    Ok(Some(Credentials {
+    Ok(Credentials {
         user: user.to_string(),
         secret: secret.to_string(),
         identity_token: false,
         source: what,
-    }))
+    })
 }
 
 /// A refusal is exit 3 with what the role needs; throttling and server errors are transient.
@@ -246,23 +318,25 @@ fn ecr_error(status: reqwest::StatusCode, text: &str, what: &str) -> Error {
 
 /// An access token from Google's credentials (a key file, gcloud's, or the metadata server:
 /// GKE Workload Identity) as the password of `oauth2accesstoken`.
-async fn google(reporter: &dyn Reporter) -> Result<Option<Credentials>> {
-    let auth = crate::remote::gcs_auth::discover(false, GOOGLE_SCOPE, reporter).await?;
+async fn google(auth: &crate::remote::gcs_auth::Auth) -> Result<Credentials> {
     let what = auth.describe();
     let headers = auth.headers().await?;
-    let Some(token) = headers
+    let token = headers
         .get(reqwest::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Credentials {
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Denied,
+                format!("{what} gave no access token for the registry"),
+            )
+        })?;
+    Ok(Credentials {
         user: "oauth2accesstoken".into(),
         secret: token.to_string(),
         identity_token: false,
         source: format!("Google credentials ({what})"),
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -294,6 +368,10 @@ mod tests {
             ecr_of(a, "cn-north-1", false, true)
         );
         assert_eq!(
+            classify("123456789012.dkr.ecr.eu-isoe-west-1.amazonaws.com"),
+            ecr_of(a, "eu-isoe-west-1", false, false)
+        );
+        assert_eq!(
             classify("123456789012.dkr-ecr.eu-west-1.on.aws"),
             ecr_of(a, "eu-west-1", false, false)
         );
@@ -314,6 +392,9 @@ mod tests {
             "12345678901.dkr.ecr.us-east-1.amazonaws.com",
             "123456789012.dkr.ecr.amazonaws.com",
             "123456789012.dkr.ecr.us.east.amazonaws.com",
+            "123456789012.dkr.ecr.s3-website-us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.useast1.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-x.amazonaws.com",
             "123456789012.s3.us-east-1.amazonaws.com",
             "evil-gcr.io",
             "pkg.dev",

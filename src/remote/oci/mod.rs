@@ -33,6 +33,8 @@ use auth::{Challenge, Credentials};
 const MAX_MANIFEST: usize = 4 << 20;
 /// Redirects followed for one request (registry → storage, storage → CDN).
 const MAX_REDIRECTS: usize = 5;
+/// A cloud registry's password is minted again at a renewal past this age.
+const REMINT_AFTER: Duration = Duration::from_secs(60);
 /// A token is renewed this long before the registry would refuse it.
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 
@@ -41,11 +43,18 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 const INSECURE_VAR: &str = "MODEL_LOADER_OCI_INSECURE_REGISTRIES";
 
 pub struct Oci {
+    /// For the registry's own origin: certificates unchecked when it is listed insecure.
+    registry_client: reqwest::Client,
+    /// For every other origin (token realms, the storage blobs are redirected to): always
+    /// checked, whatever the registry is allowed.
     client: reqwest::Client,
     /// `http(s)://registry`.
     base: Url,
     url: OciUrl,
-    creds: Option<Credentials>,
+    creds: Mutex<Option<Credentials>>,
+    /// A cloud registry's password source, and when it last minted one.
+    /// Boxed: rarely there, and large (a credential provider and its cache).
+    minter: Option<Box<(cloud::Minter, Mutex<Instant>)>>,
     /// Where credentials were looked for, for hints.
     looked_in: String,
     auth: Mutex<Auth>,
@@ -97,31 +106,31 @@ impl Oci {
         reporter: &dyn Reporter,
     ) -> Result<Self> {
         let insecure = plain_http_allowed(url);
+        let client = http::client(opts)?;
         // As docker does for its insecure registries: their certificates are not checked.
-        let client = http::client(&ClientOptions {
+        let registry_client = http::client(&ClientOptions {
             accept_invalid_certs: opts.accept_invalid_certs || insecure,
             ..opts.clone()
         })?;
-        let base = base_url(&client, url, insecure).await?;
-        let registry = url.registry.clone();
+        let base = base_url(&registry_client, url, insecure).await?;
         let files = auth::auth_files();
         let looked_in = files
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let (registry, repository) = (url.registry.clone(), url.repository.clone());
         // Credential helpers are programs: run off the async threads.
         let lookup = files.clone();
-        let creds = tokio::task::spawn_blocking(move || auth::find(&registry, &lookup))
-            .await
-            .map_err(|e| {
-                Error::new(Kind::Internal, "the credential lookup failed").with_source(e)
-            })??;
-        // A cloud's own registry takes the identity the loader has there, unless an auth
-        // file knows it (docker login, a pull secret).
-        let creds = match (creds, cloud::classify(&url.registry)) {
-            (None, Some(c)) => cloud::credentials(&c, opts, reporter).await?,
-            (found, _) => found,
+        let creds =
+            tokio::task::spawn_blocking(move || auth::find(&registry, &repository, &lookup))
+                .await
+                .map_err(|e| {
+                    Error::new(Kind::Internal, "the credential lookup failed").with_source(e)
+                })??;
+        let (creds, minter) = match creds {
+            Some(c) => (Some(c), None),
+            None => cloud_credentials(url, &base, insecure, opts, reporter).await?,
         };
         match &creds {
             Some(c) => reporter.info(&format!(
@@ -142,10 +151,12 @@ impl Oci {
             )),
         }
         Ok(Oci {
+            registry_client,
             client,
             base,
             url: url.clone(),
-            creds,
+            creds: Mutex::new(creds),
+            minter: minter.map(|m| Box::new((m, Mutex::new(Instant::now())))),
             looked_in,
             auth: Mutex::new(Auth::None),
             renewing: tokio::sync::Mutex::new(()),
@@ -153,6 +164,26 @@ impl Oci {
             push,
             pushed: Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    fn creds(&self) -> Option<Credentials> {
+        self.creds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A cloud registry's password minted again when the last is a minute old: a renewal
+    /// comes when a registry token expired or was refused, and the password behind it may
+    /// have expired too (a Google access token lasts an hour, ECR's twelve).
+    async fn remint_if_due(&self) -> Result<()> {
+        let Some((minter, minted)) = self.minter.as_deref() else {
+            return Ok(());
+        };
+        if minted.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < REMINT_AFTER {
+            return Ok(());
+        }
+        let fresh = minter.mint().await?;
+        *self.creds.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        *minted.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        Ok(())
     }
 
     /// The repository as the registry's API names it: Docker Hub's official images live
@@ -179,7 +210,7 @@ impl Oci {
     fn auth_header(&self) -> Option<String> {
         match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
             Auth::None => None,
-            Auth::Basic => self.creds.as_ref().map(Credentials::basic_header),
+            Auth::Basic => self.creds().as_ref().map(Credentials::basic_header),
             Auth::Bearer { token, .. } => Some(format!("Bearer {token}")),
         }
     }
@@ -207,10 +238,14 @@ impl Oci {
         if ours {
             self.renew_if_due(what).await?;
         }
+        let client = if ours {
+            &self.registry_client
+        } else {
+            &self.client
+        };
         for attempt in 0..2 {
             let sent = self.auth_header().filter(|_| ours);
-            let mut req = self
-                .client
+            let mut req = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(a) = &sent {
@@ -273,9 +308,10 @@ impl Oci {
         if self.auth_header() != sent {
             return Ok(());
         }
+        self.remint_if_due().await?;
         let next = match challenge {
             Challenge::Basic => {
-                if self.creds.is_none() {
+                if self.creds().is_none() {
                     return Err(self.denied(what, "it asks for a user and password"));
                 }
                 Auth::Basic
@@ -313,23 +349,34 @@ impl Oci {
             )
             .with_source(e)
         })?;
-        // Credentials never go in clear text to a realm of a registry reached over TLS.
-        if realm_url.scheme() != "https" && self.base.scheme() == "https" && self.creds.is_some() {
+        let creds = self.creds();
+        // Credentials go in clear text only where plain HTTP was allowed: to a realm on the
+        // plain-HTTP registry's own host, or one itself loopback or listed insecure.
+        let same_host = realm_url.host_str() == self.base.host_str();
+        let clear_ok = self.base.scheme() == "http"
+            && (same_host || realm_url.host_str().is_some_and(host_may_be_plain));
+        if realm_url.scheme() != "https" && creds.is_some() && !clear_ok {
             return Err(Error::new(
                 Kind::Denied,
                 format!(
                     "{what}: the registry sends credentials to a token service over plain HTTP \
-                     ({}); refused: fix the registry's token realm",
+                     ({}); refused: fix the registry's token realm, or list that host in {INSECURE_VAR}",
                     origin(realm)
                 ),
             ));
         }
+        // The realm is checked like any other origin unless it is the registry's own.
+        let client = if realm_url.origin() == self.base.origin() {
+            &self.registry_client
+        } else {
+            &self.client
+        };
         let scope = format!(
             "repository:{}:{}",
             self.repository(),
             if self.push { "pull,push" } else { "pull" }
         );
-        let req = match &self.creds {
+        let req = match &creds {
             Some(c) if c.identity_token => {
                 let mut form = vec![
                     ("grant_type", "refresh_token"),
@@ -340,7 +387,7 @@ impl Oci {
                 if let Some(s) = service {
                     form.push(("service", s));
                 }
-                self.client.post(realm_url).form(&form)
+                client.post(realm_url).form(&form)
             }
             creds => {
                 {
@@ -350,7 +397,7 @@ impl Oci {
                     }
                     q.append_pair("scope", &scope);
                 }
-                let req = self.client.get(realm_url);
+                let req = client.get(realm_url);
                 match creds {
                     Some(c) => req.header(AUTHORIZATION, c.basic_header()),
                     None => req,
@@ -384,7 +431,7 @@ impl Oci {
     /// Denied: which credentials were refused (never the secret), or where none were found.
     fn denied(&self, what: &str, why: &str) -> Error {
         let remedy =
-            match &self.creds {
+            match &self.creds() {
                 Some(c) => format!(
                 "{why} the credentials of user {:?} from {}: check them (docker login {}), and \
                  that they may {} {}",
@@ -455,18 +502,70 @@ fn origin(u: &str) -> String {
 }
 
 /// Loopback registries, the ones listed in [`INSECURE_VAR`], and all when KServe says its
-/// registry is insecure (`KSERVE_OCI_INSECURE_REGISTRY=true`).
+/// registry is insecure (`KSERVE_OCI_INSECURE_REGISTRY=true`) — but a cloud's registry
+/// (ECR, Artifact Registry) only when named: `*` is for the cluster's own registries, and a
+/// cloud registry is never reached without its certificate checked by accident.
 fn plain_http_allowed(url: &OciUrl) -> bool {
     let host = url.host();
-    let loopback = is_loopback(host);
-    let listed = crate::env::var(INSECURE_VAR).is_some_and(|v| {
-        v.split(',').map(str::trim).any(|h| {
-            h == "*" || h.eq_ignore_ascii_case(&url.registry) || h.eq_ignore_ascii_case(host)
-        })
-    });
+    let named =
+        listed_insecure(|h| h.eq_ignore_ascii_case(&url.registry) || h.eq_ignore_ascii_case(host));
+    if cloud::classify(&url.registry).is_some() {
+        return named;
+    }
     let kserve = crate::env::var("KSERVE_OCI_INSECURE_REGISTRY")
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    loopback || listed || kserve
+    is_loopback(host) || named || listed_insecure(|h| h == "*") || kserve
+}
+
+/// Whether an entry of [`INSECURE_VAR`] passes `matches`.
+fn listed_insecure(matches: impl Fn(&str) -> bool) -> bool {
+    crate::env::var(INSECURE_VAR).is_some_and(|v| v.split(',').map(str::trim).any(&matches))
+}
+
+/// A host other than the registry (a token realm) that may be spoken to in clear text:
+/// loopback, or named in [`INSECURE_VAR`] (not by `*`).
+fn host_may_be_plain(host: &str) -> bool {
+    is_loopback(host.trim_start_matches('[').trim_end_matches(']'))
+        || listed_insecure(|h| {
+            h.eq_ignore_ascii_case(host)
+                || h.rsplit_once(':')
+                    .is_some_and(|(n, _)| n.eq_ignore_ascii_case(host))
+        })
+}
+
+/// The password a cloud registry (ECR, Artifact Registry) takes, from the identity this
+/// process has in that cloud, when no auth file knew it; never for a registry reached
+/// without a checked certificate, and anonymous (with a warning) when that identity is
+/// refused: a public repository needs none.
+async fn cloud_credentials(
+    url: &OciUrl,
+    base: &Url,
+    insecure: bool,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
+) -> Result<(Option<Credentials>, Option<cloud::Minter>)> {
+    let Some(c) = cloud::classify(&url.registry) else {
+        return Ok((None, None));
+    };
+    if insecure || base.scheme() != "https" || opts.accept_invalid_certs {
+        reporter.warn(&format!(
+            "oci: {} is reached without a checked certificate ({INSECURE_VAR}): the pod's cloud \
+             identity is not sent to it; anonymous",
+            url.registry
+        ));
+        return Ok((None, None));
+    }
+    let Some(minter) = cloud::Minter::find(&c, opts, reporter).await? else {
+        return Ok((None, None));
+    };
+    match minter.mint().await {
+        Ok(creds) => Ok((Some(creds), Some(minter))),
+        Err(e) if e.kind() == Kind::Denied => {
+            reporter.warn(&format!("oci: {e}; going on anonymous"));
+            Ok((None, None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl Oci {

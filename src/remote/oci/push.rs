@@ -216,7 +216,8 @@ impl Oci {
     async fn push_chunked(&self, digest: &str, blob: Blob<'_>, what: &str) -> Result<()> {
         let (mut session, min) = self.open_upload(what).await?;
         let floor = MIN_CHUNK.max(min);
-        let mut chunk = (blob.len() / 2).clamp(floor, MAX_CHUNK);
+        // The registry's minimum wins over our maximum (clamp would panic on it).
+        let mut chunk = (blob.len() / 2).min(MAX_CHUNK).max(floor);
         let mut at = 0;
         while at < blob.len() {
             let n = chunk.min(blob.len() - at);

@@ -71,9 +71,15 @@ fn nginx() -> String {
 /// A TLS front for `upstream` (plain http) at `https://127.0.0.1:PORT`, with a certificate for
 /// 127.0.0.1 signed by a CA of its own (`ca.pem` in its root; the `openssl` command makes both).
 pub fn tls_front(dir: &Path, upstream: &str) -> Nginx {
+    tls_front_for(dir, upstream, "IP:127.0.0.1")
+}
+
+/// [`tls_front`] with a certificate for `san` (`DNS:name,IP:…`): a real service's name that
+/// the test sends to loopback.
+pub fn tls_front_for(dir: &Path, upstream: &str, san: &str) -> Nginx {
     let upstream = upstream.trim_end_matches('/').to_string();
     Nginx::start(dir, |port, root| {
-        make_certificates(root);
+        make_certificates(root, san);
         format!(
             r#"  server {{
     listen 127.0.0.1:{port} ssl;
@@ -92,9 +98,9 @@ pub fn tls_front(dir: &Path, upstream: &str) -> Nginx {
     })
 }
 
-/// `ca.pem`/`ca.key` and a `server.pem`/`server.key` for IP 127.0.0.1 signed by it: rustls
-/// refuses a self-signed leaf as its own trust anchor, so the chain has two links.
-fn make_certificates(root: &Path) {
+/// `ca.pem`/`ca.key` and a `server.pem`/`server.key` for `san` signed by it: rustls refuses a
+/// self-signed leaf as its own trust anchor, so the chain has two links.
+fn make_certificates(root: &Path, san: &str) {
     let sh = format!(
         r#"set -e
 cd '{root}'
@@ -102,7 +108,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=model-loader-test-ca -keyout ca.key -out ca.pem 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
   -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf
+printf 'subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
   -extfile ext.cnf -out server.pem 2>/dev/null
 "#,
