@@ -618,7 +618,7 @@ async fn fetch_chunk(
         };
         // A member of an archive layer is copied from where it was unpacked.
         let fetch = async {
-            match super::unpack::staged_name(&job.plan.file.key) {
+            match job.plan.file.staged.as_deref() {
                 Some(name) => super::unpack::read_staged(&ctx.state, name, want),
                 None => ctx.source.fetch(&job.plan.file, want).await,
             }

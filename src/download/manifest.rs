@@ -202,6 +202,7 @@ mod tests {
             archived: None,
             stored_gzip: false,
             archive: None,
+            staged: None,
         };
         (RelPath::new(path).unwrap(), f)
     }

@@ -313,6 +313,7 @@ mod tests {
                 archived: None,
                 stored_gzip: false,
                 archive: None,
+                staged: None,
             },
         )
     }
@@ -619,7 +620,7 @@ mod prop {
             let end = start.saturating_add(len);
             let fp = FilePlan {
                 path: RelPath::new("f").unwrap(),
-                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None, archived: None, stored_gzip: false, archive: None },
+                file: RemoteFile { path: "f".into(), key: "f".into(), size: end, checksum: None, version: None, archived: None, stored_gzip: false, archive: None, staged: None },
                 missing: vec![ByteRange { start, end }],
                 chunk_size: chunk,
                 resume: false,
@@ -643,7 +644,7 @@ mod prop {
         fn a_reread_is_damaged_elsewhere(size in 2u64..1_000_000, chunk in 2u64..100_000, k in any::<u64>(), period_log in 1u32..21) {
             let mut fp = FilePlan {
                 path: RelPath::new("f").unwrap(),
-                file: RemoteFile { path: "f".into(), key: "f".into(), size, checksum: None, version: None, archived: None, stored_gzip: false, archive: None },
+                file: RemoteFile { path: "f".into(), key: "f".into(), size, checksum: None, version: None, archived: None, stored_gzip: false, archive: None, staged: None },
                 missing: vec![ByteRange { start: 0, end: size }],
                 chunk_size: chunk,
                 resume: false,

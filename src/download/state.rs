@@ -847,6 +847,7 @@ mod tests {
             archived: None,
             stored_gzip: false,
             archive: None,
+            staged: None,
         }
     }
 

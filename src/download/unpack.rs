@@ -34,8 +34,6 @@ use crate::remote::body::FileRange;
 use crate::remote::{AnySource, ByteRange, Checksum, Fetched, RemoteFile, Source};
 use crate::retry::{retrying, RetryPolicy};
 
-/// Key prefix of a member: the engine reads it from the staged file, not from the source.
-pub const STAGED: &str = "staged:";
 const UNPACKED: &str = "unpacked";
 /// The format of the index and of each layer's entries: another is not trusted.
 const FORMAT: u32 = 1;
@@ -91,7 +89,7 @@ pub async fn ensure_staged(cx: &Ctx<'_>, fetch: &[FilePlan], layers: &[RemoteFil
     let mut fresh_layers: std::collections::HashMap<String, bool> = Default::default();
     let mut stale = BTreeSet::new();
     for f in fetch {
-        let Some(name) = staged_name(&f.file.key) else {
+        let Some(name) = f.file.staged.as_deref() else {
             continue;
         };
         let Some(hex) = name.split('/').nth(1) else {
@@ -126,11 +124,6 @@ pub async fn ensure_staged(cx: &Ctx<'_>, fetch: &[FilePlan], layers: &[RemoteFil
         stage_retried(cx, layer).await?;
     }
     Ok(())
-}
-
-/// The staged file a member's key names, if it is one.
-pub fn staged_name(key: &str) -> Option<&str> {
-    key.strip_prefix(STAGED)
 }
 
 /// `range` of a staged member, as a fetch reply.
@@ -182,7 +175,7 @@ fn remote_file(m: Member) -> RemoteFile {
     let _ = hex::decode_to_slice(&m.sha256, &mut sha);
     RemoteFile {
         path: m.path,
-        key: format!("{STAGED}{}", m.staged),
+        key: m.staged.clone(),
         size: m.size,
         checksum: Some(Checksum::Sha256(sha)),
         // Content-addressed: the same file in another build of the image is up to date.
@@ -190,6 +183,7 @@ fn remote_file(m: Member) -> RemoteFile {
         archived: None,
         stored_gzip: false,
         archive: None,
+        staged: Some(m.staged),
     }
 }
 

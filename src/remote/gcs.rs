@@ -228,6 +228,7 @@ impl Gcs {
                 .content_encoding
                 .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip")),
             archive: None,
+            staged: None,
         })
     }
 

@@ -416,6 +416,7 @@ impl Hf {
             archived: None,
             stored_gzip: false,
             archive: None,
+            staged: None,
         }
     }
 

@@ -71,6 +71,10 @@ pub struct RemoteFile {
     /// A registry layer that is a tar archive: it lands as the files inside it (unpacked
     /// after its digest is checked), not as a file of its own.
     pub archive: Option<Archive>,
+    /// A member of an archive layer, unpacked and checked: read from this file in the state
+    /// folder, not from the source. Set only by the unpacking step, never from a listing
+    /// (a key is the source's to choose).
+    pub staged: Option<String>,
 }
 
 /// How an archive layer unpacks.

@@ -709,6 +709,7 @@ impl Source for Oci {
                     archived: None,
                     stored_gzip: false,
                     archive: f.archive,
+                    staged: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

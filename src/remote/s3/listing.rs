@@ -119,6 +119,7 @@ impl S3 {
             archived: None,
             stored_gzip: false,
             archive: None,
+            staged: None,
         }
     }
 
