@@ -23,6 +23,9 @@ const MAX_HOPS: usize = 40;
 const MAX_MEMBERS: usize = 1_000_000;
 /// Longest member name or link target kept (PATH_MAX): names are held in memory and the index.
 const MAX_NAME: usize = 4096;
+/// Bytes of names and link targets one layer may keep in all (a million 4 KiB names would
+/// hold 8 GB in memory): a model's few thousand files use a few hundred KiB.
+const MAX_NAME_BYTES: usize = 64 << 20;
 /// Bytes of tar headers (pax, GNU long names) allowed beyond the members' own data: the tar
 /// reader holds an extension header in memory whole.
 const HEADER_SLACK: u64 = 1 << 20;
@@ -219,6 +222,7 @@ pub fn untar(reader: Channel, st: &Staging<'_>) -> Result<Vec<Entry>> {
         out: Vec::new(),
         total: 0,
         kept: 0,
+        names: 0,
         buf: vec![0u8; 256 << 10],
     };
     let entries = tar
@@ -251,10 +255,23 @@ struct Run {
     total: u64,
     /// Entries that land (or hide what lands).
     kept: usize,
+    /// Bytes of their names and link targets.
+    names: usize,
     buf: Vec<u8>,
 }
 
 impl Run {
+    fn count_names(&mut self, len: usize, shown: &str) -> Result<()> {
+        self.names += len;
+        if self.names > MAX_NAME_BYTES {
+            return Err(broken(
+                shown,
+                format!("more than {} MiB of member names", MAX_NAME_BYTES >> 20),
+            ));
+        }
+        Ok(())
+    }
+
     /// What entry `n` means, staging its bytes when it is a file; None when nothing lands.
     fn take(
         &mut self,
@@ -285,6 +302,7 @@ impl Run {
         if self.kept > MAX_MEMBERS {
             return Err(broken(shown, format!("more than {MAX_MEMBERS} members")));
         }
+        self.count_names(path.len(), shown)?;
         if let Some(e) = whiteout(&path, st.archive) {
             return Ok(Some(e));
         }
@@ -313,7 +331,13 @@ impl Run {
                 })))
             }
             T::Directory => Ok(None),
-            T::Link | T::Symlink => link(entry, kind == T::Link, path, &raw, st).map(Some),
+            T::Link | T::Symlink => {
+                let e = link(entry, kind == T::Link, path, &raw, st)?;
+                if let Entry::HardLink { target, .. } | Entry::Symlink { target, .. } = &e {
+                    self.count_names(target.len(), shown)?;
+                }
+                Ok(Some(e))
+            }
             other => Err(member_error(
                 shown,
                 &raw,
@@ -493,14 +517,8 @@ pub fn merge(layers: Vec<Vec<Entry>>) -> Result<Vec<Member>> {
                 _ => None,
             };
             if let Some((p, itself)) = hidden {
-                // An empty path is the root: the whole model is hidden.
-                let under = |k: &String| {
-                    (itself && k == p)
-                        || p.is_empty()
-                        || k.strip_prefix(p).is_some_and(|r| r.starts_with('/'))
-                };
-                files.retain(|k, _| !under(k));
-                symlinks.retain(|k, _| !under(k));
+                hide(&mut files, p, itself);
+                hide(&mut symlinks, p, itself);
             }
         }
         for e in entries {
@@ -538,6 +556,27 @@ pub fn merge(layers: Vec<Vec<Entry>>) -> Result<Vec<Member>> {
         );
     }
     Ok(files.into_values().collect())
+}
+
+/// Removes what a whiteout hides: `p` itself (`itself`) and everything under `p/`; an empty
+/// `p` is the root, the whole model. A range of the sorted map, so that a layer of a million
+/// whiteouts over a million files costs a million lookups, not their product.
+fn hide<V>(map: &mut BTreeMap<String, V>, p: &str, itself: bool) {
+    if p.is_empty() {
+        map.clear();
+        return;
+    }
+    if itself {
+        map.remove(p);
+    }
+    // Keys under `p/` sort between `p/` and `p0` ('0' follows '/').
+    let doomed: Vec<String> = map
+        .range(format!("{p}/")..format!("{p}0"))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in doomed {
+        map.remove(&k);
+    }
 }
 
 /// The file a symlink leads to, inside what lands; anything else is refused.
@@ -592,6 +631,24 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whiteout_hides_its_path_and_what_is_under_it_and_nothing_beside() {
+        let keys = [
+            "a/b", "a/b/c", "a/b/c/d", "a/b.txt", "a/bc", "a/b0", "a/a", "b",
+        ];
+        let map = || -> BTreeMap<String, ()> { keys.iter().map(|k| (k.to_string(), ())).collect() };
+        let left = |m: BTreeMap<String, ()>| m.into_keys().collect::<Vec<_>>();
+        let mut m = map();
+        hide(&mut m, "a/b", true);
+        assert_eq!(left(m), ["a/a", "a/b.txt", "a/b0", "a/bc", "b"]);
+        let mut m = map();
+        hide(&mut m, "a/b", false);
+        assert_eq!(left(m), ["a/a", "a/b", "a/b.txt", "a/b0", "a/bc", "b"]);
+        let mut m = map();
+        hide(&mut m, "", false);
+        assert!(m.is_empty());
+    }
 
     fn member(path: &str, sha: &str) -> Entry {
         Entry::File(Member {
