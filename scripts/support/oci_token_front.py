@@ -33,7 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, BACKEND, USER, PASSWORD, TTL, ANNOUNCED = sys.argv[1:7]
 # Optional: blob GETs are answered with a 307 to this origin (the same path), as registries
-# on object storage redirect to it (distribution's S3 and GCS drivers).
+# on object storage redirect to it (distribution's S3 and GCS drivers); manifest GETs too, as
+# registry.k8s.io sends every request to a regional registry.
 REDIRECT = sys.argv[7] if len(sys.argv) > 7 else ""
 BASIC = len(sys.argv) > 8 and sys.argv[8] == "basic"
 # FRONT_REALM=https-host: the challenges name the realm at https://<the request's Host>, for a
@@ -153,7 +154,7 @@ class Front(BaseHTTPRequestHandler):
             if "/manifests/" in path and method == "PUT":
                 STATS["manifest_puts"] += 1
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if REDIRECT and "/blobs/sha256:" in path and method == "GET":
+        if REDIRECT and ("/blobs/sha256:" in path or "/manifests/" in path) and method == "GET":
             self.send_response(307)
             self.send_header("Location", REDIRECT + self.path)
             self.send_header("Content-Length", "0")

@@ -579,7 +579,9 @@ impl Oci {
             reqwest::header::ACCEPT,
             reqwest::header::HeaderValue::from_static(layout::ACCEPT),
         )]);
-        let resp = self.registry_get(&url, headers, &what).await?;
+        // Some registries redirect manifests too (registry.k8s.io to its regional mirrors):
+        // the bytes are checked against the digest wherever they come from.
+        let resp = self.get_following(url, headers, &what).await?;
         if !resp.status().is_success() {
             return Err(self.status_error(resp, &what).await);
         }
@@ -641,11 +643,22 @@ impl Oci {
     /// GETs one range of a blob, following the registry's redirect to storage with the same
     /// `Range` and no `Authorization` off the registry's origin (the spec's MUST NOT).
     async fn get_blob(&self, file: &RemoteFile, range: ByteRange, what: &str) -> Result<Response> {
-        let mut url = self.endpoint("blobs", &file.key)?;
+        let url = self.endpoint("blobs", &file.key)?;
         let mut headers = HeaderMap::new();
         if let Ok(v) = reqwest::header::HeaderValue::from_str(&range.header()) {
             headers.insert(RANGE, v);
         }
+        self.get_following(url, headers, what).await
+    }
+
+    /// A GET that follows redirects itself, with the same headers (`Range`, `Accept`) on
+    /// every hop and credentials only on the registry's origin.
+    async fn get_following(
+        &self,
+        mut url: Url,
+        headers: HeaderMap,
+        what: &str,
+    ) -> Result<Response> {
         let mut resp = self.registry_get(&url, headers.clone(), what).await?;
         for _ in 0..MAX_REDIRECTS {
             if !resp.status().is_redirection() {
