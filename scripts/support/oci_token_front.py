@@ -41,6 +41,9 @@ BASIC = len(sys.argv) > 8 and sys.argv[8] == "basic"
 # front reached through a TLS front under another name (a realm must be reachable the way the
 # registry is); else at this front's own plain address.
 REALM_HTTPS_HOST = os.environ.get("FRONT_REALM") == "https-host"
+# FRONT_FAIL_BLOB_PUTS=1: every blob upload's PUT is answered 500 (a registry whose storage
+# fails mid-push).
+FAIL_BLOB_PUTS = os.environ.get("FRONT_FAIL_BLOB_PUTS") == "1"
 PORT, TTL, ANNOUNCED = int(PORT), float(TTL), int(ANNOUNCED)
 BACKEND = urllib.parse.urlsplit(BACKEND)
 TOKENS = {}  # token -> expiry
@@ -154,6 +157,8 @@ class Front(BaseHTTPRequestHandler):
             if "/manifests/" in path and method == "PUT":
                 STATS["manifest_puts"] += 1
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if FAIL_BLOB_PUTS and "/blobs/uploads/" in path and method == "PUT":
+            return self.reply(500, {"errors": [{"code": "UNKNOWN", "message": "storage failed"}]})
         if REDIRECT and ("/blobs/sha256:" in path or "/manifests/" in path) and method == "GET":
             self.send_response(307)
             self.send_header("Location", REDIRECT + self.path)

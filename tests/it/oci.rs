@@ -96,30 +96,39 @@ impl Front {
     /// `redirect`: blob GETs are answered with a 307 to this origin.
     fn start_with(expire_after_s: f64, announced_s: u64, redirect: Option<&str>) -> Front {
         let spec = [USER, PASSWORD, redirect.unwrap_or_default(), "bearer"];
-        Self::spawn(expire_after_s, announced_s, spec)
+        Self::spawn(expire_after_s, announced_s, spec, &[])
     }
 
     /// A gate that takes `user`/`password`: by token, or with `basic` on every request as
     /// ECR does; reached through a TLS front, whose name its token realm then carries.
     fn start_for(user: &str, password: &str, basic: bool) -> Front {
-        let mode = if basic { "basic-https" } else { "bearer-https" };
-        Self::spawn(600.0, 600, [user, password, "", mode])
+        let mode = if basic { "basic" } else { "bearer" };
+        let env = [("FRONT_REALM", "https-host")];
+        Self::spawn(600.0, 600, [user, password, "", mode], &env)
     }
 
-    /// `[user, password, redirect origin or "", "basic" | "bearer"]`.
-    fn spawn(expire_after_s: f64, announced_s: u64, spec: [&str; 4]) -> Front {
+    /// A registry whose storage fails every blob upload's PUT (500).
+    fn start_failing_uploads() -> Front {
+        let env = [("FRONT_FAIL_BLOB_PUTS", "1")];
+        Self::spawn(600.0, 600, [USER, PASSWORD, "", "bearer"], &env)
+    }
+
+    /// `[user, password, redirect origin or "", "basic" | "bearer"]`, and the front's own
+    /// variables (scripts/support/oci_token_front.py).
+    fn spawn(
+        expire_after_s: f64,
+        announced_s: u64,
+        spec: [&str; 4],
+        env: &[(&str, &str)],
+    ) -> Front {
         let [user, password, redirect, mode] = spec;
-        let (mode, realm) = match mode.strip_suffix("-https") {
-            Some(m) => (m, "https-host"),
-            None => (mode, ""),
-        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let mut child = Command::new(required_env("MODEL_LOADER_TEST_PYTHON"))
-            .env("FRONT_REALM", realm)
+            .envs(env.iter().copied())
             .arg(script("oci_token_front.py"))
             .args([
                 port.to_string(),
@@ -993,6 +1002,40 @@ fn an_upload_with_a_wrong_password_is_exit_3_and_moves_no_tag() {
     let line = error_line(&out, 3);
     assert!(!line.contains("not-it"), "{line}");
     assert_eq!(front.stats()["manifest_puts"], 0);
+}
+
+/// The tag moves only once every blob is in: a push whose blob uploads keep failing (the
+/// registry's storage answers 500) ends with exit 5 and leaves the tag on its old files.
+#[test]
+fn a_push_that_fails_midway_leaves_the_tag_where_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("m");
+    let want = model(&src);
+    let repo = unique("models/halfpush");
+    let good = Front::start(600.0, 600);
+    let url = |host: &str| format!("oci://{host}/{repo}:v1");
+    let out = run(oci_loader(tmp.path(), &good.host, Some(PASSWORD))
+        .arg(&src)
+        .arg(url(&good.host)));
+    assert_eq!(out.status.code(), Some(0));
+    // A new version of a shard, pushed while the registry's storage fails.
+    std::fs::write(
+        src.join("model-00001-of-00002.safetensors"),
+        data(9, 3 << 20),
+    )
+    .unwrap();
+    let failing = Front::start_failing_uploads();
+    let out = run(oci_loader(tmp.path(), &failing.host, Some(PASSWORD))
+        .env("MODEL_LOADER_RETRIES", "2")
+        .arg(&src)
+        .arg(url(&failing.host)));
+    let line = error_line(&out, 5);
+    assert!(line.contains("model-00001-of-00002.safetensors"), "{line}");
+    assert_eq!(failing.stats()["manifest_puts"], 0);
+    assert!(failing.stats()["uploads"].as_u64().unwrap() >= 1);
+    let pulled = tmp.path().join("pulled");
+    pull_independently(&registry(), &format!("{repo}:v1"), &pulled);
+    assert_eq!(tree(&pulled), want, "the tag moved");
 }
 
 /// `--p2p-proxy`: blob GETs go through the node's P2P proxy (a recording forward proxy in place
