@@ -82,6 +82,22 @@ fn pushed(name: &str) -> (tempfile::TempDir, BTreeMap<String, String>, String) {
     (tmp, want, repo)
 }
 
+/// Loads `repo_tag` from the registry itself (no auth) into `dest`: exit 0.
+fn load_plain(home: &Path, repo_tag: &str, dest: &Path) {
+    let out = run(oci_loader(home, "none", None)
+        .arg(format!("oci://{}/{repo_tag}", registry()))
+        .arg(dest));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// The tree a test expects: each path with the sha256 of its bytes.
+fn sums(files: &[(&str, &[u8])]) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|(k, v)| (k.to_string(), sha256(v)))
+        .collect()
+}
+
 /// The token service and Bearer gate in front of the registry; killed on drop.
 struct Front {
     child: Child,
@@ -278,10 +294,7 @@ fn an_index_resolves_to_this_machines_platform() {
     let repo = unique("models/multi");
     push("index", &format!("{repo}:v1"), &tmp.path().join("m"));
     let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", registry()))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
+    load_plain(tmp.path(), &format!("{repo}:v1"), &dest);
     // The arm64 entry holds only the first file by name (config.json).
     let expect: BTreeMap<String, String> = if cfg!(target_arch = "aarch64") {
         want.into_iter()
@@ -517,18 +530,15 @@ fn tar_gzip_and_zstd_layers_land_as_their_files_verified_and_rerun_for_free() {
         ],
         tmp.path(),
     );
-    let want: BTreeMap<String, String> = [
-        ("docs/README.md", sha256(b"# model")),
-        ("docs/sub/a.txt", sha256(b"a")),
-        ("w/model.safetensors", sha256(&weights)),
-        ("w/link.safetensors", sha256(&weights)),
-        ("w/hard.safetensors", sha256(&weights)),
-        ("z/data.bin", sha256(b"zstd bytes")),
-        ("config.json", sha256(b"{}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let want = sums(&[
+        ("docs/README.md", b"# model"),
+        ("docs/sub/a.txt", b"a"),
+        ("w/model.safetensors", &weights),
+        ("w/link.safetensors", &weights),
+        ("w/hard.safetensors", &weights),
+        ("z/data.bin", b"zstd bytes"),
+        ("config.json", b"{}"),
+    ]);
     let front = Front::start(600.0, 600);
     let url = format!("oci://{}/{repo}:v1", front.host);
     let dest = tmp.path().join("d");
@@ -690,14 +700,8 @@ fn a_modelcar_image_lands_its_models_folder_with_whiteouts_honoured() {
         tmp.path(),
     );
     let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", registry()))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    let want: BTreeMap<String, String> = [("config.json", sha256(b"new")), ("dir/y", sha256(b"y"))]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    load_plain(tmp.path(), &format!("{repo}:v1"), &dest);
+    let want = sums(&[("config.json", b"new"), ("dir/y", b"y")]);
     assert_eq!(tree(&dest), want);
     // An image with nothing under /models: exit 4, saying where the model was looked for.
     let repo = unique("models/nomodels");
@@ -728,10 +732,7 @@ fn an_oras_folder_lands_under_its_name() {
     let repo = unique("models/orasdir");
     push("oras-dir", &format!("{repo}:v1"), &folder);
     let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", registry()))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
+    load_plain(tmp.path(), &format!("{repo}:v1"), &dest);
     assert_eq!(tree(&dest), want);
 }
 
@@ -1099,20 +1100,11 @@ fn a_modelkit_lands_with_its_kitfile() {
         tmp.path(),
     );
     let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", registry()))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
+    load_plain(tmp.path(), &format!("{repo}:v1"), &dest);
     let kit = std::fs::read(dest.join("Kitfile")).unwrap();
     let parsed: serde_json::Value = serde_json::from_slice(&kit).unwrap();
     assert_eq!(parsed["package"]["name"], "demo");
-    let mut want: BTreeMap<String, String> = [
-        ("model/weights.bin", sha256(&weights)),
-        ("README.md", sha256(b"# demo")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut want = sums(&[("model/weights.bin", &weights), ("README.md", b"# demo")]);
     want.insert("Kitfile".into(), sha256(&kit));
     assert_eq!(tree(&dest), want);
 }
@@ -1150,18 +1142,12 @@ fn a_docker_model_runner_model_lands_at_its_paths() {
         tmp.path(),
     );
     let dest = tmp.path().join("d");
-    let out = run(oci_loader(tmp.path(), "none", None)
-        .arg(format!("oci://{}/{repo}:v1", registry()))
-        .arg(&dest));
-    assert_eq!(out.status.code(), Some(0));
-    let want: BTreeMap<String, String> = [
-        ("model.gguf", sha256(&gguf)),
-        ("LICENSE", sha256(&license)),
-        ("tokenizer/tokenizer.json", sha256(&tokenizer)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    load_plain(tmp.path(), &format!("{repo}:v1"), &dest);
+    let want = sums(&[
+        ("model.gguf", &gguf),
+        ("LICENSE", &license),
+        ("tokenizer/tokenizer.json", &tokenizer),
+    ]);
     assert_eq!(tree(&dest), want);
 }
 
