@@ -730,6 +730,7 @@ bench_serve_s3() {
     serve_report "serve-s3-$n" "s3:// — $n × $mib MiB safetensors shards, s3s-fs $S3S_FS_VERSION on loopback"
   done
   unset AWS_ENDPOINT_URL
+  rm -rf "$dest"
   SERVE_TENSORS=0
 }
 

@@ -255,10 +255,9 @@ impl Ctx {
             self.state
                 .record_range(&job.plan.path, &job.plan.file, range)
         } else {
-            if self.opts.fsync && !part.is_direct() {
-                // Every recorded range, not only chunk ends: with 16 streams of 64 MiB, chunk
-                // ends come all at once near the end of the load, and the fsync then waits
-                // for write-back that could have run beside the download. Submitting it can
+            if durable && self.opts.fsync && !part.is_direct() {
+                // At chunk ends only. Started every 8 MiB instead, the write-back cost more than
+                // it saved (ARCHITECTURE.md, "Choices that were measured"). Submitting it can
                 // wait for the device's queue.
                 tokio::task::block_in_place(|| part.start_writeback(range));
             }

@@ -309,15 +309,14 @@ impl Run {
         match kind {
             T::Regular | T::Continuous => {
                 self.total = self.total.saturating_add(entry.size());
-                // Its files are held twice until the load ends (the unpacked copy, then
-                // DEST's): said now, not after half of them were copied.
-                if self.total.saturating_mul(2) > st.room {
+                // The copies into DEST are counted before the first of them is made, once
+                // every layer is unpacked and the files still to copy are known (prepare_dest).
+                if self.total > st.room {
                     return Err(Error::new(
                         Kind::Local,
                         format!(
-                            "{shown} unpacks to more than half the {} free on DEST's volume \
-                             (its files are held twice until the load ends: unpacked, then \
-                             copied into DEST): give DEST a larger volume",
+                            "{shown} unpacks to more than the {} free on DEST's volume: give \
+                             DEST a larger volume",
                             crate::progress::human(st.room)
                         ),
                     ));

@@ -97,7 +97,7 @@ pub async fn discover(
 /// The credentials file to use: `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's well-known
 /// file. KubeAI sets the variable to a path even when its optional secret is absent, so a
 /// missing file warns and falls back instead of failing.
-fn credentials_file(reporter: &dyn Reporter) -> Option<PathBuf> {
+pub(crate) fn credentials_file(reporter: &dyn Reporter) -> Option<PathBuf> {
     if let Some(p) = crate::env::var("GOOGLE_APPLICATION_CREDENTIALS") {
         let path = PathBuf::from(&p);
         if path.is_file() {

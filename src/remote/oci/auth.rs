@@ -147,7 +147,7 @@ fn from_config(
     }
     // With a credential store, `docker login` leaves an empty entry here: the store has it.
     // The most specific entry wins (podman keys `host/namespace` too), then the first key in
-    // order: never the hash map's order, which changes from run to run.
+    // alphabetical order: never the hash map's order, which changes from run to run.
     let entry = cfg
         .auths
         .iter()
@@ -283,12 +283,25 @@ fn helper_get(name: &str, registry: &str) -> Result<Option<Credentials>> {
         // A helper that exits early closes its stdin; its exit status then says what happened.
         let _ = stdin.write_all(registry.as_bytes());
     }
-    // A helper that hangs (a keychain waiting for a prompt no one sees) must not hang the pod.
-    let started = std::time::Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if started.elapsed() > HELPER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
+    // A helper that hangs (a keychain waiting for a prompt no one sees), or a child of it
+    // that keeps its output open, must not hang the pod: its output is read on a thread of
+    // its own (so that a chatty helper never blocks on a full pipe) and waited for with a
+    // deadline.
+    let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(HELPER_TIMEOUT) {
+        Ok(out) => out.map_err(|e| {
+            Error::new(Kind::Denied, format!("{program} get failed")).with_source(e)
+        })?,
+        Err(_) => {
+            if let Some(pid) = pid {
+                // Not yet reaped: the reader thread waits on it still.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            drop(reader);
             return Err(Error::new(
                 Kind::Denied,
                 format!(
@@ -298,11 +311,7 @@ fn helper_get(name: &str, registry: &str) -> Result<Option<Credentials>> {
                 ),
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::new(Kind::Denied, format!("{program} get failed")).with_source(e))?;
+    };
     if !out.status.success() {
         return Ok(None);
     }

@@ -111,6 +111,10 @@ pub struct Minter {
 }
 
 enum How {
+    /// A service-account key file, sent as it is (Google's `_json_key_base64` user): the
+    /// registry's token service trades it. google-cloud-auth would sign its own JWT from it,
+    /// which Google's registries are not documented to take in place of an access token.
+    KeyFile(Credentials),
     Google(crate::remote::gcs_auth::Auth),
     Ecr {
         account: String,
@@ -130,6 +134,13 @@ impl Minter {
     ) -> Result<Option<Minter>> {
         let how = match cloud {
             Cloud::Google => {
+                let file = crate::remote::gcs_auth::credentials_file(reporter);
+                if let Some(key) = file.as_deref().map(json_key).transpose()?.flatten() {
+                    return Ok(Some(Minter {
+                        how: How::KeyFile(key),
+                        opts: opts.clone(),
+                    }));
+                }
                 let auth = crate::remote::gcs_auth::discover(false, GOOGLE_SCOPE, reporter).await?;
                 if matches!(auth, crate::remote::gcs_auth::Auth::Anonymous) {
                     return Ok(None);
@@ -167,6 +178,7 @@ impl Minter {
     /// or ECR's `GetAuthorizationToken`.
     pub async fn mint(&self) -> Result<Credentials> {
         match &self.how {
+            How::KeyFile(c) => Ok(c.clone()),
             How::Google(auth) => google(auth).await,
             How::Ecr {
                 account,
@@ -185,13 +197,17 @@ fn ecr_api(region: &str, fips: bool, china: bool) -> String {
     if let Some(url) = crate::env::var("AWS_ENDPOINT_URL_ECR") {
         return url.trim_end_matches('/').to_string();
     }
-    let service = if fips { "ecr-fips" } else { "ecr" };
     let suffix = if china {
         "amazonaws.com.cn"
     } else {
         "amazonaws.com"
     };
-    format!("https://api.{service}.{region}.{suffix}")
+    // AWS's endpoint table: `api.ecr.REGION…`, but the FIPS one is `ecr-fips.REGION…`.
+    if fips {
+        format!("https://ecr-fips.{region}.{suffix}")
+    } else {
+        format!("https://api.ecr.{region}.{suffix}")
+    }
 }
 
 #[derive(Deserialize)]
@@ -314,6 +330,29 @@ fn ecr_error(status: reqwest::StatusCode, text: &str, what: &str) -> Error {
              or log in with docker login / a pull secret"
         ),
     )
+}
+
+/// A service-account key file as Artifact Registry and Container Registry take one: user
+/// `_json_key_base64`, the file base64-encoded as the password; `None` for other credential
+/// types (an authorized user or workload identity federation yields a real access token).
+fn json_key(path: &std::path::Path) -> Result<Option<Credentials>> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| {
+        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
+    })?;
+    let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
+    })?;
+    if json["type"] != "service_account" {
+        return Ok(None);
+    }
+    let email = json["client_email"].as_str().unwrap_or("?");
+    Ok(Some(Credentials {
+        user: "_json_key_base64".into(),
+        secret: base64::engine::general_purpose::STANDARD.encode(&text),
+        identity_token: false,
+        source: format!("the key of service account {email} in {shown}"),
+    }))
 }
 
 /// An access token from Google's credentials (a key file, gcloud's, or the metadata server:

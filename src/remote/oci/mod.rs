@@ -45,9 +45,11 @@ const INSECURE_VAR: &str = "MODEL_LOADER_OCI_INSECURE_REGISTRIES";
 pub struct Oci {
     /// For the registry's own origin: certificates unchecked when it is listed insecure.
     registry_client: reqwest::Client,
-    /// For every other origin (token realms, the storage blobs are redirected to): always
-    /// checked, whatever the registry is allowed.
+    /// For every other origin (token realms, the storage blobs are redirected to): checked,
+    /// unless that host is the insecure registry's own or is named insecure itself.
     client: reqwest::Client,
+    /// The registry may be reached without a checked certificate (see [`plain_http_allowed`]).
+    insecure: bool,
     /// `http(s)://registry`.
     base: Url,
     url: OciUrl,
@@ -66,6 +68,9 @@ pub struct Oci {
     push: bool,
     /// What an upload sent or found, by path: the layers of the manifest it ends with.
     pushed: Mutex<std::collections::BTreeMap<String, layout::Descriptor>>,
+    /// A chunk size a body limit on the way let through (0: none met yet): larger blobs go
+    /// in chunks of it without trying a whole PUT first.
+    chunk_limit: std::sync::atomic::AtomicU64,
 }
 
 /// What the registry asked for, learnt from its first 401.
@@ -119,7 +124,7 @@ impl Oci {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let (registry, repository) = (url.registry.clone(), url.repository.clone());
+        let (registry, repository) = (url.registry.clone(), api_repository(url));
         // Credential helpers are programs: run off the async threads.
         let lookup = files.clone();
         let creds =
@@ -153,6 +158,7 @@ impl Oci {
         Ok(Oci {
             registry_client,
             client,
+            insecure,
             base,
             url: url.clone(),
             creds: Mutex::new(creds),
@@ -163,7 +169,21 @@ impl Oci {
             p2p: None,
             push,
             pushed: Mutex::new(std::collections::BTreeMap::new()),
+            chunk_limit: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The client for `url`: certificates unchecked on the insecure registry's own host
+    /// (any port: its token service) and on hosts named insecure; checked everywhere else.
+    fn client_for(&self, url: &Url) -> &reqwest::Client {
+        let same_host = url.host_str() == self.base.host_str();
+        let lax = url.origin() == self.base.origin()
+            || (self.insecure && (same_host || url.host_str().is_some_and(host_may_be_plain)));
+        if lax {
+            &self.registry_client
+        } else {
+            &self.client
+        }
     }
 
     fn creds(&self) -> Option<Credentials> {
@@ -173,27 +193,26 @@ impl Oci {
     /// A cloud registry's password minted again when the last is a minute old: a renewal
     /// comes when a registry token expired or was refused, and the password behind it may
     /// have expired too (a Google access token lasts an hour, ECR's twelve).
-    async fn remint_if_due(&self) -> Result<()> {
+    async fn remint_if_due(&self) {
         let Some((minter, minted)) = self.minter.as_deref() else {
-            return Ok(());
+            return;
         };
         if minted.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < REMINT_AFTER {
-            return Ok(());
+            return;
         }
-        let fresh = minter.mint().await?;
-        *self.creds.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        // A mint that fails (ECR throttling GetAuthorizationToken) keeps the password there
+        // is, which may well still be good (ECR's last twelve hours): the registry says if
+        // not. The attempt counts, so the waiting streams do not each try again.
+        if let Ok(fresh) = minter.mint().await {
+            *self.creds.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        }
         *minted.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        Ok(())
     }
 
     /// The repository as the registry's API names it: Docker Hub's official images live
     /// under `library/`.
     fn repository(&self) -> String {
-        if is_docker_hub(&self.url.registry) && !self.url.repository.contains('/') {
-            format!("library/{}", self.url.repository)
-        } else {
-            self.url.repository.clone()
-        }
+        api_repository(&self.url)
     }
 
     fn shown(&self) -> String {
@@ -238,11 +257,7 @@ impl Oci {
         if ours {
             self.renew_if_due(what).await?;
         }
-        let client = if ours {
-            &self.registry_client
-        } else {
-            &self.client
-        };
+        let client = self.client_for(url);
         for attempt in 0..2 {
             let sent = self.auth_header().filter(|_| ours);
             let mut req = client
@@ -308,7 +323,7 @@ impl Oci {
         if self.auth_header() != sent {
             return Ok(());
         }
-        self.remint_if_due().await?;
+        self.remint_if_due().await;
         let next = match challenge {
             Challenge::Basic => {
                 if self.creds().is_none() {
@@ -365,12 +380,7 @@ impl Oci {
                 ),
             ));
         }
-        // The realm is checked like any other origin unless it is the registry's own.
-        let client = if realm_url.origin() == self.base.origin() {
-            &self.registry_client
-        } else {
-            &self.client
-        };
+        let client = self.client_for(&realm_url);
         let scope = format!(
             "repository:{}:{}",
             self.repository(),
@@ -457,6 +467,25 @@ impl Oci {
         Error::new(Kind::Denied, format!("{what}: access denied: {remedy}"))
     }
 
+    /// A failed reply that came from where the registry redirected (storage, a mirror) is
+    /// not about our credentials, which never go there: it is retried, as the storage refuses
+    /// an expired signature (403) or a busy moment and asking the registry again gets a
+    /// fresh redirect. The registry's own replies are classified by [`Oci::status_error`].
+    async fn elsewhere_error(&self, resp: Response, what: &str) -> Error {
+        if resp.url().origin() == self.base.origin() {
+            return self.status_error(resp, what).await;
+        }
+        http::busy(
+            format!(
+                "{what}: the server the registry redirected to ({}) answered HTTP {}",
+                resp.url().origin().ascii_serialization(),
+                resp.status()
+            ),
+            resp.status(),
+            http::retry_after(resp.headers()),
+        )
+    }
+
     /// A registry reply that is not a success, classified by its status and error code.
     async fn status_error(&self, resp: Response, what: &str) -> Error {
         let status = resp.status();
@@ -503,18 +532,32 @@ fn origin(u: &str) -> String {
 
 /// Loopback registries, the ones listed in [`INSECURE_VAR`], and all when KServe says its
 /// registry is insecure (`KSERVE_OCI_INSECURE_REGISTRY=true`) — but a cloud's registry
-/// (ECR, Artifact Registry) only when named: `*` is for the cluster's own registries, and a
-/// cloud registry is never reached without its certificate checked by accident.
+/// (ECR, Artifact Registry) or a public one (Docker Hub, GHCR, Quay…) only when named: `*` is
+/// for the cluster's own registries, and those are never reached unchecked by accident.
 fn plain_http_allowed(url: &OciUrl) -> bool {
     let host = url.host();
     let named =
         listed_insecure(|h| h.eq_ignore_ascii_case(&url.registry) || h.eq_ignore_ascii_case(host));
-    if cloud::classify(&url.registry).is_some() {
+    if cloud::classify(&url.registry).is_some() || is_public(&url.registry) {
         return named;
     }
     let kserve = crate::env::var("KSERVE_OCI_INSECURE_REGISTRY")
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     is_loopback(host) || named || listed_insecure(|h| h == "*") || kserve
+}
+
+/// The public registries, which always serve a valid certificate: `*` never means them.
+fn is_public(registry: &str) -> bool {
+    is_docker_hub(registry)
+        || matches!(
+            registry,
+            "ghcr.io"
+                | "quay.io"
+                | "registry.k8s.io"
+                | "public.ecr.aws"
+                | "mcr.microsoft.com"
+                | "nvcr.io"
+        )
 }
 
 /// Whether an entry of [`INSECURE_VAR`] passes `matches`.
@@ -525,12 +568,14 @@ fn listed_insecure(matches: impl Fn(&str) -> bool) -> bool {
 /// A host other than the registry (a token realm) that may be spoken to in clear text:
 /// loopback, or named in [`INSECURE_VAR`] (not by `*`).
 fn host_may_be_plain(host: &str) -> bool {
-    is_loopback(host.trim_start_matches('[').trim_end_matches(']'))
-        || listed_insecure(|h| {
-            h.eq_ignore_ascii_case(host)
-                || h.rsplit_once(':')
-                    .is_some_and(|(n, _)| n.eq_ignore_ascii_case(host))
-        })
+    // `Url::host_str` keeps an IPv6 address's brackets; entries are written either way.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let named = |h: &str| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case(bare)
+    };
+    is_loopback(bare)
+        || listed_insecure(|h| named(h) || h.rsplit_once(':').is_some_and(|(n, _)| named(n)))
 }
 
 /// The password a cloud registry (ECR, Artifact Registry) takes, from the identity this
@@ -583,7 +628,7 @@ impl Oci {
         // the bytes are checked against the digest wherever they come from.
         let resp = self.get_following(url, headers, &what).await?;
         if !resp.status().is_success() {
-            return Err(self.status_error(resp, &what).await);
+            return Err(self.elsewhere_error(resp, &what).await);
         }
         let content_type = header(resp.headers(), "content-type").unwrap_or_default();
         let stated = header(resp.headers(), "docker-content-digest");
@@ -672,6 +717,20 @@ impl Oci {
                         format!("{what}: a redirect without a usable Location"),
                     )
                 })?;
+            // From TLS to plain HTTP only where plain HTTP was allowed: a tag's manifest is
+            // checked against the digest its own reply states, which a party on a clear-text
+            // hop could forge along with it.
+            let plain_ok = next.host_str().is_some_and(host_may_be_plain);
+            if url.scheme() == "https" && next.scheme() == "http" && !plain_ok {
+                return Err(Error::new(
+                    Kind::Usage,
+                    format!(
+                        "{what}: the registry redirects to plain HTTP ({}): refused; list that \
+                         host in {INSECURE_VAR} if it is meant",
+                        next.origin().ascii_serialization()
+                    ),
+                ));
+            }
             url = next;
             // registry_send sends credentials to the registry's origin only.
             resp = self.registry_get(&url, headers.clone(), what).await?;
@@ -757,20 +816,7 @@ impl Source for Oci {
         }
         let resp = self.get_blob(file, range, &what).await?;
         if !resp.status().is_success() {
-            if resp.url().origin() != self.base.origin() {
-                // The storage a registry redirects to refuses an expired signature (403) or
-                // a busy moment: asking the registry again gets a fresh redirect.
-                return Err(http::busy(
-                    format!(
-                        "{what}: the storage the registry redirected to ({}) answered HTTP {}",
-                        resp.url().origin().ascii_serialization(),
-                        resp.status()
-                    ),
-                    resp.status(),
-                    http::retry_after(resp.headers()),
-                ));
-            }
-            return Err(self.status_error(resp, &what).await);
+            return Err(self.elsewhere_error(resp, &what).await);
         }
         Ok(Fetched::plain(http::ranged_body(
             resp, range, file.size, &what,
@@ -834,6 +880,16 @@ async fn base_url(client: &reqwest::Client, url: &OciUrl, insecure: bool) -> Res
         // loopback there is no lookup, and a plain server may just wait for more bytes.
         Err(e) if e.is_timeout() && !is_loopback(url.host()) => Ok(https),
         Err(_) => parse("http"),
+    }
+}
+
+/// The repository as the registry's API names it: Docker Hub's official images live under
+/// `library/`.
+fn api_repository(url: &OciUrl) -> String {
+    if is_docker_hub(&url.registry) && !url.repository.contains('/') {
+        format!("library/{}", url.repository)
+    } else {
+        url.repository.clone()
     }
 }
 

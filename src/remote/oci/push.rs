@@ -159,13 +159,19 @@ impl Oci {
     /// too large (`413`: an ingress's body limit, nginx's `client_max_body_size` is 1 MiB by
     /// default) is sent again in chunks ([`Oci::push_chunked`]).
     async fn push_blob(&self, digest: &str, blob: Blob<'_>, what: &str) -> Result<()> {
-        let (mut session, _) = self.open_upload(what).await?;
-        session.query_pairs_mut().append_pair("digest", digest);
+        let (session, min) = self.open_upload(what).await?;
+        // Once a body limit was met, larger blobs go in chunks straight away.
+        let limit = self.chunk_limit.load(std::sync::atomic::Ordering::Relaxed);
+        if limit > 0 && blob.len() > limit {
+            return self.push_chunked(digest, blob, (session, min), what).await;
+        }
+        let mut whole = session.clone();
+        whole.query_pairs_mut().append_pair("digest", digest);
         let body = || blob.body(0, blob.len());
         let resp = self
             .registry_send(
                 reqwest::Method::PUT,
-                &session,
+                &whole,
                 octet_headers(blob.len(), None),
                 Some(&body),
                 what,
@@ -173,7 +179,10 @@ impl Oci {
             .await?;
         match resp.status() {
             StatusCode::CREATED => Ok(()),
-            StatusCode::PAYLOAD_TOO_LARGE => self.push_chunked(digest, blob, what).await,
+            // Refused before the registry saw it: the session is where it was.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                self.push_chunked(digest, blob, (session, min), what).await
+            }
             _ => Err(self.status_error(resp, what).await),
         }
     }
@@ -213,11 +222,18 @@ impl Oci {
     /// half the refused body and halves again while the way refuses it (a chunk refused
     /// before the registry saw it leaves the session where it was), down to [`MIN_CHUNK`]
     /// or the registry's own minimum.
-    async fn push_chunked(&self, digest: &str, blob: Blob<'_>, what: &str) -> Result<()> {
-        let (mut session, min) = self.open_upload(what).await?;
+    async fn push_chunked(
+        &self,
+        digest: &str,
+        blob: Blob<'_>,
+        (mut session, min): (Url, u64),
+        what: &str,
+    ) -> Result<()> {
         let floor = MIN_CHUNK.max(min);
+        let known = self.chunk_limit.load(std::sync::atomic::Ordering::Relaxed);
+        let first = if known > 0 { known } else { blob.len() / 2 };
         // The registry's minimum wins over our maximum (clamp would panic on it).
-        let mut chunk = (blob.len() / 2).min(MAX_CHUNK).max(floor);
+        let mut chunk = first.min(MAX_CHUNK).max(floor);
         let mut at = 0;
         while at < blob.len() {
             let n = chunk.min(blob.len() - at);
@@ -230,6 +246,12 @@ impl Oci {
                 StatusCode::ACCEPTED => {
                     session = self.next_location(&session, resp.headers(), what)?;
                     at += n;
+                    // Remembered for the next blobs (the smallest that went through).
+                    let _ = self.chunk_limit.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |cur| Some(if cur == 0 { chunk } else { cur.min(chunk) }),
+                    );
                 }
                 StatusCode::PAYLOAD_TOO_LARGE if chunk > floor => chunk = (chunk / 2).max(floor),
                 StatusCode::PAYLOAD_TOO_LARGE => {
