@@ -255,10 +255,11 @@ impl Ctx {
             self.state
                 .record_range(&job.plan.path, &job.plan.file, range)
         } else {
-            if durable && self.opts.fsync && !part.is_direct() {
-                // At chunk ends only. Started every 8 MiB instead, the write-back cost more than
-                // it saved (ARCHITECTURE.md, "Choices that were measured"). Submitting it can
-                // wait for the device's queue.
+            if self.opts.fsync && !part.is_direct() {
+                // Every recorded range (8 MiB of a stream), not only chunk ends: with 16 streams
+                // of 64 MiB, chunk ends come together near the end of the load, the device gets
+                // a burst and the fsync waits for it (ARCHITECTURE.md, "Choices that were
+                // measured"). Submitting it can wait for the device's queue.
                 tokio::task::block_in_place(|| part.start_writeback(range));
             }
             self.state

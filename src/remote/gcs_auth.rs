@@ -115,15 +115,23 @@ pub(crate) fn credentials_file(reporter: &dyn Reporter) -> Option<PathBuf> {
     well_known.filter(|p| p.is_file())
 }
 
+/// A Google credentials file: its bytes and its JSON (usage errors name the file, never
+/// quote it: it holds a private key).
+pub(crate) fn read_credentials(path: &Path) -> Result<(Vec<u8>, serde_json::Value)> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| {
+        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
+    })?;
+    let json = serde_json::from_slice(&text).map_err(|e| {
+        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
+    })?;
+    Ok((text, json))
+}
+
 /// Builds the credentials a JSON file describes, by its `type`.
 fn from_file(path: &Path, scope: &'static str) -> Result<Auth> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
-    })?;
+    let (_, json) = read_credentials(path)?;
     let kind = json["type"].as_str().unwrap_or_default().to_string();
     let field = |name: &str| json[name].as_str().unwrap_or("?").to_string();
     let (built, what) = match kind.as_str() {

@@ -337,12 +337,7 @@ fn ecr_error(status: reqwest::StatusCode, text: &str, what: &str) -> Error {
 /// types (an authorized user or workload identity federation yields a real access token).
 fn json_key(path: &std::path::Path) -> Result<Option<Credentials>> {
     let shown = path.display();
-    let text = std::fs::read(path).map_err(|e| {
-        Error::usage(format!("cannot read the credentials file {shown}")).with_source(e)
-    })?;
-    let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-        Error::usage(format!("{shown} is not a Google credentials JSON file")).with_source(e)
-    })?;
+    let (text, json) = crate::remote::gcs_auth::read_credentials(path)?;
     if json["type"] != "service_account" {
         return Ok(None);
     }
