@@ -480,23 +480,7 @@ fn the_metadata_server_is_found_where_gce_metadata_host_says() {
     objects.insert("m/a.json".to_string(), b"{}".to_vec());
     seed_gcs(&b, &objects);
     let tmp = tempfile::tempdir().unwrap();
-    let (url, seen) = form_endpoint(|line, _| {
-        if line.contains("/service-accounts/default/token") {
-            (
-                "200 OK",
-                r#"{"access_token":"ya29.from-mds","expires_in":3600,"token_type":"Bearer"}"#
-                    .into(),
-            )
-        } else if line.contains("/service-accounts/default/email") {
-            ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
-        } else {
-            ("404 Not Found", "{}".into())
-        }
-    });
-    let host = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/token")
-        .to_string();
+    let (host, seen) = metadata_server("ya29.from-mds");
     let proxy = Proxy::start(&gcs());
     let dest = tmp.path().join("d");
     let out = run(gs_loader(&gcs(), tmp.path())
@@ -555,15 +539,8 @@ fn a_metadata_server_warming_up_is_waited_for_and_never_proxied() {
         let started = *first.get_or_init(std::time::Instant::now);
         if started.elapsed() < std::time::Duration::from_secs(3) {
             ("503 Service Unavailable", "{}".into())
-        } else if line.contains("/service-accounts/default/token") {
-            (
-                "200 OK",
-                r#"{"access_token":"ya29.warm","expires_in":3600,"token_type":"Bearer"}"#.into(),
-            )
-        } else if line.contains("/service-accounts/default/email") {
-            ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
         } else {
-            ("404 Not Found", "{}".into())
+            metadata_reply(line, "ya29.warm")
         }
     });
     let port = url

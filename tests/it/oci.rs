@@ -1409,35 +1409,13 @@ fn an_artifact_registry_is_entered_with_a_google_access_token() {
     let repo = unique("proj/models/gar");
     push("modelpack", &format!("{repo}:v1"), &tmp.path().join("m"));
     let token = "ya29.from-mds-for-gar";
-    let front = Front::start_for("oauth2accesstoken", token, false);
-    let (mds, seen) = form_endpoint(move |line, _| {
-        if line.contains("/service-accounts/default/token") {
-            let reply =
-                format!(r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#);
-            ("200 OK", reply)
-        } else if line.contains("/service-accounts/default/email") {
-            ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
-        } else {
-            ("404 Not Found", "{}".into())
-        }
-    });
-    let mds = mds
-        .trim_start_matches("http://")
-        .trim_end_matches("/token")
-        .to_string();
-    let host = "us-docker.pkg.dev";
-    let tls = nginx::tls_front_for(
-        tmp.path(),
-        &format!("http://{}", front.host),
-        &format!("DNS:{host}"),
-    );
-    let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
-    c.env("GCE_METADATA_HOST", &mds)
-        .env("GCE_METADATA_IP", &mds)
-        .env("SSL_CERT_FILE", tls.root.join("ca.pem"))
-        .arg(format!("oci://{host}:{}/{repo}:v1", tls.port))
-        .arg(tmp.path().join("d"));
-    let out = run(&mut resolving(&[host], &c, tmp.path()));
+    let (mds, seen) = metadata_server(token);
+    let envs = [
+        ("GCE_METADATA_HOST", mds.as_str()),
+        ("GCE_METADATA_IP", &mds),
+    ];
+    let (front, out) =
+        load_from_google(tmp.path(), ("oauth2accesstoken", token), &repo, &envs, "d");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&tmp.path().join("d")), want);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1456,19 +1434,18 @@ fn an_artifact_registry_is_entered_with_a_google_access_token() {
     let key_text = r#"{"type": "service_account", "client_email": "loader@p.iam.gserviceaccount.com", "private_key": "not used"}"#;
     std::fs::write(&key, key_text).unwrap();
     let encoded = base64::engine::general_purpose::STANDARD.encode(key_text);
-    let front = Front::start_for("_json_key_base64", &encoded, false);
-    let tls = nginx::tls_front_for(
-        &tmp.path().join("second"),
-        &format!("http://{}", front.host),
-        &format!("DNS:{host}"),
+    let key_path = key.display().to_string();
+    let envs = [
+        ("GOOGLE_APPLICATION_CREDENTIALS", key_path.as_str()),
+        ("GCE_METADATA_HOST", "127.0.0.1:9"),
+    ];
+    let (front, out) = load_from_google(
+        tmp.path(),
+        ("_json_key_base64", &encoded),
+        &repo,
+        &envs,
+        "k",
     );
-    let mut c = oci_loader(tmp.path(), "elsewhere.example", None);
-    c.env("GOOGLE_APPLICATION_CREDENTIALS", &key)
-        .env("GCE_METADATA_HOST", "127.0.0.1:9")
-        .env("SSL_CERT_FILE", tls.root.join("ca.pem"))
-        .arg(format!("oci://{host}:{}/{repo}:v1", tls.port))
-        .arg(tmp.path().join("k"));
-    let out = run(&mut resolving(&[host], &c, tmp.path()));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(tree(&tmp.path().join("k")), want);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1481,4 +1458,30 @@ fn an_artifact_registry_is_entered_with_a_google_access_token() {
         "the key was printed: {stderr}"
     );
     assert_eq!(front.stats()["tokens"], 1);
+}
+
+/// Loads `repo:v1` from `us-docker.pkg.dev` (sent to loopback, behind TLS for that name) whose
+/// token service takes `gate` (user, password), with `envs`, into `dest`; the gate, for its
+/// counts, and the loader's output.
+fn load_from_google(
+    tmp: &Path,
+    gate: (&str, &str),
+    repo: &str,
+    envs: &[(&str, &str)],
+    dest: &str,
+) -> (Front, std::process::Output) {
+    let host = "us-docker.pkg.dev";
+    let front = Front::start_for(gate.0, gate.1, false);
+    let tls = nginx::tls_front_for(
+        &tmp.join(format!("tls-{dest}")),
+        &format!("http://{}", front.host),
+        &format!("DNS:{host}"),
+    );
+    let mut c = oci_loader(tmp, "elsewhere.example", None);
+    c.envs(envs.iter().copied())
+        .env("SSL_CERT_FILE", tls.root.join("ca.pem"))
+        .arg(format!("oci://{host}:{}/{repo}:v1", tls.port))
+        .arg(tmp.join(dest));
+    let out = run(&mut resolving(&[host], &c, tmp));
+    (front, out)
 }

@@ -374,3 +374,30 @@ pub fn form_endpoint(
     });
     (url, seen)
 }
+
+/// What GKE's metadata server answers a workload: `token` as its access token, the service
+/// account's email, 404 for anything else.
+pub fn metadata_reply(line: &str, token: &str) -> (&'static str, String) {
+    if line.contains("/service-accounts/default/token") {
+        let reply =
+            format!(r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#);
+        ("200 OK", reply)
+    } else if line.contains("/service-accounts/default/email") {
+        ("200 OK", "\"loader@p.iam.gserviceaccount.com\"".into())
+    } else {
+        ("404 Not Found", "{}".into())
+    }
+}
+
+/// A metadata server on loopback answering [`metadata_reply`]: its `host:port` (for
+/// GCE_METADATA_HOST) and the requests it saw.
+pub fn metadata_server(
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let (url, seen) = form_endpoint(move |line, _| metadata_reply(line, token));
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    (host, seen)
+}
