@@ -1,7 +1,7 @@
 //! The transfer engine, written once for every source: one global pool of (file, byte range)
 //! requests over all files, largest files first; each chunk streamed into its part file with
-//! positional writes through one reused buffer per worker (memory = concurrency × buffer,
-//! whatever the model size); retries with backoff that resume inside the chunk; a file is
+//! positional writes from one reused buffer per worker, or for buffered writes from the
+//! received pieces themselves (memory = concurrency × buffer, whatever the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -451,7 +451,7 @@ fn stopped_message(ctx: &Ctx) -> String {
 }
 
 async fn worker(ctx: &Ctx) -> Result<()> {
-    let mut buf = writer::AlignedBuf::new(ctx.opts.buffer_size);
+    let mut buf = writer::Staging::new(ctx.opts.buffer_size);
     while !ctx.stopping() {
         let Some((fi, range)) = ctx.next_chunk() else {
             break;
@@ -469,15 +469,17 @@ async fn worker(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Writes the buffer at `at` (after checking the lease is still ours); returns the new offset.
+/// Writes the first `n` staged bytes at `at` (after checking the lease is still ours); returns
+/// the new offset.
 async fn flush(
     ctx: &Ctx,
     job: &FileJob,
     part: &PartFile,
-    buf: &mut writer::AlignedBuf,
+    buf: &mut writer::Staging,
     at: u64,
+    n: usize,
 ) -> Result<u64> {
-    if buf.is_empty() {
+    if n == 0 {
         return Ok(at);
     }
     // Direct writes to a reserved file share the inode lock: no gate for them.
@@ -488,10 +490,8 @@ async fn flush(
     };
     // After the wait: the lease must still be ours when the bytes are written.
     ctx.state.owned_recently()?;
-    tokio::task::block_in_place(|| part.write_at(buf.as_slice(), at))?;
-    let at = at + buf.len() as u64;
-    buf.clear();
-    Ok(at)
+    tokio::task::block_in_place(|| buf.write(part, at, n))?;
+    Ok(at + n as u64)
 }
 
 /// One chunk's progress, kept across retries (a retry resumes at the first byte not written).
@@ -598,7 +598,7 @@ async fn fetch_chunk(
     job: &FileJob,
     part: &PartFile,
     range: ByteRange,
-    buf: &mut writer::AlignedBuf,
+    buf: &mut writer::Staging,
 ) -> Result<bool> {
     let mut c = ChunkProgress::new(job, range);
     let mut failures = 0u32;
@@ -710,13 +710,12 @@ async fn stream_body(
     ctx: &Ctx,
     job: &FileJob,
     part: &PartFile,
-    buf: &mut writer::AlignedBuf,
+    buf: &mut writer::Staging,
     mut body: crate::remote::ByteStream,
     c: &mut ChunkProgress,
 ) -> Result<BodyEnd> {
-    let cap = buf.capacity();
     let mut at = c.pos;
-    buf.clear();
+    buf.begin(part.is_direct());
     let mut end = BodyEnd {
         error: None,
         stopped: false,
@@ -736,20 +735,23 @@ async fn stream_body(
             None => break,
         };
         c.hash(job, &bytes);
-        if !hand_in_order(ctx, job, at + buf.len() as u64, &bytes).await {
+        if !hand_in_order(ctx, job, at + buf.waiting() as u64, &bytes).await {
             end.stopped = true;
             break;
         }
-        let mut data = &bytes[..];
-        while !data.is_empty() {
-            let took = buf.fill(data);
-            data = &data[took..];
-            if buf.len() == cap {
-                at = flush(ctx, job, part, buf, at).await?;
+        let received = bytes.len() as u64;
+        let mut rest = bytes;
+        loop {
+            rest = buf.take(rest);
+            while let Some(n) = buf.due(at) {
+                at = flush(ctx, job, part, buf, at, n).await?;
+            }
+            if rest.is_empty() {
+                break;
             }
         }
-        ctx.reporter.bytes(job.id, bytes.len() as u64);
-        ctx.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        ctx.reporter.bytes(job.id, received);
+        ctx.bytes.fetch_add(received, Ordering::Relaxed);
         if job.records
             && (at - c.recorded >= RECORD_EVERY_BYTES || c.last_record.elapsed() >= RECORD_EVERY)
         {
@@ -766,7 +768,8 @@ async fn stream_body(
             break;
         }
     }
-    at = flush(ctx, job, part, buf, at).await?;
+    let n = buf.waiting();
+    at = flush(ctx, job, part, buf, at, n).await?;
     c.pos = at;
     if job.records {
         // The chunk's end is made durable (one sync per chunk, as before the in-chunk records

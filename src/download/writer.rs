@@ -186,6 +186,121 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// How far buffered writes reach: each ends at a multiple of this in the file. Written pieces
+/// of 1 MiB, aligned, let the kernel put them in 1 MiB page-cache folios (it sizes a folio by
+/// the write that creates it), which the engine's read of the weights then walks 4× fewer of
+/// than with 256 KiB writes; the memory held per stream stays small.
+pub const BUFFERED_WRITE: u64 = 1 << 20;
+
+/// Most received pieces one buffered write gathers (the kernel's `IOV_MAX` is 1024).
+const MAX_PIECES: usize = 256;
+
+/// Where one stream's received bytes wait for their write, chosen per stream by the part file's
+/// write mode:
+/// - `O_DIRECT`: copied into an aligned buffer, which the device reads.
+/// - Buffered: the received pieces themselves, written together with one `pwritev`. The kernel
+///   copies them into the page cache; a copy into a buffer of ours first would be one more pass
+///   over every byte, and the kernel's copy would then read cold memory (the streaming stores
+///   of [`AlignedBuf::fill`] bypass the cache). Measured on 2 × 1 GiB: the buffer's fill alone
+///   was 15 % of the load's CPU samples.
+pub struct Staging {
+    buf: AlignedBuf,
+    pieces: Vec<bytes::Bytes>,
+    pieces_len: usize,
+    direct: bool,
+}
+
+impl Staging {
+    pub fn new(cap: usize) -> Self {
+        Staging {
+            buf: AlignedBuf::new(cap),
+            pieces: Vec::new(),
+            pieces_len: 0,
+            direct: true,
+        }
+    }
+
+    /// Empties it for a stream that writes directly or through the page cache.
+    pub fn begin(&mut self, direct: bool) {
+        self.buf.clear();
+        self.pieces.clear();
+        self.pieces_len = 0;
+        self.direct = direct;
+    }
+
+    /// Bytes waiting.
+    pub fn waiting(&self) -> usize {
+        if self.direct {
+            self.buf.len()
+        } else {
+            self.pieces_len
+        }
+    }
+
+    /// Takes what fits of `bytes` and returns the rest (buffered: all of it fits).
+    pub fn take(&mut self, bytes: bytes::Bytes) -> bytes::Bytes {
+        if self.direct {
+            let took = self.buf.fill(&bytes);
+            return bytes.slice(took..);
+        }
+        if !bytes.is_empty() {
+            self.pieces_len += bytes.len();
+            self.pieces.push(bytes);
+        }
+        bytes::Bytes::new()
+    }
+
+    /// How many of the waiting bytes, the first of which goes at `at`, are due to be written
+    /// now: a full buffer; buffered, what reaches the next [`BUFFERED_WRITE`] boundary.
+    pub fn due(&self, at: u64) -> Option<usize> {
+        if self.direct {
+            return (self.buf.len() == self.buf.capacity()).then_some(self.buf.len());
+        }
+        let to_boundary = (at / BUFFERED_WRITE + 1) * BUFFERED_WRITE - at;
+        if self.pieces_len as u64 >= to_boundary {
+            Some(to_boundary as usize)
+        } else if self.pieces.len() >= MAX_PIECES {
+            Some(self.pieces_len)
+        } else {
+            None
+        }
+    }
+
+    /// Writes the first `n` waiting bytes at `at` and forgets them.
+    pub fn write(&mut self, part: &PartFile, at: u64, n: usize) -> Result<()> {
+        if self.direct {
+            debug_assert_eq!(n, self.buf.len());
+            part.write_at(self.buf.as_slice(), at)?;
+            self.buf.clear();
+            return Ok(());
+        }
+        let mut slices = Vec::with_capacity(self.pieces.len());
+        let mut left = n;
+        for p in &self.pieces {
+            if left == 0 {
+                break;
+            }
+            let take = p.len().min(left);
+            slices.push(&p[..take]);
+            left -= take;
+        }
+        debug_assert_eq!(left, 0, "due() never asks for more than is waiting");
+        part.write_all_vectored_at(&slices, at)?;
+        // The pieces written whole go; the one written in part keeps its rest.
+        let (mut whole, mut left) = (0, n);
+        while whole < self.pieces.len() && self.pieces[whole].len() <= left {
+            left -= self.pieces[whole].len();
+            whole += 1;
+        }
+        self.pieces.drain(..whole);
+        if left > 0 {
+            bytes::Buf::advance(&mut self.pieces[0], left);
+        }
+        self.pieces_len -= n;
+        Ok(())
+    }
+}
+
 /// Reserves the part file's blocks before any byte is fetched: a volume without room for the
 /// file fails now (ENOSPC, with its remedy) rather than after most of it was downloaded, and
 /// the file gets few, long extents instead of one allocation per write from many streams.
@@ -286,6 +401,32 @@ impl PartFile {
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::local("write", &self.path, e).context(&self.shown))
+    }
+
+    /// Writes `pieces` one after another from `offset`, through the page cache (`pwritev`,
+    /// again for what a short write left).
+    pub fn write_all_vectored_at(&self, pieces: &[&[u8]], mut offset: u64) -> Result<()> {
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match rustix::io::pwritev(&self.file, rest, offset) {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(Error::local("write", &self.path, e).context(&self.shown));
+                }
+                Ok(n) => {
+                    offset += n as u64;
+                    std::io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    let e = std::io::Error::from(e);
+                    return Err(Error::local("write", &self.path, e).context(&self.shown));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads `range` back (for a hash that must see the bytes in order), in pieces, through
@@ -459,6 +600,74 @@ mod tests {
         let again = PartFile::open(&dir, "r.part", size, true, "r", true).unwrap();
         let got = std::fs::read(again.path()).unwrap();
         assert_eq!(&got[10..110], &[7u8; 100]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Streamed pieces of any size, from any offset, staged either way: the file holds
+        /// exactly the bytes at their offsets, and buffered writes end on the write boundary
+        /// (the last excepted).
+        #[test]
+        fn staged_pieces_land_in_order_and_buffered_writes_end_on_boundaries(
+            start in 0u64..(3 << 20),
+            sizes in proptest::collection::vec(1usize..400_000, 1..24),
+            direct: bool,
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let total: usize = sizes.iter().sum();
+            let size = start + total as u64;
+            let dir = Dir::open(tmp.path()).unwrap();
+            let part = PartFile::open(&dir, "p.part", size, false, "p", direct).unwrap();
+            let mut staging = Staging::new(256 * 1024);
+            staging.begin(direct);
+            let mut at = start;
+            let mut sent = Vec::with_capacity(total);
+            for (i, n) in sizes.iter().enumerate() {
+                let piece: Vec<u8> = (0..*n).map(|k| (k * 31 + i * 7) as u8).collect();
+                sent.extend_from_slice(&piece);
+                let mut rest = bytes::Bytes::from(piece);
+                loop {
+                    rest = staging.take(rest);
+                    while let Some(n) = staging.due(at) {
+                        staging.write(&part, at, n).unwrap();
+                        at += n as u64;
+                        prop_assert!(direct || at % BUFFERED_WRITE == 0, "a buffered write ended at {at}");
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
+                }
+                prop_assert_eq!(at + staging.waiting() as u64, start + sent.len() as u64);
+            }
+            let n = staging.waiting();
+            staging.write(&part, at, n).unwrap();
+            prop_assert_eq!(staging.waiting(), 0);
+            let got = std::fs::read(tmp.path().join("p.part")).unwrap();
+            prop_assert_eq!(got.len() as u64, size);
+            prop_assert!(got[start as usize..] == sent[..], "the bytes differ");
+        }
+    }
+
+    #[test]
+    fn many_tiny_pieces_are_written_before_they_outgrow_one_pwritev() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let part = PartFile::open(&dir, "p.part", 1000, false, "p", false).unwrap();
+        let mut staging = Staging::new(4096);
+        staging.begin(false);
+        let mut at = 0;
+        for i in 0..1000u32 {
+            staging.take(bytes::Bytes::from(vec![i as u8]));
+            if let Some(n) = staging.due(at) {
+                assert_eq!(n, MAX_PIECES, "all of them, far from the 1 MiB boundary");
+                staging.write(&part, at, n).unwrap();
+                at += n as u64;
+            }
+        }
+        let n = staging.waiting();
+        staging.write(&part, at, n).unwrap();
+        let got = std::fs::read(tmp.path().join("p.part")).unwrap();
+        assert!(got.iter().enumerate().all(|(i, &b)| b == i as u8));
     }
 
     #[test]
