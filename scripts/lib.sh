@@ -19,7 +19,13 @@ export GCE_METADATA_IP=127.0.0.1:9
 export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}"
 
 PIDS=()
+# Commands run at exit before the servers stop (e.g. the bench restoring what it changed).
+CLEANUP_HOOKS=()
 cleanup() {
+  local hook
+  for hook in "${CLEANUP_HOOKS[@]:-}"; do
+    [ -n "$hook" ] && { eval "$hook" || true; }
+  done
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   done
