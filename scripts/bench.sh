@@ -16,11 +16,8 @@
 #        redirect to nginx (a fast static CDN with Range support)
 #   serve time to serve: from a cold page cache, the load and then every tensor read with the
 #        safetensors library; S3 (2 and 4 × 1 GiB shards: model-loader, s5cmd, aws s3 cp; from
-#        s3s-fs behind a front that sends the bytes by sendfile, see start_s3_front) and the Hub
-#        (2 × 512 MiB: model-loader, hf_transfer, hf download)
-#
-# Every run but --smoke holds the VM's free-page reporting off while it lasts (see
-# hold_freed_memory; BENCH_HOST_MEMORY=as-is leaves it on).
+#        s3s-fs behind an nginx front that serves the bytes from its files, see start_s3_front)
+#        and the Hub (2 × 512 MiB: model-loader, hf_transfer, hf download)
 #   kserve model-loader vs KServe's own storage initializer (PyPI kserve-storage, run as its
 #        initializer-entrypoint runs it) on the 1 GiB model from s3s-fs, each called as KServe
 #        calls it; time to serve (load, then every file read once) and the process tree's memory
@@ -30,6 +27,9 @@
 #        (2 × 512 MiB safetensors + config files) from the distribution registry on loopback: time to serve
 #        (load, then every tensor read with safetensors), with the ceiling (parallel ranged curl
 #        of the blobs)
+#
+# Every run but --smoke holds the VM's free-page reporting off while it lasts (see
+# hold_freed_memory; BENCH_HOST_MEMORY=as-is leaves it on).
 #
 # --smoke: tiny data, one run, results to target/bench/BENCHMARKS.smoke.md (scripts/test.sh
 # runs it so the benchmark cannot rot).
@@ -86,13 +86,16 @@ install_python_tools
 # restored on exit. BENCH_HOST_MEMORY=as-is leaves the machine as it is.
 hold_freed_memory() {
   local p=/sys/module/page_reporting/parameters/page_reporting_order was
+  local reported=/sys/module/page_reporting/parameters/reported_kib before
   [ "$SMOKE" = 0 ] && [ "${BENCH_HOST_MEMORY:-hold}" = hold ] && [ -w "$p" ] || return 0
   was=$(cat "$p")
-  if ! echo 11 > "$p" 2>/dev/null; then
-    log "free-page reporting is on and could not be held off: rounds pay the host for memory unequally"
-    return 0
+  if [ "$was" != 11 ]; then  # 11: held by another run, which restores it
+    if ! echo 11 > "$p" 2>/dev/null; then
+      log "free-page reporting is on and could not be held off (mainline kernels take no order above 10): rounds pay the host for memory unequally"
+      return 0
+    fi
+    CLEANUP_HOOKS+=("echo $was > $p")
   fi
-  CLEANUP_HOOKS+=("echo $was > $p")
   log "free-page reporting held off for the run (page_reporting_order $was → 11, restored on exit); touching the free memory once"
   "$VENV/bin/python" - <<'PY'
 import mmap
@@ -105,6 +108,11 @@ if n:
         m[off:off + len(block)] = block
     m.close()
 PY
+  # What was just touched is free again: held, none of it is reported in the seconds after.
+  if [ -r "$reported" ]; then
+    before=$(cat "$reported"); sleep 3
+    [ "$(cat "$reported")" = "$before" ] || log "free pages are still being reported to the host: rounds may start unequal"
+  fi
 }
 hold_freed_memory
 
@@ -156,10 +164,11 @@ CONF
 # object's bytes through tokio's blocking pool 4 KiB at a time (`ReaderStream::with_capacity(file,
 # 4096)`, s3s-fs 0.14.1 src/s3.rs:357), which took 3.2–3.6 CPU-s per GiB of this machine's two
 # cores, 63–71 % of every load's samples under `perf`, whatever the client: the loads measured
-# the emulator. S3 itself spends nothing on the client's cores. The front sends ranged GETs'
-# bytes from s3s-fs's own files by sendfile (as a file server, without an ETag, so it ignores
-# If-Match: nothing changes during the bench); everything else (listing, HEAD with its checksums,
-# signatures) goes to s3s-fs.
+# the emulator. S3 itself spends nothing on the client's cores. The front answers ranged GETs
+# from s3s-fs's own files: a file server behind it sends them by sendfile and the front relays
+# them in 1 MiB reads (the hop strips If-Match, which a file server without S3's ETag would
+# refuse; nothing changes during the bench). Everything else (listing, HEAD with its
+# checksums, signatures) goes to s3s-fs.
 start_s3_front() {
   local upstream=${1#http://} root=$2 port files
   port=$(free_port); files=$(free_port)
@@ -187,21 +196,19 @@ http {
     listen 127.0.0.1:$port;
     client_max_body_size 0;
     proxy_http_version 1.1;
-    proxy_set_header Connection "";
     proxy_buffering off;
     location / {
       error_page 418 = @bytes;
-      recursive_error_pages on;
       if (\$http_range) { return 418; }
+      proxy_set_header Connection "";
       proxy_set_header Host \$http_host;
       proxy_pass http://s3s;
     }
     location @bytes {
+      proxy_set_header Connection "";
       proxy_set_header If-Match "";
       proxy_set_header Authorization "";
       proxy_buffer_size 1m;
-      proxy_buffers 4 1m;
-      proxy_busy_buffers_size 2m;
       proxy_pass http://files;
     }
   }

@@ -1,7 +1,8 @@
 //! The transfer engine, written once for every source: one global pool of (file, byte range)
 //! requests over all files, largest files first; each chunk streamed into its part file with
 //! positional writes from one reused buffer per worker, or for buffered writes from the
-//! received pieces themselves (memory = concurrency × buffer, whatever the model size); retries with backoff that resume inside the chunk; a file is
+//! received pieces themselves, up to 512 KiB a stream (memory = concurrency × that, whatever
+//! the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -37,10 +37,11 @@ use plan::{plan, PlanOptions};
 use select::select;
 use state::StateDir;
 
-/// Bytes gathered per worker before one positional write. 1 MiB was measured faster on the hf
-/// bench (fewer `block_in_place` hand-overs) but raised peak RSS past the 32 MiB target on the
-/// s3 bench (BENCHMARKS.md), so it stays 256 KiB; runs that hash files in order, which hold
-/// far more than that in memory anyway, use [`inorder::WRITE_BUFFER`].
+/// Bytes gathered per worker before one positional `O_DIRECT` write. 1 MiB was measured faster
+/// on the hf bench (fewer `block_in_place` hand-overs) but raised peak RSS past the 32 MiB
+/// target on the s3 bench (BENCHMARKS.md), so it stays 256 KiB; runs that hash files in order,
+/// which hold far more than that in memory anyway, use [`inorder::WRITE_BUFFER`]. Buffered
+/// writes gather the received pieces instead, up to `writer::BUFFERED_WRITE`.
 const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Loads `cfg.source` into `cfg.dest`. Returns what was done; every failure is classified.

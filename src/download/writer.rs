@@ -186,8 +186,8 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// How far buffered writes reach: each ends at a multiple of this in the file, so the kernel
-/// can cache it in folios this large (it sizes a folio by the write that creates it), which the
+/// How far buffered writes reach: each ends at a multiple of this in the file (but a body's
+/// last, and one forced by [`MAX_PIECES`]), so the kernel can cache it in folios this large (it sizes a folio by the write that creates it), which the
 /// engine's read of the weights walks fewer of. What a stream holds until then is memory: on
 /// 2 × 1 GiB, peak RSS was 32–36 MiB with 256 KiB, 40–41 with 512 KiB, 47–48 with 1 MiB, at
 /// the same CPU (1.0–1.1 s); the read after took 0.38–0.39, 0.36–0.37 and 0.36–0.37 s.
@@ -220,7 +220,7 @@ impl Staging {
             cap,
             pieces: Vec::new(),
             pieces_len: 0,
-            direct: true,
+            direct: false,
         }
     }
 
