@@ -209,6 +209,8 @@ http {
       proxy_set_header If-Match "";
       proxy_set_header Authorization "";
       proxy_buffer_size 1m;
+      proxy_buffers 4 1m;  # unused unbuffered, but nginx checks the busy size against them
+      proxy_busy_buffers_size 2m;
       proxy_pass http://files;
     }
   }
@@ -219,7 +221,8 @@ CONF
   PIDS+=($!)
   FRONT_URL="http://127.0.0.1:$port"
   for _ in $(seq 1 50); do curl -s -o /dev/null "$FRONT_URL/" && break; sleep 0.1; done
-  log "S3 front on $FRONT_URL (ranged GETs by sendfile, the rest to s3s-fs)"
+  curl -s -o /dev/null "$FRONT_URL/" || { log "the S3 front did not start:"; cat "$nd/error.log" >&2; return 1; }
+  log "S3 front on $FRONT_URL (ranged GETs from the files, the rest to s3s-fs)"
 }
 
 # settle: flush, then wait until the disk has been idle for a second (at most a minute). This
@@ -837,7 +840,7 @@ bench_serve_s3() {
         esac
       done
     done
-    serve_report "serve-s3-$n" "s3:// — $n × $mib MiB safetensors shards, s3s-fs $S3S_FS_VERSION behind an nginx front that sends the bytes by sendfile, on loopback"
+    serve_report "serve-s3-$n" "s3:// — $n × $mib MiB safetensors shards, s3s-fs $S3S_FS_VERSION behind an nginx front that serves the bytes from its files, on loopback"
   done
   unset AWS_ENDPOINT_URL
   rm -rf "$dest"
