@@ -130,10 +130,10 @@ install_s3_peers() {
   fi
 }
 
-# start_nginx ROOT: serves ROOT on a free loopback port; sets NGINX_URL.
-start_nginx() {
-  local root=$1 port; port=$(free_port)
-  local nd="$RUN_DIR/nginx-$port"
+# run_nginx DIR PORT HTTP: nginx as a background job with its files in DIR, the settings every
+# bench nginx shares, then HTTP (the rest of its http block); waits until PORT answers.
+run_nginx() {
+  local nd=$1 port=$2 http=$3
   mkdir -p "$nd"
   cat > "$nd/nginx.conf" <<CONF
 worker_processes 1;
@@ -151,13 +151,19 @@ http {
   fastcgi_temp_path $nd;
   uwsgi_temp_path $nd;
   scgi_temp_path $nd;
-  server { listen 127.0.0.1:$port; root $root; location / { } }
+$http
 }
 CONF
   nginx -c "$nd/nginx.conf" -e "$nd/error.log" &
   PIDS+=($!)
+  for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+}
+
+# start_nginx ROOT: serves ROOT on a free loopback port; sets NGINX_URL.
+start_nginx() {
+  local root=$1 port; port=$(free_port)
+  run_nginx "$RUN_DIR/nginx-$port" "$port" "  server { listen 127.0.0.1:$port; root $root; location / { } }"
   NGINX_URL="http://127.0.0.1:$port"
-  for _ in $(seq 1 50); do curl -s -o /dev/null "$NGINX_URL/" && break; sleep 0.1; done
 }
 
 # start_s3_front S3S_URL ROOT: an nginx front for s3s-fs; sets FRONT_URL. s3s-fs serves an
@@ -170,26 +176,9 @@ CONF
 # refuse; nothing changes during the bench). Everything else (listing, HEAD with its
 # checksums, signatures) goes to s3s-fs.
 start_s3_front() {
-  local upstream=${1#http://} root=$2 port files
-  port=$(free_port); files=$(free_port)
-  local nd="$RUN_DIR/s3-front-$port"
-  mkdir -p "$nd"
-  cat > "$nd/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $nd/nginx.pid;
-error_log $nd/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-  client_body_temp_path $nd;
-  proxy_temp_path $nd;
-  fastcgi_temp_path $nd;
-  uwsgi_temp_path $nd;
-  scgi_temp_path $nd;
+  local upstream=${1#http://} root=$2 port files nd
+  port=$(free_port); files=$(free_port); nd="$RUN_DIR/s3-front-$port"
+  run_nginx "$nd" "$port" "$(cat <<CONF
   upstream s3s { server $upstream; keepalive 32; }
   upstream files { server 127.0.0.1:$files; keepalive 32; }
   server {
@@ -215,12 +204,9 @@ http {
     }
   }
   server { listen 127.0.0.1:$files; root $root; etag off; location / { } }
-}
 CONF
-  nginx -c "$nd/nginx.conf" -e "$nd/error.log" &
-  PIDS+=($!)
+)"
   FRONT_URL="http://127.0.0.1:$port"
-  for _ in $(seq 1 50); do curl -s -o /dev/null "$FRONT_URL/" && break; sleep 0.1; done
   curl -s -o /dev/null "$FRONT_URL/" || { log "the S3 front did not start:"; cat "$nd/error.log" >&2; return 1; }
   log "S3 front on $FRONT_URL (ranged GETs from the files, the rest to s3s-fs)"
 }
