@@ -187,8 +187,9 @@ impl Drop for AlignedBuf {
 }
 
 /// How far buffered writes reach: each ends at a multiple of this in the file (but a body's
-/// last, and one forced by [`MAX_PIECES`]), so the kernel can cache it in folios this large (it sizes a folio by the write that creates it), which the
-/// engine's read of the weights walks fewer of. What a stream holds until then is memory: on
+/// last, and one forced by [`MAX_PIECES`]), so the kernel can cache it in folios this large
+/// (it sizes a folio by the write that creates it), which the engine's read of the weights
+/// walks fewer of. What a stream holds until then is memory: on
 /// 2 × 1 GiB, peak RSS was 32–36 MiB with 256 KiB, 40–41 with 512 KiB, 47–48 with 1 MiB, at
 /// the same CPU (1.0–1.1 s); the read after took 0.38–0.39, 0.36–0.37 and 0.36–0.37 s.
 pub const BUFFERED_WRITE: u64 = 512 << 10;
@@ -639,7 +640,10 @@ mod tests {
                     while let Some(n) = staging.due(at) {
                         staging.write(&part, at, n).unwrap();
                         at += n as u64;
-                        prop_assert!(direct || at % BUFFERED_WRITE == 0, "a buffered write ended at {at}");
+                        prop_assert!(
+                            direct || at % BUFFERED_WRITE == 0,
+                            "a buffered write ended at {at}"
+                        );
                     }
                     if rest.is_empty() {
                         break;
