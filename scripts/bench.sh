@@ -131,7 +131,8 @@ install_s3_peers() {
 }
 
 # run_nginx DIR PORT HTTP: nginx as a background job with its files in DIR, the settings every
-# bench nginx shares, then HTTP (the rest of its http block); waits until PORT answers.
+# bench nginx shares, then HTTP (the rest of its http block); waits until PORT answers, and
+# fails with nginx's error log if it never does.
 run_nginx() {
   local nd=$1 port=$2 http=$3
   mkdir -p "$nd"
@@ -157,6 +158,7 @@ CONF
   nginx -c "$nd/nginx.conf" -e "$nd/error.log" &
   PIDS+=($!)
   for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  curl -s -o /dev/null "http://127.0.0.1:$port/" || { log "nginx did not start:"; cat "$nd/error.log" >&2; return 1; }
 }
 
 # start_nginx ROOT: serves ROOT on a free loopback port; sets NGINX_URL.
@@ -207,7 +209,6 @@ start_s3_front() {
 CONF
 )"
   FRONT_URL="http://127.0.0.1:$port"
-  curl -s -o /dev/null "$FRONT_URL/" || { log "the S3 front did not start:"; cat "$nd/error.log" >&2; return 1; }
   log "S3 front on $FRONT_URL (ranged GETs from the files, the rest to s3s-fs)"
 }
 
