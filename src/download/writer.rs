@@ -290,11 +290,11 @@ impl Staging {
                 break;
             }
             let take = p.len().min(left);
-            slices.push(&p[..take]);
+            slices.push(std::io::IoSlice::new(&p[..take]));
             left -= take;
         }
         debug_assert_eq!(left, 0, "due() never asks for more than is waiting");
-        part.write_all_vectored_at(&slices, at)?;
+        part.write_all_vectored_at(&mut slices, at)?;
         // The pieces written whole go; the one written in part keeps its rest.
         let (mut whole, mut left) = (0, n);
         while whole < self.pieces.len() && self.pieces[whole].len() <= left {
@@ -414,10 +414,12 @@ impl PartFile {
 
     /// Writes `pieces` one after another from `offset`, through the page cache (`pwritev`,
     /// again for what a short write left).
-    pub fn write_all_vectored_at(&self, pieces: &[&[u8]], mut offset: u64) -> Result<()> {
-        let mut slices: Vec<std::io::IoSlice<'_>> =
-            pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
-        let mut rest = &mut slices[..];
+    pub fn write_all_vectored_at(
+        &self,
+        pieces: &mut [std::io::IoSlice<'_>],
+        mut offset: u64,
+    ) -> Result<()> {
+        let mut rest = pieces;
         while !rest.is_empty() {
             match rustix::io::pwritev(&self.file, rest, offset) {
                 Ok(0) => {
