@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -183,6 +184,15 @@ PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_ = "hub"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes. With Nagle's algorithm on, the body then waits
+        # for the ACK of the headers, which the client delays by 40 ms on every request after
+        # the first of a kept-alive connection (a paged tree listing took 42 ms a page). Real
+        # servers send at once (nginx's `tcp_nodelay on`, its default for kept-alive
+        # connections: https://nginx.org/en/docs/http/ngx_http_core_module.html#tcp_nodelay).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):
         pass

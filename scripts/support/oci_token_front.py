@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -57,6 +58,13 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrad
 
 class Front(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body are separate writes: without this, Nagle's algorithm holds the body
+        # for the client's delayed ACK (40 ms) on every request after a connection's first, as
+        # no real registry does (see fake_hub.py).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):
         pass
