@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use super::inorder;
 use super::manifest::Checked;
 use super::plan::{self, FilePlan};
+use super::ramp;
 use super::reread::Verdict;
 use super::state::StateDir;
 use super::writer::{self, PartFile};
@@ -38,6 +39,9 @@ pub const DURABLE_EVERY: u64 = 64 << 20;
 pub struct ExecOptions {
     /// Requests in flight at once, over all files.
     pub concurrency: usize,
+    /// Start with fewer streams and open more only while they raise the throughput (see
+    /// [`ramp`]): the default; a `--concurrency` given is kept as given.
+    pub adaptive: bool,
     pub retry: RetryPolicy,
     /// Bytes gathered before one positional write.
     pub buffer_size: usize,
@@ -165,6 +169,10 @@ struct Ctx {
     budget: Arc<inorder::Budget>,
     /// Requests in flight, fewer while the server asks to slow down.
     throttle: crate::retry::Throttle,
+    /// Streams taking chunks (all of them unless the run ramps, see [`ramp`]).
+    streams: ramp::Gate,
+    /// Chunks handed to a stream so far.
+    handed: AtomicU64,
 }
 
 impl Ctx {
@@ -178,6 +186,7 @@ impl Ctx {
         // must see the stop.
         self.budget.freed.notify_waiters();
         self.throttle.close();
+        self.streams.open_all();
     }
 
     fn stopping(&self) -> bool {
@@ -207,6 +216,7 @@ impl Ctx {
                 continue;
             };
             c.pos = Some(chunk.end);
+            self.handed.fetch_add(1, Ordering::Relaxed);
             return Some((c.file, chunk));
         }
     }
@@ -312,6 +322,8 @@ pub async fn execute(
         in_order: Mutex::new(inorder::Stats::default()),
         budget,
         throttle: crate::retry::Throttle::new(opts.concurrency, opts.retry),
+        streams: ramp::Gate::new(usize::MAX),
+        handed: AtomicU64::new(0),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -333,11 +345,16 @@ async fn run_workers(ctx: &Arc<Ctx>, chunks_total: u64) {
     } else {
         (ctx.opts.concurrency.max(1) as u64).min(chunks_total.max(1)) as usize
     };
+    let ramping = (ctx.opts.adaptive && workers > 0).then(|| {
+        let ramp = ramp::Ramp::new(workers);
+        allow(ctx, ramp.initial());
+        tokio::spawn(ramp_streams(Arc::clone(ctx), ramp, chunks_total))
+    });
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers {
+    for index in 0..workers {
         let ctx = Arc::clone(ctx);
         set.spawn(async move {
-            if let Err(e) = worker(&ctx).await {
+            if let Err(e) = worker(&ctx, index).await {
                 ctx.fail(e);
             }
         });
@@ -347,6 +364,33 @@ async fn run_workers(ctx: &Arc<Ctx>, chunks_total: u64) {
             ctx.fail(
                 Error::new(Kind::Network, "a transfer task failed unexpectedly").with_source(e),
             );
+        }
+    }
+    if let Some(task) = ramping {
+        task.abort();
+    }
+}
+
+/// `streams` may take chunks, and hold as much ahead of in-order hashes as that many need.
+fn allow(ctx: &Ctx, streams: usize) {
+    ctx.budget.set_limit(inorder::hold_limit(streams));
+    ctx.streams.set(streams);
+}
+
+/// Feeds the run's throughput to `ramp` every tick and applies its decisions, until it has
+/// nothing more to decide or the run ends (the task is then aborted).
+async fn ramp_streams(ctx: Arc<Ctx>, mut ramp: ramp::Ramp, chunks_total: u64) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(ramp::TICK);
+    while !ramp.done() && !ctx.stopping() {
+        tick.tick().await;
+        let left = chunks_total.saturating_sub(ctx.handed.load(Ordering::Relaxed));
+        let bytes = ctx.bytes.load(Ordering::Relaxed);
+        if let Some(change) = ramp.observe(start.elapsed(), bytes, left) {
+            allow(&ctx, change.streams);
+            if let Some(why) = change.why {
+                ctx.reporter.info(&why);
+            }
         }
     }
 }
@@ -451,10 +495,21 @@ fn stopped_message(ctx: &Ctx) -> String {
     )
 }
 
-async fn worker(ctx: &Ctx) -> Result<()> {
+/// Worker `index` of the run: takes chunks while the streams allowed include it.
+async fn worker(ctx: &Ctx, index: usize) -> Result<()> {
     let mut buf = writer::Staging::new(ctx.opts.buffer_size);
     while !ctx.stopping() {
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => break,
+            _ = ctx.streams.admit(index) => {}
+        }
+        if ctx.stopping() {
+            break;
+        }
         let Some((fi, range)) = ctx.next_chunk() else {
+            // Parked workers wake to find nothing left, and end.
+            ctx.streams.open_all();
             break;
         };
         let job = &ctx.files[fi];

@@ -61,7 +61,8 @@ pub type ReadBack = Box<dyn Fn(ByteRange, &mut dyn FnMut(&[u8])) -> Result<()> +
 #[derive(Debug)]
 pub struct Budget {
     held: AtomicUsize,
-    limit: usize,
+    /// Follows the streams a ramping run allows ([`Budget::set_limit`]).
+    limit: AtomicUsize,
     /// Woken as frontiers move (every [`WAKE_EVERY`] bytes, and whenever a hashing thread runs
     /// out of work), for the streams that wait for room.
     pub freed: tokio::sync::Notify,
@@ -71,7 +72,7 @@ impl Budget {
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Budget {
             held: AtomicUsize::new(0),
-            limit,
+            limit: AtomicUsize::new(limit),
             freed: tokio::sync::Notify::new(),
         })
     }
@@ -79,13 +80,23 @@ impl Budget {
     fn take(&self, n: usize) -> bool {
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                h.checked_add(n).filter(|&t| t <= self.limit)
+                h.checked_add(n)
+                    .filter(|&t| t <= self.limit.load(Ordering::Acquire))
             })
             .is_ok()
     }
 
     fn give(&self, n: usize) {
         self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// A new limit: with fewer streams, fewer bytes ahead of the frontiers (a stream alone
+    /// ahead would otherwise run the whole budget ahead, out of the caches); more room wakes
+    /// the streams waiting for it.
+    pub fn set_limit(&self, limit: usize) {
+        if self.limit.swap(limit, Ordering::AcqRel) < limit {
+            self.freed.notify_waiters();
+        }
     }
 
     pub fn held(&self) -> usize {

@@ -12,6 +12,7 @@ pub mod inorder;
 pub mod lock;
 pub mod manifest;
 pub mod plan;
+pub mod ramp;
 pub mod reread;
 pub mod select;
 pub mod state;
@@ -313,8 +314,10 @@ async fn fetch_all(
     selected: &[(RelPath, RemoteFile)],
     mut plan_options: PlanOptions,
 ) -> Result<engine::Executed> {
+    let (auto, ramps) = auto_concurrency(&fetch);
     let exec = ExecOptions {
-        concurrency: cfg.concurrency.unwrap_or_else(|| auto_concurrency(&fetch)),
+        concurrency: cfg.concurrency.unwrap_or(auto),
+        adaptive: cfg.concurrency.is_none() && ramps,
         retry: cfg.retry,
         buffer_size: WRITE_BUFFER,
         fsync: cfg.fsync,
@@ -497,14 +500,17 @@ fn keep_only_resumed_parts(state: &StateDir, fetch: &[plan::FilePlan]) -> Result
     state.remove_stray_parts(&keep)
 }
 
-/// Small files are latency-bound: twice the requests in flight took 2,000 × 64 KiB files from
-/// 855 to ~1,200 files/s, while 4 × 1 GiB shards ran the same at 16 and 32 (BENCHMARKS.md).
-fn auto_concurrency(fetch: &[plan::FilePlan]) -> usize {
+/// The default streams, and whether the run ramps up to them (see [`ramp`]). Small files are
+/// latency-bound: twice the requests in flight took 2,000 × 64 KiB files from 855 to ~1,200
+/// files/s, so they get 32 from the start. Large files run the same at 16 and 32 (4 × 1 GiB
+/// shards, BENCHMARKS.md), and on a host that is itself the limit better with fewer: up to 16,
+/// ramped.
+fn auto_concurrency(fetch: &[plan::FilePlan]) -> (usize, bool) {
     let bytes: u64 = fetch.iter().map(|f| f.file.size).sum();
     if fetch.len() >= 64 && bytes / fetch.len() as u64 <= 4 << 20 {
-        32
+        (32, false)
     } else {
-        16
+        (16, true)
     }
 }
 

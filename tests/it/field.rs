@@ -240,6 +240,45 @@ fn a_long_slowdown_burst_is_waited_out_with_fewer_requests_in_flight() {
     );
 }
 
+/// An object store serves each connection at a capped rate (S3: "one concurrent request for
+/// each 85–90 MB/s of desired network throughput", AWS's S3 performance guidelines), so a
+/// link is filled only with many streams. The loader starts with two and must open every
+/// stream as soon as it sees each one that slow (never stay on few streams on a slow link);
+/// with `--concurrency 2`, the same load has two or three connections open at once, so the
+/// count below can fail.
+#[test]
+fn streams_served_slowly_each_open_every_stream() {
+    let ep = s3_endpoint();
+    let b = bucket("slowstreams");
+    let mut objects = BTreeMap::new();
+    objects.insert("m/weights.bin".to_string(), data(61, 24 << 20));
+    seed_s3(&ep, &b, &objects);
+    for (extra, want) in [(None, 16..=64), (Some("2"), 1..=3)] {
+        let proxy = Proxy::with_fault(
+            &ep,
+            Fault::ThrottleEach {
+                bytes_per_sec: 8 << 20,
+            },
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("d");
+        let mut cmd = loader(&proxy.url(), tmp.path());
+        cmd.args(["--chunk-size", "512KiB"]);
+        if let Some(n) = extra {
+            cmd.args(["--concurrency", n]);
+        }
+        let stderr = loads_exactly(cmd.arg(format!("s3://{b}/m")).arg(&dest), &dest, &objects);
+        let open = proxy.peak_connections();
+        assert!(
+            want.contains(&open),
+            "--concurrency {extra:?}: {open} connections open at once: {stderr}"
+        );
+        if extra.is_none() {
+            assert!(stderr.contains("streams: 2 → 16 (each moved"), "{stderr}");
+        }
+    }
+}
+
 /// Some S3-compatible servers implement only ListObjects V1 (scality/cloudserver#1191,
 /// s3fs-fuse#1583): they ignore `list-type=2`, answer V1 pages, and never send a continuation
 /// token. The loader pages them by marker (the last key) and lists every object once.

@@ -48,6 +48,11 @@ pub enum Fault {
     Throttle {
         bytes_per_sec: u64,
     },
+    /// Pass every reply, but at most `bytes_per_sec` on each connection, as object stores
+    /// serve one connection (S3: 85–90 MB/s each).
+    ThrottleEach {
+        bytes_per_sec: u64,
+    },
     /// Flip one bit of body byte `at` (counted from the start of the reply's body) in the first
     /// `first` ranged replies long enough to have it; lengths unchanged, as a bad NIC or a broken
     /// proxy would.
@@ -183,6 +188,8 @@ pub struct Proxy {
     heads: Arc<Mutex<Vec<String>>>,
     down: Arc<std::sync::atomic::AtomicU64>,
     refused: Arc<AtomicUsize>,
+    /// Connections open now, and the most open at once.
+    open: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 struct Shared {
@@ -228,6 +235,8 @@ impl Proxy {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let counts = Arc::clone(&open);
         let shared = Arc::new(Shared {
             target,
             fault,
@@ -254,7 +263,13 @@ impl Proxy {
                     let Ok((client, _)) = l.accept().await else {
                         continue;
                     };
-                    tokio::spawn(connection(client, Arc::clone(&shared)));
+                    let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+                    counts.1.fetch_max(now, Ordering::SeqCst);
+                    let (shared, counts) = (Arc::clone(&shared), Arc::clone(&counts));
+                    tokio::spawn(async move {
+                        connection(client, shared).await;
+                        counts.0.fetch_sub(1, Ordering::SeqCst);
+                    });
                 }
             });
         });
@@ -264,7 +279,14 @@ impl Proxy {
             heads,
             down,
             refused,
+            open,
         }
+    }
+
+    /// The most connections open at once: at least as many as the requests a client had in
+    /// flight at once (and its idle kept-alive ones).
+    pub fn peak_connections(&self) -> usize {
+        self.open.1.load(Ordering::SeqCst)
     }
 
     /// Bytes the server sent through this proxy (headers included).
@@ -346,10 +368,23 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
             Fault::Throttle { bytes_per_sec } => Some(bytes_per_sec),
             _ => None,
         };
+        let each = match sh.fault {
+            Fault::ThrottleEach { bytes_per_sec } => Some(bytes_per_sec),
+            _ => None,
+        };
         let shared = Arc::clone(&sh);
         tokio::spawn(async move {
-            let mut buf = vec![0u8; if rate.is_some() { 16 * 1024 } else { 64 * 1024 }];
+            let paced = rate.is_some() || each.is_some();
+            let mut buf = vec![0u8; if paced { 16 * 1024 } else { 64 * 1024 }];
+            // This connection's bytes, and when its first was relayed (`ThrottleEach`).
+            let (mut mine, mut mine_since) = (0u64, None::<std::time::Instant>);
             loop {
+                if let (Some(rate), Some(since)) = (each, mine_since) {
+                    let due = Duration::from_secs_f64(mine as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(since.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 // Wait until the bytes sent so far fit the rate since the first reply began
                 // (not the proxy's start: a client that takes a while before its first
                 // request gets no burst for it).
@@ -371,6 +406,8 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 let allowed = budget.load(Ordering::SeqCst);
                 let pass = n.min(allowed);
                 down.fetch_add(pass as u64, Ordering::SeqCst);
+                mine_since.get_or_insert_with(std::time::Instant::now);
+                mine += pass as u64;
                 let mut w = cw.lock().await;
                 if w.write_all(&buf[..pass]).await.is_err() {
                     break;

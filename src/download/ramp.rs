@@ -1,0 +1,367 @@
+//! How many streams a run keeps busy when `--concurrency` is not given: the fewest that move
+//! the bytes as fast as the most would.
+//!
+//! A slow link needs many streams: one connection to an object store is served at about
+//! 85–90 MB/s (AWS's S3 performance guidelines: "one concurrent request for each 85–90 MB/s of
+//! desired network throughput"), a CDN's similarly, so a 10–25 Gbit/s node fills its link only
+//! with 16. A host that is itself the limit (a CPU-limited pod, a model hashed in order on two
+//! cores, a disk that cannot keep up) gains nothing from more streams and pays for each in memory
+//! held ahead of the hash, scheduling and cache misses: on this project's two-core bench the Hub
+//! set loaded in 1.11–1.18 s with 2 streams against 1.33–1.40 s with 16, at 35 instead of
+//! 120 MiB.
+//!
+//! So a run starts with [`START`] streams and, once their bytes flow, looks at what each moves:
+//! slower than one connection can be served ([`FAST_STREAM`]), the link or the server is the
+//! limit and every stream is opened at once, one [`WINDOW`] after the first byte. Faster, it doubles the streams while doubling raises the throughput by
+//! [`GAIN`], and goes back to the last level that paid when it does not; it tries again every
+//! [`REPROBE`], and opens every stream if the streams later slow below [`FAST_STREAM`] (the link
+//! got busier). TCP's slow start cannot trap a run on few streams: a stream still in slow start
+//! looks slow, and slow streams open every stream.
+//!
+//! hf_xet (1.3+) adapts too, differently: one stream more or less at most every 500 ms, from a
+//! regression of request time on size × concurrency, starting at one stream (four since 1.5).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How often the run's byte count is looked at.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Streams a run starts with.
+pub const START: usize = 2;
+/// A stream moving more than this is faster than one connection to an object store or a CDN is
+/// served (~90 MB/s for S3, see the module doc): the host, not the link, may be the limit.
+pub const FAST_STREAM: f64 = 200e6;
+/// Each level settles for one window (new requests, slow start on a low-latency link) and is
+/// measured over the next.
+pub const WINDOW: Duration = Duration::from_millis(150);
+/// Doubling the streams must raise the throughput by this factor to be kept.
+pub const GAIN: f64 = 1.15;
+/// After a doubling did not pay, it is tried again this much later.
+pub const REPROBE: Duration = Duration::from_secs(10);
+
+/// A change of the streams allowed, and why (for the log; `None` for a silent probe).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub streams: usize,
+    pub why: Option<String>,
+}
+
+/// The state of the decision, fed the run's byte count at regular ticks.
+#[derive(Debug)]
+pub struct Ramp {
+    max: usize,
+    streams: usize,
+    /// The level this one doubled, with its rate, while a doubling is measured.
+    base: Option<(usize, f64)>,
+    /// When the current level's measuring window starts, and the bytes then.
+    settle_until: Option<Duration>,
+    measure_from: Option<(Duration, u64)>,
+    /// No doubling before this (after one that did not pay).
+    hold_until: Duration,
+    done: bool,
+}
+
+impl Ramp {
+    /// A run allowed up to `max` streams; `initial()` is what it starts with.
+    pub fn new(max: usize) -> Ramp {
+        let max = max.max(1);
+        Ramp {
+            max,
+            streams: START.min(max),
+            base: None,
+            settle_until: None,
+            measure_from: None,
+            hold_until: Duration::ZERO,
+            done: START >= max,
+        }
+    }
+
+    pub fn initial(&self) -> usize {
+        self.streams
+    }
+
+    /// Nothing more to decide: every stream is open, or the run is in its tail.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// One tick: `now` since the run started, `bytes` received so far, `chunks_left` not yet
+    /// handed to a stream. Returns the new number of streams when it changes.
+    pub fn observe(&mut self, now: Duration, bytes: u64, chunks_left: u64) -> Option<Change> {
+        if self.done {
+            return None;
+        }
+        // The tail: fewer chunks than twice the streams left, so more streams could not all
+        // be busy and a rate says nothing about them.
+        if chunks_left <= 2 * self.streams as u64 {
+            self.done = true;
+            return None;
+        }
+        // The first level is measured from its first byte (not from the run's start: TTFB,
+        // TLS), with no settling: its streams started with the run, and on a slow link every
+        // window spent on few streams costs.
+        let Some(settle_until) = self.settle_until else {
+            if bytes > 0 {
+                self.settle_until = Some(now);
+                self.measure_from = Some((now, bytes));
+            }
+            return None;
+        };
+        if now < settle_until {
+            return None;
+        }
+        let Some((from, from_bytes)) = self.measure_from else {
+            self.measure_from = Some((now, bytes));
+            return None;
+        };
+        if now < from + WINDOW {
+            return None;
+        }
+        let secs = (now - from).as_secs_f64();
+        let rate = bytes.saturating_sub(from_bytes) as f64 / secs;
+        self.measure_from = Some((now, bytes));
+        if rate == 0.0 {
+            // A stall (a retry's backoff, a pushback): nothing to learn from this window.
+            return None;
+        }
+        self.judge(now, rate)
+    }
+
+    /// A level's measured `rate`: keep it, double it, go back, or open every stream.
+    fn judge(&mut self, now: Duration, rate: f64) -> Option<Change> {
+        let per_stream = rate / self.streams as f64;
+        if let Some((level, base_rate)) = self.base.take() {
+            if rate < GAIN * base_rate {
+                self.hold_until = now + REPROBE;
+                return Some(self.set(
+                    now,
+                    level,
+                    Some(format!(
+                        "streams: {level} of {} (more did not help: {} moved {}/s, {level} moved {}/s; this host, not the link, is the limit; tried again every {} s)",
+                        self.max,
+                        self.streams,
+                        crate::progress::human(rate as u64),
+                        crate::progress::human(base_rate as u64),
+                        REPROBE.as_secs()
+                    )),
+                ));
+            }
+        }
+        if per_stream < FAST_STREAM {
+            self.done = true;
+            return Some(self.set(
+                now,
+                self.max,
+                Some(format!(
+                    "streams: {} → {} (each moved {}/s, no faster than one connection is served: the link or the server is the limit)",
+                    self.streams,
+                    self.max,
+                    crate::progress::human(per_stream as u64)
+                )),
+            ));
+        }
+        if self.streams >= self.max {
+            self.done = true;
+            return None;
+        }
+        if now < self.hold_until {
+            return None;
+        }
+        self.base = Some((self.streams, rate));
+        Some(self.set(now, (self.streams * 2).min(self.max), None))
+    }
+
+    /// A new level: settle, then measure.
+    fn set(&mut self, now: Duration, streams: usize, why: Option<String>) -> Change {
+        if streams != self.streams {
+            self.streams = streams;
+            self.measure_from = None;
+            self.settle_until = Some(now + WINDOW);
+        }
+        Change { streams, why }
+    }
+}
+
+/// The streams allowed now, shared by a run's workers: worker `i` takes a chunk only while `i`
+/// is below it. A worker above it finishes its chunk, then parks here.
+pub struct Gate {
+    allowed: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub fn new(allowed: usize) -> Gate {
+        Gate {
+            allowed: AtomicUsize::new(allowed),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn set(&self, allowed: usize) {
+        self.allowed.store(allowed, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Every worker through, for good: the run stops, or has handed out its last chunk (the
+    /// parked workers must wake to find nothing left and end).
+    pub fn open_all(&self) {
+        self.set(usize::MAX);
+    }
+
+    /// Waits until worker `index` may take a chunk.
+    pub async fn admit(&self, index: usize) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if index < self.allowed.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a ramp of `max` streams for `secs` over a link whose throughput is
+    /// `rate(streams, time since the streams last changed)`; the streams after each tick.
+    fn simulate(
+        max: usize,
+        secs: f64,
+        rate: impl Fn(usize, Duration) -> f64,
+    ) -> (Vec<usize>, Vec<Change>) {
+        let mut ramp = Ramp::new(max);
+        let (mut streams, mut since, mut bytes) = (ramp.initial(), Duration::ZERO, 0f64);
+        let (mut seen, mut changes) = (vec![], vec![]);
+        let mut now = Duration::ZERO;
+        while now.as_secs_f64() < secs {
+            now += TICK;
+            since += TICK;
+            bytes += rate(streams, since) * TICK.as_secs_f64();
+            if let Some(c) = ramp.observe(now, bytes as u64, 1 << 20) {
+                if c.streams != streams {
+                    since = Duration::ZERO;
+                }
+                streams = c.streams;
+                changes.push(c);
+            }
+            seen.push(streams);
+        }
+        (seen, changes)
+    }
+
+    #[test]
+    fn a_slow_link_opens_every_stream_after_one_settle_and_one_window() {
+        let (seen, changes) = simulate(16, 3.0, |n, _| n as f64 * 60e6);
+        // One window from the first byte (the first tick's): 150 ms, then all 16.
+        assert_eq!(seen[..3], [2; 3]);
+        assert!(seen[3..].iter().all(|&n| n == 16), "{seen:?}");
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].why.as_deref().unwrap().contains("2 → 16"));
+    }
+
+    #[test]
+    fn a_host_that_is_the_limit_stays_at_the_start_and_probes_again_later() {
+        // Flat: more streams only cost (here, slightly less throughput).
+        let (seen, changes) = simulate(16, 12.0, |n, _| 0.9e9 - n as f64 * 5e6);
+        let probes = changes.iter().filter(|c| c.streams == 4).count();
+        let backs = changes.iter().filter(|c| c.streams == 2).count();
+        assert_eq!((probes, backs), (2, 2), "{changes:?}");
+        assert!(seen.iter().all(|&n| n <= 4));
+        assert_eq!(*seen.last().unwrap(), 2);
+        // Most of the time is spent at 2.
+        assert!(seen.iter().filter(|&&n| n == 2).count() > seen.len() * 9 / 10);
+        let why = changes[1].why.as_deref().unwrap();
+        assert!(
+            why.starts_with("streams: 2 of 16 (more did not help"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_fast_link_with_a_cap_keeps_the_fewest_streams_that_reach_it() {
+        let (seen, _) = simulate(16, 5.0, |n, _| (n as f64 * 400e6).min(1.1e9));
+        assert_eq!(*seen.last().unwrap(), 4, "{seen:?}");
+        assert!(seen.iter().all(|&n| n <= 8));
+    }
+
+    #[test]
+    fn a_fast_link_that_scales_is_doubled_up_to_every_stream() {
+        let (seen, changes) = simulate(16, 3.0, |n, _| n as f64 * 300e6);
+        assert_eq!(*seen.last().unwrap(), 16, "{changes:?}");
+        assert_eq!(
+            changes.iter().map(|c| c.streams).collect::<Vec<_>>(),
+            [4, 8, 16]
+        );
+    }
+
+    #[test]
+    fn streams_in_slow_start_look_slow_and_open_every_stream() {
+        // Each stream would reach 500 MB/s, after a second of slow start (a long round trip).
+        let (seen, _) = simulate(16, 3.0, |n, since| {
+            n as f64 * 500e6 * (since.as_secs_f64() / 1.0).min(1.0)
+        });
+        assert_eq!(*seen.last().unwrap(), 16);
+    }
+
+    #[test]
+    fn streams_that_slow_down_later_open_every_stream() {
+        let slow_after = Duration::from_secs(3);
+        let mut ramp = Ramp::new(16);
+        let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0u64, ramp.initial());
+        while now < Duration::from_secs(5) {
+            now += TICK;
+            let per_stream = if now < slow_after { 450e6 } else { 40e6 };
+            bytes += (per_stream * streams.min(2) as f64 * TICK.as_secs_f64()) as u64;
+            if let Some(c) = ramp.observe(now, bytes, 1 << 20) {
+                streams = c.streams;
+            }
+        }
+        assert_eq!(streams, 16);
+        assert!(ramp.done());
+    }
+
+    #[test]
+    fn a_stall_teaches_nothing_and_the_tail_ends_the_decisions() {
+        let mut ramp = Ramp::new(16);
+        let mut now = Duration::ZERO;
+        // Bytes arrive once, then nothing for two seconds: no change.
+        for _ in 0..40 {
+            now += TICK;
+            assert_eq!(ramp.observe(now, 1 << 20, 1000), None);
+        }
+        // The tail (4 chunks left, 2 streams): done, whatever the rate.
+        assert_eq!(ramp.observe(now + TICK, 1 << 30, 4), None);
+        assert!(ramp.done());
+        assert_eq!(ramp.observe(now + WINDOW * 10, 1 << 40, 1000), None);
+    }
+
+    #[tokio::test]
+    async fn a_parked_worker_waits_for_its_turn_and_open_all_releases_everyone() {
+        let gate = std::sync::Arc::new(Gate::new(2));
+        gate.admit(1).await;
+        let g = std::sync::Arc::clone(&gate);
+        let parked = tokio::spawn(async move { g.admit(5).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!parked.is_finished(), "worker 5 passed a gate of 2");
+        gate.set(4);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!parked.is_finished(), "worker 5 passed a gate of 4");
+        gate.open_all();
+        tokio::time::timeout(Duration::from_secs(1), parked)
+            .await
+            .expect("open_all wakes a parked worker")
+            .unwrap();
+    }
+
+    #[test]
+    fn a_run_allowed_no_more_than_the_start_has_nothing_to_decide() {
+        let ramp = Ramp::new(1);
+        assert_eq!((ramp.initial(), ramp.done()), (1, true));
+        let ramp = Ramp::new(START);
+        assert_eq!((ramp.initial(), ramp.done()), (START, true));
+    }
+}
