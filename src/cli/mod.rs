@@ -78,9 +78,11 @@ pub struct Args {
     #[arg(long, env = "MODEL_LOADER_EXCLUDE", value_name = "GLOBS")]
     pub exclude: Vec<String>,
 
-    /// Requests in flight at once, over all files. Default: 16, or 32 when the files are
-    /// small on average (more requests hide per-file latency; large files gain nothing and
-    /// would only hold more buffers).
+    /// Requests in flight at once, over all files, as given. Default: up to 16, ramped (2 to
+    /// start; all 16 as soon as each stream is slower than one connection is served, else
+    /// doubled while that raises the throughput: a host that is itself the limit keeps fewer),
+    /// or 32 from the start when the files are small on average (more requests hide per-file
+    /// latency).
     #[arg(long, env = "MODEL_LOADER_CONCURRENCY")]
     pub concurrency: Option<usize>,
 
