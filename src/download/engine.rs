@@ -40,7 +40,8 @@ pub struct ExecOptions {
     /// Requests in flight at once, over all files.
     pub concurrency: usize,
     /// Start with fewer streams and open more only while they raise the throughput (see
-    /// [`ramp`]): the default; a `--concurrency` given is kept as given.
+    /// [`ramp`]): the default for large files; many small files, and a `--concurrency`
+    /// given, keep every stream from the start.
     pub adaptive: bool,
     pub retry: RetryPolicy,
     /// Bytes gathered before one positional write.
@@ -173,6 +174,8 @@ struct Ctx {
     streams: ramp::Gate,
     /// Chunks handed to a stream so far.
     handed: AtomicU64,
+    /// Streams with a request or body under way (see [`Fetching`]).
+    fetching: std::sync::atomic::AtomicUsize,
 }
 
 impl Ctx {
@@ -324,6 +327,7 @@ pub async fn execute(
         throttle: crate::retry::Throttle::new(opts.concurrency, opts.retry),
         streams: ramp::Gate::new(usize::MAX),
         handed: AtomicU64::new(0),
+        fetching: std::sync::atomic::AtomicUsize::new(0),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -384,9 +388,16 @@ async fn ramp_streams(ctx: Arc<Ctx>, mut ramp: ramp::Ramp, chunks_total: u64) {
     let mut tick = tokio::time::interval(ramp::TICK);
     while !ramp.done() && !ctx.stopping() {
         tick.tick().await;
-        let left = chunks_total.saturating_sub(ctx.handed.load(Ordering::Relaxed));
-        let bytes = ctx.bytes.load(Ordering::Relaxed);
-        if let Some(change) = ramp.observe(start.elapsed(), bytes, left) {
+        if ctx.stopping() {
+            return;
+        }
+        let seen = ramp::Tick {
+            now: start.elapsed(),
+            bytes: ctx.bytes.load(Ordering::Relaxed),
+            fetching: ctx.fetching.load(Ordering::Relaxed),
+            chunks_left: chunks_total.saturating_sub(ctx.handed.load(Ordering::Relaxed)),
+        };
+        if let Some(change) = ramp.observe(seen) {
             allow(&ctx, change.streams);
             if let Some(why) = change.why {
                 ctx.reporter.info(&why);
@@ -616,6 +627,23 @@ struct BodyEnd {
     stopped: bool,
 }
 
+/// Counts a stream as fetching (for the ramp's rate per stream) while it lives: from its
+/// request to the end of its body, not while it finishes a file or waits out a backoff.
+struct Fetching<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Fetching<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Fetching(count)
+    }
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A chunk's request the server asked to slow down: the shared throttle holds every request
 /// back and this one waits its turn there, until the patience runs out (the error).
 fn throttled(
@@ -668,6 +696,7 @@ async fn fetch_chunk(
         let Some(slot) = slot else {
             return Ok(false);
         };
+        let fetching = Fetching::new(&ctx.fetching);
         let want = ByteRange {
             start: c.pos,
             end: range.end,
@@ -718,6 +747,7 @@ async fn fetch_chunk(
                 })
             }
         };
+        drop(fetching);
         if ctx.stopping() {
             return Ok(false);
         }

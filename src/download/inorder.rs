@@ -43,7 +43,7 @@ pub const WRITE_BUFFER: usize = 2 << 20;
 
 /// Bytes held in memory ahead of the frontiers, over all files of a run: one in-order chunk
 /// per request in flight, so every stream can be a chunk ahead without waiting. Bounded by the
-/// concurrency, not the model: 64 MiB at the default 16.
+/// streams, not the model: 64 MiB with 16, 16 MiB while a ramped run keeps 2 (see `ramp`).
 pub fn hold_limit(concurrency: usize) -> usize {
     concurrency.max(4) * IN_ORDER_CHUNK as usize
 }

@@ -21,7 +21,7 @@
 //! hf_xet (1.3+) adapts too, differently: one stream more or less at most every 500 ms, from a
 //! regression of request time on size × concurrency, starting at one stream (four since 1.5).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How often the run's byte count is looked at.
@@ -53,9 +53,9 @@ pub struct Ramp {
     streams: usize,
     /// The level this one doubled, with its rate, while a doubling is measured.
     base: Option<(usize, f64)>,
-    /// When the current level's measuring window starts, and the bytes then.
+    /// When the current level's settling ends (None before the first byte).
     settle_until: Option<Duration>,
-    measure_from: Option<(Duration, u64)>,
+    window: Option<Window>,
     /// No doubling before this (after one that did not pay).
     hold_until: Duration,
     done: bool,
@@ -70,7 +70,7 @@ impl Ramp {
             streams: START.min(max),
             base: None,
             settle_until: None,
-            measure_from: None,
+            window: None,
             hold_until: Duration::ZERO,
             done: START >= max,
         }
@@ -80,112 +80,137 @@ impl Ramp {
         self.streams
     }
 
-    /// Nothing more to decide: every stream is open, or the run is in its tail.
+    /// Nothing more to decide: every stream is open (or as many as the run allows).
     pub fn done(&self) -> bool {
         self.done
     }
 
-    /// One tick: `now` since the run started, `bytes` received so far, `chunks_left` not yet
-    /// handed to a stream. Returns the new number of streams when it changes.
-    pub fn observe(&mut self, now: Duration, bytes: u64, chunks_left: u64) -> Option<Change> {
+    /// One tick of the run. Returns the new number of streams when it changes.
+    pub fn observe(&mut self, t: Tick) -> Option<Change> {
         if self.done {
-            return None;
-        }
-        // The tail: fewer chunks than twice the streams left, so more streams could not all
-        // be busy and a rate says nothing about them.
-        if chunks_left <= 2 * self.streams as u64 {
-            self.done = true;
             return None;
         }
         // The first level is measured from its first byte (not from the run's start: TTFB,
         // TLS), with no settling: its streams started with the run, and on a slow link every
         // window spent on few streams costs.
         let Some(settle_until) = self.settle_until else {
-            if bytes > 0 {
-                self.settle_until = Some(now);
-                self.measure_from = Some((now, bytes));
+            if t.bytes > 0 {
+                self.settle_until = Some(t.now);
+                self.start_window(t);
             }
             return None;
         };
-        if now < settle_until {
+        if t.now < settle_until {
             return None;
         }
-        let Some((from, from_bytes)) = self.measure_from else {
-            self.measure_from = Some((now, bytes));
+        let Some(w) = self.window.as_mut() else {
+            self.start_window(t);
             return None;
         };
-        if now < from + WINDOW {
+        w.fetching += t.fetching;
+        w.ticks += 1;
+        if t.now < w.from + WINDOW {
             return None;
         }
-        let secs = (now - from).as_secs_f64();
-        let rate = bytes.saturating_sub(from_bytes) as f64 / secs;
-        self.measure_from = Some((now, bytes));
-        if rate == 0.0 {
-            // A stall (a retry's backoff, a pushback): nothing to learn from this window.
+        let rate = t.bytes.saturating_sub(w.bytes) as f64 / (t.now - w.from).as_secs_f64();
+        let fetching = w.fetching as f64 / f64::from(w.ticks);
+        self.start_window(t);
+        if rate == 0.0 || fetching < 0.5 {
+            // A stall (a retry's backoff, a pushback, a file's fsync): nothing to learn.
             return None;
         }
-        self.judge(now, rate)
+        self.judge(t, rate, fetching)
     }
 
-    /// A level's measured `rate`: keep it, double it, go back, or open every stream.
-    fn judge(&mut self, now: Duration, rate: f64) -> Option<Change> {
-        let per_stream = rate / self.streams as f64;
+    fn start_window(&mut self, t: Tick) {
+        self.window = Some(Window {
+            from: t.now,
+            bytes: t.bytes,
+            fetching: 0,
+            ticks: 0,
+        });
+    }
+
+    /// A level's measured `rate`, with `fetching` streams on average moving bytes (not
+    /// finishing a file, not waiting out a backoff): keep it, double it, go back, or open
+    /// every stream.
+    fn judge(&mut self, t: Tick, rate: f64, fetching: f64) -> Option<Change> {
         if let Some((level, base_rate)) = self.base.take() {
             if rate < GAIN * base_rate {
-                self.hold_until = now + REPROBE;
-                return Some(self.set(
-                    now,
-                    level,
-                    Some(format!(
-                        "streams: {level} of {} (more did not help: {} moved {}/s, {level} moved {}/s; this host, not the link, is the limit; tried again every {} s)",
-                        self.max,
-                        self.streams,
-                        crate::progress::human(rate as u64),
-                        crate::progress::human(base_rate as u64),
-                        REPROBE.as_secs()
-                    )),
-                ));
-            }
-        }
-        if per_stream < FAST_STREAM {
-            self.done = true;
-            return Some(self.set(
-                now,
-                self.max,
-                Some(format!(
-                    "streams: {} → {} (each moved {}/s, no faster than one connection is served: the link or the server is the limit)",
-                    self.streams,
+                self.hold_until = t.now + REPROBE;
+                let why = format!(
+                    "streams: {level} of {} (more streams did not raise the throughput: {} moved {}/s, {level} moved {}/s; tried again every {} s)",
                     self.max,
-                    crate::progress::human(per_stream as u64)
-                )),
-            ));
+                    self.streams,
+                    crate::progress::human(rate as u64),
+                    crate::progress::human(base_rate as u64),
+                    REPROBE.as_secs()
+                );
+                return Some(self.set(t.now, level, Some(why)));
+            }
         }
         if self.streams >= self.max {
             self.done = true;
             return None;
         }
-        if now < self.hold_until {
+        let per_stream = rate / fetching;
+        if per_stream < FAST_STREAM {
+            self.done = true;
+            let why = format!(
+                "streams: {} → {} (each moved {}/s, no faster than one connection is served: the link or the server is the limit)",
+                self.streams,
+                self.max,
+                crate::progress::human(per_stream as u64)
+            );
+            return Some(self.set(t.now, self.max, Some(why)));
+        }
+        // Streams added now would find too little left to be busy (the run's tail).
+        if t.now < self.hold_until || t.chunks_left < self.streams as u64 {
             return None;
         }
         self.base = Some((self.streams, rate));
-        Some(self.set(now, (self.streams * 2).min(self.max), None))
+        Some(self.set(t.now, (self.streams * 2).min(self.max), None))
     }
 
     /// A new level: settle, then measure.
     fn set(&mut self, now: Duration, streams: usize, why: Option<String>) -> Change {
-        if streams != self.streams {
-            self.streams = streams;
-            self.measure_from = None;
-            self.settle_until = Some(now + WINDOW);
-        }
+        self.streams = streams;
+        self.window = None;
+        self.settle_until = Some(now + WINDOW);
         Change { streams, why }
     }
+}
+
+/// What the controller sees at one tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    /// Since the run started.
+    pub now: Duration,
+    /// Received so far.
+    pub bytes: u64,
+    /// Streams with a request or body under way now (not parked, finishing a file, or waiting
+    /// out a backoff).
+    pub fetching: usize,
+    /// Chunks not handed to a stream yet.
+    pub chunks_left: u64,
+}
+
+/// A measuring window: where it started, and the streams fetching summed over its ticks.
+#[derive(Debug)]
+struct Window {
+    from: Duration,
+    bytes: u64,
+    fetching: usize,
+    ticks: u32,
 }
 
 /// The streams allowed now, shared by a run's workers: worker `i` takes a chunk only while `i`
 /// is below it. A worker above it finishes its chunk, then parks here.
 pub struct Gate {
     allowed: AtomicUsize,
+    /// Set for good by [`Gate::open_all`]: a decision the controller took from an older window
+    /// must not park workers again once the run stops.
+    released: AtomicBool,
     changed: tokio::sync::Notify,
 }
 
@@ -193,10 +218,12 @@ impl Gate {
     pub fn new(allowed: usize) -> Gate {
         Gate {
             allowed: AtomicUsize::new(allowed),
+            released: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         }
     }
 
+    /// A new count; ignored once [`Gate::open_all`] has released everyone.
     pub fn set(&self, allowed: usize) {
         self.allowed.store(allowed, Ordering::Release);
         self.changed.notify_waiters();
@@ -205,7 +232,8 @@ impl Gate {
     /// Every worker through, for good: the run stops, or has handed out its last chunk (the
     /// parked workers must wake to find nothing left and end).
     pub fn open_all(&self) {
-        self.set(usize::MAX);
+        self.released.store(true, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     /// Waits until worker `index` may take a chunk.
@@ -214,7 +242,8 @@ impl Gate {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if index < self.allowed.load(Ordering::Acquire) {
+            if self.released.load(Ordering::Acquire) || index < self.allowed.load(Ordering::Acquire)
+            {
                 return;
             }
             changed.await;
@@ -225,6 +254,15 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tick(now: Duration, bytes: u64, fetching: usize, chunks_left: u64) -> Tick {
+        Tick {
+            now,
+            bytes,
+            fetching,
+            chunks_left,
+        }
+    }
 
     /// Runs a ramp of `max` streams for `secs` over a link whose throughput is
     /// `rate(streams, time since the streams last changed)`; the streams after each tick.
@@ -241,7 +279,7 @@ mod tests {
             now += TICK;
             since += TICK;
             bytes += rate(streams, since) * TICK.as_secs_f64();
-            if let Some(c) = ramp.observe(now, bytes as u64, 1 << 20) {
+            if let Some(c) = ramp.observe(tick(now, bytes as u64, streams, 1 << 20)) {
                 if c.streams != streams {
                     since = Duration::ZERO;
                 }
@@ -276,7 +314,7 @@ mod tests {
         assert!(seen.iter().filter(|&&n| n == 2).count() > seen.len() * 9 / 10);
         let why = changes[1].why.as_deref().unwrap();
         assert!(
-            why.starts_with("streams: 2 of 16 (more did not help"),
+            why.starts_with("streams: 2 of 16 (more streams did not raise the throughput"),
             "{why}"
         );
     }
@@ -316,7 +354,7 @@ mod tests {
             now += TICK;
             let per_stream = if now < slow_after { 450e6 } else { 40e6 };
             bytes += (per_stream * streams.min(2) as f64 * TICK.as_secs_f64()) as u64;
-            if let Some(c) = ramp.observe(now, bytes, 1 << 20) {
+            if let Some(c) = ramp.observe(tick(now, bytes, streams.min(2), 1 << 20)) {
                 streams = c.streams;
             }
         }
@@ -325,18 +363,81 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_teaches_nothing_and_the_tail_ends_the_decisions() {
+    fn a_stall_teaches_nothing() {
         let mut ramp = Ramp::new(16);
         let mut now = Duration::ZERO;
         // Bytes arrive once, then nothing for two seconds: no change.
         for _ in 0..40 {
             now += TICK;
-            assert_eq!(ramp.observe(now, 1 << 20, 1000), None);
+            assert_eq!(ramp.observe(tick(now, 1 << 20, 2, 1000)), None);
         }
-        // The tail (4 chunks left, 2 streams): done, whatever the rate.
-        assert_eq!(ramp.observe(now + TICK, 1 << 30, 4), None);
-        assert!(ramp.done());
-        assert_eq!(ramp.observe(now + WINDOW * 10, 1 << 40, 1000), None);
+        // Bytes flow, but no stream was fetching (both finishing files): no change either.
+        for i in 1..=10 {
+            let t = tick(now + TICK * i, (1 << 20) + (u64::from(i) << 20), 0, 1000);
+            assert_eq!(ramp.observe(t), None);
+        }
+        assert!(!ramp.done());
+    }
+
+    /// Feeds `ramp` ticks of `per_stream` bytes/s from `fetching` streams for `secs`; the
+    /// changes.
+    fn feed(
+        ramp: &mut Ramp,
+        now: &mut Duration,
+        secs: f64,
+        (per_stream, fetching, left): (f64, usize, u64),
+    ) -> Vec<Change> {
+        let mut changes = vec![];
+        let end = *now + Duration::from_secs_f64(secs);
+        let mut bytes = 0f64;
+        while *now < end {
+            *now += TICK;
+            bytes += per_stream * fetching as f64 * TICK.as_secs_f64();
+            changes.extend(ramp.observe(tick(*now, 1 + bytes as u64, fetching, left)));
+        }
+        changes
+    }
+
+    #[test]
+    fn a_stream_busy_finishing_a_file_is_not_taken_for_a_slow_link() {
+        let (mut ramp, mut now) = (Ramp::new(16), Duration::ZERO);
+        // Two fast streams, then one alone moving bytes (the other syncs a file): the run
+        // moves half as much, but each stream that moves is as fast.
+        let mut changes = feed(&mut ramp, &mut now, 0.2, (450e6, 2, 1000));
+        changes.extend(feed(&mut ramp, &mut now, 0.5, (450e6, 1, 1000)));
+        assert!(changes.iter().all(|c| c.streams < 16), "{changes:?}");
+    }
+
+    #[test]
+    fn the_tail_stops_the_doubling_but_a_slow_link_still_opens_every_stream() {
+        let (mut ramp, mut now) = (Ramp::new(16), Duration::ZERO);
+        // One chunk left, two fast streams: no doubling.
+        assert_eq!(feed(&mut ramp, &mut now, 1.0, (450e6, 2, 1)), []);
+        // Slow streams open every stream, tail or not.
+        let changes = feed(&mut ramp, &mut now, 0.5, (50e6, 2, 1));
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].streams, 16);
+    }
+
+    #[test]
+    fn reaching_every_stream_by_doubling_says_nothing_more() {
+        // 300 MB/s a stream up to 8; 16 move 2.8 GB/s, 175 MB/s each, still a gain.
+        let (_, changes) = simulate(
+            16,
+            3.0,
+            |n, _| {
+                if n < 16 {
+                    n as f64 * 300e6
+                } else {
+                    2.8e9
+                }
+            },
+        );
+        assert_eq!(
+            changes.iter().map(|c| c.streams).collect::<Vec<_>>(),
+            [4, 8, 16]
+        );
+        assert!(changes.iter().all(|c| c.why.is_none()), "{changes:?}");
     }
 
     #[tokio::test]
@@ -355,6 +456,11 @@ mod tests {
             .await
             .expect("open_all wakes a parked worker")
             .unwrap();
+        // A decision from an older window comes too late: everyone stays through.
+        gate.set(2);
+        tokio::time::timeout(Duration::from_secs(1), gate.admit(9))
+            .await
+            .expect("a released gate stays open");
     }
 
     #[test]

@@ -190,6 +190,7 @@ pub struct Proxy {
     refused: Arc<AtomicUsize>,
     /// Connections open now, and the most open at once.
     open: Arc<(AtomicUsize, AtomicUsize)>,
+    ranged_at: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 struct Shared {
@@ -207,6 +208,8 @@ struct Shared {
     before_first_read: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// When the first reply began to be relayed (`Throttle`'s clock).
     relaying_since: std::sync::OnceLock<std::time::Instant>,
+    /// When each ranged GET arrived.
+    ranged_at: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Proxy {
@@ -236,6 +239,7 @@ impl Proxy {
         let down = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
         let open = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let ranged_at = Arc::new(Mutex::new(Vec::new()));
         let counts = Arc::clone(&open);
         let shared = Arc::new(Shared {
             target,
@@ -248,6 +252,7 @@ impl Proxy {
             before_first_read: Mutex::new(hook),
             burst_from: std::sync::OnceLock::new(),
             relaying_since: std::sync::OnceLock::new(),
+            ranged_at: Arc::clone(&ranged_at),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -280,7 +285,13 @@ impl Proxy {
             down,
             refused,
             open,
+            ranged_at,
         }
+    }
+
+    /// When each ranged GET arrived, in order.
+    pub fn ranged_get_times(&self) -> Vec<std::time::Instant> {
+        self.ranged_at.lock().unwrap().clone()
     }
 
     /// The most connections open at once: at least as many as the requests a client had in
@@ -376,14 +387,12 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
         tokio::spawn(async move {
             let paced = rate.is_some() || each.is_some();
             let mut buf = vec![0u8; if paced { 16 * 1024 } else { 64 * 1024 }];
-            // This connection's bytes, and when its first was relayed (`ThrottleEach`).
-            let (mut mine, mut mine_since) = (0u64, None::<std::time::Instant>);
+            // When this connection may send again (`ThrottleEach`): a token bucket holding one
+            // read's worth, so a connection idle between replies gains no burst.
+            let mut next_at = std::time::Instant::now();
             loop {
-                if let (Some(rate), Some(since)) = (each, mine_since) {
-                    let due = Duration::from_secs_f64(mine as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(since.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
+                if each.is_some() {
+                    tokio::time::sleep_until(next_at.into()).await;
                 }
                 // Wait until the bytes sent so far fit the rate since the first reply began
                 // (not the proxy's start: a client that takes a while before its first
@@ -406,8 +415,11 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 let allowed = budget.load(Ordering::SeqCst);
                 let pass = n.min(allowed);
                 down.fetch_add(pass as u64, Ordering::SeqCst);
-                mine_since.get_or_insert_with(std::time::Instant::now);
-                mine += pass as u64;
+                if let Some(rate) = each {
+                    let now = std::time::Instant::now();
+                    next_at = next_at.max(now - Duration::from_millis(2))
+                        + Duration::from_secs_f64(pass as f64 / rate as f64);
+                }
                 let mut w = cw.lock().await;
                 if w.write_all(&buf[..pass]).await.is_err() {
                     break;
@@ -487,6 +499,7 @@ async fn connection(client: TcpStream, sh: Arc<Shared>) {
                 .iter()
                 .any(|l| l.to_ascii_lowercase().starts_with("range:"));
         if ranged {
+            sh.ranged_at.lock().unwrap().push(std::time::Instant::now());
             let hook = sh.before_first_read.lock().unwrap().take();
             if let Some(hook) = hook {
                 tokio::task::spawn_blocking(hook).await.unwrap();
