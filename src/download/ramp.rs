@@ -10,13 +10,16 @@
 //! set loaded in 1.11–1.18 s with 2 streams against 1.33–1.40 s with 16, at 35 instead of
 //! 120 MiB.
 //!
-//! So a run starts with [`START`] streams and, once their bytes flow, looks at what each moves:
-//! slower than one connection can be served ([`FAST_STREAM`]), the link or the server is the
-//! limit and every stream is opened at once, one [`WINDOW`] after the first byte. Faster, it doubles the streams while doubling raises the throughput by
-//! [`GAIN`], and goes back to the last level that paid when it does not; it tries again every
-//! [`REPROBE`], and opens every stream if the streams later slow below [`FAST_STREAM`] (the link
-//! got busier). TCP's slow start cannot trap a run on few streams: a stream still in slow start
-//! looks slow, and slow streams open every stream.
+//! So a run starts with [`START`] streams and, once their bytes flow, looks at what each stream
+//! that is fetching moves (not one that finishes a file or waits out a backoff): slower than one
+//! connection can be served ([`FAST_STREAM`]), the link or the server is the limit and every
+//! stream is opened at once, one [`WINDOW`] after the first byte. Faster, it doubles the
+//! streams while doubling raises the throughput by [`GAIN`], and goes back to the last level
+//! that paid when it does not; it tries again every [`REPROBE`], and opens every stream if the
+//! streams later slow below [`FAST_STREAM`] (the link got busier). TCP's slow start cannot trap a
+//! run on few streams: a stream still in slow start looks slow, and slow streams open every
+//! stream. A host too slow to move 200 MB/s a stream gets every stream too: today's default,
+//! without the gain.
 //!
 //! hf_xet (1.3+) adapts too, differently: one stream more or less at most every 500 ms, from a
 //! regression of request time on size × concurrency, starting at one stream (four since 1.5).
