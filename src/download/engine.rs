@@ -174,8 +174,12 @@ struct Ctx {
     streams: ramp::Gate,
     /// Chunks handed to a stream so far.
     handed: AtomicU64,
-    /// Streams with a request or body under way (see [`Fetching`]).
+    /// Streams with a request or body under way: from the request to the end of its body, not
+    /// while finishing a file or waiting out a backoff.
     fetching: std::sync::atomic::AtomicUsize,
+    /// Of those, streams waiting for room ahead of an in-order hash: they move no bytes, the
+    /// host's hashing is the limit, not their link.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Ctx {
@@ -328,6 +332,7 @@ pub async fn execute(
         streams: ramp::Gate::new(usize::MAX),
         handed: AtomicU64::new(0),
         fetching: std::sync::atomic::AtomicUsize::new(0),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -386,6 +391,8 @@ fn allow(ctx: &Ctx, streams: usize) {
 async fn ramp_streams(ctx: Arc<Ctx>, mut ramp: ramp::Ramp, chunks_total: u64) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(ramp::TICK);
+    // A late tick is taken late, not caught up in a burst of samples at one instant.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !ramp.done() && !ctx.stopping() {
         tick.tick().await;
         if ctx.stopping() {
@@ -394,7 +401,8 @@ async fn ramp_streams(ctx: Arc<Ctx>, mut ramp: ramp::Ramp, chunks_total: u64) {
         let seen = ramp::Tick {
             now: start.elapsed(),
             bytes: ctx.bytes.load(Ordering::Relaxed),
-            fetching: ctx.fetching.load(Ordering::Relaxed),
+            fetching: (ctx.fetching.load(Ordering::Relaxed))
+                .saturating_sub(ctx.waiting.load(Ordering::Relaxed)),
             chunks_left: chunks_total.saturating_sub(ctx.handed.load(Ordering::Relaxed)),
         };
         if let Some(change) = ramp.observe(seen) {
@@ -627,18 +635,18 @@ struct BodyEnd {
     stopped: bool,
 }
 
-/// Counts a stream as fetching (for the ramp's rate per stream) while it lives: from its
-/// request to the end of its body, not while it finishes a file or waits out a backoff.
-struct Fetching<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts a stream in `Ctx::fetching` or `Ctx::waiting` (for the ramp's rate per stream) while
+/// it lives.
+struct Counting<'a>(&'a std::sync::atomic::AtomicUsize);
 
-impl<'a> Fetching<'a> {
+impl<'a> Counting<'a> {
     fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        Fetching(count)
+        Counting(count)
     }
 }
 
-impl Drop for Fetching<'_> {
+impl Drop for Counting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -696,7 +704,7 @@ async fn fetch_chunk(
         let Some(slot) = slot else {
             return Ok(false);
         };
-        let fetching = Fetching::new(&ctx.fetching);
+        let fetching = Counting::new(&ctx.fetching);
         let want = ByteRange {
             start: c.pos,
             end: range.end,
@@ -888,6 +896,7 @@ async fn hand_in_order(ctx: &Ctx, job: &FileJob, at: u64, bytes: &bytes::Bytes) 
         if ctx.stopping() {
             return false;
         }
+        let _waiting = Counting::new(&ctx.waiting);
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return false,

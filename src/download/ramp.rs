@@ -61,6 +61,8 @@ pub struct Ramp {
     window: Option<Window>,
     /// No doubling before this (after one that did not pay).
     hold_until: Duration,
+    /// A revert was logged.
+    told_revert: bool,
     done: bool,
 }
 
@@ -75,6 +77,7 @@ impl Ramp {
             settle_until: None,
             window: None,
             hold_until: Duration::ZERO,
+            told_revert: false,
             done: START >= max,
         }
     }
@@ -138,18 +141,25 @@ impl Ramp {
     /// finishing a file, not waiting out a backoff): keep it, double it, go back, or open
     /// every stream.
     fn judge(&mut self, t: Tick, rate: f64, fetching: f64) -> Option<Change> {
+        // Every chunk is out: streams run dry, a rate now says nothing about more of them.
+        if t.chunks_left == 0 {
+            self.done = true;
+            return None;
+        }
         if let Some((level, base_rate)) = self.base.take() {
             if rate < GAIN * base_rate {
                 self.hold_until = t.now + REPROBE;
-                let why = format!(
+                // Said once: the retries every REPROBE change nothing unless they pay.
+                let told = std::mem::replace(&mut self.told_revert, true);
+                let why = (!told).then(|| format!(
                     "streams: {level} of {} (more streams did not raise the throughput: {} moved {}/s, {level} moved {}/s; tried again every {} s)",
                     self.max,
                     self.streams,
                     crate::progress::human(rate as u64),
                     crate::progress::human(base_rate as u64),
                     REPROBE.as_secs()
-                );
-                return Some(self.set(t.now, level, Some(why)));
+                ));
+                return Some(self.set(t.now, level, why));
             }
         }
         if self.streams >= self.max {
@@ -311,6 +321,8 @@ mod tests {
         let probes = changes.iter().filter(|c| c.streams == 4).count();
         let backs = changes.iter().filter(|c| c.streams == 2).count();
         assert_eq!((probes, backs), (2, 2), "{changes:?}");
+        // The second revert changes nothing worth a line.
+        assert_eq!(changes.iter().filter(|c| c.why.is_some()).count(), 1);
         assert!(seen.iter().all(|&n| n <= 4));
         assert_eq!(*seen.last().unwrap(), 2);
         // Most of the time is spent at 2.
@@ -420,6 +432,16 @@ mod tests {
         let changes = feed(&mut ramp, &mut now, 0.5, (50e6, 2, 1));
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].streams, 16);
+    }
+
+    #[test]
+    fn with_every_chunk_out_nothing_is_judged() {
+        let (mut ramp, mut now) = (Ramp::new(16), Duration::ZERO);
+        // Probing 4 when the chunks run out, the streams then running dry: no revert.
+        let changes = feed(&mut ramp, &mut now, 0.4, (450e6, 2, 100));
+        assert_eq!(changes.iter().map(|c| c.streams).collect::<Vec<_>>(), [4]);
+        assert_eq!(feed(&mut ramp, &mut now, 1.0, (100e6, 1, 0)), []);
+        assert!(ramp.done());
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn a_long_slowdown_burst_is_waited_out_with_fewer_requests_in_flight() {
 /// stream as soon as it sees each one that slow (never stay on few streams on a slow link).
 /// The counts can fail both ways: with `--concurrency 2` the same load has at most a few
 /// connections open at once; and while the first two streams are measured (150 ms from the
-/// first byte, a 512 KiB chunk taking at least 62 ms a stream) no sixteenth request is sent.
+/// first byte, a 512 KiB chunk taking at least 62 ms a stream) they send a few GETs, not 16.
 #[test]
 fn streams_served_slowly_each_open_every_stream() {
     let ep = s3_endpoint();
@@ -276,11 +276,15 @@ fn streams_served_slowly_each_open_every_stream() {
         );
         if extra.is_none() {
             assert!(stderr.contains("streams: 2 → 16 (each moved"), "{stderr}");
+            // Two streams send at most two GETs every 62 ms; sixteen would send 16 at once.
             let at = proxy.ranged_get_times();
-            let spread = at[15].duration_since(at[0]);
+            let early = at
+                .iter()
+                .filter(|t| t.duration_since(at[0]) < std::time::Duration::from_millis(120))
+                .count();
             assert!(
-                spread >= std::time::Duration::from_millis(120),
-                "16 ranged GETs within {spread:?}: the run did not start with 2 streams"
+                early <= 6,
+                "{early} ranged GETs in the first 120 ms: the run did not start with 2 streams"
             );
         }
     }
