@@ -5,7 +5,7 @@
 //! the model size); retries with backoff that resume inside the chunk; a file is
 //! verified, synced and renamed as soon as its last chunk lands.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,10 +176,10 @@ struct Ctx {
     handed: AtomicU64,
     /// Streams with a request or body under way: from the request to the end of its body, not
     /// while finishing a file or waiting out a backoff.
-    fetching: std::sync::atomic::AtomicUsize,
+    fetching: AtomicUsize,
     /// Of those, streams waiting for room ahead of an in-order hash: they move no bytes, the
     /// host's hashing is the limit, not their link.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: AtomicUsize,
 }
 
 impl Ctx {
@@ -331,8 +331,8 @@ pub async fn execute(
         throttle: crate::retry::Throttle::new(opts.concurrency, opts.retry),
         streams: ramp::Gate::new(usize::MAX),
         handed: AtomicU64::new(0),
-        fetching: std::sync::atomic::AtomicUsize::new(0),
-        waiting: std::sync::atomic::AtomicUsize::new(0),
+        fetching: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
     });
 
     // Zero-byte files and files whose every range an earlier run already fetched.
@@ -401,7 +401,9 @@ async fn ramp_streams(ctx: Arc<Ctx>, mut ramp: ramp::Ramp, chunks_total: u64) {
         let seen = ramp::Tick {
             now: start.elapsed(),
             bytes: ctx.bytes.load(Ordering::Relaxed),
-            fetching: (ctx.fetching.load(Ordering::Relaxed))
+            fetching: ctx
+                .fetching
+                .load(Ordering::Relaxed)
                 .saturating_sub(ctx.waiting.load(Ordering::Relaxed)),
             chunks_left: chunks_total.saturating_sub(ctx.handed.load(Ordering::Relaxed)),
         };
@@ -637,10 +639,10 @@ struct BodyEnd {
 
 /// Counts a stream in `Ctx::fetching` or `Ctx::waiting` (for the ramp's rate per stream) while
 /// it lives.
-struct Counting<'a>(&'a std::sync::atomic::AtomicUsize);
+struct Counting<'a>(&'a AtomicUsize);
 
 impl<'a> Counting<'a> {
-    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+    fn new(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Counting(count)
     }

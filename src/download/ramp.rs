@@ -137,9 +137,8 @@ impl Ramp {
         });
     }
 
-    /// A level's measured `rate`, with `fetching` streams on average moving bytes (not
-    /// finishing a file, not waiting out a backoff): keep it, double it, go back, or open
-    /// every stream.
+    /// A level's measured `rate`, with `fetching` streams on average moving bytes (see
+    /// [`Tick::fetching`]): keep it, double it, go back, or open every stream.
     fn judge(&mut self, t: Tick, rate: f64, fetching: f64) -> Option<Change> {
         // Every chunk is out: streams run dry, a rate now says nothing about more of them.
         if t.chunks_left == 0 {
@@ -201,8 +200,8 @@ pub struct Tick {
     pub now: Duration,
     /// Received so far.
     pub bytes: u64,
-    /// Streams with a request or body under way now (not parked, finishing a file, or waiting
-    /// out a backoff).
+    /// Streams with a request or body under way now (not parked, finishing a file, waiting out
+    /// a backoff, or waiting for room ahead of an in-order hash).
     pub fetching: usize,
     /// Chunks not handed to a stream yet.
     pub chunks_left: u64,
