@@ -78,12 +78,12 @@ impl Hasher {
 
     pub fn update(&mut self, data: &[u8]) {
         match self {
-            Hasher::Md5(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::GitBlobSha1(h) => h.update(data),
+            Hasher::Md5(h) => update_prefetched(h, data),
+            Hasher::Sha256(h) => update_prefetched(h, data),
+            Hasher::GitBlobSha1(h) => update_prefetched(h, data),
             Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
             Hasher::Crc64Ecma(d) | Hasher::Crc32(d) | Hasher::Crc64Nvme(d) => d.update(data),
-            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha1(h) => update_prefetched(h, data),
             Hasher::Parts(p) => p.1.update(data),
         }
     }
@@ -106,6 +106,46 @@ impl Hasher {
             }
         }
     }
+}
+
+/// How far ahead of the bytes being hashed their cache lines are requested, and in what steps.
+const PREFETCH_AHEAD: usize = 4 << 10;
+const PREFETCH_STEP: usize = 1 << 10;
+
+/// Feeds a serial hash (SHA-256, SHA-1, MD5) with the lines a few KiB ahead requested from
+/// memory first.
+///
+/// These hashes work through one 64-byte block after another, each depending on the last, so
+/// the CPU cannot run ahead to the loads of the next blocks as it does in a copy: every line
+/// that is not in the cache stalls the hash, and the hardware prefetcher does not cover it
+/// here. Bytes hashed in order were mostly received a while before, on another core (held
+/// ahead of the frontier), and are no longer in its caches. Measured on this project's 2-core
+/// VM (SHA-NI), 1 GiB in 64 KiB pieces: SHA-256 of bytes already in the cache 0.57 s, of
+/// bytes out of it 1.01 s plain and 0.58–0.61 s prefetched 4 KiB ahead in 1 KiB steps; SHA-1
+/// 1.05 → 0.55 s, MD5 1.83 → 1.64 s; bytes in the cache cost the same either way.
+fn update_prefetched(h: &mut impl Digest, data: &[u8]) {
+    prefetch(data.get(..PREFETCH_AHEAD).unwrap_or(data));
+    for (i, step) in data.chunks(PREFETCH_STEP).enumerate() {
+        let ahead = i * PREFETCH_STEP + PREFETCH_AHEAD;
+        if let Some(next) = data.get(ahead..) {
+            prefetch(&next[..next.len().min(PREFETCH_STEP)]);
+        }
+        h.update(step);
+    }
+}
+
+/// Asks for the cache lines of `d` without waiting for them (a hint: no fault, no effect on
+/// what is computed).
+fn prefetch(d: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in d.chunks(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch reads nothing the program sees and never faults; the address is
+        // inside `d` anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = d;
 }
 
 /// For a checksum over equal parts (a multipart ETag, a composite checksum): the part size and
@@ -495,6 +535,35 @@ mod tests {
         );
         assert_eq!(as_uneven(&mp, 31), None, "parts that do not add up");
         assert_eq!(as_uneven(&Checksum::Md5([0; 16]), 5), None);
+    }
+
+    #[test]
+    fn serial_hashes_fed_in_prefetched_steps_equal_the_whole_at_any_split() {
+        // Lengths around the prefetch step and distance, fed whole and in pieces that cut
+        // across them: what is hashed must not depend on how it was fed.
+        let data: Vec<u8> = (0..3 * PREFETCH_AHEAD as u32 + 77)
+            .map(|i| (i * 31 % 253) as u8)
+            .collect();
+        for len in [
+            0,
+            1,
+            63,
+            64,
+            PREFETCH_STEP - 1,
+            PREFETCH_STEP,
+            PREFETCH_AHEAD + 1,
+            data.len(),
+        ] {
+            let d = &data[..len];
+            let sha = Checksum::Sha256(Sha256::digest(d).into());
+            let md5 = Checksum::Md5(Md5::digest(d).into());
+            let sha1 = Checksum::Sha1(Sha1::digest(d).into());
+            for want in [&sha, &md5, &sha1] {
+                for split in [1, 7, 64, 1000, PREFETCH_STEP + 1, PREFETCH_AHEAD, 1 << 20] {
+                    assert_eq!(&hashed(want, d, split), want, "len {len}, split {split}");
+                }
+            }
+        }
     }
 
     #[test]
