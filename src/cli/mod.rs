@@ -79,7 +79,7 @@ pub struct Args {
     pub exclude: Vec<String>,
 
     /// Requests in flight at once, over all files, as given. Default: up to 16, ramped (2 to
-    /// start; all 16 if each stream moves less than 200 MB/s in the first 150 ms of bytes, else
+    /// start; all 16 if each stream moves less than 150 MB/s in the first 150 ms of bytes, else
     /// doubled while that raises the throughput: a host that is itself the limit keeps fewer),
     /// or 32 from the start when the files are small on average (more requests hide per-file
     /// latency).
