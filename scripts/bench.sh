@@ -70,6 +70,7 @@ if [ "$SMOKE" = 1 ]; then BENCH_DIR="$ROOT/target/bench-smoke"; OUT_MD="$BENCH_D
 mkdir -p "$BENCH_DIR"
 ROWS="$BENCH_DIR/rows.tsv"
 printf 'section\ttool\tsettings\trun\twall_s\tuser_s\tsys_s\tmaxrss_kb\tbytes\tfiles\n' > "$ROWS"
+: > "$BENCH_DIR/streams.tsv"
 
 if [ "$SMOKE" = 1 ]; then cargo build --locked; BIN="$ROOT/target/debug/model-loader"
 else cargo build --release --locked; BIN="$ROOT/target/release/model-loader"; fi
@@ -743,6 +744,7 @@ cols = lines[-1].split("\t"); cols[5], cols[6], cols[7] = user, sys_s, peak
 lines[-1] = "\t".join(cols)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
+  note_streams "$section" "$tool" "$settings" "$run"
   if [ "${SERVE_TENSORS:-0}" = 1 ]; then
     measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
       "$SERVE_VENV/bin/python" scripts/support/read_tensors.py "$dest" ${SERVE_READ_ARGS:-}
@@ -817,7 +819,7 @@ bench_serve_s3() {
                 measure "serve-s3-$n-load" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
                 bash -c "$(declare -f curl_ceiling); curl_ceiling '$url/bench/serve-$n' '$data' \$(cd '$data' && ls)" ;;
           ml) serve_row "serve-s3-$n" model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
-                "$BIN" --progress none "s3://bench/serve-$n" "$dest" ;;
+                "$BIN" --progress log "s3://bench/serve-$n" "$dest" ;;
           ml-direct) serve_row "serve-s3-$n" model-loader "--write-mode direct" "$run" "$bytes" "$files" -- \
                 "$BIN" --progress none --write-mode direct "s3://bench/serve-$n" "$dest" ;;
           s5cmd) serve_row "serve-s3-$n" s5cmd "2.3.0, defaults" "$run" "$bytes" "$files" -- \
@@ -856,7 +858,7 @@ bench_serve_hf() {
               measure serve-hf-load "ceiling: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null" "$run" "$bytes" "$files" -- \
               bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)" ;;
         ml) serve_row serve-hf model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
-              "$BIN" --progress none hf://bench/model "$dest" ;;
+              "$BIN" --progress log hf://bench/model "$dest" ;;
         hf_transfer) serve_row serve-hf hf_transfer "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION" "$run" "$bytes" "$files" -- \
               env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest" ;;
         hf) serve_row serve-hf "hf download" "huggingface_hub $HF_HUB_VERSION" "$run" "$bytes" "$files" -- \
@@ -870,6 +872,18 @@ bench_serve_hf() {
 }
 
 # serve_report SECTION WHAT: the time-to-serve table, then the load and read alone.
+# note_streams SECTION TOOL SETTINGS RUN: what the default run's stream ramp decided, from its
+# `--progress log` lines in the load's log: "streams: 2 → 16" (slow streams opened every one),
+# "streams: 4 of 16" (a doubling that did not pay went back). Rows that set --concurrency or
+# log nothing are not listed.
+note_streams() {
+  [ "$2" = model-loader ] && [[ "$3" == defaults* ]] || return 0
+  local said
+  said=$(grep -h '^streams:' "$BENCH_DIR/last.log" | sed 's/ (.*//' | paste -sd ';' -)
+  printf '%s\t%s\t%s\n' "$1" "$4" "${said:-no line (2 kept without a verdict, or doubled with no revert)}" \
+    >> "$BENCH_DIR/streams.tsv"
+}
+
 serve_report() {
   local what="$2 (median of $RUNS, $(date -u +%F))"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1" "$OUT_MD" \
@@ -878,6 +892,10 @@ serve_report() {
     "#### $1: the load alone (model-loader's bytes synced; the others' in the page cache)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-read" "$OUT_MD" \
     "#### $1: the read alone"
+  local said
+  said=$(awk -F'\t' -v s="$1" '$1 == s {printf "%sround %s: %s", (n++ ? "; " : ""), $2, $3}' \
+    "$BENCH_DIR/streams.tsv" 2>/dev/null)
+  [ -z "$said" ] || printf '\nmodel-loader'"'"'s streams (its log): %s.\n' "$said" >> "$OUT_MD"
 }
 
 # KServe's storage initializer against the loader, each driven as KServe drives it: SRC DEST as
