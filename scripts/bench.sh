@@ -885,17 +885,17 @@ note_streams() {
 }
 
 serve_report() {
-  local what="$2 (median of $RUNS, $(date -u +%F))"
+  local what="$2 (median of $RUNS, $(date -u +%F))" said
+  said=$(awk -F'\t' -v s="$1" '$1 == s {printf "%sround %s: %s", (n++ ? "; " : ""), $2, $3}' \
+    "$BENCH_DIR/streams.tsv")
+  [ -z "$said" ] || said="model-loader's streams (its log): $said."
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1" "$OUT_MD" \
-    "### Time to serve: $what — DEST not in the page cache, source in it; the load, then every tensor read once with safetensors $SAFETENSORS_VERSION; peak memory (PSS) of the process tree"
+    "### Time to serve: $what — DEST not in the page cache, source in it; the load, then every tensor read once with safetensors $SAFETENSORS_VERSION; peak memory (PSS) of the process tree" \
+    "$said"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-load" "$OUT_MD" \
     "#### $1: the load alone (model-loader's bytes synced; the others' in the page cache)"
   "$VENV/bin/python" scripts/support/bench_report.py "$ROWS" "$1-read" "$OUT_MD" \
     "#### $1: the read alone"
-  local said
-  said=$(awk -F'\t' -v s="$1" '$1 == s {printf "%sround %s: %s", (n++ ? "; " : ""), $2, $3}' \
-    "$BENCH_DIR/streams.tsv" 2>/dev/null)
-  [ -z "$said" ] || printf '\nmodel-loader'"'"'s streams (its log): %s.\n' "$said" >> "$OUT_MD"
 }
 
 # KServe's storage initializer against the loader, each driven as KServe drives it: SRC DEST as

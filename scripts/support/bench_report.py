@@ -1,7 +1,7 @@
 """Turns raw benchmark rows into the markdown table of BENCHMARKS.md.
 
 Input: a TSV with columns section, tool, settings, run, wall_s, user_s, sys_s, maxrss_kb,
-bytes, files. Output: the table for one section (medians of runs, min-max, ratio to
+bytes, files; optionally a sentence to print under the table. Output: the table for one section (medians of runs, min-max, ratio to
 model-loader, peak RSS, client CPU per GiB), printed to stdout, and replaced in BENCHMARKS.md
 between `<!-- bench:SECTION -->` and `<!-- /bench:SECTION -->`.
 """
@@ -11,6 +11,8 @@ import statistics
 import sys
 
 rows_path, section, md_path, header = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+# An optional sentence under the table (e.g. what model-loader's stream ramp decided per round).
+footer = sys.argv[5] if len(sys.argv) > 5 else ""
 rows = [r for r in csv.DictReader(open(rows_path), delimiter="\t") if r["section"] == section]
 tools = []
 for r in rows:
@@ -45,7 +47,7 @@ for t in tools:
         f"{size / 2**20 / wall:.0f} | {files / wall:.0f} | {wall / base:.2f} | {rss:.0f} | "
         f"{cpu:.2f} ({min(cpus):.2f}–{max(cpus):.2f}) |"
     )
-table = header + "\n\n" + "\n".join(lines) + "\n"
+table = header + "\n\n" + "\n".join(lines) + "\n" + (f"\n{footer}\n" if footer else "")
 print(table)
 try:
     md = open(md_path).read()
