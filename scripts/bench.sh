@@ -744,7 +744,7 @@ cols = lines[-1].split("\t"); cols[5], cols[6], cols[7] = user, sys_s, peak
 lines[-1] = "\t".join(cols)
 open(path, "w").write("\n".join(lines) + "\n")
 PY
-  note_streams "$section" "$tool" "$settings" "$run"
+  note_streams "$section" "$run"
   if [ "${SERVE_TENSORS:-0}" = 1 ]; then
     measure "$section-read" "$tool" "$settings" "$run" "$bytes" "$files" -- \
       "$SERVE_VENV/bin/python" scripts/support/read_tensors.py "$dest" ${SERVE_READ_ARGS:-}
@@ -818,7 +818,7 @@ bench_serve_s3() {
           curl) settle
                 measure "serve-s3-$n-load" "ceiling: curl" "16 parallel 64 MiB ranges to /dev/null" "$run" "$bytes" "$files" -- \
                 bash -c "$(declare -f curl_ceiling); curl_ceiling '$url/bench/serve-$n' '$data' \$(cd '$data' && ls)" ;;
-          ml) serve_row "serve-s3-$n" model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
+          ml) NOTE_STREAMS=1 serve_row "serve-s3-$n" model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
                 "$BIN" --progress log "s3://bench/serve-$n" "$dest" ;;
           ml-direct) serve_row "serve-s3-$n" model-loader "--write-mode direct" "$run" "$bytes" "$files" -- \
                 "$BIN" --progress none --write-mode direct "s3://bench/serve-$n" "$dest" ;;
@@ -857,7 +857,7 @@ bench_serve_hf() {
         curl) settle
               measure serve-hf-load "ceiling: curl" "16 parallel 64 MiB ranges of the LFS files to /dev/null" "$run" "$bytes" "$files" -- \
               bash -c "$(declare -f curl_ceiling); CEILING_PLAIN=1 curl_ceiling '$NGINX_URL' '$cdn' \$(cd '$cdn' && ls)" ;;
-        ml) serve_row serve-hf model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
+        ml) NOTE_STREAMS=1 serve_row serve-hf model-loader "defaults (write mode auto)" "$run" "$bytes" "$files" -- \
               "$BIN" --progress log hf://bench/model "$dest" ;;
         hf_transfer) serve_row serve-hf hf_transfer "$HF_TRANSFER_VERSION via huggingface_hub $HF_TRANSFER_HUB_VERSION" "$run" "$bytes" "$files" -- \
               env HF_HOME="$BENCH_DIR/hf-home" HF_HUB_ENABLE_HF_TRANSFER=1 "$HFT_VENV/bin/hf" download bench/model --local-dir "$dest" ;;
@@ -872,15 +872,14 @@ bench_serve_hf() {
 }
 
 # serve_report SECTION WHAT: the time-to-serve table, then the load and read alone.
-# note_streams SECTION TOOL SETTINGS RUN: what the default run's stream ramp decided, from its
-# `--progress log` lines in the load's log: "streams: 2 → 16" (slow streams opened every one),
-# "streams: 4 of 16" (a doubling that did not pay went back). Rows that set --concurrency or
-# log nothing are not listed.
+# note_streams SECTION RUN: what a row run with `--progress log` (NOTE_STREAMS=1) says its stream
+# ramp decided: "streams: 2 → 16" (slow streams opened every one), "streams: 4 of 16" (a doubling
+# that did not pay went back; later probes are silent), or nothing.
 note_streams() {
-  [ "$2" = model-loader ] && [[ "$3" == defaults* ]] || return 0
+  [ "${NOTE_STREAMS:-0}" = 1 ] || return 0
   local said
-  said=$(grep -h '^streams:' "$BENCH_DIR/last.log" | sed 's/ (.*//' | paste -sd ';' -)
-  printf '%s\t%s\t%s\n' "$1" "$4" "${said:-no line (2 kept without a verdict, or doubled with no revert)}" \
+  said=$( { grep -h '^streams:' "$BENCH_DIR/last.log" || true; } | sed 's/ (.*//' | paste -sd ';' -)
+  printf '%s\t%s\t%s\n' "$1" "$2" "${said:-no line (2 kept without a verdict, or doubled with no revert)}" \
     >> "$BENCH_DIR/streams.tsv"
 }
 

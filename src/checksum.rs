@@ -558,7 +558,9 @@ mod tests {
             let sha = Checksum::Sha256(Sha256::digest(d).into());
             let md5 = Checksum::Md5(Md5::digest(d).into());
             let sha1 = Checksum::Sha1(Sha1::digest(d).into());
-            for want in [&sha, &md5, &sha1] {
+            let blob = [format!("blob {len}\0").as_bytes(), d].concat();
+            let git = Checksum::GitBlobSha1(Sha1::digest(&blob).into());
+            for want in [&sha, &md5, &sha1, &git] {
                 for split in [1, 7, 64, 1000, PREFETCH_STEP + 1, PREFETCH_AHEAD, 1 << 20] {
                     assert_eq!(&hashed(want, d, split), want, "len {len}, split {split}");
                 }

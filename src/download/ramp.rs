@@ -15,13 +15,14 @@
 //! connection can be served ([`FAST_STREAM`]), the link or the server is the limit and every
 //! stream is opened at once, one [`WINDOW`] after the first byte. Faster, it doubles the
 //! streams while doubling raises the throughput by [`GAIN`], and goes back to the last level
-//! that paid when it does not; it tries again every [`REPROBE`]. A run kept at the start opens
-//! every stream if its streams later slow below [`FAST_STREAM`] (the link got busier); one kept
-//! at a doubled level finds out at its next probe, when doubling pays again. Only the start's
-//! streams are judged one by one: at a doubled level a host that is the limit is shared among
-//! more streams, each of which looks slow. TCP's slow start cannot trap a run on few streams: a
-//! stream still in slow start looks slow, and slow streams open every stream. A host too slow
-//! to move 150 MB/s a stream gets every stream too: today's default, without the gain.
+//! that paid when it does not; it tries again every [`REPROBE`]. Only the start's streams are
+//! held against [`FAST_STREAM`]: at a doubled level a host that is the limit is shared among
+//! more streams, each of which looks slow. Later, streams that slow down for two windows in a
+//! row say the link got busier: at the start below [`FAST_STREAM`], every stream opens; at a
+//! kept level below half of what each moved when it was kept, the doubling resumes at once. TCP's
+//! slow start cannot trap a run on few streams: a stream still in slow start looks slow, and
+//! slow streams open every stream. A host too slow to move 150 MB/s a stream gets every stream
+//! too: today's default, without the gain.
 //!
 //! hf_xet (1.3+) adapts too, differently: one stream more or less at most every 500 ms, from a
 //! regression of request time on size × concurrency, starting at one stream (four since 1.5).
@@ -59,11 +60,14 @@ pub struct Change {
 pub struct Ramp {
     max: usize,
     streams: usize,
-    /// The level this one doubled, with its rate, while a doubling is measured.
-    base: Option<(usize, f64)>,
-    /// What the current level moved when it was kept (a doubling that paid, or the level gone
-    /// back to): a level later moving less than half of it met a changed link.
+    /// The level this one doubled, with its rate and its rate per fetching stream, while a
+    /// doubling is measured.
+    base: Option<(usize, f64, f64)>,
+    /// What each fetching stream of the current level moved when the level was kept (a doubling
+    /// that paid, or the level gone back to).
     kept: Option<f64>,
+    /// Windows in a row in which the streams moved slowly (see [`Ramp::slowed`]).
+    slow_windows: u32,
     /// When the current level's settling ends (None before the first byte).
     settle_until: Option<Duration>,
     window: Option<Window>,
@@ -83,6 +87,7 @@ impl Ramp {
             streams: START.min(max),
             base: None,
             kept: None,
+            slow_windows: 0,
             settle_until: None,
             window: None,
             hold_until: Duration::ZERO,
@@ -154,7 +159,8 @@ impl Ramp {
             self.done = true;
             return None;
         }
-        if let Some((level, base_rate)) = self.base.take() {
+        let per_stream = rate / fetching;
+        if let Some((level, base_rate, base_each)) = self.base.take() {
             if rate < GAIN * base_rate {
                 self.hold_until = t.now + REPROBE;
                 // Said once: the retries every REPROBE change nothing unless they pay.
@@ -167,27 +173,27 @@ impl Ramp {
                     crate::progress::human(base_rate as u64),
                     REPROBE.as_secs()
                 ));
-                self.kept = Some(base_rate);
+                self.kept = Some(base_each);
                 return Some(self.set(t.now, level, why));
             }
-            self.kept = Some(rate);
-        }
-        // The link changed under a kept level (it got busier, or a server slowed down): more
-        // streams may pay now, so the next doubling is not held back until the next probe.
-        if self.kept.is_some_and(|k| rate < k / 2.0) {
-            self.kept = None;
-            self.hold_until = t.now;
+            self.kept = Some(per_stream);
         }
         if self.streams >= self.max {
             self.done = true;
             return None;
         }
-        let per_stream = rate / fetching;
+        if !self.slowed(per_stream) {
+            // Streams added now would find too little left to be busy (the run's tail).
+            if t.now < self.hold_until || t.chunks_left < self.streams as u64 {
+                return None;
+            }
+            self.base = Some((self.streams, rate, per_stream));
+            return Some(self.set(t.now, (self.streams * 2).min(self.max), None));
+        }
         // Only the streams a run starts with say what one connection is served at: at a level
         // doubled from them, a host that is the limit shares itself among more streams, and each
-        // looks slow (here, 4 streams hashing in order moved ~190 MB/s each after 2 had moved
-        // ~300 each). Such a level doubles or goes back by the throughput alone.
-        if per_stream < FAST_STREAM && self.streams <= START {
+        // looks slow (a host that moves 600 MB/s gives 4 streams 150 MB/s each).
+        if self.streams <= START && per_stream < FAST_STREAM {
             self.done = true;
             let why = format!(
                 "streams: {} → {} (each moved {}/s, no faster than one connection is served: the link or the server is the limit)",
@@ -197,17 +203,35 @@ impl Ramp {
             );
             return Some(self.set(t.now, self.max, Some(why)));
         }
-        // Streams added now would find too little left to be busy (the run's tail).
-        if t.now < self.hold_until || t.chunks_left < self.streams as u64 {
-            return None;
+        // Each stream of a kept level moves half of what it did: the link changed (it got busier,
+        // a server slowed down), and more streams may pay now. The doubling is not held back
+        // until the next probe; the next window, not this slow one, is what it must beat.
+        self.kept = None;
+        self.hold_until = t.now;
+        None
+    }
+
+    /// Whether the streams moved slowly long enough to act on: at the start, slower than
+    /// [`FAST_STREAM`] each; at a kept level, each at less than half of what it moved when kept.
+    /// The first verdict acts on one window (a slow link costs every window spent on few
+    /// streams); later ones on two in a row, so that a moment of stalls (a file's fsync, a
+    /// pause in the server) opens nothing.
+    fn slowed(&mut self, per_stream: f64) -> bool {
+        let slow = (self.streams <= START && per_stream < FAST_STREAM)
+            || self.kept.is_some_and(|k| per_stream < k / 2.0);
+        self.slow_windows = if slow { self.slow_windows + 1 } else { 0 };
+        let needed = if self.kept.is_none() { 1 } else { 2 };
+        if self.slow_windows < needed {
+            return false;
         }
-        self.base = Some((self.streams, rate));
-        Some(self.set(t.now, (self.streams * 2).min(self.max), None))
+        self.slow_windows = 0;
+        true
     }
 
     /// A new level: settle, then measure.
     fn set(&mut self, now: Duration, streams: usize, why: Option<String>) -> Change {
         self.streams = streams;
+        self.slow_windows = 0;
         self.window = None;
         self.settle_until = Some(now + WINDOW);
         Change { streams, why }
@@ -394,6 +418,39 @@ mod tests {
         }
         assert_eq!(at_three, 4);
         assert_eq!(streams, 16);
+    }
+
+    /// Runs a ramp over a host capped at 1.1 GB/s (400 MB/s a stream below the cap; 4 streams
+    /// kept) whose every second starts with 0.2 s of `dip(streams)` → (rate, fetching); the
+    /// most streams ever allowed and the last.
+    fn capped_with_dips(dip: impl Fn(usize) -> (f64, usize)) -> (usize, usize) {
+        let mut ramp = Ramp::new(16);
+        let (mut now, mut bytes, mut streams, mut most) = (Duration::ZERO, 0f64, 2, 2);
+        while now < Duration::from_secs(8) {
+            now += TICK;
+            let in_dip = now > Duration::from_secs(2) && now.as_millis() % 1000 < 200;
+            let (rate, fetching) = if in_dip {
+                dip(streams)
+            } else {
+                ((streams as f64 * 400e6).min(1.1e9), streams)
+            };
+            bytes += rate * TICK.as_secs_f64();
+            if let Some(c) = ramp.observe(tick(now, bytes as u64, fetching, 1 << 20)) {
+                streams = c.streams;
+                most = most.max(streams);
+            }
+        }
+        (most, streams)
+    }
+
+    #[test]
+    fn moments_of_stalls_at_a_kept_level_raise_nothing_for_good() {
+        // Three of four streams syncing files: the one fetching is as fast as before.
+        let (most, last) = capped_with_dips(|_| (275e6, 1));
+        assert_eq!((most, last), (8, 4), "only the first probe went to 8");
+        // Every stream stalled to a quarter of its speed for 0.2 s: one slow window at most.
+        let (most, last) = capped_with_dips(|n| (n as f64 * 70e6, n));
+        assert_eq!((most, last), (8, 4));
     }
 
     #[test]
