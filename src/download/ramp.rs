@@ -15,14 +15,14 @@
 //! connection can be served ([`FAST_STREAM`]), the link or the server is the limit and every
 //! stream is opened at once, one [`WINDOW`] after the first byte. Faster, it doubles the
 //! streams while doubling raises the throughput by [`GAIN`], and goes back to the last level
-//! that paid when it does not; it tries again every [`REPROBE`]. Only the start's streams are
-//! held against [`FAST_STREAM`]: at a doubled level a host that is the limit is shared among
-//! more streams, each of which looks slow. Later, streams that slow down for two windows in a
-//! row say the link got busier: at the start below [`FAST_STREAM`], every stream opens; at a
-//! kept level below half of what each moved when it was kept, the doubling resumes at once. TCP's
-//! slow start cannot trap a run on few streams: a stream still in slow start looks slow, and
-//! slow streams open every stream. A host too slow to move 150 MB/s a stream gets every stream
-//! too: today's default, without the gain.
+//! that paid when it does not; it tries again every [`REPROBE`], against the best of the
+//! level's last [`RECENT`] windows. Only the start's streams are held against [`FAST_STREAM`]:
+//! at a doubled level a host that is the limit is shared among more streams, each of which
+//! looks slow; such a level learns of a link that got busier at its next probe. A run kept at
+//! the start opens every stream if its streams later move below [`FAST_STREAM`] for two windows
+//! in a row. TCP's slow start cannot trap a run on few streams: a stream still in slow start
+//! looks slow, and slow streams open every stream. A host too slow to move 150 MB/s a stream
+//! gets every stream too: today's default, without the gain.
 //!
 //! hf_xet (1.3+) adapts too, differently: one stream more or less at most every 500 ms, from a
 //! regression of request time on size × concurrency, starting at one stream (four since 1.5).
@@ -47,6 +47,8 @@ pub const WINDOW: Duration = Duration::from_millis(150);
 pub const GAIN: f64 = 1.15;
 /// After a doubling did not pay, it is tried again this much later.
 pub const REPROBE: Duration = Duration::from_secs(10);
+/// A probe must beat the best of this many of the level's last windows (600 ms).
+const RECENT: usize = 4;
 
 /// A change of the streams allowed, and why (for the log; `None` for a silent probe).
 #[derive(Debug, Clone, PartialEq)]
@@ -60,13 +62,13 @@ pub struct Change {
 pub struct Ramp {
     max: usize,
     streams: usize,
-    /// The level this one doubled, with its rate and its rate per fetching stream, while a
-    /// doubling is measured.
-    base: Option<(usize, f64, f64)>,
-    /// What each fetching stream of the current level moved when the level was kept (a doubling
-    /// that paid, or the level gone back to).
-    kept: Option<f64>,
-    /// Windows in a row in which the streams moved slowly (see [`Ramp::slowed`]).
+    /// The level this one doubled, with the rate to beat, while a doubling is measured.
+    base: Option<(usize, f64)>,
+    /// The rates of the current level's last [`RECENT`] windows, newest last.
+    recent: Vec<f64>,
+    /// A first verdict was given (see [`Ramp::slowed`]).
+    judged: bool,
+    /// Windows in a row in which the starting streams moved slowly.
     slow_windows: u32,
     /// When the current level's settling ends (None before the first byte).
     settle_until: Option<Duration>,
@@ -86,7 +88,8 @@ impl Ramp {
             max,
             streams: START.min(max),
             base: None,
-            kept: None,
+            recent: Vec::with_capacity(RECENT),
+            judged: false,
             slow_windows: 0,
             settle_until: None,
             window: None,
@@ -159,8 +162,7 @@ impl Ramp {
             self.done = true;
             return None;
         }
-        let per_stream = rate / fetching;
-        if let Some((level, base_rate, base_each)) = self.base.take() {
+        if let Some((level, base_rate)) = self.base.take() {
             if rate < GAIN * base_rate {
                 self.hold_until = t.now + REPROBE;
                 // Said once: the retries every REPROBE change nothing unless they pay.
@@ -173,27 +175,19 @@ impl Ramp {
                     crate::progress::human(base_rate as u64),
                     REPROBE.as_secs()
                 ));
-                self.kept = Some(base_each);
                 return Some(self.set(t.now, level, why));
             }
-            self.kept = Some(per_stream);
         }
         if self.streams >= self.max {
             self.done = true;
             return None;
         }
-        if !self.slowed(per_stream) {
-            // Streams added now would find too little left to be busy (the run's tail).
-            if t.now < self.hold_until || t.chunks_left < self.streams as u64 {
-                return None;
-            }
-            self.base = Some((self.streams, rate, per_stream));
-            return Some(self.set(t.now, (self.streams * 2).min(self.max), None));
+        if self.recent.len() == RECENT {
+            self.recent.remove(0);
         }
-        // Only the streams a run starts with say what one connection is served at: at a level
-        // doubled from them, a host that is the limit shares itself among more streams, and each
-        // looks slow (a host that moves 600 MB/s gives 4 streams 150 MB/s each).
-        if self.streams <= START && per_stream < FAST_STREAM {
+        self.recent.push(rate);
+        let per_stream = rate / fetching;
+        if self.slowed(per_stream) {
             self.done = true;
             let why = format!(
                 "streams: {} → {} (each moved {}/s, no faster than one connection is served: the link or the server is the limit)",
@@ -203,35 +197,40 @@ impl Ramp {
             );
             return Some(self.set(t.now, self.max, Some(why)));
         }
-        // Each stream of a kept level moves half of what it did: the link changed (it got busier,
-        // a server slowed down), and more streams may pay now. The doubling is not held back
-        // until the next probe; the next window, not this slow one, is what it must beat.
-        self.kept = None;
-        self.hold_until = t.now;
-        None
+        // Streams added now would find too little left to be busy (the run's tail).
+        if t.now < self.hold_until || t.chunks_left < self.streams as u64 {
+            return None;
+        }
+        // The rate to beat is the best of the level's last windows, not this one alone: a
+        // probe measured against a window with a stall in it (a file's fsync, a pause in the
+        // server) would find more streams paying and keep them for good.
+        let best = self.recent.iter().copied().fold(rate, f64::max);
+        self.base = Some((self.streams, best));
+        Some(self.set(t.now, (self.streams * 2).min(self.max), None))
     }
 
-    /// Whether the streams moved slowly long enough to act on: at the start, slower than
-    /// [`FAST_STREAM`] each; at a kept level, each at less than half of what it moved when kept.
-    /// The first verdict acts on one window (a slow link costs every window spent on few
-    /// streams); later ones on two in a row, so that a moment of stalls (a file's fsync, a
-    /// pause in the server) opens nothing.
+    /// Whether the starting streams moved slowly enough, long enough, to open every stream.
+    ///
+    /// Only the streams a run starts with say what one connection is served at: at a level
+    /// doubled from them, a host that is the limit shares itself among more streams, and each
+    /// looks slow (a host moving 590 MB/s gives 4 streams 147.5 MB/s each). Such a level
+    /// doubles or goes back by the throughput alone, and learns of a link that got busier at
+    /// its next probe. The first verdict acts on one window (a slow link costs every window
+    /// spent on few streams); later ones need two in a row, so that a moment of stalls opens
+    /// nothing.
     fn slowed(&mut self, per_stream: f64) -> bool {
-        let slow = (self.streams <= START && per_stream < FAST_STREAM)
-            || self.kept.is_some_and(|k| per_stream < k / 2.0);
+        let slow = self.streams <= START && per_stream < FAST_STREAM;
         self.slow_windows = if slow { self.slow_windows + 1 } else { 0 };
-        let needed = if self.kept.is_none() { 1 } else { 2 };
-        if self.slow_windows < needed {
-            return false;
-        }
-        self.slow_windows = 0;
-        true
+        let needed = if self.judged { 2 } else { 1 };
+        self.judged = true;
+        self.slow_windows >= needed
     }
 
     /// A new level: settle, then measure.
     fn set(&mut self, now: Duration, streams: usize, why: Option<String>) -> Change {
         self.streams = streams;
         self.slow_windows = 0;
+        self.recent.clear();
         self.window = None;
         self.settle_until = Some(now + WINDOW);
         Change { streams, why }
@@ -395,13 +394,14 @@ mod tests {
     }
 
     #[test]
-    fn a_doubled_level_whose_link_slows_down_doubles_again_without_waiting_for_the_probe() {
-        // Capped at 1.1 GB/s (4 streams kept, 8 tried and gone back from), then from 3 s on
-        // each stream gets 60 MB/s: streams must open long before the probe 10 s later.
+    fn a_doubled_level_whose_link_slows_down_opens_up_at_its_next_probe() {
+        // Capped at 1.1 GB/s (4 streams kept, 8 tried and gone back from at 0.8 s), then from
+        // 3 s on each stream gets 60 MB/s: each of the 4 now looks slow, but a doubled level
+        // is not judged stream by stream; the probe at 10.8 s finds doubling paying.
         let mut ramp = Ramp::new(16);
         let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
-        let mut at_three = 0;
-        while now < Duration::from_secs(5) {
+        let mut seen = vec![];
+        while now < Duration::from_secs(13) {
             now += TICK;
             let rate = if now < Duration::from_secs(3) {
                 (streams as f64 * 400e6).min(1.1e9)
@@ -412,23 +412,30 @@ mod tests {
             if let Some(c) = ramp.observe(tick(now, bytes as u64, streams, 1 << 20)) {
                 streams = c.streams;
             }
-            if now == Duration::from_secs(3) {
-                at_three = streams;
-            }
+            seen.push((now, streams));
         }
-        assert_eq!(at_three, 4);
+        let at = |secs: f64| {
+            seen.iter()
+                .find(|(t, _)| t.as_secs_f64() >= secs)
+                .map(|&(_, n)| n)
+        };
+        assert_eq!((at(3.0), at(10.5)), (Some(4), Some(4)), "{seen:?}");
         assert_eq!(streams, 16);
     }
 
-    /// Runs a ramp over a host capped at 1.1 GB/s (400 MB/s a stream below the cap; 4 streams
-    /// kept) whose every second starts with 0.2 s of `dip(streams)` → (rate, fetching); the
-    /// most streams ever allowed and the last.
-    fn capped_with_dips(dip: impl Fn(usize) -> (f64, usize)) -> (usize, usize) {
+    /// A dip: the streams allowed → (throughput, streams fetching).
+    type Dip = dyn Fn(usize) -> (f64, usize);
+
+    /// Runs a ramp for 40 s over a host capped at 1.1 GB/s (400 MB/s a stream below the cap;
+    /// 4 streams kept, probes every 10 s), where every second from 2 s on starts with `dip_ms`
+    /// of `dip(streams)` → (rate, fetching); the changes, and the share of ticks above 4.
+    fn capped_with_dips(dip_ms: u128, dip: &Dip) -> (Vec<usize>, f64) {
         let mut ramp = Ramp::new(16);
-        let (mut now, mut bytes, mut streams, mut most) = (Duration::ZERO, 0f64, 2, 2);
-        while now < Duration::from_secs(8) {
+        let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
+        let (mut changes, mut above, mut ticks) = (vec![], 0, 0);
+        while now < Duration::from_secs(40) {
             now += TICK;
-            let in_dip = now > Duration::from_secs(2) && now.as_millis() % 1000 < 200;
+            let in_dip = now > Duration::from_secs(2) && now.as_millis() % 1000 < dip_ms;
             let (rate, fetching) = if in_dip {
                 dip(streams)
             } else {
@@ -437,20 +444,64 @@ mod tests {
             bytes += rate * TICK.as_secs_f64();
             if let Some(c) = ramp.observe(tick(now, bytes as u64, fetching, 1 << 20)) {
                 streams = c.streams;
-                most = most.max(streams);
+                changes.push(streams);
             }
+            ticks += 1;
+            above += usize::from(streams > 4);
         }
-        (most, streams)
+        (changes, above as f64 / f64::from(ticks))
     }
 
     #[test]
-    fn moments_of_stalls_at_a_kept_level_raise_nothing_for_good() {
-        // Three of four streams syncing files: the one fetching is as fast as before.
-        let (most, last) = capped_with_dips(|_| (275e6, 1));
-        assert_eq!((most, last), (8, 4), "only the first probe went to 8");
-        // Every stream stalled to a quarter of its speed for 0.2 s: one slow window at most.
-        let (most, last) = capped_with_dips(|n| (n as f64 * 70e6, n));
-        assert_eq!((most, last), (8, 4));
+    fn moments_of_stalls_raise_the_streams_for_no_longer_than_a_probe() {
+        // Three of four streams syncing files (the one fetching as fast as before); every
+        // stream at a quarter of its speed for 0.2 s or 0.35 s (one or two slow windows in a
+        // row); two streams of four for 0.4 s.
+        let dips: [(u128, &Dip); 4] = [
+            (200, &|_| (275e6, 1)),
+            (200, &|n| (n as f64 * 70e6, n)),
+            (350, &|n| (n as f64 * 70e6, n)),
+            (400, &|_| (550e6, 2)),
+        ];
+        for (ms, dip) in dips {
+            let (changes, above) = capped_with_dips(ms, dip);
+            // 2 → 4 → 8 → 4 at the start, then each probe 4 → 8 → 4 (one every 10 s).
+            assert_eq!(changes[..3], [4, 8, 4], "{ms} ms: {changes:?}");
+            assert!(
+                changes[3..].chunks(2).all(|c| c == [8, 4]),
+                "{ms} ms: a probe kept more streams: {changes:?}"
+            );
+            assert!(above < 0.05, "{ms} ms: above 4 for {above:.2} of the time");
+        }
+    }
+
+    #[test]
+    fn after_the_first_verdict_one_slow_window_at_the_start_opens_nothing() {
+        // Two streams held at 2 by a host limit (4 do no better), each moving 450 MB/s, with a
+        // 250 ms stall to 10 MB/s at 3 s (one whole window slow, the windows around it not);
+        // from 5 s on, a link that got busier for good.
+        let mut ramp = Ramp::new(16);
+        let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
+        let mut at = vec![];
+        while now < Duration::from_secs(6) {
+            now += TICK;
+            let ms = now.as_millis();
+            let each = if (3000..3250).contains(&ms) {
+                10e6
+            } else if ms >= 5000 {
+                40e6
+            } else {
+                450e6
+            };
+            bytes += each * 2.0 * TICK.as_secs_f64();
+            if let Some(c) = ramp.observe(tick(now, bytes as u64, 2, 1000)) {
+                streams = c.streams;
+            }
+            at.push((ms, streams));
+        }
+        let when = |ms: u128| at.iter().find(|&&(t, _)| t >= ms).map(|&(_, n)| n);
+        assert_eq!(when(4900), Some(2), "the stall opened streams: {at:?}");
+        assert_eq!(streams, 16);
     }
 
     #[test]
