@@ -19,8 +19,8 @@
 //! level's last [`RECENT`] windows. Only the start's streams are held against [`FAST_STREAM`]:
 //! at a doubled level a host that is the limit is shared among more streams, each of which
 //! looks slow; such a level learns of a link that got busier at its next probe. A run kept at
-//! the start opens every stream if its streams later move below [`FAST_STREAM`] for two windows
-//! in a row. TCP's slow start cannot trap a run on few streams: a stream still in slow start
+//! the start opens every stream if its streams later move below [`FAST_STREAM`] for
+//! [`SLOW_WINDOWS`] windows in a row. TCP's slow start cannot trap a run on few streams: a stream still in slow start
 //! looks slow, and slow streams open every stream. A host too slow to move 150 MB/s a stream
 //! gets every stream too: today's default, without the gain.
 //!
@@ -47,8 +47,12 @@ pub const WINDOW: Duration = Duration::from_millis(150);
 pub const GAIN: f64 = 1.15;
 /// After a doubling did not pay, it is tried again this much later.
 pub const REPROBE: Duration = Duration::from_secs(10);
-/// A probe must beat the best of this many of the level's last windows (600 ms).
-const RECENT: usize = 4;
+/// A probe must beat the best of up to this many of the level's last judged windows (750 ms
+/// or more): a stall that touches them all is a slower link, not a moment.
+pub const RECENT: usize = 5;
+/// Slow windows in a row that open every stream after the run's first verdict: a stall of up
+/// to ~300 ms touches at most two.
+pub const SLOW_WINDOWS: u32 = 3;
 
 /// A change of the streams allowed, and why (for the log; `None` for a silent probe).
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +72,7 @@ pub struct Ramp {
     recent: Vec<f64>,
     /// A first verdict was given (see [`Ramp::slowed`]).
     judged: bool,
-    /// Windows in a row in which the starting streams moved slowly.
+    /// Judged windows in a row in which the starting streams moved slowly.
     slow_windows: u32,
     /// When the current level's settling ends (None before the first byte).
     settle_until: Option<Duration>,
@@ -139,7 +143,9 @@ impl Ramp {
         let fetching = w.fetching as f64 / f64::from(w.ticks);
         self.start_window(t);
         if rate == 0.0 || fetching < 0.5 {
-            // A stall (a retry's backoff, a pushback, a file's fsync): nothing to learn.
+            // A stall (a retry's backoff, a pushback, a file's fsync): nothing to learn, and the
+            // windows on either side of it are not slow "in a row".
+            self.slow_windows = 0;
             return None;
         }
         self.judge(t, rate, fetching)
@@ -216,12 +222,12 @@ impl Ramp {
     /// looks slow (a host moving 590 MB/s gives 4 streams 147.5 MB/s each). Such a level
     /// doubles or goes back by the throughput alone, and learns of a link that got busier at
     /// its next probe. The first verdict acts on one window (a slow link costs every window
-    /// spent on few streams); later ones need two in a row, so that a moment of stalls opens
-    /// nothing.
+    /// spent on few streams); later ones need [`SLOW_WINDOWS`] in a row, so that a slowdown of
+    /// up to ~300 ms opens nothing (a stall with no bytes at all breaks the row).
     fn slowed(&mut self, per_stream: f64) -> bool {
         let slow = self.streams <= START && per_stream < FAST_STREAM;
         self.slow_windows = if slow { self.slow_windows + 1 } else { 0 };
-        let needed = if self.judged { 2 } else { 1 };
+        let needed = if self.judged { SLOW_WINDOWS } else { 1 };
         self.judged = true;
         self.slow_windows >= needed
     }
@@ -427,15 +433,17 @@ mod tests {
     type Dip = dyn Fn(usize) -> (f64, usize);
 
     /// Runs a ramp for 40 s over a host capped at 1.1 GB/s (400 MB/s a stream below the cap;
-    /// 4 streams kept, probes every 10 s), where every second from 2 s on starts with `dip_ms`
-    /// of `dip(streams)` → (rate, fetching); the changes, and the share of ticks above 4.
-    fn capped_with_dips(dip_ms: u128, dip: &Dip) -> (Vec<usize>, f64) {
+    /// 4 streams kept, probes every 10 s), where every second from 2 s on starts, `offset_ms`
+    /// in, with `dip_ms` of `dip(streams)` → (rate, fetching); the changes, and the share of
+    /// ticks above 4.
+    fn capped_with_dips(offset_ms: u128, dip_ms: u128, dip: &Dip) -> (Vec<usize>, f64) {
         let mut ramp = Ramp::new(16);
         let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
         let (mut changes, mut above, mut ticks) = (vec![], 0, 0);
         while now < Duration::from_secs(40) {
             now += TICK;
-            let in_dip = now > Duration::from_secs(2) && now.as_millis() % 1000 < dip_ms;
+            let phase = (now.as_millis() + 1000 - offset_ms) % 1000;
+            let in_dip = now > Duration::from_secs(2) && phase < dip_ms;
             let (rate, fetching) = if in_dip {
                 dip(streams)
             } else {
@@ -454,54 +462,65 @@ mod tests {
 
     #[test]
     fn moments_of_stalls_raise_the_streams_for_no_longer_than_a_probe() {
-        // Three of four streams syncing files (the one fetching as fast as before); every
-        // stream at a quarter of its speed for 0.2 s or 0.35 s (one or two slow windows in a
-        // row); two streams of four for 0.4 s.
+        // Every second: three of four streams syncing files for 0.2 s (the one fetching as
+        // fast as before); every stream at a quarter of its speed for 0.2 s or 0.35 s; two
+        // streams of four fetching for 0.4 s. Each probe's rate to beat must include a window
+        // the dip did not touch, wherever the dips fall.
         let dips: [(u128, &Dip); 4] = [
             (200, &|_| (275e6, 1)),
             (200, &|n| (n as f64 * 70e6, n)),
             (350, &|n| (n as f64 * 70e6, n)),
             (400, &|_| (550e6, 2)),
         ];
-        for (ms, dip) in dips {
-            let (changes, above) = capped_with_dips(ms, dip);
-            // 2 → 4 → 8 → 4 at the start, then each probe 4 → 8 → 4 (one every 10 s).
-            assert_eq!(changes[..3], [4, 8, 4], "{ms} ms: {changes:?}");
-            assert!(
-                changes[3..].chunks(2).all(|c| c == [8, 4]),
-                "{ms} ms: a probe kept more streams: {changes:?}"
-            );
-            assert!(above < 0.05, "{ms} ms: above 4 for {above:.2} of the time");
+        for offset in (0..1000).step_by(50) {
+            for (ms, dip) in dips {
+                let (changes, above) = capped_with_dips(offset, ms, dip);
+                let case = format!("{ms} ms at +{offset}");
+                // 2 → 4 → 8 → 4 at the start, then a probe 4 → 8 → 4 every 10 s.
+                assert_eq!(changes.len(), 9, "{case}: {changes:?}");
+                assert_eq!(changes[..3], [4, 8, 4], "{case}: {changes:?}");
+                assert!(
+                    changes[3..].chunks(2).all(|c| c == [8, 4]),
+                    "{case}: a probe kept more streams: {changes:?}"
+                );
+                assert!(above < 0.05, "{case}: above 4 for {above:.2} of the time");
+            }
         }
     }
 
     #[test]
-    fn after_the_first_verdict_one_slow_window_at_the_start_opens_nothing() {
-        // Two streams held at 2 by a host limit (4 do no better), each moving 450 MB/s, with a
-        // 250 ms stall to 10 MB/s at 3 s (one whole window slow, the windows around it not);
-        // from 5 s on, a link that got busier for good.
-        let mut ramp = Ramp::new(16);
-        let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
-        let mut at = vec![];
-        while now < Duration::from_secs(6) {
-            now += TICK;
-            let ms = now.as_millis();
-            let each = if (3000..3250).contains(&ms) {
-                10e6
-            } else if ms >= 5000 {
-                40e6
-            } else {
-                450e6
-            };
-            bytes += each * 2.0 * TICK.as_secs_f64();
-            if let Some(c) = ramp.observe(tick(now, bytes as u64, 2, 1000)) {
-                streams = c.streams;
+    fn after_the_first_verdict_a_slowdown_of_a_moment_at_the_start_opens_nothing() {
+        // Two streams held at 2 by a host limit (4 do no better), each moving 250 MB/s; at 3 s
+        // a 250 ms slowdown to 10 MB/s, or a 600 ms pause with no bytes at all; from 5 s on, a
+        // link that got busier for good. At every alignment of the stall to the windows.
+        for offset in (0..150).step_by(50) {
+            for (stall_ms, each_in_stall) in [(250, 10e6), (600, 0.0)] {
+                let mut ramp = Ramp::new(16);
+                let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
+                let mut at = vec![];
+                while now < Duration::from_secs(6) {
+                    now += TICK;
+                    let ms = now.as_millis();
+                    let from = 3000 + offset;
+                    let each = if (from..from + stall_ms).contains(&ms) {
+                        each_in_stall
+                    } else if ms >= 5000 {
+                        40e6
+                    } else {
+                        250e6
+                    };
+                    bytes += each * 2.0 * TICK.as_secs_f64();
+                    if let Some(c) = ramp.observe(tick(now, bytes as u64, 2, 1000)) {
+                        streams = c.streams;
+                    }
+                    at.push((ms, streams));
+                }
+                let when = |ms: u128| at.iter().find(|&&(t, _)| t >= ms).map(|&(_, n)| n);
+                let case = format!("{stall_ms} ms from {}", 3000 + offset);
+                assert_eq!(when(4900), Some(2), "{case} opened streams: {at:?}");
+                assert_eq!(streams, 16, "{case}");
             }
-            at.push((ms, streams));
         }
-        let when = |ms: u128| at.iter().find(|&&(t, _)| t >= ms).map(|&(_, n)| n);
-        assert_eq!(when(4900), Some(2), "the stall opened streams: {at:?}");
-        assert_eq!(streams, 16);
     }
 
     #[test]
@@ -587,12 +606,23 @@ mod tests {
     }
 
     #[test]
+    fn at_the_start_a_stream_busy_finishing_a_file_is_not_taken_for_a_slow_link() {
+        let (mut ramp, mut now) = (Ramp::new(16), Duration::ZERO);
+        // The first verdict: one of the two streams syncs a file while the other moves
+        // 200 MB/s, 100 MB/s per allowed stream but not per fetching one. One chunk left: no
+        // doubling either.
+        let changes = feed(&mut ramp, &mut now, 0.6, (200e6, 1, 1));
+        assert_eq!(changes, []);
+        assert!(!ramp.done());
+    }
+
+    #[test]
     fn the_tail_stops_the_doubling_but_a_slow_link_still_opens_every_stream() {
         let (mut ramp, mut now) = (Ramp::new(16), Duration::ZERO);
         // One chunk left, two fast streams: no doubling.
         assert_eq!(feed(&mut ramp, &mut now, 1.0, (450e6, 2, 1)), []);
         // Slow streams open every stream, tail or not.
-        let changes = feed(&mut ramp, &mut now, 0.5, (50e6, 2, 1));
+        let changes = feed(&mut ramp, &mut now, 0.8, (50e6, 2, 1));
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(changes[0].streams, 16);
     }
