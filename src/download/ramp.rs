@@ -404,29 +404,46 @@ mod tests {
         // Capped at 1.1 GB/s (4 streams kept, 8 tried and gone back from at 0.8 s), then from
         // 3 s on each stream gets 60 MB/s: each of the 4 now looks slow, but a doubled level
         // is not judged stream by stream; the probe at 10.8 s finds doubling paying.
+        let seen = run_link(13, 1 << 20, |now, n| {
+            if now < Duration::from_secs(3) {
+                ((n as f64 * 400e6).min(1.1e9), n)
+            } else {
+                (n as f64 * 60e6, n)
+            }
+        });
+        let (at, last) = (|ms| allowed_at(&seen, ms), seen.last().map(|&(_, n)| n));
+        assert_eq!((at(3000), at(10500)), (Some(4), Some(4)), "{seen:?}");
+        assert_eq!(last, Some(16));
+    }
+
+    /// Runs a ramp of 16 streams for `secs` over a link given as `link(time, streams allowed)`
+    /// → (throughput, streams fetching), with `chunks_left` chunks never handed out; the
+    /// streams allowed after each tick, with the tick's time.
+    fn run_link(
+        secs: u64,
+        chunks_left: u64,
+        link: impl Fn(Duration, usize) -> (f64, usize),
+    ) -> Vec<(Duration, usize)> {
         let mut ramp = Ramp::new(16);
         let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
         let mut seen = vec![];
-        while now < Duration::from_secs(13) {
+        while now < Duration::from_secs(secs) {
             now += TICK;
-            let rate = if now < Duration::from_secs(3) {
-                (streams as f64 * 400e6).min(1.1e9)
-            } else {
-                streams as f64 * 60e6
-            };
+            let (rate, fetching) = link(now, streams);
             bytes += rate * TICK.as_secs_f64();
-            if let Some(c) = ramp.observe(tick(now, bytes as u64, streams, 1 << 20)) {
+            if let Some(c) = ramp.observe(tick(now, bytes as u64, fetching, chunks_left)) {
                 streams = c.streams;
             }
             seen.push((now, streams));
         }
-        let at = |secs: f64| {
-            seen.iter()
-                .find(|(t, _)| t.as_secs_f64() >= secs)
-                .map(|&(_, n)| n)
-        };
-        assert_eq!((at(3.0), at(10.5)), (Some(4), Some(4)), "{seen:?}");
-        assert_eq!(streams, 16);
+        seen
+    }
+
+    /// The streams allowed at the first tick from `ms` on.
+    fn allowed_at(seen: &[(Duration, usize)], ms: u128) -> Option<usize> {
+        seen.iter()
+            .find(|(t, _)| t.as_millis() >= ms)
+            .map(|&(_, n)| n)
     }
 
     /// A dip: the streams allowed → (throughput, streams fetching).
@@ -437,27 +454,22 @@ mod tests {
     /// in, with `dip_ms` of `dip(streams)` → (rate, fetching); the changes, and the share of
     /// ticks above 4.
     fn capped_with_dips(offset_ms: u128, dip_ms: u128, dip: &Dip) -> (Vec<usize>, f64) {
-        let mut ramp = Ramp::new(16);
-        let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
-        let (mut changes, mut above, mut ticks) = (vec![], 0, 0);
-        while now < Duration::from_secs(40) {
-            now += TICK;
+        let seen = run_link(40, 1 << 20, |now, n| {
             let phase = (now.as_millis() + 1000 - offset_ms) % 1000;
-            let in_dip = now > Duration::from_secs(2) && phase < dip_ms;
-            let (rate, fetching) = if in_dip {
-                dip(streams)
+            if now > Duration::from_secs(2) && phase < dip_ms {
+                dip(n)
             } else {
-                ((streams as f64 * 400e6).min(1.1e9), streams)
-            };
-            bytes += rate * TICK.as_secs_f64();
-            if let Some(c) = ramp.observe(tick(now, bytes as u64, fetching, 1 << 20)) {
-                streams = c.streams;
-                changes.push(streams);
+                ((n as f64 * 400e6).min(1.1e9), n)
             }
-            ticks += 1;
-            above += usize::from(streams > 4);
-        }
-        (changes, above as f64 / f64::from(ticks))
+        });
+        // A change always changes the count (a doubling, a revert, every stream opened).
+        let changes = seen
+            .windows(2)
+            .filter(|w| w[0].1 != w[1].1)
+            .map(|w| w[1].1)
+            .collect();
+        let above = seen.iter().filter(|&&(_, n)| n > 4).count();
+        (changes, above as f64 / seen.len() as f64)
     }
 
     #[test]
@@ -495,13 +507,9 @@ mod tests {
         // link that got busier for good. At every alignment of the stall to the windows.
         for offset in (0..150).step_by(50) {
             for (stall_ms, each_in_stall) in [(250, 10e6), (600, 0.0)] {
-                let mut ramp = Ramp::new(16);
-                let (mut now, mut bytes, mut streams) = (Duration::ZERO, 0f64, ramp.initial());
-                let mut at = vec![];
-                while now < Duration::from_secs(6) {
-                    now += TICK;
+                let from = 3000 + offset;
+                let seen = run_link(6, 1000, |now, _| {
                     let ms = now.as_millis();
-                    let from = 3000 + offset;
                     let each = if (from..from + stall_ms).contains(&ms) {
                         each_in_stall
                     } else if ms >= 5000 {
@@ -509,16 +517,15 @@ mod tests {
                     } else {
                         250e6
                     };
-                    bytes += each * 2.0 * TICK.as_secs_f64();
-                    if let Some(c) = ramp.observe(tick(now, bytes as u64, 2, 1000)) {
-                        streams = c.streams;
-                    }
-                    at.push((ms, streams));
-                }
-                let when = |ms: u128| at.iter().find(|&&(t, _)| t >= ms).map(|&(_, n)| n);
-                let case = format!("{stall_ms} ms from {}", 3000 + offset);
-                assert_eq!(when(4900), Some(2), "{case} opened streams: {at:?}");
-                assert_eq!(streams, 16, "{case}");
+                    (each * 2.0, 2)
+                });
+                let case = format!("{stall_ms} ms from {from}");
+                assert_eq!(
+                    allowed_at(&seen, 4900),
+                    Some(2),
+                    "{case} opened streams: {seen:?}"
+                );
+                assert_eq!(seen.last().map(|&(_, n)| n), Some(16), "{case}");
             }
         }
     }
